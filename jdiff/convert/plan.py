@@ -1,0 +1,197 @@
+"""The conversion engine: a plan maps every jdiff parameter to reference tensor(s) and a named transform.
+
+A plan is data. Resolution walks the *targets* (the parameters of the abstract jdiff model, so nothing is
+allocated) and, for each, finds the first rule whose anchored regex matches its path; the rule's source
+template, expanded with the match groups, names the reference key(s). Parameters of blocks stacked for a scan
+over layers carry a leading layer axis: their path is matched with a `{layer}` placeholder after the stack's
+prefix, and the sources of every layer are read and stacked. Every problem (missing source, unused source,
+shape or dtype mismatch) is collected and raised together, naming both sides.
+
+Paths are dot-joined NNX state paths, e.g. `transformer_blocks.attn.to_q.kernel`; reference keys are the
+PyTorch state-dict names, e.g. `transformer_blocks.0.attn.to_q.weight`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jdiff.errors import ConversionError
+
+Shape = tuple[int, ...]
+LAYER = "{layer}"
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A named array transform with its shape function, so a dry run can check shapes from headers alone."""
+
+    apply: Callable[..., np.ndarray]
+    shape: Callable[..., Shape]
+
+
+def _torch_kernel_perm(ndim: int) -> tuple[int, ...]:
+    # Linear [out, in] -> [in, out]; ConvNd [out, in, *spatial] -> [*spatial, in, out].
+    if ndim == 2:
+        return (1, 0)
+    return (*range(2, ndim), 1, 0)
+
+
+def _concat_out(*shapes: Shape) -> Shape:
+    # Linear weights [out_i, in] concatenated on out, then transposed to [in, sum(out_i)].
+    return (shapes[0][1], sum(s[0] for s in shapes))
+
+
+TRANSFORMS: dict[str, Transform] = {
+    "identity": Transform(lambda x: x, lambda s: s),
+    # torch.nn.Linear / ConvNd weight -> flax kernel.
+    "torch_kernel": Transform(
+        lambda x: np.transpose(x, _torch_kernel_perm(x.ndim)),
+        lambda s: tuple(s[i] for i in _torch_kernel_perm(len(s))),
+    ),
+    # Several Linear weights fused into one kernel along the output axis (e.g. q, k, v -> qkv).
+    "concat_out": Transform(
+        lambda *xs: np.concatenate([np.transpose(x) for x in xs], axis=1),
+        _concat_out,
+    ),
+    "concat": Transform(lambda *xs: np.concatenate(xs, axis=0), lambda *s: (sum(x[0] for x in s), *s[0][1:])),
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Target regex (anchored, matched against the whole path) -> source key template(s) + transform name."""
+
+    target: str
+    source: str | tuple[str, ...]
+    transform: str = "identity"
+
+    def __post_init__(self):
+        if self.transform not in TRANSFORMS:
+            raise ValueError(f"unknown transform {self.transform!r}; known: {sorted(TRANSFORMS)}")
+        re.compile(self.target)
+
+
+# The default rules: flax parameter names -> torch parameter names. Family plans put their own rules first.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule(r"(.+)\.kernel", r"\1.weight", "torch_kernel"),
+    Rule(r"(.+)\.scale", r"\1.weight"),
+    Rule(r"(.+)\.embedding", r"\1.weight"),
+    Rule(r"(.+)\.bias", r"\1.bias"),
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How one reference component maps onto one jdiff module.
+
+    Attributes:
+        rules: tried in order, before DEFAULT_RULES; the first whose target regex matches wins.
+        stacked: path prefixes of blocks stacked for a scan over layers (leading axis = layer).
+        ignore: anchored regexes of reference keys that are deliberately unused (buffers, unused heads).
+        keep_fp32: anchored regexes of target paths kept in float32 whatever the dtype policy (where the
+            reference keeps them in float32).
+    """
+
+    rules: tuple[Rule, ...] = ()
+    stacked: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    keep_fp32: tuple[str, ...] = ()
+    _all_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_all_rules", tuple(self.rules) + DEFAULT_RULES)
+
+    def is_ignored(self, key: str) -> bool:
+        return any(re.fullmatch(p, key) for p in self.ignore)
+
+    def target_dtype(self, path: str, dtype) -> np.dtype:
+        return np.dtype(np.float32) if any(re.fullmatch(p, path) for p in self.keep_fp32) else np.dtype(dtype)
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One resolved target: which source keys (per layer, if stacked) and which transform fill it."""
+
+    target: str
+    sources: tuple[tuple[str, ...], ...]  # [layer][source]; one entry when not stacked
+    transform: str
+    stacked: bool
+    shape: Shape
+
+
+def _template_path(plan: Plan, path: str) -> tuple[str, bool]:
+    for prefix in plan.stacked:
+        if path.startswith(prefix + "."):
+            return f"{prefix}.{LAYER}.{path[len(prefix) + 1 :]}", True
+    return path, False
+
+
+def resolve(
+    plan: Plan,
+    targets: Mapping[str, Shape],
+    sources: Mapping[str, Shape],
+    *,
+    component: str,
+) -> list[Assignment]:
+    """Resolves every target to its source keys, checking shapes; reads no tensor data.
+
+    Args:
+        plan: the family's plan.
+        targets: jdiff parameter path -> shape (from the abstract model).
+        sources: reference key -> shape (from safetensors headers).
+        component: a name for error messages.
+
+    Returns:
+        One assignment per target.
+
+    Raises:
+        ConversionError: listing every missing, unexpected or mis-shaped key.
+    """
+    problems: list[str] = []
+    used: set[str] = set()
+    out: list[Assignment] = []
+    for path, shape in targets.items():
+        templ, stacked = _template_path(plan, path)
+        rule = next((r for r in plan._all_rules if re.fullmatch(r.target, templ)), None)
+        if rule is None:
+            problems.append(f"no rule maps target {path!r}")
+            continue
+        srcs = rule.source if isinstance(rule.source, tuple) else (rule.source,)
+        expanded = tuple(re.fullmatch(rule.target, templ).expand(s) for s in srcs)
+        layers = range(shape[0]) if stacked else [None]
+        per_layer = tuple(tuple(s.replace(LAYER, str(i)) for s in expanded) for i in layers)
+        missing = [k for keys in per_layer for k in keys if k not in sources]
+        used.update(k for keys in per_layer for k in keys)
+        if missing:
+            more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+            problems.append(f"missing source key {missing[0]!r}{more} for target {path!r}")
+            continue
+        tf = TRANSFORMS[rule.transform]
+        layer_shapes = {tf.shape(*(tuple(sources[k]) for k in keys)) for keys in per_layer}
+        got = next(iter(layer_shapes))
+        if stacked:
+            got = (len(per_layer), *got)
+        if len(layer_shapes) > 1 or tuple(got) != tuple(shape):
+            problems.append(
+                f"shape mismatch for target {path!r}: expects {tuple(shape)}, source "
+                f"{per_layer[0][0]!r} gives {sorted(layer_shapes)} after {rule.transform!r}"
+                + (f" stacked over {len(per_layer)} layers" if stacked else "")
+            )
+            continue
+        out.append(Assignment(path, per_layer, rule.transform, stacked, tuple(shape)))
+    unexpected = sorted(k for k in sources if k not in used and not plan.is_ignored(k))
+    problems.extend(f"unexpected source key {k!r} (no target uses it)" for k in unexpected)
+    if problems:
+        raise ConversionError(component, problems)
+    return out
+
+
+def materialize(assignment: Assignment, read: Callable[[str], np.ndarray]) -> np.ndarray:
+    """Reads and transforms the source tensors of one assignment (stacking layers when needed)."""
+    tf = TRANSFORMS[assignment.transform]
+    arrays = [tf.apply(*(read(k) for k in keys)) for keys in assignment.sources]
+    return np.stack(arrays) if assignment.stacked else arrays[0]

@@ -1,0 +1,1 @@
+"""Reading model files: safetensors headers and tensors, diffusers-format directories."""

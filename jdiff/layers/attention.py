@@ -1,0 +1,74 @@
+"""Scaled dot-product attention with the backend chosen by platform.
+
+Axis letters: B batch, T query length, S key length, N heads, H head dim.
+
+Backends:
+  * "cudnn": fused flash attention through `jax.nn.dot_product_attention` on NVIDIA GPUs, for bfloat16 and
+    float16 (cuDNN has no float32 kernel). At video lengths it is the only usable path: XLA's attention
+    materialises the [B, N, T, S] logits.
+  * "xla": the reference path everywhere else (CPU, float32 on GPU), softmax statistics in float32.
+  * TPU: the Pallas splash-attention backend plugs in here (`_BACKENDS["splash"]`); until it exists TPU uses
+    "xla".
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float
+
+
+def default_implementation(dtype) -> str:
+    platform = jax.default_backend()
+    if platform in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return "xla"
+
+
+def dot_product_attention(
+    q: Float[Array, "b t n h"],
+    k: Float[Array, "b s n h"],
+    v: Float[Array, "b s n h"],
+    *,
+    bias: Float[Array, "b n t s"] | None = None,
+    mask: Bool[Array, "b n t s"] | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    implementation: str | None = None,
+) -> Float[Array, "b t n h"]:
+    """Softmax(q k^T * scale + bias, masked) v, with torch SDPA's defaults (scale = 1/sqrt(H)).
+
+    Args:
+        q, k, v: [B, T|S, N, H] (sequence before heads, as `jax.nn.dot_product_attention` wants).
+        bias: additive logits bias, broadcastable to [B, N, T, S] (T5's relative position bias).
+        mask: True where attention is allowed, broadcastable to [B, N, T, S].
+        is_causal: causal masking (CLIP text).
+        scale: logits scale; None means 1/sqrt(H).
+        implementation: "cudnn" or "xla"; None picks by platform and dtype.
+
+    Returns:
+        [B, T, N, H] in the dtype of q.
+    """
+    impl = implementation or default_implementation(q.dtype)
+    if impl == "cudnn" and bias is not None:
+        # cuDNN takes a bias, but only in the activation dtype; T5's bias is small and runs once per prompt.
+        impl = "xla"
+    if impl == "xla":
+        return _xla_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale)
+    return jax.nn.dot_product_attention(
+        q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale, implementation=impl
+    )
+
+
+def _xla_attention(q, k, v, *, bias, mask, is_causal, scale):
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) * scale
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32)
+    if is_causal:
+        t, s = logits.shape[-2:]
+        mask = jnp.tril(jnp.ones((t, s), bool)) if mask is None else mask & jnp.tril(jnp.ones((t, s), bool))
+    if mask is not None:
+        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("bnts,bsnh->btnh", probs, v)

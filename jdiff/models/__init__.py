@@ -1,0 +1,1 @@
+"""Model families, one folder each: `config.py` (reference config.json keys) and the NNX module(s)."""

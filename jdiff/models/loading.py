@@ -1,0 +1,117 @@
+"""Building models abstractly and filling them tensor by tensor from reference safetensors.
+
+A model is never materialised whole with random weights: `nnx.eval_shape` gives the parameter tree's shapes
+and metadata, the plan resolves every parameter against the safetensors headers (all problems at once), and
+each tensor is then read from its memory map, transformed in numpy, cast to its target dtype and placed on
+device (with the target sharding when one is given).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdiff.convert.plan import Assignment, Plan, materialize, resolve
+from jdiff.io.safetensors import WeightSet, open_weights
+from jdiff.models.config import from_dict, read_json
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """What jdiff needs to know about one reference model class (e.g. diffusers' `AutoencoderKL`)."""
+
+    class_name: str
+    config_cls: type
+    module_cls: type
+    plan: Plan
+
+    def read_config(self, folder: str | Path):
+        return from_dict(self.config_cls, read_json(Path(folder) / "config.json"))
+
+    def abstract(self, cfg) -> tuple[nnx.GraphDef, nnx.State]:
+        model = nnx.eval_shape(lambda: self.module_cls(cfg, rngs=nnx.Rngs(0)))
+        return nnx.split(model)
+
+
+def path_str(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def param_shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:
+    return {path_str(p): tuple(v.shape) for p, v in nnx.to_flat_state(state)}
+
+
+def source_shapes(weights: WeightSet) -> dict[str, tuple[int, ...]]:
+    return {k: weights.info(k).shape for k in weights.keys()}
+
+
+def check(spec: ComponentSpec, cfg, weights: WeightSet, *, component: str) -> list[Assignment]:
+    """Resolves the plan against the weights' headers only; raises ConversionError listing every problem."""
+    _, state = spec.abstract(cfg)
+    return resolve(spec.plan, param_shapes(state), source_shapes(weights), component=component)
+
+
+def fill(
+    graphdef: nnx.GraphDef,
+    abstract_state: nnx.State,
+    values: Callable[[str], np.ndarray],
+    *,
+    dtype_of: Callable[[str], Any],
+    sharding_of: Callable[[str], jax.sharding.Sharding | None] = lambda _: None,
+) -> nnx.Module:
+    """Merges `graphdef` with a state whose leaves come from `values(path)`, cast and placed one by one."""
+    flat = []
+    for path, var in nnx.to_flat_state(abstract_state):
+        name = path_str(path)
+        host = np.asarray(values(name)).astype(dtype_of(name), copy=False)
+        target = sharding_of(name)
+        arr = jax.device_put(host, target) if target is not None else jnp.asarray(host)
+        flat.append((path, var.replace(arr)))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
+def load_component(
+    spec: ComponentSpec,
+    folder: str | Path,
+    *,
+    dtype: Any = jnp.float32,
+    component: str | None = None,
+    cfg=None,
+) -> tuple[Any, nnx.Module]:
+    """Loads a reference component folder (config.json + safetensors) into a jdiff module.
+
+    Args:
+        spec: the component's spec (config class, module class, conversion plan).
+        folder: the component folder, e.g. `<model>/transformer`.
+        dtype: parameter dtype policy; the plan's `keep_fp32` paths stay float32.
+        component: a name for error messages (defaults to the folder name).
+        cfg: an already-read config (defaults to reading `folder/config.json`).
+
+    Returns:
+        (config, module).
+
+    Raises:
+        InputError: missing or corrupt files; ConversionError listing every key problem.
+    """
+    folder = Path(folder)
+    cfg = spec.read_config(folder) if cfg is None else cfg
+    weights = open_weights(folder)
+    graphdef, state = spec.abstract(cfg)
+    assignments = resolve(
+        spec.plan, param_shapes(state), source_shapes(weights), component=component or folder.name
+    )
+    by_target: Mapping[str, Assignment] = {a.target: a for a in assignments}
+    module = fill(
+        graphdef,
+        state,
+        lambda name: materialize(by_target[name], weights.read),
+        dtype_of=lambda name: spec.plan.target_dtype(name, dtype),
+    )
+    return cfg, module
