@@ -130,5 +130,5 @@ def test_truncated_and_corrupt_files(tmp_path):
     with pytest.raises(InputError, match="not valid JSON"):
         open_weights(tmp_path)
     f.unlink()
-    with pytest.raises(InputError, match="no .safetensors weights"):
+    with pytest.raises(InputError, match=r"no \.safetensors weights"):
         open_weights(tmp_path)
