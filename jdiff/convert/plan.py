@@ -171,6 +171,9 @@ def resolve(
             problems.append(f"missing source key {missing[0]!r}{more} for target {path!r}")
             continue
         tf = TRANSFORMS[rule.transform]
+        if not per_layer:  # an empty stack (e.g. a config with zero single blocks): nothing to read
+            out.append(Assignment(path, (), rule.transform, stacked, tuple(shape)))
+            continue
         layer_shapes = {tf.shape(*(tuple(sources[k]) for k in keys)) for keys in per_layer}
         got = next(iter(layer_shapes))
         if stacked:
@@ -193,5 +196,7 @@ def resolve(
 def materialize(assignment: Assignment, read: Callable[[str], np.ndarray]) -> np.ndarray:
     """Reads and transforms the source tensors of one assignment (stacking layers when needed)."""
     tf = TRANSFORMS[assignment.transform]
+    if assignment.stacked and not assignment.sources:
+        return np.zeros(assignment.shape, np.float32)
     arrays = [tf.apply(*(read(k) for k in keys)) for keys in assignment.sources]
     return np.stack(arrays) if assignment.stacked else arrays[0]

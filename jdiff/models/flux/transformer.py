@@ -1,0 +1,263 @@
+"""The FLUX.1 transformer (diffusers `FluxTransformer2DModel`): double-stream blocks, then single-stream blocks.
+
+Axis letters: B batch, S image tokens, T text tokens, L = T + S joint tokens, C latent channels per token,
+J text-encoder width, P pooled-text width, D model width, N heads, H head dim, F MLP width.
+
+Attribute paths mirror diffusers' state dict (`transformer_blocks.attn.to_q` <- `transformer_blocks.{i}.attn.
+to_q`), with both block lists stacked for a scan over layers. Text tokens come first in the joint sequence,
+as in diffusers; the rotary tables (`rope`) are computed by the caller for the ids [text ids; image ids].
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float
+
+from jdiff import sharding as sh
+from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
+from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, timestep_embedding
+from jdiff.layers.rope import apply_rope
+from jdiff.layers.stack import scan, stacked
+from jdiff.models.flux.config import FluxConfig
+
+Rope = tuple[Float[Array, "l h"], Float[Array, "l h"]]
+
+
+def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+    """norm(x) * (1 + scale) + shift, in float32 (shift/scale [B, D] broadcast over tokens)."""
+    y = x.astype(jnp.float32) * (1 + scale[:, None].astype(jnp.float32)) + shift[:, None].astype(jnp.float32)
+    return y.astype(x.dtype)
+
+
+def _gated(gate: jax.Array, x: jax.Array) -> jax.Array:
+    return gate[:, None].astype(x.dtype) * x
+
+
+class AdaLayerNormZero(nnx.Module):
+    """SiLU -> linear to `n` modulation vectors of width D; the layer norm itself has no parameters."""
+
+    def __init__(self, dim: int, n: int, *, rngs: nnx.Rngs):
+        self.linear = Linear(dim, n * dim, axes=(None, sh.MLP), rngs=rngs)
+        self.n = n
+        self.norm = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+
+    def __call__(self, temb: Float[Array, "b d"]) -> list[jax.Array]:
+        return jnp.split(self.linear(jax.nn.silu(temb)), self.n, axis=-1)
+
+
+class AdaLayerNormContinuous(nnx.Module):
+    """The final norm: SiLU -> linear to (scale, shift) -> modulated parameter-free layer norm.
+
+    Its linear emits (scale, shift) in that order: the original BFL checkpoint stores (shift, scale) and
+    diffusers swaps the halves when converting, so a diffusers-format checkpoint needs no swap here.
+    """
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.linear = Linear(dim, 2 * dim, axes=(None, sh.MLP), rngs=rngs)
+        self.norm = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+
+    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
+        scale, shift = jnp.split(self.linear(jax.nn.silu(temb)), 2, axis=-1)
+        return _modulate(self.norm(x), shift, scale)
+
+
+class FeedForward(nnx.Module):
+    """diffusers `FeedForward(activation_fn="gelu-approximate")`: `net.0.proj` -> tanh-GELU -> `net.2`."""
+
+    def __init__(self, dim: int, *, rngs: nnx.Rngs):
+        self.net = nnx.List(
+            [
+                _GeluProj(dim, 4 * dim, rngs=rngs),
+                None,
+                Linear(4 * dim, dim, axes=(sh.MLP, sh.EMBED), rngs=rngs),
+            ]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.net[2](self.net[0](x))
+
+
+class _GeluProj(nnx.Module):
+    def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
+        self.proj = Linear(dim, hidden, axes=(sh.EMBED, sh.MLP), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return jax.nn.gelu(self.proj(x), approximate=True)
+
+
+class JointAttention(nnx.Module):
+    """FLUX attention: q/k/v with per-head RMS QK-norm; the double-stream variant adds the text projections."""
+
+    def __init__(self, cfg: FluxConfig, *, joint: bool, rngs: nnx.Rngs):
+        d, h = cfg.inner_dim, cfg.attention_head_dim
+        self.head_dim = h
+        self.to_q = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+        self.to_k = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+        self.to_v = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+        self.norm_q = RMSNorm(h, eps=1e-6)
+        self.norm_k = RMSNorm(h, eps=1e-6)
+        if joint:
+            self.add_q_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+            self.add_k_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+            self.add_v_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+            self.norm_added_q = RMSNorm(h, eps=1e-6)
+            self.norm_added_k = RMSNorm(h, eps=1e-6)
+            self.to_out = nnx.List([Linear(d, d, axes=(sh.HEADS, sh.EMBED), rngs=rngs)])
+            self.to_add_out = Linear(d, d, axes=(sh.HEADS, sh.EMBED), rngs=rngs)
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        return x.reshape(*x.shape[:-1], -1, self.head_dim)  # [B, L, N, H]
+
+    def _qkv(self, x, q_proj, k_proj, v_proj, q_norm, k_norm):
+        return q_norm(self._heads(q_proj(x))), k_norm(self._heads(k_proj(x))), self._heads(v_proj(x))
+
+    def __call__(self, x: Float[Array, "b l d"], rope: Rope, context: jax.Array | None = None) -> jax.Array:
+        """Self-attention over `x`, or over [context; x] when `context` (text, [B, T, D]) is given.
+
+        Returns:
+            [B, L, D] before any output projection for the single-stream variant; for the double-stream one,
+            the projected (image [B, S, D], text [B, T, D]) pair.
+        """
+        q, k, v = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
+        if context is not None:
+            cq, ck, cv = self._qkv(
+                context,
+                self.add_q_proj,
+                self.add_k_proj,
+                self.add_v_proj,
+                self.norm_added_q,
+                self.norm_added_k,
+            )
+            q, k, v = (jnp.concatenate(p, axis=1) for p in ((cq, q), (ck, k), (cv, v)))
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = dot_product_attention(q, k, v)
+        out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
+        if context is None:
+            return out
+        t = context.shape[1]
+        return self.to_out[0](out[:, t:]), self.to_add_out(out[:, :t])
+
+
+class DoubleStreamBlock(nnx.Module):
+    """diffusers `FluxTransformerBlock`: image and text streams with their own weights, joint attention."""
+
+    def __init__(self, cfg: FluxConfig, *, rngs: nnx.Rngs):
+        d = cfg.inner_dim
+        self.norm1 = AdaLayerNormZero(d, 6, rngs=rngs)
+        self.norm1_context = AdaLayerNormZero(d, 6, rngs=rngs)
+        self.attn = JointAttention(cfg, joint=True, rngs=rngs)
+        self.norm2 = LayerNorm(d, eps=1e-6, elementwise_affine=False)
+        self.ff = FeedForward(d, rngs=rngs)
+        self.norm2_context = LayerNorm(d, eps=1e-6, elementwise_affine=False)
+        self.ff_context = FeedForward(d, rngs=rngs)
+
+    def __call__(self, carry, temb: jax.Array, rope: Rope):
+        img, txt = carry  # [B, S, D], [B, T, D]
+        shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)
+        c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(temb)
+        img_attn, txt_attn = self.attn(
+            _modulate(self.norm1.norm(img), shift, scale),
+            rope,
+            context=_modulate(self.norm1_context.norm(txt), c_shift, c_scale),
+        )
+        img = img + _gated(gate, img_attn)
+        img = img + _gated(gate_mlp, self.ff(_modulate(self.norm2(img), shift_mlp, scale_mlp)))
+        txt = txt + _gated(c_gate, txt_attn)
+        txt = txt + _gated(
+            c_gate_mlp, self.ff_context(_modulate(self.norm2_context(txt), c_shift_mlp, c_scale_mlp))
+        )
+        return img, txt
+
+
+class SingleStreamBlock(nnx.Module):
+    """diffusers `FluxSingleTransformerBlock`: one stream over [text; image], attention and MLP in parallel."""
+
+    def __init__(self, cfg: FluxConfig, *, rngs: nnx.Rngs):
+        d = cfg.inner_dim
+        self.norm = AdaLayerNormZero(d, 3, rngs=rngs)
+        self.proj_mlp = Linear(d, 4 * d, axes=(sh.EMBED, sh.MLP), rngs=rngs)
+        self.attn = JointAttention(cfg, joint=False, rngs=rngs)
+        self.proj_out = Linear(5 * d, d, axes=(sh.MLP, sh.EMBED), rngs=rngs)
+
+    def __call__(self, x: Float[Array, "b l d"], temb: jax.Array, rope: Rope) -> Float[Array, "b l d"]:
+        shift, scale, gate = self.norm(temb)
+        h = _modulate(self.norm.norm(x), shift, scale)
+        mlp = jax.nn.gelu(self.proj_mlp(h), approximate=True)
+        out = self.proj_out(jnp.concatenate([self.attn(h, rope), mlp], axis=-1))
+        return x + _gated(gate, out)
+
+
+class TimeTextEmbed(nnx.Module):
+    """diffusers `CombinedTimestep[Guidance]TextProjEmbeddings`: timestep (+ guidance) + pooled text."""
+
+    def __init__(self, cfg: FluxConfig, *, rngs: nnx.Rngs):
+        d = cfg.inner_dim
+        self.timestep_embedder = TimestepEmbedding(256, d, rngs=rngs)
+        self.guidance_embedder = TimestepEmbedding(256, d, rngs=rngs) if cfg.guidance_embeds else None
+        self.text_embedder = TextProjection(cfg.pooled_projection_dim, d, act="silu", rngs=rngs)
+
+    def __call__(self, timestep: jax.Array, guidance: jax.Array | None, pooled: jax.Array) -> jax.Array:
+        def embed(mlp, t):
+            return mlp(timestep_embedding(t, 256).astype(pooled.dtype))
+
+        temb = embed(self.timestep_embedder, timestep)
+        if self.guidance_embedder is not None:
+            temb = temb + embed(self.guidance_embedder, guidance)
+        return temb + self.text_embedder(pooled)
+
+
+class FluxTransformer2DModel(nnx.Module):
+    """The FLUX.1 denoiser: packed latent tokens + text embeddings -> velocity for each latent token."""
+
+    def __init__(self, cfg: FluxConfig, *, rngs: nnx.Rngs):
+        self.config = cfg
+        d = cfg.inner_dim
+        self.time_text_embed = TimeTextEmbed(cfg, rngs=rngs)
+        self.context_embedder = Linear(cfg.joint_attention_dim, d, axes=(None, sh.EMBED), rngs=rngs)
+        self.x_embedder = Linear(cfg.in_channels, d, axes=(None, sh.EMBED), rngs=rngs)
+        self.transformer_blocks = stacked(lambda r: DoubleStreamBlock(cfg, rngs=r), cfg.num_layers, rngs)
+        self.single_transformer_blocks = stacked(
+            lambda r: SingleStreamBlock(cfg, rngs=r), cfg.num_single_layers, rngs
+        )
+        self.norm_out = AdaLayerNormContinuous(d, rngs=rngs)
+        self.proj_out = Linear(d, cfg.output_channels, axes=(sh.EMBED, None), rngs=rngs)
+
+    def __call__(
+        self,
+        hidden_states: Float[Array, "b s c"],
+        encoder_hidden_states: Float[Array, "b t j"],
+        pooled_projections: Float[Array, "b p"],
+        timestep: Float[Array, " b"],
+        rope: Rope,
+        guidance: Float[Array, " b"] | None = None,
+    ) -> Float[Array, "b s c"]:
+        """One denoiser evaluation.
+
+        Args:
+            hidden_states: packed latent tokens.
+            encoder_hidden_states: T5 token embeddings.
+            pooled_projections: CLIP pooled embedding.
+            timestep: sigma in [0, 1] (scaled by 1000 inside, as diffusers does).
+            rope: (cos, sin) tables [L, H] for the ids [text ids; image ids].
+            guidance: distilled guidance scale (FLUX.1-dev); ignored when the config has no guidance embedding.
+
+        Returns:
+            The predicted velocity per latent token.
+        """
+        x = self.x_embedder(hidden_states)
+        dtype = x.dtype
+        if self.time_text_embed.guidance_embedder is not None and guidance is None:
+            raise ValueError("this FLUX transformer has a guidance embedding: pass `guidance`")
+        temb = self.time_text_embed(
+            timestep.astype(jnp.float32) * 1000,
+            None if guidance is None else guidance.astype(jnp.float32) * 1000,
+            pooled_projections.astype(dtype),
+        )
+        txt = self.context_embedder(encoder_hidden_states.astype(dtype))
+        img, txt = scan(self.transformer_blocks, (x, txt), temb, rope)
+        t = txt.shape[1]
+        joint = scan(self.single_transformer_blocks, jnp.concatenate([txt, img], axis=1), temb, rope)
+        img = joint[:, t:]
+        return self.proj_out(self.norm_out(img, temb))
