@@ -1,0 +1,112 @@
+"""Flow-matching schedules and the Euler step, matching diffusers' `FlowMatchEulerDiscreteScheduler`.
+
+Schedules are computed on the host in numpy with the reference's float32 arithmetic (they are a few dozen
+numbers, known before the loop starts) and enter the jitted loop as arguments, so a new step count changes a
+shape but a new shift or resolution never recompiles.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jdiff.errors import InputError
+
+
+@dataclass(frozen=True)
+class FlowMatchEulerConfig:
+    """diffusers `FlowMatchEulerDiscreteScheduler` config keys (scheduler/scheduler_config.json)."""
+
+    num_train_timesteps: int = 1000
+    shift: float = 1.0
+    use_dynamic_shifting: bool = False
+    base_shift: float | None = 0.5
+    max_shift: float | None = 1.15
+    base_image_seq_len: int = 256
+    max_image_seq_len: int = 4096
+    invert_sigmas: bool = False
+    shift_terminal: float | None = None
+    use_karras_sigmas: bool = False
+    use_exponential_sigmas: bool = False
+    use_beta_sigmas: bool = False
+    time_shift_type: str = "exponential"
+    stochastic_sampling: bool = False
+
+    def validate(self) -> None:
+        unsupported = [
+            k
+            for k in ("invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+            if getattr(self, k)
+        ]
+        if self.stochastic_sampling:
+            unsupported.append("stochastic_sampling")
+        if unsupported:
+            raise InputError(
+                f"scheduler config sets {unsupported}, which jdiff's flow-match Euler does not support; "
+                "set them to false in scheduler/scheduler_config.json"
+            )
+        if self.time_shift_type not in ("exponential", "linear"):
+            raise InputError(
+                f"scheduler time_shift_type must be 'exponential' or 'linear', got {self.time_shift_type!r}"
+            )
+
+
+def calculate_shift(
+    image_seq_len: int,
+    base_seq_len: int = 256,
+    max_seq_len: int = 4096,
+    base_shift: float = 0.5,
+    max_shift: float = 1.15,
+) -> float:
+    """mu for dynamic shifting: linear in the number of image tokens (FLUX)."""
+    m = (max_shift - base_shift) / (max_seq_len - base_seq_len)
+    return image_seq_len * m + (base_shift - m * base_seq_len)
+
+
+def default_sigmas(num_steps: int) -> np.ndarray:
+    """The FLUX pipelines' base schedule before shifting: linspace(1, 1/n, n)."""
+    return np.linspace(1.0, 1.0 / num_steps, num_steps)
+
+
+def schedule(
+    cfg: FlowMatchEulerConfig, sigmas: np.ndarray, *, mu: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Shifted sigmas (with a terminal 0 appended) and model timesteps, exactly as diffusers' `set_timesteps`.
+
+    Args:
+        cfg: the scheduler config.
+        sigmas: base sigmas in (0, 1], decreasing (e.g. `default_sigmas(n)`).
+        mu: dynamic-shift parameter (`calculate_shift` of the image sequence length); required when the config
+            uses dynamic shifting, ignored otherwise.
+
+    Returns:
+        (sigmas [n + 1] float32, timesteps [n] float32 = sigmas[:n] * num_train_timesteps).
+    """
+    s = np.asarray(sigmas).astype(np.float32)
+    if cfg.use_dynamic_shifting:
+        if mu is None:
+            raise ValueError("this scheduler uses dynamic shifting: pass mu")
+        if cfg.time_shift_type == "exponential":
+            s = math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
+        else:
+            s = mu / (mu + (1 / s - 1) ** 1.0)
+    else:
+        s = cfg.shift * s / (1 + (cfg.shift - 1) * s)
+    if cfg.shift_terminal and s[-1] != 1:
+        # diffusers divides by 1 - s[-1], which is 0 for a one-step schedule, and returns NaN sigmas; a single
+        # step from sigma 1 has nothing to stretch, so we leave it as is.
+        one_minus = 1 - s
+        s = 1 - one_minus / (one_minus[-1] / (1 - cfg.shift_terminal))
+    s = s.astype(np.float32)
+    timesteps = s * np.float32(cfg.num_train_timesteps)
+    return np.concatenate([s, np.zeros(1, np.float32)]), timesteps
+
+
+def euler_step(sample: jax.Array, velocity: jax.Array, sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:
+    """x_{next} = x + (sigma_next - sigma) * v, in float32 (the reference upcasts for this update)."""
+    x = sample.astype(jnp.float32) + (sigma_next - sigma) * velocity.astype(jnp.float32)
+    return x.astype(sample.dtype)

@@ -1,0 +1,87 @@
+"""Flow-match schedules and the Euler step against diffusers' FlowMatchEulerDiscreteScheduler."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler
+
+from jdiff.errors import InputError
+from jdiff.models.config import from_dict
+from jdiff.sampling.flow_match import (
+    FlowMatchEulerConfig,
+    calculate_shift,
+    default_sigmas,
+    euler_step,
+    schedule,
+)
+from jdiff.sampling.loop import euler_loop
+
+DEV = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
+SCHNELL = dict(shift=1.0, use_dynamic_shifting=False)
+
+
+@pytest.mark.parametrize("steps", [1, 4, 28, 50])
+@pytest.mark.parametrize(
+    "sched",
+    [
+        DEV,
+        SCHNELL,
+        dict(shift=3.0),
+        dict(shift=5.0, shift_terminal=0.02),
+        {**DEV, "time_shift_type": "linear"},
+    ],
+)
+@pytest.mark.parametrize("seq_len", [16, 1024, 4096, 6400])
+def test_schedule_matches_diffusers(steps, sched, seq_len):
+    if steps == 1 and "shift_terminal" in sched:
+        pytest.skip("diffusers returns NaN sigmas here; see test_one_step_shift_terminal")
+    ref = FlowMatchEulerDiscreteScheduler(**sched)
+    cfg = from_dict(FlowMatchEulerConfig, dict(ref.config))
+    mu = calculate_shift(seq_len, 256, 4096, 0.5, 1.15)
+    ref.set_timesteps(sigmas=default_sigmas(steps), mu=mu)
+    sigmas, timesteps = schedule(cfg, default_sigmas(steps), mu=mu)
+    np.testing.assert_array_equal(sigmas, ref.sigmas.numpy())
+    np.testing.assert_array_equal(timesteps, ref.timesteps.numpy())
+
+
+def test_euler_loop_matches_scheduler_steps():
+    ref = FlowMatchEulerDiscreteScheduler(**DEV)
+    cfg = from_dict(FlowMatchEulerConfig, dict(ref.config))
+    ref.set_timesteps(sigmas=default_sigmas(6), mu=0.8)
+    sigmas, _ = schedule(cfg, default_sigmas(6), mu=0.8)
+    rng = np.random.default_rng(0)
+    x0 = rng.standard_normal((2, 5, 4)).astype(np.float32)
+    w = rng.standard_normal((4, 4)).astype(np.float32)
+
+    def velocity(x, sigma):  # a model whose output depends on both the state and the noise level
+        return jnp.tanh(x @ w) * (1 + sigma)
+
+    got = euler_loop(velocity, jnp.asarray(x0), jnp.asarray(sigmas), progress=True)
+    x = torch.from_numpy(x0)
+    for t, sigma in zip(ref.timesteps, ref.sigmas[:-1], strict=True):
+        v = torch.tanh(x @ torch.from_numpy(w)) * (1 + sigma)
+        x = ref.step(v, t, x).prev_sample
+    np.testing.assert_allclose(np.asarray(got), x.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_euler_step_upcasts():
+    x = jnp.ones((3,), jnp.bfloat16)
+    out = euler_step(x, jnp.full((3,), 0.5, jnp.bfloat16), jnp.float32(1.0), jnp.float32(0.0))
+    assert out.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(out, np.float32), 0.5)
+
+
+def test_unsupported_scheduler_options():
+    with pytest.raises(InputError, match="use_karras_sigmas"):
+        from_dict(FlowMatchEulerConfig, {"use_karras_sigmas": True})
+    with pytest.raises(ValueError, match="mu"):
+        schedule(dataclasses.replace(FlowMatchEulerConfig(), use_dynamic_shifting=True), default_sigmas(3))
+
+
+def test_one_step_shift_terminal_is_finite():
+    sigmas, timesteps = schedule(FlowMatchEulerConfig(shift=5.0, shift_terminal=0.02), default_sigmas(1))
+    np.testing.assert_array_equal(sigmas, [1.0, 0.0])
+    np.testing.assert_array_equal(timesteps, [1000.0])
