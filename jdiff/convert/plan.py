@@ -92,14 +92,19 @@ class Plan:
         rules: tried in order, before DEFAULT_RULES; the first whose target regex matches wins.
         stacked: path prefixes of blocks stacked for a scan over layers (leading axis = layer).
         ignore: anchored regexes of reference keys that are deliberately unused (buffers, unused heads).
-        keep_fp32: anchored regexes of target paths kept in float32 whatever the dtype policy (where the
-            reference keeps them in float32).
+        keep_fp32: anchored regexes of target paths kept in float32 whatever the dtype policy.
+        keep_fp32_with_fp16: kept in float32 only under a float16 policy: transformers'
+            `_keep_in_fp32_modules`, which bfloat16 (float32's exponent range) does not need.
+        optional_prefix: a prefix that source keys may lack (rules name keys with it). transformers 5 saves
+            `CLIPTextModel` without the `text_model.` level that released checkpoints carry, and loads both.
     """
 
     rules: tuple[Rule, ...] = ()
     stacked: tuple[str, ...] = ()
     ignore: tuple[str, ...] = ()
     keep_fp32: tuple[str, ...] = ()
+    keep_fp32_with_fp16: tuple[str, ...] = ()
+    optional_prefix: str = ""
     _all_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -109,7 +114,8 @@ class Plan:
         return any(re.fullmatch(p, key) for p in self.ignore)
 
     def target_dtype(self, path: str, dtype) -> np.dtype:
-        return np.dtype(np.float32) if any(re.fullmatch(p, path) for p in self.keep_fp32) else np.dtype(dtype)
+        keep = self.keep_fp32 + (self.keep_fp32_with_fp16 if np.dtype(dtype) == np.float16 else ())
+        return np.dtype(np.float32) if any(re.fullmatch(p, path) for p in keep) else np.dtype(dtype)
 
 
 @dataclass(frozen=True)
@@ -154,6 +160,12 @@ def resolve(
     problems: list[str] = []
     used: set[str] = set()
     out: list[Assignment] = []
+    # Rule key -> actual key, for sources saved without the optional prefix.
+    actual = {k: k for k in sources}
+    if plan.optional_prefix:
+        actual.update(
+            {plan.optional_prefix + k: k for k in sources if not k.startswith(plan.optional_prefix)}
+        )
     for path, shape in targets.items():
         templ, stacked = _template_path(plan, path)
         rule = next((r for r in plan._all_rules if re.fullmatch(r.target, templ)), None)
@@ -164,12 +176,13 @@ def resolve(
         expanded = tuple(re.fullmatch(rule.target, templ).expand(s) for s in srcs)
         layers = range(shape[0]) if stacked else [None]
         per_layer = tuple(tuple(s.replace(LAYER, str(i)) for s in expanded) for i in layers)
-        missing = [k for keys in per_layer for k in keys if k not in sources]
-        used.update(k for keys in per_layer for k in keys)
+        missing = [k for keys in per_layer for k in keys if k not in actual]
+        used.update(actual[k] for keys in per_layer for k in keys if k in actual)
         if missing:
             more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
             problems.append(f"missing source key {missing[0]!r}{more} for target {path!r}")
             continue
+        per_layer = tuple(tuple(actual[k] for k in keys) for keys in per_layer)
         tf = TRANSFORMS[rule.transform]
         if not per_layer:  # an empty stack (e.g. a config with zero single blocks): nothing to read
             out.append(Assignment(path, (), rule.transform, stacked, tuple(shape)))

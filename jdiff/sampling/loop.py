@@ -33,15 +33,19 @@ def euler_loop(
     velocity: Callable[[jax.Array, jax.Array], jax.Array],
     latents: jax.Array,
     sigmas: jax.Array,
+    timesteps: jax.Array,
     *,
     progress: bool = False,
 ) -> jax.Array:
     """Integrates the flow from sigmas[0] to sigmas[-1] with Euler steps.
 
     Args:
-        velocity: model prediction v(x, sigma) for latents x at noise level sigma (a scalar array).
+        velocity: model prediction v(x, t) for latents x at model timestep t (a scalar array). The model is
+            fed the scheduler's timesteps rather than sigmas: diffusers does, and sigma * 1000 / 1000 is not
+            always sigma in float32.
         latents: initial noise (float32 recommended: the state stays in its dtype between steps).
         sigmas: [n + 1] decreasing noise levels ending in 0.
+        timesteps: [n] model timesteps (sigmas[:n] * num_train_timesteps).
         progress: emit a host callback after each step (a static choice: it is compiled in or not).
 
     Returns:
@@ -49,12 +53,12 @@ def euler_loop(
     """
 
     def body(x, inputs):
-        i, sigma, sigma_next = inputs
-        x = euler_step(x, velocity(x, sigma), sigma, sigma_next)
+        i, t, sigma, sigma_next = inputs
+        x = euler_step(x, velocity(x, t), sigma, sigma_next)
         if progress:
             jax.debug.callback(_tick, i)
         return x, None
 
     n = sigmas.shape[0] - 1
-    x, _ = jax.lax.scan(body, latents, (jnp.arange(n), sigmas[:-1], sigmas[1:]))
+    x, _ = jax.lax.scan(body, latents, (jnp.arange(n), timesteps, sigmas[:-1], sigmas[1:]))
     return x

@@ -1,0 +1,63 @@
+"""The CLIP text encoder config: field names are transformers' `CLIPTextConfig` keys.
+
+Defaults are transformers' `CLIPTextConfig` defaults (ViT-B/32 text tower); FLUX.1 ships the CLIP-L one
+(hidden 768, 12 layers, 12 heads) in its `text_encoder/config.json`. Keys only used in training (dropouts,
+initialiser ranges) or by heads we do not build (`projection_dim`) are ignored by `from_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jdiff.errors import InputError
+
+SUPPORTED_ACTS = ("quick_gelu", "gelu")
+
+
+@dataclass(frozen=True)
+class CLIPTextConfig:
+    vocab_size: int = 49408
+    hidden_size: int = 512
+    intermediate_size: int = 2048
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 8
+    max_position_embeddings: int = 77
+    hidden_act: str = "quick_gelu"
+    layer_norm_eps: float = 1e-5
+    # 2 is the legacy value (configs written before transformers PR #24773): pooling then takes the
+    # position of the largest token id instead of the first `eos_token_id`; see `CLIPTextTransformer`.
+    eos_token_id: int = 49407
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self) -> None:
+        """Raises InputError naming the first unsupported value."""
+        if self.hidden_act not in SUPPORTED_ACTS:
+            raise InputError(
+                f"CLIP text config: hidden_act {self.hidden_act!r} is not supported; expected one of "
+                f"{list(SUPPORTED_ACTS)}"
+            )
+        sizes = (
+            "vocab_size",
+            "hidden_size",
+            "intermediate_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "max_position_embeddings",
+        )
+        for name in sizes:
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"CLIP text config: {name} should be a positive integer, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            raise InputError(
+                f"CLIP text config: hidden_size {self.hidden_size} does not split into "
+                f"{self.num_attention_heads} attention heads; fix num_attention_heads"
+            )
+        if not isinstance(self.eos_token_id, int) or isinstance(self.eos_token_id, bool):
+            raise InputError(
+                f"CLIP text config: eos_token_id should be an integer (the pooled output is read at the end-of-"
+                f"text token), got {self.eos_token_id!r}"
+            )

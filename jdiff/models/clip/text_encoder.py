@@ -1,0 +1,190 @@
+"""The CLIP text encoder (transformers `CLIPTextModel`), as FLUX.1 uses it: last hidden state and pooled output.
+
+Axis letters: B batch, L sequence, D width (hidden_size), N heads, H head dim, F mlp width, V vocabulary.
+
+Attribute paths mirror the state-dict names of the checkpoints FLUX.1 ships
+(`text_model.encoder.layers.0.self_attn.q_proj.weight`), so the conversion plan is the default rules; the
+encoder layers are stacked (leading layer axis) and run with one `lax.scan`.
+
+No attention padding mask is taken, on purpose: CLIP attends causally and its tokenizer pads at the end, so
+padding never reaches a real token, and FLUX (like diffusers' pipelines) passes none.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int
+
+from jdiff import sharding as sh
+from jdiff.errors import InputError
+from jdiff.layers import LayerNorm, Linear, dot_product_attention
+from jdiff.models.clip.config import CLIPTextConfig
+
+# transformers' ACT2FN entries; "gelu" is the exact (erf) GELU.
+_ACTS = {
+    "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+    "gelu": partial(jax.nn.gelu, approximate=False),
+}
+
+# transformers' pooling reads the argmax of the token ids when eos_token_id is this legacy value.
+LEGACY_EOS_TOKEN_ID = 2
+
+
+def _embed(num: int, dim: int, axes: tuple[str | None, str | None], *, rngs: nnx.Rngs) -> nnx.Embed:
+    init = nnx.with_partitioning(nnx.initializers.normal(0.02), axes, eager_sharding=False)
+    return nnx.Embed(num, dim, embedding_init=init, rngs=rngs)
+
+
+class CLIPTextEmbeddings(nnx.Module):
+    """Token embedding plus learned absolute position embedding."""
+
+    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+        self.token_embedding = _embed(cfg.vocab_size, cfg.hidden_size, (sh.VOCAB, sh.EMBED), rngs=rngs)
+        self.position_embedding = _embed(
+            cfg.max_position_embeddings, cfg.hidden_size, (None, sh.EMBED), rngs=rngs
+        )
+
+    def __call__(self, input_ids: jax.Array) -> jax.Array:
+        # Looked up directly rather than through `nnx.Embed.__call__`, which computes in the dtype it was
+        # built with (float32) and would upcast a bfloat16 model's whole residual stream.
+        tokens = jnp.take(self.token_embedding.embedding[...], input_ids, axis=0)  # [B, L, D]
+        positions = self.position_embedding.embedding[: input_ids.shape[1]]  # [L, D]
+        return tokens + positions[None]
+
+
+class CLIPAttention(nnx.Module):
+    """Causal multi-head self-attention with separate q, k, v projections (scale 1/sqrt(H))."""
+
+    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+        d = cfg.hidden_size
+        self.num_heads = cfg.num_attention_heads
+        self.q_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+        self.k_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+        self.v_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+        self.out_proj = Linear(d, d, axes=(sh.HEADS, sh.EMBED), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        heads = (x.shape[0], x.shape[1], self.num_heads, -1)
+        q, k, v = (p(x).reshape(heads) for p in (self.q_proj, self.k_proj, self.v_proj))  # [B, L, N, H]
+        out = dot_product_attention(q, k, v, is_causal=True)
+        return self.out_proj(out.reshape(x.shape))
+
+
+class CLIPMLP(nnx.Module):
+    """fc1 -> activation -> fc2."""
+
+    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+        self.act = cfg.hidden_act
+        self.fc1 = Linear(cfg.hidden_size, cfg.intermediate_size, axes=(sh.EMBED, sh.MLP), rngs=rngs)
+        self.fc2 = Linear(cfg.intermediate_size, cfg.hidden_size, axes=(sh.MLP, sh.EMBED), rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.fc2(_ACTS[self.act](self.fc1(x)))  # through [B, L, F]
+
+
+class CLIPEncoderLayer(nnx.Module):
+    """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x))."""
+
+    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+        self.self_attn = CLIPAttention(cfg, rngs=rngs)
+        self.layer_norm1 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = CLIPMLP(cfg, rngs=rngs)
+        self.layer_norm2 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.layer_norm1(x))
+        x = x + self.mlp(self.layer_norm2(x))
+        return sh.constrain(x, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
+
+
+class CLIPEncoder(nnx.Module):
+    """The encoder layers, stacked on a leading layer axis and run with one `lax.scan`."""
+
+    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+        @nnx.split_rngs(splits=cfg.num_hidden_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
+        def make(r: nnx.Rngs) -> CLIPEncoderLayer:
+            return CLIPEncoderLayer(cfg, rngs=r)
+
+        self.layers = make(rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        graphdef, state = nnx.split(self.layers)
+
+        def step(h, layer_state):
+            return nnx.merge(graphdef, layer_state)(h), None
+
+        x, _ = jax.lax.scan(step, x, state)
+        return x
+
+
+def pool_eos(
+    hidden: Float[Array, "b l d"], input_ids: Int[Array, "b l"], eos_token_id: int
+) -> Float[Array, "b d"]:
+    """The hidden state at each sequence's end-of-text token, as transformers' `CLIPTextModel` picks it.
+
+    With the legacy `eos_token_id == 2` (configs from before transformers PR #24773, FLUX.1's among them)
+    the position is the argmax of the token ids: the original CLIP vocabulary puts end-of-text last, so it is
+    the largest id. Otherwise it is the first position equal to `eos_token_id` (the tokenizer may pad with the
+    same id). Ties resolve to the first position in both cases, as torch's argmax does.
+
+    Args:
+        hidden: [B, L, D] final hidden states.
+        input_ids: [B, L] token ids.
+        eos_token_id: the config's `eos_token_id`.
+
+    Returns:
+        [B, D] pooled output.
+    """
+    if eos_token_id == LEGACY_EOS_TOKEN_ID:
+        idx = jnp.argmax(input_ids, axis=-1)
+    else:
+        idx = jnp.argmax((input_ids == eos_token_id).astype(jnp.int32), axis=-1)
+    return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
+
+
+class CLIPTextTransformer(nnx.Module):
+    """Embeddings, encoder, final norm and end-of-text pooling (transformers 4's `CLIPTextTransformer`)."""
+
+    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+        self.embeddings = CLIPTextEmbeddings(cfg, rngs=rngs)
+        self.encoder = CLIPEncoder(cfg, rngs=rngs)
+        self.final_layer_norm = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.eos_token_id = cfg.eos_token_id
+        self.max_position_embeddings = cfg.max_position_embeddings
+
+    def __call__(self, input_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if input_ids.ndim != 2 or input_ids.shape[1] > self.max_position_embeddings:
+            raise InputError(
+                f"CLIP text encoder: expected token ids [batch, length] with length <= "
+                f"{self.max_position_embeddings} (max_position_embeddings), got shape {tuple(input_ids.shape)}; "
+                "tokenize with truncation to that length"
+            )
+        x = sh.constrain(self.embeddings(input_ids), (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))  # [B, L, D]
+        x = self.final_layer_norm(self.encoder(x))
+        return x, pool_eos(x, input_ids, self.eos_token_id)
+
+
+class CLIPTextModel(nnx.Module):
+    """transformers' `CLIPTextModel`: no projection head (FLUX uses the pooled output as is)."""
+
+    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+        self.text_model = CLIPTextTransformer(cfg, rngs=rngs)
+
+    def __call__(self, input_ids: Int[Array, "b l"]) -> tuple[Float[Array, "b l d"], Float[Array, "b d"]]:
+        """Encodes token ids.
+
+        Args:
+            input_ids: [B, L] token ids, L <= max_position_embeddings; no attention mask (see module doc).
+
+        Returns:
+            (last_hidden_state [B, L, D] after the final layer norm, pooled [B, D] at the end-of-text token).
+
+        Raises:
+            InputError: input_ids not [B, L], or L above max_position_embeddings.
+        """
+        return self.text_model(input_ids)

@@ -1,0 +1,72 @@
+"""T5 encoder config: the transformers `T5Config` keys that shape the encoder, with transformers' defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from jdiff.errors import InputError
+
+# transformers ACT2FN names we implement (see `encoder.ACTIVATIONS`); T5-family checkpoints use only these.
+ACTIVATION_NAMES = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu")
+
+
+@dataclass(frozen=True)
+class T5Config:
+    vocab_size: int = 32128
+    d_model: int = 512
+    d_kv: int = 64
+    d_ff: int = 2048
+    num_layers: int = 6
+    num_heads: int = 8
+    relative_attention_num_buckets: int = 32
+    relative_attention_max_distance: int = 128
+    layer_norm_epsilon: float = 1e-6
+    feed_forward_proj: str = "relu"
+    is_decoder: bool = False
+
+    # config.json files also carry `dense_act_fn` and `is_gated_act`, but transformers' T5Config recomputes
+    # both from `feed_forward_proj` on load (so do we): the written values are never read.
+    @property
+    def dense_act_fn(self) -> str:
+        # transformers keeps "gated-gelu" on the tanh approximation for backwards compatibility (T5 v1.1).
+        return "gelu_new" if self.feed_forward_proj == "gated-gelu" else self.feed_forward_proj.split("-")[-1]
+
+    @property
+    def is_gated_act(self) -> bool:
+        return self.feed_forward_proj.split("-")[0] == "gated"
+
+    @property
+    def inner_dim(self) -> int:
+        return self.num_heads * self.d_kv
+
+    def validate(self) -> None:
+        sizes = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads")
+        bad = [f"{k}={getattr(self, k)}" for k in sizes if not getattr(self, k) > 0]
+        if bad:
+            raise InputError(
+                f"T5 config: {', '.join(bad)} must be positive; fix the text encoder's config.json"
+            )
+        parts = self.feed_forward_proj.split("-")
+        if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
+            raise InputError(
+                f"T5 config: feed_forward_proj {self.feed_forward_proj!r} should be 'ACT' or 'gated-ACT' "
+                "(e.g. 'relu', 'gated-gelu')"
+            )
+        if self.dense_act_fn not in ACTIVATION_NAMES:
+            raise InputError(
+                f"T5 config: activation {self.dense_act_fn!r} (from feed_forward_proj "
+                f"{self.feed_forward_proj!r}) is not supported; supported: {', '.join(ACTIVATION_NAMES)}"
+            )
+        if self.is_decoder:
+            raise InputError(
+                "T5 config: is_decoder=true describes a decoder stack; jdiff implements the encoder"
+            )
+        # Bidirectional bucketing halves the buckets, then gives half of those to exact offsets: at least one
+        # exact bucket, and a log range (max_exact, max_distance) that is not empty.
+        max_exact = self.relative_attention_num_buckets // 4
+        if max_exact < 1 or self.relative_attention_max_distance <= max_exact:
+            raise InputError(
+                f"T5 config: relative_attention_num_buckets={self.relative_attention_num_buckets} must be "
+                f">= 4 and relative_attention_max_distance={self.relative_attention_max_distance} must "
+                f"exceed num_buckets // 4 = {max_exact}"
+            )

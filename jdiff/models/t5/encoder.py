@@ -1,0 +1,185 @@
+"""The T5 encoder (transformers `T5EncoderModel`): FLUX.1's T5-v1.1-XXL text encoder, and original T5.
+
+Axis letters: B batch, L sequence (queries), S sequence (keys, = L), D model dim, N heads, H head dim (d_kv),
+F feed-forward dim, K relative-position buckets.
+
+Attribute paths mirror the transformers state dict (`shared`, `encoder.block.*.layer.0.SelfAttention.q`,
+`encoder.final_layer_norm`, ...), except that blocks are stacked on a leading layer axis for a scan over
+layers, and the relative position bias, which transformers stores in block 0 only and shares with every
+layer, lives beside the stack as `encoder.relative_attention_bias`.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxtyping import Array, Bool, Float, Int
+
+from jdiff import sharding as sh
+from jdiff.layers import Linear, RMSNorm, dot_product_attention
+from jdiff.models.t5.config import T5Config
+
+# transformers' ACT2FN entries used by T5 checkpoints; "gelu_new" is the tanh approximation (T5 v1.1, FLUX).
+ACTIVATIONS = {
+    "relu": jax.nn.relu,
+    "gelu": partial(jax.nn.gelu, approximate=False),
+    "gelu_new": partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "silu": jax.nn.silu,
+}
+
+
+def relative_position_buckets(length: int, num_buckets: int, max_distance: int) -> np.ndarray:
+    """Bidirectional relative-position buckets [L, S], exactly transformers' `_relative_position_bucket`.
+
+    Computed on the host in float32 with the reference's operation order: the log-spaced buckets are
+    truncated, so a one-ulp difference at a bucket edge would move a whole offset to another bucket; a host
+    table is the same on every backend. It depends only on the request's shape.
+    """
+    rel = np.arange(length)[None, :] - np.arange(length)[:, None]  # key position - query position
+    half = num_buckets // 2
+    buckets = (rel > 0).astype(np.int64) * half
+    rel = np.abs(rel)
+    max_exact = half // 2
+    # Offsets below max_exact get a bucket each (np.maximum only keeps log() finite where they are unused);
+    # the rest share log-spaced buckets up to max_distance, beyond which all share the last one.
+    scaled = np.log(np.maximum(rel, max_exact).astype(np.float32) / np.float32(max_exact))
+    scaled = scaled / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact)
+    large = np.minimum(max_exact + scaled.astype(np.int64), half - 1)
+    return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
+
+
+def _embed(num: int, dim: int, axes: tuple[str | None, str | None], rngs: nnx.Rngs) -> nnx.Embed:
+    init = nnx.with_partitioning(nnx.initializers.normal(1.0), axes, eager_sharding=False)
+    return nnx.Embed(num, dim, embedding_init=init, rngs=rngs)
+
+
+def _lookup(embed: nnx.Embed, ids: jax.Array) -> jax.Array:
+    # Not `embed(ids)`: nnx.Embed fixes its output dtype at construction (float32 here, before loading), which
+    # would silently upcast a bfloat16 model's activations. Gathering keeps the loaded parameter's dtype.
+    return jnp.take(embed.embedding[...], ids, axis=0)
+
+
+class T5Attention(nnx.Module):
+    """Self-attention without the 1/sqrt(H) logit scale (T5 folds it into the initialisation)."""
+
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.num_heads = cfg.num_heads
+        self.q = Linear(cfg.d_model, cfg.inner_dim, axes=(sh.EMBED, sh.HEADS), use_bias=False, rngs=rngs)
+        self.k = Linear(cfg.d_model, cfg.inner_dim, axes=(sh.EMBED, sh.HEADS), use_bias=False, rngs=rngs)
+        self.v = Linear(cfg.d_model, cfg.inner_dim, axes=(sh.EMBED, sh.HEADS), use_bias=False, rngs=rngs)
+        self.o = Linear(cfg.inner_dim, cfg.d_model, axes=(sh.HEADS, sh.EMBED), use_bias=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array | None) -> jax.Array:
+        b, length, _ = x.shape
+        # [B, L, N, H] each
+        q, k, v = (p(x).reshape(b, length, self.num_heads, -1) for p in (self.q, self.k, self.v))
+        out = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0)
+        return self.o(out.reshape(b, length, -1))
+
+
+class T5LayerSelfAttention(nnx.Module):
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.SelfAttention = T5Attention(cfg, rngs=rngs)
+        self.layer_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
+
+    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array | None) -> jax.Array:
+        return x + self.SelfAttention(self.layer_norm(x), bias, mask)
+
+
+class T5DenseActDense(nnx.Module):
+    """The feed-forward: wo(act(wi x)), or wo(act(wi_0 x) * wi_1 x) when gated (T5 v1.1)."""
+
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.act = cfg.dense_act_fn  # a name: static, hashable graph data
+        self.gated = cfg.is_gated_act
+        ff_in = partial(Linear, cfg.d_model, cfg.d_ff, axes=(sh.EMBED, sh.MLP), use_bias=False, rngs=rngs)
+        if self.gated:
+            self.wi_0, self.wi_1 = ff_in(), ff_in()
+        else:
+            self.wi = ff_in()
+        self.wo = Linear(cfg.d_ff, cfg.d_model, axes=(sh.MLP, sh.EMBED), use_bias=False, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.act]
+        h = act(self.wi_0(x)) * self.wi_1(x) if self.gated else act(self.wi(x))  # [B, L, F]
+        # wo may be kept in float32 (the plan's keep_fp32, after transformers' `_keep_in_fp32_modules`, there
+        # because T5 v1.1's wo outputs overflow float16): run it in its own dtype as transformers does, and
+        # hand back the activation dtype so the residual stream keeps one dtype through the scan.
+        return self.wo(h.astype(self.wo.kernel.dtype)).astype(x.dtype)
+
+
+class T5LayerFF(nnx.Module):
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.DenseReluDense = T5DenseActDense(cfg, rngs=rngs)
+        self.layer_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.DenseReluDense(self.layer_norm(x))
+
+
+class T5Block(nnx.Module):
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.layer = nnx.List([T5LayerSelfAttention(cfg, rngs=rngs), T5LayerFF(cfg, rngs=rngs)])
+
+    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array | None) -> jax.Array:
+        x = self.layer[1](self.layer[0](x, bias, mask))
+        return sh.constrain(x, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
+
+
+class T5Stack(nnx.Module):
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.num_buckets = cfg.relative_attention_num_buckets
+        self.max_distance = cfg.relative_attention_max_distance
+        # [K, N]: small, so replicated.
+        self.relative_attention_bias = _embed(self.num_buckets, cfg.num_heads, (None, None), rngs)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
+        def make_blocks(r: nnx.Rngs) -> T5Block:
+            return T5Block(cfg, rngs=r)
+
+        self.block = make_blocks(rngs)
+        self.final_layer_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
+        buckets = relative_position_buckets(x.shape[1], self.num_buckets, self.max_distance)  # [L, S]
+        # Computed once and shared by every layer, as transformers reuses block 0's bias.
+        bias = _lookup(self.relative_attention_bias, jnp.asarray(buckets))  # [L, S, N]
+        bias = bias.transpose(2, 0, 1)[None]  # [1, N, L, S]
+        graphdef, state = nnx.split(self.block)
+        x, _ = jax.lax.scan(lambda h, s: (nnx.merge(graphdef, s)(h, bias, mask), None), x, state)
+        return self.final_layer_norm(x)
+
+
+class T5EncoderModel(nnx.Module):
+    """transformers `T5EncoderModel`: token ids -> last hidden state."""
+
+    def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
+        self.shared = _embed(cfg.vocab_size, cfg.d_model, (sh.VOCAB, sh.EMBED), rngs)
+        self.encoder = T5Stack(cfg, rngs=rngs)
+
+    def __call__(
+        self,
+        input_ids: Int[Array, "b l"],
+        attention_mask: Int[Array, "b l"] | Bool[Array, "b l"] | None = None,
+    ) -> Float[Array, "b l d"]:
+        """Encodes token ids.
+
+        Args:
+            input_ids: [B, L] token ids.
+            attention_mask: [B, L], nonzero for real tokens and zero for padding; None attends everywhere.
+                Padded keys are masked out; padded queries are still computed (as transformers does), so the
+                whole output matches the reference.
+
+        Returns:
+            [B, L, D] last hidden state, after the final norm, in the embedding's dtype.
+        """
+        x = sh.constrain(_lookup(self.shared, input_ids), (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))  # [B, L, D]
+        mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]  # [B,1,1,S]
+        return self.encoder(x, mask)

@@ -1,0 +1,105 @@
+"""What every pipeline shares: the result type, request validation, post-processing and saving outputs."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jdiff.errors import InputError
+
+IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+
+@dataclass
+class GenerationResult:
+    """What `DiffGenerator.generate` returns (INTERFACE.md)."""
+
+    images: Any = None  # list[PIL.Image] or np.ndarray [B, H, W, 3] in [0, 1]
+    frames: Any = None  # video models
+    latents: np.ndarray | None = None  # final latents in diffusers' pipeline layout
+    timings: dict[str, float] = field(default_factory=dict)
+    paths: list[str] = field(default_factory=list)
+
+
+def prompts_of(prompt, name: str = "prompt") -> list[str]:
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not isinstance(prompt, list | tuple) or not prompt or not all(isinstance(p, str) for p in prompt):
+        raise InputError(
+            f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}"
+        )
+    return list(prompt)
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def finite_nonneg(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def check_size(height: int, width: int, multiple: int, model: str) -> None:
+    for name, v in (("height", height), ("width", width)):
+        positive_int(v, name)
+        if v % multiple:
+            lo, hi = v // multiple * multiple, (v // multiple + 1) * multiple
+            raise InputError(
+                f"{name} {v} is not divisible by {multiple}, as {model} needs; use {lo or hi} or {hi}"
+            )
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """[.., 3] floats in [0, 1] -> uint8, rounding like diffusers' `numpy_to_pil`."""
+    return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
+
+
+def to_pil(images: np.ndarray) -> list:
+    from PIL import Image
+
+    return [Image.fromarray(im) for im in to_uint8(images)]
+
+
+def check_output_path(path: str | os.PathLike, kinds: dict[str, str] = IMAGE_SUFFIXES) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in kinds:
+        raise InputError(f"output {p} has suffix {p.suffix!r}; use one of {sorted(kinds)}")
+    return p
+
+
+def output_paths(path: Path, n: int) -> list[Path]:
+    """`out.png` for one output; `out-0.png`, `out-1.png`, ... for several."""
+    return [path] if n == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(n)]
+
+
+def save_images(images: np.ndarray, path: str | os.PathLike) -> list[str]:
+    """Saves float images [B, H, W, 3] to `path` (format from its suffix), each through a temp file + rename."""
+    path = check_output_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for im, p in zip(to_pil(images), output_paths(path, len(images)), strict=True):
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                im.save(f, format=IMAGE_SUFFIXES[p.suffix.lower()])
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        out.append(str(p))
+    return out

@@ -1,0 +1,323 @@
+"""The FLUX.1 text-to-image pipeline (dev and schnell), stage by stage as SGLang Diffusion runs it:
+validate -> encode text -> timesteps -> latents -> denoise -> decode -> post-process.
+
+Axis letters: B batch, T text tokens, J T5 width, P pooled width, C latent channels, h/w latent height/width,
+S = (h/2)(w/2) packed tokens, H/W image height/width.
+
+Every jitted stage takes the weights and all per-request values as arguments: one compile per shape serves
+every prompt, seed, guidance scale and resolution-dependent shift. `trace_counts` counts traces per stage.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from functools import lru_cache
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdiff.errors import InputError
+from jdiff.layers.rope import rope_cos_sin
+from jdiff.models.config import from_dict
+from jdiff.pipelines.base import (
+    OUTPUT_TYPES,
+    GenerationResult,
+    check_output_path,
+    check_size,
+    finite_nonneg,
+    positive_int,
+    prompts_of,
+    save_images,
+    to_pil,
+)
+from jdiff.pipelines.model_dir import ModelDir
+from jdiff.presets import load_preset
+from jdiff.sampling.flow_match import FlowMatchEulerConfig, calculate_shift, default_sigmas, schedule
+from jdiff.sampling.loop import euler_loop, set_progress_hook
+
+
+def pack_latents(latents: jax.Array) -> jax.Array:
+    """[B, C, h, w] -> [B, S, 4C]: 2x2 patches as tokens, channel-major within a token (diffusers' order)."""
+    b, c, h, w = latents.shape
+    x = latents.reshape(b, c, h // 2, 2, w // 2, 2).transpose(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents_nhwc(latents: jax.Array, h: int, w: int) -> jax.Array:
+    """[B, S, 4C] -> [B, h, w, C] (channels-last, what the VAE takes)."""
+    b, _, c4 = latents.shape
+    x = latents.reshape(b, h // 2, w // 2, c4 // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
+    return x.reshape(b, h, w, c4 // 4)
+
+
+@lru_cache(maxsize=16)
+def _rope_tables(text_len: int, h2: int, w2: int, axes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    img = np.zeros((h2, w2, 3), np.float64)
+    img[..., 1] = np.arange(h2)[:, None]
+    img[..., 2] = np.arange(w2)[None, :]
+    ids = np.concatenate([np.zeros((text_len, 3)), img.reshape(-1, 3)])
+    return rope_cos_sin(ids, axes, 10000.0)
+
+
+class FluxPipeline:
+    """FLUX.1 text-to-image from a diffusers-format directory or a converted jdiff checkpoint."""
+
+    family = "flux"
+    is_video = False
+
+    def __init__(self, model: ModelDir, *, dtype):
+        self.dtype = jnp.dtype(dtype)
+        sched_cls = model.components().get("scheduler", ("", ""))[1]
+        if sched_cls != "FlowMatchEulerDiscreteScheduler":
+            raise InputError(f"FLUX needs a FlowMatchEulerDiscreteScheduler, {model.root} has {sched_cls!r}")
+        self.scheduler = from_dict(FlowMatchEulerConfig, model.scheduler_config())
+        self.transformer_config, transformer = model.load("transformer", dtype=dtype)
+        _, clip = model.load("text_encoder", dtype=dtype)
+        _, t5 = model.load("text_encoder_2", dtype=dtype)
+        self.vae_config, vae = model.load("vae", dtype=dtype)
+        self.tokenizer = model.tokenizer("tokenizer")
+        self.tokenizer_2 = model.tokenizer("tokenizer_2")
+        tc, vc = self.transformer_config, self.vae_config
+        if tc.in_channels != 4 * vc.latent_channels:
+            raise InputError(
+                f"transformer in_channels {tc.in_channels} != 4 x VAE latent_channels {vc.latent_channels}; "
+                "the transformer and VAE come from different models"
+            )
+        self.preset = load_preset("flux-dev" if tc.guidance_embeds else "flux-schnell", model.root)
+        self.vae_scale_factor = 2 ** (len(vc.block_out_channels) - 1)
+        self.latent_channels = vc.latent_channels
+        self.trace_counts: collections.Counter[str] = collections.Counter()
+
+        self._defs, self._params = {}, {}
+        for name, module in (("transformer", transformer), ("clip", clip), ("t5", t5), ("vae", vae)):
+            self._defs[name], self._params[name] = nnx.split(module)
+        self._encode = jax.jit(self._encode_fn)
+        self._denoise = jax.jit(self._denoise_fn, static_argnames=("progress", "cfg"))
+        self._decode = jax.jit(self._decode_fn)
+
+    # ---- jitted stages ------------------------------------------------------------------------------------
+
+    def _encode_fn(self, clip_params, t5_params, clip_ids, t5_ids):
+        self.trace_counts["encode"] += 1
+        _, pooled = nnx.merge(self._defs["clip"], clip_params)(clip_ids)
+        # diffusers' FluxPipeline runs T5 without an attention mask: padding tokens are attended to.
+        embeds = nnx.merge(self._defs["t5"], t5_params)(t5_ids)
+        return embeds.astype(self.dtype), pooled.astype(self.dtype)
+
+    def _denoise_fn(
+        self,
+        params,
+        latents,
+        embeds,
+        pooled,
+        cos,
+        sin,
+        sigmas,
+        timesteps,
+        guidance,
+        cfg_scale,
+        *,
+        progress,
+        cfg,
+    ):
+        """Runs the whole sampling loop. With `cfg`, embeds/pooled hold [negative; positive] (true CFG)."""
+        self.trace_counts["denoise"] += 1
+        model = nnx.merge(self._defs["transformer"], params)
+
+        def velocity(x, t):
+            xb = jnp.concatenate([x, x]) if cfg else x
+            tb = jnp.full((xb.shape[0],), t / 1000, jnp.float32)
+            g = None if guidance is None else jnp.concatenate([guidance, guidance]) if cfg else guidance
+            v = model(xb.astype(self.dtype), embeds, pooled, tb, (cos, sin), guidance=g).astype(jnp.float32)
+            if cfg:
+                neg, pos = jnp.split(v, 2)
+                v = neg + cfg_scale * (pos - neg)
+            return v
+
+        return euler_loop(velocity, latents, sigmas, timesteps, progress=progress)
+
+    def _decode_fn(self, vae_params, latents, h: int, w: int):
+        self.trace_counts["decode"] += 1
+        vae = nnx.merge(self._defs["vae"], vae_params)
+        z = unpack_latents_nhwc(latents, h, w)
+        shift = self.vae_config.shift_factor or 0.0
+        z = z / self.vae_config.scaling_factor + shift
+        image = vae.decode(z.astype(self.dtype)).astype(jnp.float32)
+        return jnp.clip(image * 0.5 + 0.5, 0, 1)
+
+    # ---- request handling ---------------------------------------------------------------------------------
+
+    def _tokenize(self, tokenizer, prompts: list[str], max_length: int) -> np.ndarray:
+        ids = tokenizer(
+            prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np"
+        )
+        return np.asarray(ids["input_ids"], np.int32)
+
+    def encode_prompts(self, prompts: list[str], max_sequence_length: int) -> tuple[jax.Array, jax.Array]:
+        clip_ids = self._tokenize(self.tokenizer, prompts, self.tokenizer.model_max_length)
+        t5_ids = self._tokenize(self.tokenizer_2, prompts, max_sequence_length)
+        return self._encode(self._params["clip"], self._params["t5"], clip_ids, t5_ids)
+
+    def generate(
+        self,
+        prompt,
+        *,
+        negative_prompt=None,
+        height=None,
+        width=None,
+        num_frames=None,
+        num_inference_steps=None,
+        guidance_scale=None,
+        guidance_scale_2=None,
+        true_cfg_scale=1.0,
+        max_sequence_length=None,
+        seed=0,
+        latents=None,
+        image=None,
+        num_outputs_per_prompt=1,
+        output_type="pil",
+        output_path=None,
+        progress=False,
+    ) -> GenerationResult:
+        t_start = time.perf_counter()
+        p = self.preset
+        prompts = prompts_of(prompt)
+        if num_frames not in (None, 1):
+            raise InputError("FLUX.1 makes images: num_frames must be omitted (or 1)")
+        if image is not None:
+            raise InputError("FLUX.1 text-to-image takes no conditioning image; use an image-edit model")
+        if guidance_scale_2 is not None:
+            raise InputError(
+                "guidance_scale_2 is for two-expert models (Wan2.2 A14B); FLUX.1 has one transformer"
+            )
+        height = p["height"] if height is None else height
+        width = p["width"] if width is None else width
+        check_size(height, width, 2 * self.vae_scale_factor, "FLUX.1 (VAE factor x 2x2 patches)")
+        steps = positive_int(
+            p["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
+            "num_inference_steps",
+        )
+        guidance = finite_nonneg(
+            p["guidance_scale"] if guidance_scale is None else guidance_scale, "guidance_scale"
+        )
+        true_cfg = finite_nonneg(true_cfg_scale, "true_cfg_scale")
+        max_len = positive_int(
+            p["max_sequence_length"] if max_sequence_length is None else max_sequence_length,
+            "max_sequence_length",
+        )
+        if max_len > 512:
+            raise InputError(f"max_sequence_length {max_len} exceeds T5's 512 tokens")
+        n_per = positive_int(num_outputs_per_prompt, "num_outputs_per_prompt")
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise InputError(f"seed must be an integer, got {seed!r}")
+        if output_path is not None:
+            if output_type == "latent":
+                raise InputError("output_path needs decoded images; use output_type 'pil' or 'np'")
+            check_output_path(output_path)
+        cfg = negative_prompt is not None and true_cfg > 1
+        negatives = prompts_of(negative_prompt, "negative_prompt") if cfg else None
+        if cfg and len(negatives) not in (1, len(prompts)):
+            raise InputError(
+                f"{len(negatives)} negative prompts for {len(prompts)} prompts; give 1 or {len(prompts)}"
+            )
+
+        timings = {}
+        t0 = time.perf_counter()
+        embeds, pooled = self.encode_prompts(prompts, max_len)
+        embeds, pooled = jnp.repeat(embeds, n_per, axis=0), jnp.repeat(pooled, n_per, axis=0)
+        if cfg:
+            neg_e, neg_p = self.encode_prompts(negatives * (len(prompts) // len(negatives)), max_len)
+            neg_e, neg_p = jnp.repeat(neg_e, n_per, axis=0), jnp.repeat(neg_p, n_per, axis=0)
+            embeds, pooled = jnp.concatenate([neg_e, embeds]), jnp.concatenate([neg_p, pooled])
+        jax.block_until_ready((embeds, pooled))
+        timings["text_encoding"] = time.perf_counter() - t0
+
+        batch = len(prompts) * n_per
+        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
+        seq_len = (h // 2) * (w // 2)
+        packed = self._initial_latents(latents, seed, batch, h, w)
+        sc = self.scheduler
+        mu = calculate_shift(
+            seq_len, sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
+        )
+        sigmas, timesteps = schedule(sc, default_sigmas(steps), mu=mu)
+        cos, sin = _rope_tables(
+            embeds.shape[1], h // 2, w // 2, tuple(self.transformer_config.axes_dims_rope)
+        )
+        g = jnp.full((batch,), guidance, jnp.float32) if self.transformer_config.guidance_embeds else None
+
+        t0 = time.perf_counter()
+        bar = _progress_bar(steps) if progress else None
+        try:
+            final = self._denoise(
+                self._params["transformer"],
+                packed,
+                embeds,
+                pooled,
+                cos,
+                sin,
+                sigmas,
+                timesteps,
+                g,
+                jnp.float32(true_cfg),
+                progress=bar is not None,
+                cfg=cfg,
+            )
+            final = jax.block_until_ready(final)
+        finally:
+            if bar is not None:
+                set_progress_hook(None)
+                bar.close()
+        timings["denoising"] = time.perf_counter() - t0
+
+        result = GenerationResult(latents=np.asarray(final), timings=timings)
+        if output_type != "latent":
+            t0 = time.perf_counter()
+            images = np.asarray(self._decode(self._params["vae"], final, h, w))
+            timings["decoding"] = time.perf_counter() - t0
+            result.images = images if output_type == "np" else to_pil(images)
+            if output_path is not None:
+                result.paths = save_images(images, output_path)
+        timings["total"] = time.perf_counter() - t_start
+        return result
+
+    def _initial_latents(self, latents, seed: int, batch: int, h: int, w: int) -> jax.Array:
+        c = self.latent_channels
+        if latents is None:
+            noise = jax.random.normal(jax.random.key(int(seed)), (batch, c, h, w), jnp.float32)
+            return pack_latents(noise)
+        arr = np.asarray(latents, dtype=np.float32)
+        packed_shape, unpacked_shape = (batch, (h // 2) * (w // 2), 4 * c), (batch, c, h, w)
+        if arr.shape == unpacked_shape:
+            return pack_latents(jnp.asarray(arr))
+        if arr.shape != packed_shape:
+            raise InputError(
+                f"latents have shape {arr.shape}; for {batch} output(s) at this size FLUX expects the packed "
+                f"{packed_shape} (diffusers' layout) or the unpacked {unpacked_shape}"
+            )
+        if not np.isfinite(arr).all():
+            raise InputError("latents contain NaN or infinite values")
+        return jnp.asarray(arr)
+
+
+def _progress_bar(steps: int):
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc="denoising", unit="step", leave=False)
+    done = [0]
+
+    def hook(i: int) -> None:
+        if i + 1 > done[0]:
+            bar.update(i + 1 - done[0])
+            done[0] = i + 1
+
+    set_progress_hook(hook)
+    return bar
+
+
+__all__ = ["FluxPipeline", "pack_latents", "unpack_latents_nhwc"]

@@ -1,0 +1,103 @@
+"""A model directory: diffusers format (model_index.json + component folders) or a converted jdiff checkpoint.
+
+Both share the layout; they differ only in where a component's weights live (safetensors converted on load,
+or an orbax checkpoint already in jdiff's layout).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jdiff.convert import checkpoint
+from jdiff.errors import InputError
+from jdiff.io.safetensors import open_weights
+from jdiff.models.config import read_json
+from jdiff.models.loading import ComponentSpec, load_component
+from jdiff.models.registry import spec_for
+
+TOKENIZER_CLASSES = ("Tokenizer", "TokenizerFast")
+
+
+@dataclass
+class ModelDir:
+    root: Path
+    index: dict[str, Any]
+
+    @classmethod
+    def open(cls, path: str | Path) -> ModelDir:
+        root = Path(path)
+        if not root.is_dir():
+            raise InputError(f"model directory {root} does not exist")
+        if not (root / "model_index.json").is_file():
+            raise InputError(
+                f"{root} has no model_index.json: point at a diffusers-format model directory "
+                "(the folder holding model_index.json) or a `jdiff convert` output"
+            )
+        return cls(root, read_json(root / "model_index.json"))
+
+    @property
+    def pipeline_class(self) -> str:
+        return str(self.index.get("_class_name", ""))
+
+    @property
+    def is_checkpoint(self) -> bool:
+        return checkpoint.is_checkpoint(self.root)
+
+    def components(self) -> dict[str, tuple[str, str]]:
+        """name -> (library, class name) for every component entry of model_index.json."""
+        out = {}
+        for name, entry in self.index.items():
+            if name.startswith("_") or not isinstance(entry, list) or len(entry) != 2 or entry[1] is None:
+                continue
+            out[name] = (entry[0], entry[1])
+        return out
+
+    def folder(self, name: str) -> Path:
+        if name not in self.components():
+            raise InputError(
+                f"{self.root}/model_index.json lists no {name!r} component, which a {self.pipeline_class} needs"
+            )
+        folder = self.root / name
+        if not folder.is_dir():
+            raise InputError(f"component folder {folder} is missing; the model directory is incomplete")
+        return folder
+
+    def spec(self, name: str) -> ComponentSpec:
+        self.folder(name)  # validates that the component exists
+        return spec_for(self.components()[name][1], component=name)
+
+    def load(self, name: str, *, dtype) -> tuple[Any, Any]:
+        """Loads component `name` as (config, jdiff module), from safetensors or a jdiff checkpoint."""
+        folder = self.folder(name)
+        spec = self.spec(name)
+        if self.is_checkpoint:
+            cfg = spec.read_config(folder)
+            graphdef, state = spec.abstract(cfg)
+            module = checkpoint.restore_params(
+                folder, graphdef, state, lambda path: spec.plan.target_dtype(path, dtype)
+            )
+            return cfg, module
+        return load_component(spec, folder, dtype=dtype, component=name)
+
+    def check(self, name: str):
+        """Header-only resolution of component `name` (for dry runs): its assignments, or ConversionError."""
+        from jdiff.models.loading import check
+
+        folder = self.folder(name)
+        spec = self.spec(name)
+        return check(spec, spec.read_config(folder), open_weights(folder), component=name)
+
+    def tokenizer(self, name: str):
+        from transformers import AutoTokenizer
+
+        folder = self.folder(name)
+        try:
+            return AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError) as e:
+            raise InputError(f"cannot load the tokenizer in {folder}: {e}") from None
+
+    def scheduler_config(self) -> dict[str, Any]:
+        folder = self.folder("scheduler")
+        return read_json(folder / "scheduler_config.json")
