@@ -96,7 +96,7 @@ class FluxPipeline:
             self._defs[name], self._params[name] = nnx.split(module)
         self._encode = jax.jit(self._encode_fn)
         self._denoise = jax.jit(self._denoise_fn, static_argnames=("progress", "cfg"))
-        self._decode = jax.jit(self._decode_fn)
+        self._decode = jax.jit(self._decode_fn, static_argnames=("h", "w"))
 
     # ---- jitted stages ------------------------------------------------------------------------------------
 

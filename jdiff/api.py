@@ -1,0 +1,90 @@
+"""The Python API: `DiffGenerator.from_pretrained(...).generate(...)` (INTERFACE.md)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jdiff.errors import InputError
+from jdiff.pipelines.base import GenerationResult
+from jdiff.pipelines.model_dir import ModelDir
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# model_index.json `_class_name` -> jdiff pipeline (imported lazily).
+PIPELINES = {"FluxPipeline": "jdiff.pipelines.flux:FluxPipeline"}
+
+
+def default_dtype() -> str:
+    return "float32" if jax.default_backend() == "cpu" else "bfloat16"
+
+
+def embedded_model_path() -> Path:
+    """The small model shipped inside the package (the default when no path is given)."""
+    return Path(__file__).parent / "assets" / "tiny-flux"
+
+
+def _pipeline_class(class_name: str, root: Path):
+    if class_name not in PIPELINES:
+        raise InputError(
+            f"{root} holds a {class_name or 'pipeline without _class_name'}, which jdiff does not support; "
+            f"supported: {sorted(PIPELINES)}"
+        )
+    module, name = PIPELINES[class_name].split(":")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+class DiffGenerator:
+    """A loaded model, ready to generate. Create it with `from_pretrained`."""
+
+    def __init__(self, pipeline, *, model_path: Path, dtype: str):
+        self.pipeline = pipeline
+        self.model_path = model_path
+        self.dtype = dtype
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model_path: str | os.PathLike | None = None,
+        *,
+        dtype: str | None = None,
+        mesh: Any = None,
+        sequence_parallel: str = "ulysses",
+    ) -> DiffGenerator:
+        """Loads a diffusers-format directory, a `jdiff convert` output, or (None) the embedded default model.
+
+        Args:
+            model_path: the directory holding model_index.json; None for the embedded default model.
+            dtype: "float32" or "bfloat16"; default bfloat16 on GPU/TPU, float32 on CPU.
+            mesh: device mesh spec, e.g. "data=2,fsdp=1,context=4,tensor=1"; None = one device.
+            sequence_parallel: "ulysses" or "ring", how attention runs over the `context` mesh axis.
+
+        Raises:
+            InputError: a missing or malformed directory, unsupported model, bad dtype or mesh.
+        """
+        dtype = dtype or default_dtype()
+        if dtype not in DTYPES:
+            raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if sequence_parallel not in ("ulysses", "ring"):
+            raise InputError(f"sequence_parallel must be 'ulysses' or 'ring', got {sequence_parallel!r}")
+        if mesh not in (None, "", {}):
+            raise InputError(
+                "multi-device meshes are not available in this jdiff version; run without --mesh (one device)"
+            )
+        if model_path is None:
+            model_path = embedded_model_path()
+            if not model_path.is_dir():
+                raise InputError("this jdiff build has no embedded default model; pass a model directory")
+        model = ModelDir.open(model_path)
+        pipeline = _pipeline_class(model.pipeline_class, model.root)(model, dtype=DTYPES[dtype])
+        return cls(pipeline, model_path=model.root, dtype=dtype)
+
+    def generate(self, prompt, **kwargs) -> GenerationResult:
+        """Generates from `prompt` (str or list[str]); keyword arguments as INTERFACE.md lists them.
+
+        Unset sampling arguments (size, steps, guidance) come from the model family's preset.
+        """
+        return self.pipeline.generate(prompt, **kwargs)
