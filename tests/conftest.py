@@ -17,3 +17,13 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_flux_dir(tmp_path_factory):
+    """A saved tiny dev-like FLUX.1 diffusers directory (built once per test worker)."""
+    from tests.fixtures import tiny_flux_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-flux")
+    tiny_flux_pipeline(guidance_embeds=True).save_pretrained(path)
+    return path

@@ -1,0 +1,5 @@
+import sys
+
+from jdiff.cli import main
+
+sys.exit(main())

@@ -1,0 +1,118 @@
+"""`jdiff convert`: header-only dry runs (tiny and real-size layouts) and atomic orbax checkpoints."""
+
+import json
+import shutil
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import jdiff
+from jdiff.cli import main
+from jdiff.convert.run import convert, dry_run
+from jdiff.errors import ConversionError, InputError
+from tests.utils import meta_state_shapes, write_sparse_safetensors
+
+KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=16, output_type="np", seed=4)
+
+
+def test_round_trip_float32_is_exact(tiny_flux_dir, tmp_path):
+    dst = convert(tiny_flux_dir, tmp_path / "ckpt", dtype="float32")
+    assert json.loads((dst / "jdiff_checkpoint.json").read_text())["format"] == "jdiff"
+    want = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir).generate("a red circle", **KW)
+    got = jdiff.DiffGenerator.from_pretrained(dst).generate("a red circle", **KW)
+    np.testing.assert_array_equal(got.images, want.images)
+
+
+def test_bfloat16_checkpoint(tiny_flux_dir, tmp_path):
+    dst = convert(tiny_flux_dir, tmp_path / "ckpt")
+    assert json.loads((dst / "jdiff_checkpoint.json").read_text())["dtype"] == "bfloat16"
+    gen = jdiff.DiffGenerator.from_pretrained(dst, dtype="bfloat16")
+    kernel = gen.pipeline._params["transformer"]["transformer_blocks"]["attn"]["to_q"]["kernel"]
+    assert kernel[...].dtype == jnp.bfloat16
+    ref = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir).generate("a red circle", **KW)
+    out = gen.generate("a red circle", **KW)
+    assert np.abs(out.images - ref.images).mean() < 0.02  # bf16 weights and activations
+
+
+def _corrupt(src, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(src, bad)
+    f = bad / "transformer" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(f)
+    del tensors["single_transformer_blocks.1.proj_out.bias"]
+    tensors["pos_embed.freqs"] = np.zeros(4, np.float32)
+    save_file(tensors, f)
+    f = bad / "vae" / "diffusion_pytorch_model.safetensors"
+    tensors = load_file(f)
+    tensors["decoder.conv_in.weight"] = tensors["decoder.conv_in.weight"][:, :2]
+    save_file(tensors, f)
+    return bad
+
+
+def test_problems_named_and_nothing_written(tiny_flux_dir, tmp_path, capsys):
+    bad = _corrupt(tiny_flux_dir, tmp_path)
+    assert main(["convert", str(bad), str(tmp_path / "out"), "--dry-run"]) == 2
+    out = capsys.readouterr().out
+    assert "missing source key 'single_transformer_blocks.1.proj_out.bias'" in out
+    assert "unexpected source key 'pos_embed.freqs'" in out
+    assert "shape mismatch for target 'decoder.conv_in.kernel'" in out
+    with pytest.raises(ConversionError):
+        convert(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bad"]  # no partial directory either
+
+
+def test_existing_destination_refused(tiny_flux_dir, tmp_path):
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(InputError, match="already exists"):
+        convert(tiny_flux_dir, tmp_path / "taken")
+
+
+def test_real_size_flux_dev_dry_run(tiny_flux_dir, tmp_path):
+    """A FLUX.1-dev layout at real sizes (sparse files: headers only) checks in seconds."""
+    import torch
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from tests.models.test_flux import FLUX_DEV
+
+    real = tmp_path / "flux-dev"
+    for name in ("scheduler", "tokenizer", "tokenizer_2"):
+        shutil.copytree(tiny_flux_dir / name, real / name)
+    shutil.copy2(tiny_flux_dir / "model_index.json", real / "model_index.json")
+    clip = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
+    t5 = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
+    vae = dict(
+        latent_channels=16,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+    )
+    builders = {
+        "transformer": (lambda: FluxTransformer2DModel(**FLUX_DEV), "diffusion_pytorch_model", None),
+        "vae": (lambda: AutoencoderKL(**vae), "diffusion_pytorch_model", None),
+        "text_encoder": (lambda: CLIPTextModel(CLIPTextConfig(**clip)), "model", "text_model."),
+        "text_encoder_2": (lambda: T5EncoderModel(T5Config(**t5)), "model", None),
+    }
+    for name, (build, stem, prefix) in builders.items():
+        (real / name).mkdir()
+        shapes = meta_state_shapes(lambda b=build: b().to(torch.bfloat16))
+        if prefix:  # the released CLIP checkpoint carries transformers 4's `text_model.` prefix
+            shapes = {prefix + k: v for k, v in shapes.items()}
+        shapes.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight; not saved
+        write_sparse_safetensors(real / name / f"{stem}.safetensors", shapes)
+    cfgs = {"transformer": FLUX_DEV, "vae": vae, "text_encoder": clip, "text_encoder_2": t5}
+    for name, cfg in cfgs.items():
+        (real / name / "config.json").write_text(json.dumps(dict(cfg)))
+    start = time.perf_counter()
+    report = dry_run(real)
+    elapsed = time.perf_counter() - start
+    assert report.problems == []
+    assert any("FluxTransformer2DModel: 1" in line and "all mapped" in line for line in report.lines)
+    assert elapsed < 60  # seconds, not minutes, on a 2-core CI box (it reads ~30 headers)
