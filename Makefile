@@ -14,12 +14,12 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check jdiff tests examples
-	$(VENV)/bin/ruff format --check jdiff tests examples
+	$(VENV)/bin/ruff check jdiff tests examples benchmarks
+	$(VENV)/bin/ruff format --check jdiff tests examples benchmarks
 
 format: $(STAMP)
-	$(VENV)/bin/ruff check --fix jdiff tests examples
-	$(VENV)/bin/ruff format jdiff tests examples
+	$(VENV)/bin/ruff check --fix jdiff tests examples benchmarks
+	$(VENV)/bin/ruff format jdiff tests examples benchmarks
 
 test: lint
 	$(PY) -m pytest -n 2 --dist loadfile -q tests
