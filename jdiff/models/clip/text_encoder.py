@@ -22,6 +22,8 @@ from jaxtyping import Array, Float, Int
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers import LayerNorm, Linear, dot_product_attention
+from jdiff.layers.embed import Embed
+from jdiff.layers.stack import scan, stacked
 from jdiff.models.clip.config import CLIPTextConfig
 
 # transformers' ACT2FN entries; "gelu" is the exact (erf) GELU.
@@ -34,24 +36,17 @@ _ACTS = {
 LEGACY_EOS_TOKEN_ID = 2
 
 
-def _embed(num: int, dim: int, axes: tuple[str | None, str | None], *, rngs: nnx.Rngs) -> nnx.Embed:
-    init = nnx.with_partitioning(nnx.initializers.normal(0.02), axes, eager_sharding=False)
-    return nnx.Embed(num, dim, embedding_init=init, rngs=rngs)
-
-
 class CLIPTextEmbeddings(nnx.Module):
     """Token embedding plus learned absolute position embedding."""
 
     def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
-        self.token_embedding = _embed(cfg.vocab_size, cfg.hidden_size, (sh.VOCAB, sh.EMBED), rngs=rngs)
-        self.position_embedding = _embed(
-            cfg.max_position_embeddings, cfg.hidden_size, (None, sh.EMBED), rngs=rngs
+        self.token_embedding = Embed(cfg.vocab_size, cfg.hidden_size, axes=(sh.VOCAB, sh.EMBED), rngs=rngs)
+        self.position_embedding = Embed(
+            cfg.max_position_embeddings, cfg.hidden_size, axes=(None, sh.EMBED), rngs=rngs
         )
 
     def __call__(self, input_ids: jax.Array) -> jax.Array:
-        # Looked up directly rather than through `nnx.Embed.__call__`, which computes in the dtype it was
-        # built with (float32) and would upcast a bfloat16 model's whole residual stream.
-        tokens = jnp.take(self.token_embedding.embedding[...], input_ids, axis=0)  # [B, L, D]
+        tokens = self.token_embedding(input_ids)  # [B, L, D]
         positions = self.position_embedding.embedding[: input_ids.shape[1]]  # [L, D]
         return tokens + positions[None]
 
@@ -105,21 +100,10 @@ class CLIPEncoder(nnx.Module):
     """The encoder layers, stacked on a leading layer axis and run with one `lax.scan`."""
 
     def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
-        @nnx.split_rngs(splits=cfg.num_hidden_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
-        def make(r: nnx.Rngs) -> CLIPEncoderLayer:
-            return CLIPEncoderLayer(cfg, rngs=r)
-
-        self.layers = make(rngs)
+        self.layers = stacked(lambda r: CLIPEncoderLayer(cfg, rngs=r), cfg.num_hidden_layers, rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        graphdef, state = nnx.split(self.layers)
-
-        def step(h, layer_state):
-            return nnx.merge(graphdef, layer_state)(h), None
-
-        x, _ = jax.lax.scan(step, x, state)
-        return x
+        return scan(self.layers, x)
 
 
 def pool_eos(

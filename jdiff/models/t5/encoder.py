@@ -22,6 +22,8 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jdiff import sharding as sh
 from jdiff.layers import Linear, RMSNorm, dot_product_attention
+from jdiff.layers.embed import Embed
+from jdiff.layers.stack import scan, stacked
 from jdiff.models.t5.config import T5Config
 
 # transformers' ACT2FN entries used by T5 checkpoints; "gelu_new" is the tanh approximation (T5 v1.1, FLUX).
@@ -52,17 +54,6 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     scaled = scaled / np.float32(math.log(max_distance / max_exact)) * np.float32(half - max_exact)
     large = np.minimum(max_exact + scaled.astype(np.int64), half - 1)
     return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
-
-
-def _embed(num: int, dim: int, axes: tuple[str | None, str | None], rngs: nnx.Rngs) -> nnx.Embed:
-    init = nnx.with_partitioning(nnx.initializers.normal(1.0), axes, eager_sharding=False)
-    return nnx.Embed(num, dim, embedding_init=init, rngs=rngs)
-
-
-def _lookup(embed: nnx.Embed, ids: jax.Array) -> jax.Array:
-    # Not `embed(ids)`: nnx.Embed fixes its output dtype at construction (float32 here, before loading), which
-    # would silently upcast a bfloat16 model's activations. Gathering keeps the loaded parameter's dtype.
-    return jnp.take(embed.embedding[...], ids, axis=0)
 
 
 class T5Attention(nnx.Module):
@@ -137,31 +128,23 @@ class T5Stack(nnx.Module):
         self.num_buckets = cfg.relative_attention_num_buckets
         self.max_distance = cfg.relative_attention_max_distance
         # [K, N]: small, so replicated.
-        self.relative_attention_bias = _embed(self.num_buckets, cfg.num_heads, (None, None), rngs)
-
-        @nnx.split_rngs(splits=cfg.num_layers)
-        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: sh.LAYERS})
-        def make_blocks(r: nnx.Rngs) -> T5Block:
-            return T5Block(cfg, rngs=r)
-
-        self.block = make_blocks(rngs)
+        self.relative_attention_bias = Embed(self.num_buckets, cfg.num_heads, axes=(None, None), rngs=rngs)
+        self.block = stacked(lambda r: T5Block(cfg, rngs=r), cfg.num_layers, rngs)
         self.final_layer_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         buckets = relative_position_buckets(x.shape[1], self.num_buckets, self.max_distance)  # [L, S]
         # Computed once and shared by every layer, as transformers reuses block 0's bias.
-        bias = _lookup(self.relative_attention_bias, jnp.asarray(buckets))  # [L, S, N]
+        bias = self.relative_attention_bias(jnp.asarray(buckets))  # [L, S, N]
         bias = bias.transpose(2, 0, 1)[None]  # [1, N, L, S]
-        graphdef, state = nnx.split(self.block)
-        x, _ = jax.lax.scan(lambda h, s: (nnx.merge(graphdef, s)(h, bias, mask), None), x, state)
-        return self.final_layer_norm(x)
+        return self.final_layer_norm(scan(self.block, x, bias, mask))
 
 
 class T5EncoderModel(nnx.Module):
     """transformers `T5EncoderModel`: token ids -> last hidden state."""
 
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
-        self.shared = _embed(cfg.vocab_size, cfg.d_model, (sh.VOCAB, sh.EMBED), rngs)
+        self.shared = Embed(cfg.vocab_size, cfg.d_model, axes=(sh.VOCAB, sh.EMBED), std=1.0, rngs=rngs)
         self.encoder = T5Stack(cfg, rngs=rngs)
 
     def __call__(
@@ -180,6 +163,6 @@ class T5EncoderModel(nnx.Module):
         Returns:
             [B, L, D] last hidden state, after the final norm, in the embedding's dtype.
         """
-        x = sh.constrain(_lookup(self.shared, input_ids), (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))  # [B, L, D]
+        x = sh.constrain(self.shared(input_ids), (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))  # [B, L, D]
         mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]  # [B,1,1,S]
         return self.encoder(x, mask)
