@@ -3,52 +3,16 @@ constructed deterministically from fixed vocabularies (no training, so the files
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
 import torch
 
+from jdiff.tiny.tokenizers import clip_tokenizer, t5_tokenizer
+
 CLIP_VOCAB = 1000
 T5_VOCAB = 1000
-
-
-def clip_tokenizer(folder: Path):
-    """A byte-level BPE CLIPTokenizer over single characters plus a handful of merges."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer
-
-    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = chars + [c + "</w>" for c in chars]
-    merges = [("r", "e"), ("re", "d</w>"), ("c", "i"), ("o", "n"), ("b", "l")]
-    vocab += ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
-    tok = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77)
-    assert len(tok) <= CLIP_VOCAB
-    return tok
-
-
-def t5_tokenizer(folder: Path):
-    """A Unigram T5TokenizerFast over printable ASCII characters and a few words, with fixed scores."""
-    from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
-    from tokenizers.models import Unigram
-    from transformers import T5TokenizerFast
-
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
-    pieces += [("▁" + w, -2.0) for w in ("a", "red", "blue", "circle", "square", "on", "background")]
-    pieces += [(chr(c), -5.0) for c in range(33, 127)] + [("▁", -3.0)]
-    tk = Tokenizer(Unigram(pieces, unk_id=2, byte_fallback=False))
-    tk.normalizer = normalizers.Sequence([normalizers.Replace(" ", "▁")])
-    tk.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    tk.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    tok = T5TokenizerFast(
-        tokenizer_object=tk, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
-    )
-    tok.model_max_length = 512
-    assert len(tok) <= T5_VOCAB
-    return tok
+WORDS = ("a", "red", "blue", "circle", "square", "on", "background")
 
 
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, seed: int = 0):
@@ -129,9 +93,9 @@ def tiny_flux_pipeline(*, guidance_embeds: bool = True, seed: int = 0):
     return FluxPipeline(
         scheduler=scheduler,
         text_encoder=clip.eval(),
-        tokenizer=clip_tokenizer(tmp / "clip"),
+        tokenizer=clip_tokenizer(tmp / "clip", WORDS),
         text_encoder_2=t5.eval(),
-        tokenizer_2=t5_tokenizer(tmp / "t5"),
+        tokenizer_2=t5_tokenizer(WORDS),
         vae=vae.eval(),
         transformer=transformer.eval(),
     )

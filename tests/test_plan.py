@@ -7,7 +7,7 @@ import torch
 from flax import nnx
 from safetensors.torch import save_file
 
-from jdiff.convert.plan import Plan, Rule
+from jdiff.convert.plan import Plan, Rule, export
 from jdiff.errors import ConversionError, InputError
 from jdiff.io.safetensors import open_weights
 from jdiff.layers import Conv, LayerNorm, Linear
@@ -132,3 +132,15 @@ def test_truncated_and_corrupt_files(tmp_path):
     f.unlink()
     with pytest.raises(InputError, match=r"no \.safetensors weights"):
         open_weights(tmp_path)
+
+
+def test_export_round_trips(tmp_path):
+    ref = TorchToy(8, 3)
+    _save(tmp_path, ref)
+    _, model = load_component(_spec(), tmp_path, cfg={"d": 8, "n": 3})
+    params = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
+    exported = export(PLAN, params)
+    want = ref.state_dict()
+    assert sorted(exported) == sorted(want)
+    for k, v in want.items():
+        np.testing.assert_array_equal(exported[k], v.numpy())

@@ -136,6 +136,17 @@ def _template_path(plan: Plan, path: str) -> tuple[str, bool]:
     return path, False
 
 
+def _match(plan: Plan, path: str) -> tuple[Rule, tuple[str, ...], bool] | None:
+    """The first rule matching `path`, its expanded source templates (with `{layer}`), and whether stacked."""
+    templ, stacked = _template_path(plan, path)
+    for rule in plan._all_rules:
+        m = re.fullmatch(rule.target, templ)
+        if m:
+            srcs = rule.source if isinstance(rule.source, tuple) else (rule.source,)
+            return rule, tuple(m.expand(s) for s in srcs), stacked
+    return None
+
+
 def resolve(
     plan: Plan,
     targets: Mapping[str, Shape],
@@ -167,13 +178,11 @@ def resolve(
             {plan.optional_prefix + k: k for k in sources if not k.startswith(plan.optional_prefix)}
         )
     for path, shape in targets.items():
-        templ, stacked = _template_path(plan, path)
-        rule = next((r for r in plan._all_rules if re.fullmatch(r.target, templ)), None)
-        if rule is None:
+        matched = _match(plan, path)
+        if matched is None:
             problems.append(f"no rule maps target {path!r}")
             continue
-        srcs = rule.source if isinstance(rule.source, tuple) else (rule.source,)
-        expanded = tuple(re.fullmatch(rule.target, templ).expand(s) for s in srcs)
+        rule, expanded, stacked = matched
         layers = range(shape[0]) if stacked else [None]
         per_layer = tuple(tuple(s.replace(LAYER, str(i)) for s in expanded) for i in layers)
         missing = [k for keys in per_layer for k in keys if k not in actual]
@@ -213,3 +222,35 @@ def materialize(assignment: Assignment, read: Callable[[str], np.ndarray]) -> np
         return np.zeros(assignment.shape, np.float32)
     arrays = [tf.apply(*(read(k) for k in keys)) for keys in assignment.sources]
     return np.stack(arrays) if assignment.stacked else arrays[0]
+
+
+# Inverses of the transforms that have one, for writing jdiff parameters back in the reference layout.
+_INVERSE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "identity": lambda x: x,
+    "torch_kernel": lambda x: np.transpose(x, np.argsort(_torch_kernel_perm(x.ndim))),
+}
+
+
+def export(plan: Plan, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The reference state dict (key -> array) for jdiff parameters (path -> array): the plan run backwards.
+
+    Raises:
+        ValueError: a parameter no rule maps, or one whose transform has no inverse (e.g. fused projections).
+    """
+    out: dict[str, np.ndarray] = {}
+    for path, value in params.items():
+        matched = _match(plan, path)
+        if matched is None:
+            raise ValueError(f"no rule maps {path!r}")
+        rule, (key, *rest), stacked = matched
+        if rest or rule.transform not in _INVERSE:
+            raise ValueError(
+                f"{path!r} uses {rule.transform!r} over {1 + len(rest)} source(s): not invertible"
+            )
+        inverse = _INVERSE[rule.transform]
+        value = np.asarray(value)
+        if stacked:
+            out.update({key.replace(LAYER, str(i)): inverse(value[i]) for i in range(value.shape[0])})
+        else:
+            out[key] = inverse(value)
+    return out

@@ -1,8 +1,15 @@
-"""T5 encoder config: the transformers `T5Config` keys that shape the encoder, with transformers' defaults."""
+"""T5 / UMT5 encoder configs: the transformers `T5Config` / `UMT5Config` keys that shape the encoder, with
+transformers' defaults.
+
+UMT5 (Wan's UMT5-XXL text encoder) has the same keys and the same meaning as T5; the one architectural
+difference, a relative position bias table in every layer instead of block 0's shared one, is not a
+config.json key but a fact of the model class, so it is a class variable here.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from jdiff.errors import InputError
 
@@ -24,6 +31,12 @@ class T5Config:
     feed_forward_proj: str = "relu"
     is_decoder: bool = False
 
+    # Facts of the model class, not config.json keys (`from_dict` never reads class variables).
+    model_name: ClassVar[str] = "T5"
+    # transformers' T5 gives block 0 the only relative_attention_bias and shares its output with every layer;
+    # UMT5 gives each layer its own.
+    per_layer_relative_attention_bias: ClassVar[bool] = False
+
     # config.json files also carry `dense_act_fn` and `is_gated_act`, but transformers' T5Config recomputes
     # both from `feed_forward_proj` on load (so do we): the written values are never read.
     @property
@@ -44,29 +57,44 @@ class T5Config:
         bad = [f"{k}={getattr(self, k)}" for k in sizes if not getattr(self, k) > 0]
         if bad:
             raise InputError(
-                f"T5 config: {', '.join(bad)} must be positive; fix the text encoder's config.json"
+                f"{self.model_name} config: {', '.join(bad)} must be positive; fix the text encoder's config.json"
             )
         parts = self.feed_forward_proj.split("-")
         if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
             raise InputError(
-                f"T5 config: feed_forward_proj {self.feed_forward_proj!r} should be 'ACT' or 'gated-ACT' "
+                f"{self.model_name} config: feed_forward_proj {self.feed_forward_proj!r} should be 'ACT' or 'gated-ACT' "
                 "(e.g. 'relu', 'gated-gelu')"
             )
         if self.dense_act_fn not in ACTIVATION_NAMES:
             raise InputError(
-                f"T5 config: activation {self.dense_act_fn!r} (from feed_forward_proj "
+                f"{self.model_name} config: activation {self.dense_act_fn!r} (from feed_forward_proj "
                 f"{self.feed_forward_proj!r}) is not supported; supported: {', '.join(ACTIVATION_NAMES)}"
             )
         if self.is_decoder:
             raise InputError(
-                "T5 config: is_decoder=true describes a decoder stack; jdiff implements the encoder"
+                f"{self.model_name} config: is_decoder=true describes a decoder stack; jdiff implements the encoder"
             )
         # Bidirectional bucketing halves the buckets, then gives half of those to exact offsets: at least one
         # exact bucket, and a log range (max_exact, max_distance) that is not empty.
         max_exact = self.relative_attention_num_buckets // 4
         if max_exact < 1 or self.relative_attention_max_distance <= max_exact:
             raise InputError(
-                f"T5 config: relative_attention_num_buckets={self.relative_attention_num_buckets} must be "
+                f"{self.model_name} config: relative_attention_num_buckets={self.relative_attention_num_buckets} must be "
                 f">= 4 and relative_attention_max_distance={self.relative_attention_max_distance} must "
                 f"exceed num_buckets // 4 = {max_exact}"
             )
+
+
+@dataclass(frozen=True)
+class UMT5Config(T5Config):
+    """transformers `UMT5Config`: T5's keys with UMT5's defaults (google/umt5-small); every layer has its own
+    relative position bias table."""
+
+    vocab_size: int = 250112
+    d_ff: int = 1024
+    num_layers: int = 8
+    num_heads: int = 6
+    feed_forward_proj: str = "gated-gelu"
+
+    model_name: ClassVar[str] = "UMT5"
+    per_layer_relative_attention_bias: ClassVar[bool] = True

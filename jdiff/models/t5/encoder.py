@@ -1,12 +1,17 @@
-"""The T5 encoder (transformers `T5EncoderModel`): FLUX.1's T5-v1.1-XXL text encoder, and original T5.
+"""The T5 encoder (transformers `T5EncoderModel`: FLUX.1's T5-v1.1-XXL text encoder, and original T5) and
+the UMT5 encoder (transformers `UMT5EncoderModel`: Wan's UMT5-XXL text encoder), which share this code.
 
 Axis letters: B batch, L sequence (queries), S sequence (keys, = L), D model dim, N heads, H head dim (d_kv),
 F feed-forward dim, K relative-position buckets.
 
 Attribute paths mirror the transformers state dict (`shared`, `encoder.block.*.layer.0.SelfAttention.q`,
-`encoder.final_layer_norm`, ...), except that blocks are stacked on a leading layer axis for a scan over
-layers, and the relative position bias, which transformers stores in block 0 only and shares with every
-layer, lives beside the stack as `encoder.relative_attention_bias`.
+`encoder.final_layer_norm`, ...), with the blocks stacked on a leading layer axis for a scan over layers.
+The relative position bias differs between the two:
+  * T5 stores one table in block 0 and shares its output with every layer; it lives beside the stack as
+    `encoder.relative_attention_bias`.
+  * UMT5 gives every layer its own table; it stays where transformers has it,
+    `encoder.block.layer.0.SelfAttention.relative_attention_bias`, stacked with the rest of the block.
+Everything else (RMS norms, no 1/sqrt(H) logit scale, the gated feed-forward) is the same.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from jdiff import sharding as sh
 from jdiff.layers import Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embed import Embed
 from jdiff.layers.stack import scan, stacked
-from jdiff.models.t5.config import T5Config
+from jdiff.models.t5.config import T5Config, UMT5Config
 
 # transformers' ACT2FN entries used by T5 checkpoints; "gelu_new" is the tanh approximation (T5 v1.1, FLUX).
 ACTIVATIONS = {
@@ -56,18 +61,37 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int) 
     return (buckets + np.where(rel < max_exact, rel, large)).astype(np.int32)
 
 
+def position_bias(table: Embed, buckets: jax.Array) -> jax.Array:
+    """The additive logits bias [1, N, L, S] of a [K, N] bucket table for bucket ids [L, S]."""
+    return table(buckets).transpose(2, 0, 1)[None]
+
+
 class T5Attention(nnx.Module):
-    """Self-attention without the 1/sqrt(H) logit scale (T5 folds it into the initialisation)."""
+    """Self-attention without the 1/sqrt(H) logit scale (T5 folds it into the initialisation).
+
+    With `cfg.per_layer_relative_attention_bias` (UMT5) it holds its own [K, N] relative position bias table.
+    """
 
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         self.num_heads = cfg.num_heads
+        self.relative_attention_bias = (
+            # [K, N]: small, so replicated.
+            Embed(cfg.relative_attention_num_buckets, cfg.num_heads, axes=(None, None), rngs=rngs)
+            if cfg.per_layer_relative_attention_bias
+            else None
+        )
         self.q = Linear(cfg.d_model, cfg.inner_dim, axes=(sh.EMBED, sh.HEADS), use_bias=False, rngs=rngs)
         self.k = Linear(cfg.d_model, cfg.inner_dim, axes=(sh.EMBED, sh.HEADS), use_bias=False, rngs=rngs)
         self.v = Linear(cfg.d_model, cfg.inner_dim, axes=(sh.EMBED, sh.HEADS), use_bias=False, rngs=rngs)
         self.o = Linear(cfg.inner_dim, cfg.d_model, axes=(sh.HEADS, sh.EMBED), use_bias=False, rngs=rngs)
 
-    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array | None) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, bias: jax.Array | None, buckets: jax.Array, mask: jax.Array | None
+    ) -> jax.Array:
+        """`bias` [1, N, L, S] is the shared bias (T5); a layer with its own table (UMT5) looks up `buckets`."""
         b, length, _ = x.shape
+        if self.relative_attention_bias is not None:
+            bias = position_bias(self.relative_attention_bias, buckets)
         # [B, L, N, H] each
         q, k, v = (p(x).reshape(b, length, self.num_heads, -1) for p in (self.q, self.k, self.v))
         out = dot_product_attention(q, k, v, bias=bias, mask=mask, scale=1.0)
@@ -79,8 +103,10 @@ class T5LayerSelfAttention(nnx.Module):
         self.SelfAttention = T5Attention(cfg, rngs=rngs)
         self.layer_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
 
-    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array | None) -> jax.Array:
-        return x + self.SelfAttention(self.layer_norm(x), bias, mask)
+    def __call__(
+        self, x: jax.Array, bias: jax.Array | None, buckets: jax.Array, mask: jax.Array | None
+    ) -> jax.Array:
+        return x + self.SelfAttention(self.layer_norm(x), bias, buckets, mask)
 
 
 class T5DenseActDense(nnx.Module):
@@ -118,8 +144,10 @@ class T5Block(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         self.layer = nnx.List([T5LayerSelfAttention(cfg, rngs=rngs), T5LayerFF(cfg, rngs=rngs)])
 
-    def __call__(self, x: jax.Array, bias: jax.Array, mask: jax.Array | None) -> jax.Array:
-        x = self.layer[1](self.layer[0](x, bias, mask))
+    def __call__(
+        self, x: jax.Array, bias: jax.Array | None, buckets: jax.Array, mask: jax.Array | None
+    ) -> jax.Array:
+        x = self.layer[1](self.layer[0](x, bias, buckets, mask))
         return sh.constrain(x, (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))
 
 
@@ -127,17 +155,22 @@ class T5Stack(nnx.Module):
     def __init__(self, cfg: T5Config, *, rngs: nnx.Rngs):
         self.num_buckets = cfg.relative_attention_num_buckets
         self.max_distance = cfg.relative_attention_max_distance
-        # [K, N]: small, so replicated.
-        self.relative_attention_bias = Embed(self.num_buckets, cfg.num_heads, axes=(None, None), rngs=rngs)
+        self.relative_attention_bias = (
+            None  # one table per layer, inside the stacked blocks
+            if cfg.per_layer_relative_attention_bias
+            # [K, N]: small, so replicated.
+            else Embed(self.num_buckets, cfg.num_heads, axes=(None, None), rngs=rngs)
+        )
         self.block = stacked(lambda r: T5Block(cfg, rngs=r), cfg.num_layers, rngs)
         self.final_layer_norm = RMSNorm(cfg.d_model, eps=cfg.layer_norm_epsilon)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-        buckets = relative_position_buckets(x.shape[1], self.num_buckets, self.max_distance)  # [L, S]
-        # Computed once and shared by every layer, as transformers reuses block 0's bias.
-        bias = self.relative_attention_bias(jnp.asarray(buckets))  # [L, S, N]
-        bias = bias.transpose(2, 0, 1)[None]  # [1, N, L, S]
-        return self.final_layer_norm(scan(self.block, x, bias, mask))
+        buckets = jnp.asarray(relative_position_buckets(x.shape[1], self.num_buckets, self.max_distance))
+        bias = None  # [1, N, L, S]
+        if self.relative_attention_bias is not None:
+            # Computed once and shared by every layer, as transformers reuses block 0's bias.
+            bias = position_bias(self.relative_attention_bias, buckets)
+        return self.final_layer_norm(scan(self.block, x, bias, buckets, mask))
 
 
 class T5EncoderModel(nnx.Module):
@@ -166,3 +199,13 @@ class T5EncoderModel(nnx.Module):
         x = sh.constrain(self.shared(input_ids), (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))  # [B, L, D]
         mask = None if attention_mask is None else attention_mask.astype(bool)[:, None, None, :]  # [B,1,1,S]
         return self.encoder(x, mask)
+
+
+class UMT5EncoderModel(T5EncoderModel):
+    """transformers `UMT5EncoderModel` (Wan's text encoder): T5's encoder with a relative position bias table
+    in every layer. Built from a `UMT5Config`; same call as `T5EncoderModel`."""
+
+    def __init__(self, cfg: UMT5Config, *, rngs: nnx.Rngs):
+        if not cfg.per_layer_relative_attention_bias:
+            raise TypeError(f"UMT5EncoderModel needs a UMT5Config, got {type(cfg).__name__}")
+        super().__init__(cfg, rngs=rngs)

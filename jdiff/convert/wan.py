@@ -1,0 +1,34 @@
+"""Conversion plan: diffusers `WanTransformer3DModel` -> jdiff `WanTransformer3DModel`.
+
+The module mirrors diffusers' names, so the default rules map almost everything (the Conv3d patch embedding
+weight [D, C, pt, ph, pw] becomes a channels-last kernel [pt, ph, pw, C, D]); the modulation tables and the
+FLF2V image position embedding are bare parameters taken as they are. Wan2.2 A14B's two experts
+(`transformer`, `transformer_2`) are two components loaded with this same spec.
+"""
+
+from jdiff.convert.plan import Plan, Rule
+from jdiff.models.loading import ComponentSpec
+from jdiff.models.wan.config import WanTransformerConfig
+from jdiff.models.wan.transformer import WanTransformer3DModel
+
+PLAN = Plan(
+    rules=(
+        Rule(r"(.*scale_shift_table)", r"\1"),
+        Rule(r"(condition_embedder\.image_embedder\.pos_embed)", r"\1"),
+    ),
+    stacked=("blocks",),
+    ignore=(
+        # diffusers' `_keys_to_ignore_on_load_unexpected = ["norm_added_q"]`: early diffusers I2V exports
+        # carry an image-query norm that the model never had.
+        r"blocks\.\d+\.attn2\.norm_added_q\.(weight|bias)",
+    ),
+    # diffusers' `_keep_in_fp32_modules` ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"),
+    # applied by diffusers under every dtype: any parameter with one of those names as a path component.
+    keep_fp32=(
+        r"condition_embedder\.time_embedder\..+",
+        r"(blocks\.)?scale_shift_table",
+        r"(.+\.)?norm[123]\.(scale|bias)",
+    ),
+)
+
+SPEC = ComponentSpec("WanTransformer3DModel", WanTransformerConfig, WanTransformer3DModel, PLAN)

@@ -1,0 +1,345 @@
+"""Flow-matching UniPC (multistep predictor-corrector), matching diffusers' `UniPCMultistepScheduler` as the Wan
+pipelines configure it: `prediction_type="flow_prediction"`, `use_flow_sigmas=True`, `predict_x0=True`.
+
+Same design as the Euler path (`flow_match.py`, `loop.py`): the schedule is computed on the host in numpy with
+the reference's arithmetic and enters the jitted loop as arrays; the solver step is a pure function of a small
+dataclass state and the model output; the loop is one `lax.scan`. The solver's order at each step (warm-up from
+order 1, `lower_order_final`) is a function of the traced step index and the static number of steps, chosen
+with `lax.switch`, so one compile serves every shift and every request of the same shape.
+
+Axis letters: N number of steps; X any latent shape (the solver is elementwise over it).
+
+Flow parameterisation: alpha = 1 - sigma, lambda = log(alpha) - log(sigma); the model's velocity v converts to
+a data prediction x0 = x - sigma * v, and the UniP/UniC updates are diffusers' B(h) formulas on x0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, Int
+
+from jdiff.errors import InputError
+from jdiff.sampling.loop import _tick
+
+# diffusers renames these to bh2 in its constructor.
+_BH2_ALIASES = ("bh2", "midpoint", "heun", "logrho")
+
+
+@dataclass(frozen=True)
+class UniPCConfig:
+    """diffusers `UniPCMultistepScheduler` config keys (scheduler/scheduler_config.json), with its defaults.
+
+    The diffusers defaults (epsilon prediction, VP sigmas) are not supported: a Wan config sets
+    `prediction_type="flow_prediction"` and `use_flow_sigmas=true`. The beta keys only feed VP sigmas and are
+    unused with flow sigmas.
+    """
+
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    beta_schedule: str = "linear"
+    trained_betas: tuple[float, ...] | None = None
+    solver_order: int = 2
+    prediction_type: str = "epsilon"
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
+    sample_max_value: float = 1.0
+    predict_x0: bool = True
+    solver_type: str = "bh2"
+    lower_order_final: bool = True
+    disable_corrector: tuple[int, ...] = ()
+    use_karras_sigmas: bool = False
+    use_exponential_sigmas: bool = False
+    use_beta_sigmas: bool = False
+    use_flow_sigmas: bool = False
+    flow_shift: float = 1.0
+    timestep_spacing: str = "linspace"
+    steps_offset: int = 0
+    final_sigmas_type: str = "zero"
+    rescale_betas_zero_snr: bool = False
+    use_dynamic_shifting: bool = False
+    time_shift_type: str = "exponential"
+    sigma_min: float | None = None
+    sigma_max: float | None = None
+    shift_terminal: float | None = None
+
+    def validate(self) -> None:
+        fix = "in scheduler/scheduler_config.json"
+        if self.prediction_type != "flow_prediction" or not self.use_flow_sigmas:
+            raise InputError(
+                "jdiff's UniPC supports flow matching only: expected prediction_type='flow_prediction' and "
+                f"use_flow_sigmas=true, got {self.prediction_type!r} and {self.use_flow_sigmas}; use a flow "
+                "model's scheduler config (e.g. Wan's)"
+            )
+        if not self.predict_x0:
+            raise InputError(f"UniPC with flow sigmas needs predict_x0=true, got false; set it {fix}")
+        if self.thresholding:
+            raise InputError(f"UniPC thresholding is not supported; set thresholding=false {fix}")
+        if self.solver_order not in (1, 2, 3):
+            raise InputError(
+                f"UniPC solver_order must be 1, 2 or 3, got {self.solver_order}; change it {fix}"
+            )
+        if self.solver_type not in ("bh1", *_BH2_ALIASES):
+            raise InputError(
+                f"UniPC solver_type must be 'bh1' or 'bh2', got {self.solver_type!r}; fix it {fix}"
+            )
+        sigmas = [
+            k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if getattr(self, k)
+        ]
+        if sigmas:
+            raise InputError(
+                f"scheduler config sets {sigmas}, which jdiff's UniPC does not support; set false {fix}"
+            )
+        if self.timestep_spacing not in ("linspace", "leading", "trailing"):
+            raise InputError(
+                f"timestep_spacing must be 'linspace', 'leading' or 'trailing', got {self.timestep_spacing!r}"
+            )
+        if self.final_sigmas_type not in ("zero", "sigma_min"):
+            raise InputError(
+                f"final_sigmas_type must be 'zero' or 'sigma_min', got {self.final_sigmas_type!r}"
+            )
+        if self.time_shift_type not in ("exponential", "linear"):
+            raise InputError(
+                f"time_shift_type must be 'exponential' or 'linear', got {self.time_shift_type!r}"
+            )
+        if not self.lower_order_final and self.solver_order > 1 and self.final_sigmas_type == "zero":
+            # The last multistep update divides by lambda(0) = inf: diffusers returns inf/NaN latents.
+            raise InputError(
+                "lower_order_final=false with final_sigmas_type='zero' makes UniPC's last step non-finite "
+                f"(in diffusers too); set lower_order_final=true {fix}"
+            )
+
+    @property
+    def bh2(self) -> bool:
+        return self.solver_type in _BH2_ALIASES
+
+
+def unipc_schedule(
+    cfg: UniPCConfig, num_steps: int, *, mu: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sigmas and model timesteps exactly as diffusers' `set_timesteps(num_steps)` with flow sigmas.
+
+    The shift is applied in float64 (as diffusers does, on a linspace that stops at 1/num_train_timesteps),
+    the first sigma is pulled off 1 by 1e-6 so lambda stays finite, and the model timesteps are
+    sigma * num_train_timesteps truncated to integers.
+
+    Args:
+        cfg: the scheduler config.
+        num_steps: number of denoising steps (model calls).
+        mu: dynamic-shift parameter; required when the config uses dynamic shifting, ignored otherwise.
+
+    Returns:
+        (sigmas [N + 1] float32 ending in the final sigma, timesteps [N] float32). diffusers' timesteps are
+        int64; they are returned here as float32 holding the same integers (exact below 2**24) so the model
+        sees the same timestep dtype as with the Euler sampler.
+
+    Raises:
+        InputError: num_steps < 1.
+    """
+    if num_steps < 1:
+        raise InputError(f"the number of steps must be at least 1, got {num_steps}")
+    s = np.linspace(1, 1 / cfg.num_train_timesteps, num_steps + 1)[:-1]
+    if cfg.use_dynamic_shifting:
+        if mu is None:
+            raise ValueError("this scheduler uses dynamic shifting: pass mu")
+        if cfg.time_shift_type == "exponential":
+            s = math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
+        else:
+            s = mu / (mu + (1 / s - 1) ** 1.0)
+    else:
+        s = cfg.flow_shift * s / (1 + (cfg.flow_shift - 1) * s)
+    if cfg.shift_terminal and s[-1] != 1:
+        # diffusers divides by 1 - s[-1], which is 0 for a one-step schedule, and returns NaN sigmas; a single
+        # step from sigma 1 has nothing to stretch, so we leave it as is.
+        one_minus = 1 - s
+        s = 1 - one_minus / (one_minus[-1] / (1 - cfg.shift_terminal))
+    s = np.array(s, np.float64)
+    if np.fabs(s[0] - 1) < 1e-6:
+        s[0] -= 1e-6
+    timesteps = (s * cfg.num_train_timesteps).astype(np.int64).astype(np.float32)
+    last = s[-1] if cfg.final_sigmas_type == "sigma_min" else 0.0
+    return np.concatenate([s, [last]]).astype(np.float32), timesteps
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class UniPCState:
+    """The solver's carry between steps.
+
+    Attributes:
+        sample: the current latents (at sigmas[i] before step i), in the latents' dtype.
+        last_sample: the (corrected) sample the previous predictor started from, float32.
+        model_outputs: data predictions x0 of the last `solver_order` steps, oldest first, float32. Slots not
+            yet filled hold zeros and are never read (the warm-up order keeps the solver inside the history).
+    """
+
+    sample: Array
+    last_sample: Array
+    model_outputs: tuple[Array, ...]
+
+
+def unipc_init(latents: Float[Array, "*x"], cfg: UniPCConfig) -> UniPCState:
+    """The state before the first step: the history length is the (static) solver order."""
+    zeros = jnp.zeros(latents.shape, jnp.float32)
+    return UniPCState(latents, zeros, (zeros,) * cfg.solver_order)
+
+
+def _order(k: Array, n: int, cfg: UniPCConfig) -> Array:
+    """The UniP order diffusers uses at step k: warm up from 1, and with lower_order_final drop to 1 at the end."""
+    order = jnp.minimum(cfg.solver_order, k + 1)
+    if cfg.lower_order_final:
+        order = jnp.minimum(order, n - k)
+    return order
+
+
+def _lambda(sigma: Array) -> Array:
+    return jnp.log(1 - sigma) - jnp.log(sigma)
+
+
+def _phis(sigma_s0: Array, sigma_t: Array, cfg: UniPCConfig, order: int):
+    """Scalars of one B(h) update from sigma_s0 to sigma_t: (alpha_t, h, h_phi_1, B_h, b[order]).
+
+    Written in diffusers' operation order so float32 results agree to the ulp.
+    """
+    h = _lambda(sigma_t) - _lambda(sigma_s0)
+    hh = -h  # predict_x0
+    h_phi_1 = jnp.expm1(hh)
+    b_h = jnp.expm1(hh) if cfg.bh2 else hh
+    b, h_phi_k, factorial = [], h_phi_1 / hh - 1, 1
+    for k in range(1, order + 1):
+        b.append(h_phi_k * factorial / b_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return 1 - sigma_t, h, h_phi_1, b_h, jnp.stack(b)
+
+
+def _differences(i: Array, order: int, h: Array, sigmas: Array, history: tuple[Array, ...]):
+    """rk and D1 of the `order - 1` older predictions; history[-1] is m0 at sigmas[i], history[-1-j] at i - j."""
+    lambda_s0 = _lambda(sigmas[i])
+    rks, d1s = [], []
+    for j in range(1, order):
+        rk = (_lambda(sigmas[i - j]) - lambda_s0) / h
+        rks.append(rk)
+        d1s.append((history[-1 - j] - history[-1]) / rk)
+    return rks, d1s
+
+
+def _unip(order: int, x, history, i, sigmas, cfg):
+    """UniP-order predictor from sigmas[i] to sigmas[i + 1]; history ends with the x0 at sigmas[i]."""
+    sigma_s0, sigma_t = sigmas[i], sigmas[i + 1]
+    alpha_t, h, h_phi_1, b_h, b = _phis(sigma_s0, sigma_t, cfg, order)
+    m0 = history[-1]
+    x_t = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
+    if order == 1:
+        return x_t
+    rks, d1s = _differences(i, order, h, sigmas, history)
+    if order == 2:
+        rhos = jnp.array([0.5], jnp.float32)
+    else:
+        r = jnp.stack([jnp.stack(rks) ** k for k in range(order - 1)])
+        rhos = jnp.linalg.solve(r, b[:-1])
+    pred_res = sum(rhos[k] * d1s[k] for k in range(order - 1))
+    return x_t - alpha_t * b_h * pred_res
+
+
+def _unic(order: int, last_sample, this_sample, model_t, history, i, sigmas, cfg):
+    """UniC-order corrector of the sample at sigmas[i]; history ends with the x0 at sigmas[i - 1]."""
+    del (
+        this_sample
+    )  # diffusers recomputes the corrected sample from last_sample; kept for the switch signature
+    sigma_s0, sigma_t = sigmas[i - 1], sigmas[i]
+    alpha_t, h, h_phi_1, b_h, b = _phis(sigma_s0, sigma_t, cfg, order)
+    m0 = history[-1]
+    x_t = sigma_t / sigma_s0 * last_sample - alpha_t * h_phi_1 * m0
+    rks, d1s = _differences(i - 1, order, h, sigmas, history)
+    if order == 1:
+        rhos = jnp.array([0.5], jnp.float32)
+    else:
+        r = jnp.stack([jnp.stack([*rks, jnp.ones((), jnp.float32)]) ** k for k in range(order)])
+        rhos = jnp.linalg.solve(r, b)
+    corr_res = sum(rhos[k] * d1s[k] for k in range(order - 1))
+    return x_t - alpha_t * b_h * (corr_res + rhos[-1] * (model_t - m0))
+
+
+def unipc_step(
+    state: UniPCState,
+    model_output: Float[Array, "*x"],
+    i: Int[Array, ""],
+    sigmas: Float[Array, " n1"],
+    cfg: UniPCConfig,
+) -> tuple[UniPCState, Float[Array, "*x"]]:
+    """One UniPC step (diffusers' `scheduler.step`): correct the current sample with UniC, then predict the next.
+
+    Args:
+        state: the carry (`unipc_init` before the first step); `state.sample` is what the model just saw.
+        model_output: the model's velocity at (state.sample, timesteps[i]), any float dtype.
+        i: step index (may be traced), 0 <= i < N.
+        sigmas: [N + 1] schedule from `unipc_schedule`; N is static (its shape).
+        cfg: the scheduler config; only solver_order, solver_type, lower_order_final and disable_corrector
+            shape the computation (the shift enters through sigmas).
+
+    Returns:
+        (next state, the sample at sigmas[i + 1] in the latents' dtype). Computed in float32 throughout.
+    """
+    n = sigmas.shape[0] - 1
+    sigmas = sigmas.astype(jnp.float32)
+    sample = state.sample.astype(jnp.float32)
+    x0 = sample - sigmas[i] * model_output.astype(jnp.float32)
+
+    # The corrector refines the sample this model call saw, using the order of the previous predictor; index 0
+    # of the switch is "no correction" (first step, or a step listed in disable_corrector).
+    use_corrector = i > 0
+    if cfg.disable_corrector:
+        use_corrector &= ~jnp.isin(i - 1, jnp.asarray(cfg.disable_corrector))
+    correctors = [lambda *a: a[1]] + [
+        (lambda *a, q=q: _unic(q, *a, i, sigmas, cfg)) for q in range(1, cfg.solver_order + 1)
+    ]
+    c_index = jnp.where(use_corrector, _order(i - 1, n, cfg), 0)
+    sample = jax.lax.switch(c_index, correctors, state.last_sample, sample, x0, state.model_outputs)
+
+    history = (*state.model_outputs[1:], x0)
+    predictors = [(lambda *a, p=p: _unip(p, *a, i, sigmas, cfg)) for p in range(1, cfg.solver_order + 1)]
+    prev = jax.lax.switch(_order(i, n, cfg) - 1, predictors, sample, history)
+    prev = prev.astype(state.sample.dtype)
+    return UniPCState(prev, sample, history), prev
+
+
+def unipc_loop(
+    velocity: Callable[[jax.Array, jax.Array], jax.Array],
+    latents: Float[Array, "*x"],
+    sigmas: Float[Array, " n1"],
+    timesteps: Float[Array, " n"],
+    cfg: UniPCConfig,
+    *,
+    progress: bool = False,
+) -> Float[Array, "*x"]:
+    """Integrates the flow from sigmas[0] to sigmas[-1] with UniPC, one `lax.scan` over the steps.
+
+    Args:
+        velocity: model prediction v(x, t) for latents x at model timestep t (a scalar array).
+        latents: initial noise (float32 recommended: the state stays in its dtype between steps).
+        sigmas: [N + 1] schedule from `unipc_schedule`.
+        timesteps: [N] model timesteps from `unipc_schedule`.
+        cfg: the scheduler config (static; see `unipc_step` for which fields matter).
+        progress: emit a host callback after each step (a static choice: it is compiled in or not).
+
+    Returns:
+        The final latents.
+    """
+
+    def body(state, inputs):
+        i, t = inputs
+        state, _ = unipc_step(state, velocity(state.sample, t), i, sigmas, cfg)
+        if progress:
+            jax.debug.callback(_tick, i)
+        return state, None
+
+    n = sigmas.shape[0] - 1
+    state, _ = jax.lax.scan(body, unipc_init(latents, cfg), (jnp.arange(n), timesteps))
+    return state.sample
