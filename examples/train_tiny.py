@@ -1,0 +1,167 @@
+"""Reproduces jdiff's embedded default model from scratch: a small FLUX.1 trained on the shapes world.
+
+    python examples/train_tiny.py --out runs/tiny --phase train    # JAX only: GPU, TPU or (slowly) CPU
+    python examples/train_tiny.py --out runs/tiny --phase export   # needs torch + diffusers: diffusers format
+    python examples/train_tiny.py --out runs/tiny                  # both
+
+`train` writes runs/tiny/train/ (jdiff parameters as .npz, latent statistics); `export` writes
+runs/tiny/model/, a diffusers-format FluxPipeline directory (bf16 safetensors, configs, tokenizers, scheduler,
+and jdiff_preset.json), evaluates it with jdiff on the CPU and prints the accuracies. The shipped model is
+that directory, copied to jdiff/assets/tiny-flux/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdiff.models.config import to_dict
+from jdiff.tiny import shapes
+from jdiff.tiny import train as T
+
+PRESET = {
+    "height": 64,
+    "width": 64,
+    "num_inference_steps": 20,
+    "guidance_scale": 0.0,
+    "max_sequence_length": 32,
+}
+
+
+def _flat(module: nnx.Module) -> dict[str, np.ndarray]:
+    return {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(module))}
+
+
+def run_train(out: Path, seed: int, vae_steps: int, flow_steps: int, batch: int) -> None:
+    work = out / "train"
+    work.mkdir(parents=True, exist_ok=True)
+    captions = shapes.all_captions()
+    carr = T.as_arrays(shapes.caption_arrays(captions))
+    clip_tok, t5_tok = T.build_tokenizers(work)
+    cfgs = T.tiny_configs(len(clip_tok), len(t5_tok))
+    transformer, vae, clip, t5 = T.models(cfgs, seed)
+    table = T.caption_table(clip, t5, clip_tok, t5_tok, [c.text for c in captions])
+    key = jax.random.key(seed + 1)
+    print(f"devices {jax.devices()}; {len(captions)} captions", flush=True)
+
+    start = time.time()
+    opt = T.optimizer(vae, 1e-3, vae_steps)
+    for i in range(vae_steps):
+        loss = T.vae_step(vae, opt, carr, jax.random.fold_in(key, i), batch=batch // 2, kl_weight=1e-4)
+        if i % 500 == 0 or i == vae_steps - 1:
+            print(f"vae step {i} loss {float(loss):.4f} ({time.time() - start:.0f}s)", flush=True)
+    shift, scale = T.latent_stats(vae, carr, jax.random.key(seed + 3))
+    print(f"latent shift {shift:.4f} scale {scale:.4f}", flush=True)
+
+    start = time.time()
+    opt = T.optimizer(transformer, 5e-4, flow_steps)
+    rope = T.rope(cfgs.transformer)
+    norm = jnp.asarray([shift, scale], jnp.float32)
+    fkey = jax.random.key(seed + 2)
+    for i in range(flow_steps):
+        loss = T.flow_step(
+            transformer, opt, vae, carr, table, rope, norm, jax.random.fold_in(fkey, i), batch=batch
+        )
+        if i % 1000 == 0 or i == flow_steps - 1:
+            print(f"flow step {i} loss {float(loss):.4f} ({time.time() - start:.0f}s)", flush=True)
+
+    for name, module in (
+        ("transformer", transformer),
+        ("vae", vae),
+        ("text_encoder", clip),
+        ("text_encoder_2", t5),
+    ):
+        np.savez(work / f"{name}.npz", **_flat(module))
+    cfg_json = {f.name: to_dict(getattr(cfgs, f.name)) for f in dataclasses.fields(cfgs)}
+    cfg_json["vae"].update(scaling_factor=scale, shift_factor=shift)
+    (work / "configs.json").write_text(json.dumps(cfg_json, indent=2))
+    print(f"wrote {work}", flush=True)
+
+
+def run_export(out: Path) -> Path:
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    from jdiff.convert import autoencoder_kl, clip, flux, t5
+    from jdiff.convert.plan import export
+
+    work = out / "train"
+    cfgs = json.loads((work / "configs.json").read_text())
+    tr, vae, cl, t5c = cfgs["transformer"], cfgs["vae"], cfgs["clip"], cfgs["t5"]
+    torch_models = {
+        "transformer": (FluxTransformer2DModel(**tr), flux.PLAN),
+        "vae": (AutoencoderKL(**vae), autoencoder_kl.PLAN),
+        "text_encoder": (CLIPTextModel(CLIPTextConfig(**cl, bos_token_id=0, pad_token_id=1)), clip.PLAN),
+        "text_encoder_2": (T5EncoderModel(T5Config(**t5c, decoder_start_token_id=0)), t5.PLAN),
+    }
+    for name, (model, plan) in torch_models.items():
+        state = export(plan, dict(np.load(work / f"{name}.npz")))
+        own = model.state_dict()
+        if plan.optional_prefix and not any(k.startswith(plan.optional_prefix) for k in own):
+            state = {k.removeprefix(plan.optional_prefix): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if k in own or not plan.is_ignored(k)}
+        if "shared.weight" in state and "encoder.embed_tokens.weight" in own:
+            state["encoder.embed_tokens.weight"] = state["shared.weight"]  # tied in T5
+        model.load_state_dict(
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in state.items()}, strict=True
+        )
+        model.to(torch.bfloat16).eval()
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
+        text_encoder=torch_models["text_encoder"][0],
+        tokenizer=AutoTokenizer.from_pretrained(work / "tokenizer"),
+        text_encoder_2=torch_models["text_encoder_2"][0],
+        tokenizer_2=AutoTokenizer.from_pretrained(work / "tokenizer_2"),
+        vae=torch_models["vae"][0],
+        transformer=torch_models["transformer"][0],
+    )
+    model_dir = out / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    pipe.save_pretrained(model_dir)
+    (model_dir / "jdiff_preset.json").write_text(json.dumps(PRESET, indent=2) + "\n")
+    print(f"wrote {model_dir}", flush=True)
+    return model_dir
+
+
+def run_eval(model_dir: Path) -> dict:
+    import jdiff
+    from jdiff.tiny.evaluate import eval_captions, evaluate
+
+    gen = jdiff.DiffGenerator.from_pretrained(model_dir, dtype="float32")
+    scores = evaluate(
+        lambda prompts, seed: gen.generate(prompts, seed=seed, output_type="np").images,
+        eval_captions(),
+        [0, 1],
+    )
+    print(f"accuracy {scores}", flush=True)
+    return scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--phase", choices=["train", "export", "all"], default="all")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--vae-steps", type=int, default=4000)
+    ap.add_argument("--flow-steps", type=int, default=30000)
+    ap.add_argument("--batch", type=int, default=128)
+    args = ap.parse_args()
+    if args.phase in ("train", "all"):
+        run_train(args.out, args.seed, args.vae_steps, args.flow_steps, args.batch)
+    if args.phase in ("export", "all"):
+        run_eval(run_export(args.out))
+
+
+if __name__ == "__main__":
+    main()
