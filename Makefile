@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.jdiff-test-installed
 
-.PHONY: test lint format clean
+.PHONY: demo test lint format clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -12,6 +12,16 @@ $(PY):
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
+
+DEMO_STAMP := $(VENV)/.jdiff-installed
+
+$(DEMO_STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e .
+	touch $(DEMO_STAMP)
+
+# The embedded default model draws the README's first picture; prints the path it wrote.
+demo: $(DEMO_STAMP)
+	$(VENV)/bin/jdiff generate --prompt "a yellow circle on a blue background" --output outputs/demo.png
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check jdiff tests examples benchmarks

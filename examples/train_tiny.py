@@ -41,6 +41,22 @@ def _flat(module: nnx.Module) -> dict[str, np.ndarray]:
     return {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(module))}
 
 
+def _train(name, module, objective, tx, steps: int, seed: int, aux, chunk: int = 500):
+    """Takes `steps` optimizer steps, `chunk` per dispatch, printing the mean loss of each chunk."""
+    graphdef, params = nnx.split(module)
+    opt_state = tx.init(params)
+    run = T.trainer(objective, graphdef, tx)
+    key, start = jax.random.key(seed), time.time()
+    for first in range(0, steps, chunk):
+        num = min(chunk, steps - first)
+        params, opt_state, losses = run(params, opt_state, key, first, aux, num=num)
+        print(
+            f"{name} steps {first + num}/{steps} loss {float(losses.mean()):.4f} ({time.time() - start:.0f}s)",
+            flush=True,
+        )
+    return nnx.merge(graphdef, params)
+
+
 def run_train(out: Path, seed: int, vae_steps: int, flow_steps: int, batch: int) -> None:
     work = out / "train"
     work.mkdir(parents=True, exist_ok=True)
@@ -50,29 +66,19 @@ def run_train(out: Path, seed: int, vae_steps: int, flow_steps: int, batch: int)
     cfgs = T.tiny_configs(len(clip_tok), len(t5_tok))
     transformer, vae, clip, t5 = T.models(cfgs, seed)
     table = T.caption_table(clip, t5, clip_tok, t5_tok, [c.text for c in captions])
-    key = jax.random.key(seed + 1)
     print(f"devices {jax.devices()}; {len(captions)} captions", flush=True)
 
-    start = time.time()
-    opt = T.optimizer(vae, 1e-3, vae_steps)
-    for i in range(vae_steps):
-        loss = T.vae_step(vae, opt, carr, jax.random.fold_in(key, i), batch=batch // 2, kl_weight=1e-4)
-        if i % 500 == 0 or i == vae_steps - 1:
-            print(f"vae step {i} loss {float(loss):.4f} ({time.time() - start:.0f}s)", flush=True)
+    vae = _train(
+        "vae", vae, T.vae_objective(batch // 2, 1e-4), T.optimizer(1e-3, vae_steps), vae_steps, seed + 1, carr
+    )
     shift, scale = T.latent_stats(vae, carr, jax.random.key(seed + 3))
     print(f"latent shift {shift:.4f} scale {scale:.4f}", flush=True)
-
-    start = time.time()
-    opt = T.optimizer(transformer, 5e-4, flow_steps)
-    rope = T.rope(cfgs.transformer)
-    norm = jnp.asarray([shift, scale], jnp.float32)
-    fkey = jax.random.key(seed + 2)
-    for i in range(flow_steps):
-        loss = T.flow_step(
-            transformer, opt, vae, carr, table, rope, norm, jax.random.fold_in(fkey, i), batch=batch
-        )
-        if i % 1000 == 0 or i == flow_steps - 1:
-            print(f"flow step {i} loss {float(loss):.4f} ({time.time() - start:.0f}s)", flush=True)
+    vae_graphdef, vae_params = nnx.split(vae)
+    aux = (carr, vae_params, table, T.rope(cfgs.transformer), jnp.asarray([shift, scale], jnp.float32))
+    objective = T.flow_objective(batch, vae_graphdef)
+    transformer = _train(
+        "flow", transformer, objective, T.optimizer(5e-4, flow_steps), flow_steps, seed + 2, aux
+    )
 
     for name, module in (
         ("transformer", transformer),

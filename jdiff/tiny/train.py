@@ -146,10 +146,34 @@ def flow_loss(model: FluxTransformer2DModel, x0, embeds, pooled, rope, key) -> j
     return jnp.mean(jnp.square(v - (eps - x0)))
 
 
-def optimizer(model: nnx.Module, lr: float, steps: int, warmup: int = 200) -> nnx.Optimizer:
+def optimizer(lr: float, steps: int, warmup: int = 200) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(steps, warmup + 1), lr * 0.05)
-    tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=0.01))
+
+
+def trainer(loss_fn, graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
+    """A jitted `run(params, opt_state, key, first_step, aux) -> (params, opt_state, losses)` that takes
+    `num` optimizer steps in one `lax.scan` (one dispatch for many steps; parameters and optimizer state are
+    donated, so they are updated in place).
+
+    `loss_fn(module, key, aux) -> loss`; step i uses the key `fold_in(key, first_step + i)`.
+    """
+
+    def run(params, opt_state, key, first_step, aux, num):
+        def one(carry, i):
+            params, opt_state = carry
+
+            def loss_of(p):
+                return loss_fn(nnx.merge(graphdef, p), jax.random.fold_in(key, first_step + i), aux)
+
+            loss, grads = jax.value_and_grad(loss_of)(params)
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), loss
+
+        (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), jnp.arange(num))
+        return params, opt_state, losses
+
+    return jax.jit(run, static_argnames=("num",), donate_argnums=(0, 1))
 
 
 def rope(cfg: FluxConfig) -> tuple[jax.Array, jax.Array]:
@@ -169,24 +193,30 @@ def models(cfgs: TinyConfigs, seed: int):
     )
 
 
-@nnx.jit(static_argnames=("batch", "kl_weight"))
-def vae_step(vae, opt, captions, key, *, batch: int, kl_weight: float):
-    k_data, k_noise = jax.random.split(key)
-    _, x = sample_batch(k_data, batch, captions)
-    loss, grads = nnx.value_and_grad(vae_loss)(vae, x, k_noise, kl_weight)
-    opt.update(vae, grads)
-    return loss
+def vae_objective(batch: int, kl_weight: float):
+    """loss_fn for `trainer`: fresh shapes every step, reconstruction + KL; aux = the caption arrays."""
+
+    def loss_fn(vae, key, captions):
+        k_data, k_noise = jax.random.split(key)
+        _, x = sample_batch(k_data, batch, captions)
+        return vae_loss(vae, x, k_noise, kl_weight)
+
+    return loss_fn
 
 
-@nnx.jit(static_argnames=("batch",))
-def flow_step(model, opt, vae, captions, table, rope_tables, norm, key, *, batch: int):
-    k_data, k_noise = jax.random.split(key)
-    idx, x = sample_batch(k_data, batch, captions)
-    x0 = jax.lax.stop_gradient(encode_latents(vae, x, norm[0], norm[1]))
-    embeds, pooled = table[0][idx], table[1][idx]
-    loss, grads = nnx.value_and_grad(flow_loss)(model, x0, embeds, pooled, rope_tables, k_noise)
-    opt.update(model, grads)
-    return loss
+def flow_objective(batch: int, vae_graphdef: nnx.GraphDef):
+    """loss_fn for `trainer`: rectified flow on frozen VAE latents; aux = (captions, vae params, caption
+    table, rope tables, (shift, scale))."""
+
+    def loss_fn(model, key, aux):
+        captions, vae_params, table, rope_tables, norm = aux
+        k_data, k_noise = jax.random.split(key)
+        idx, x = sample_batch(k_data, batch, captions)
+        vae = nnx.merge(vae_graphdef, vae_params)
+        x0 = jax.lax.stop_gradient(encode_latents(vae, x, norm[0], norm[1]))
+        return flow_loss(model, x0, table[0][idx], table[1][idx], rope_tables, k_noise)
+
+    return loss_fn
 
 
 def latent_stats(vae: AutoencoderKL, captions, key, n: int = 2048) -> tuple[float, float]:

@@ -1,0 +1,92 @@
+"""The embedded default model: it draws what it is asked, diffusers loads it too, and training reproduces."""
+
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import torch
+from flax import nnx
+
+import jdiff
+from jdiff.api import embedded_model_path
+from jdiff.cli import main
+from jdiff.tiny import shapes
+from jdiff.tiny import train as T
+from jdiff.tiny.evaluate import eval_captions, evaluate
+from tests.utils import rel_err
+
+
+@pytest.fixture(scope="module")
+def gen():
+    return jdiff.DiffGenerator.from_pretrained()  # no path: the embedded model, float32 on CPU
+
+
+def test_quality(gen):
+    scores = evaluate(
+        lambda prompts, seed: gen.generate(prompts, seed=seed, output_type="np").images,
+        eval_captions(48),
+        [0, 1],
+    )
+    assert scores["colour"] >= 0.9, scores
+    assert scores["shape"] >= 0.8, scores
+    assert scores["background"] >= 0.9, scores
+
+
+def test_cli_default_model(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    assert main(["generate", "--prompt", "a yellow circle on a blue background", "--output", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    from PIL import Image
+
+    img = np.asarray(Image.open(out), np.float32) / 255
+    assert img.shape == (64, 64, 3)
+    colour, _, background = shapes.judge(img)
+    assert (shapes.COLOURS[colour], shapes.BACKGROUNDS[background]) == ("yellow", "blue")
+
+
+def test_diffusers_loads_the_same_folder(gen):
+    from diffusers import FluxPipeline
+
+    pipe = FluxPipeline.from_pretrained(embedded_model_path(), torch_dtype=torch.float32)
+    latents = torch.randn(2, 64, 16, generator=torch.Generator().manual_seed(0))
+    prompts = ["a red square", "a white triangle on a green background"]
+    kw = dict(height=64, width=64, num_inference_steps=20, max_sequence_length=32, latents=latents)
+    ref = pipe(prompts, output_type="np", **kw).images
+    ref_latents = pipe(prompts, output_type="latent", **kw).images.numpy()
+    got = gen.generate(prompts, latents=latents.numpy(), output_type="np")
+    assert rel_err(got.latents, ref_latents) <= 1e-3
+    assert np.abs(got.images - ref).max() <= 5e-3
+
+
+def test_committed_tokenizers_are_reproducible(tmp_path):
+    """The shipped tokenizers are what the deterministic construction gives (same vocabulary, same ids)."""
+    from transformers import AutoTokenizer
+
+    built = T.build_tokenizers(tmp_path)
+    texts = [c.text for c in shapes.all_captions()] + ["an orange circle", "Zebra 42!"]
+    for name, fresh in zip(("tokenizer", "tokenizer_2"), built, strict=True):
+        shipped = AutoTokenizer.from_pretrained(embedded_model_path() / name)
+        assert shipped.get_vocab() == fresh.get_vocab()
+        assert shipped(texts).input_ids == fresh(texts).input_ids
+
+
+def test_training_steps_reduce_the_loss():
+    caps = T.as_arrays(shapes.caption_arrays(shapes.all_captions()))
+    cfgs = T.tiny_configs(600, 200)
+    _, vae, _, _ = T.models(cfgs, seed=0)
+    graphdef, params = nnx.split(vae)
+    tx = T.optimizer(2e-3, steps=10, warmup=1)
+    objective = T.vae_objective(batch=4, kl_weight=1e-4)
+
+    def same_batch(module, key, aux):  # the same images and noise every step: their loss must fall
+        return objective(module, jax.random.key(0), aux)
+
+    run = T.trainer(same_batch, graphdef, tx)
+    _, _, losses = run(params, tx.init(params), jax.random.key(1), 0, caps, num=8)
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_embedded_model_is_small():
+    size = sum(f.stat().st_size for f in Path(embedded_model_path()).rglob("*") if f.is_file())
+    assert size < 10 * 2**20
