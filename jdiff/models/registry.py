@@ -13,6 +13,10 @@ _SPECS = {
     "CLIPTextModel": "jdiff.convert.clip",
     "T5EncoderModel": "jdiff.convert.t5",
     "AutoencoderKL": "jdiff.convert.autoencoder_kl",
+    "WanTransformer3DModel": "jdiff.convert.wan",
+    "AutoencoderKLWan": "jdiff.convert.wan_vae",
+    "UMT5EncoderModel": "jdiff.convert.umt5",
+    "CLIPVisionModel": "jdiff.convert.clip_vision",
 }
 
 

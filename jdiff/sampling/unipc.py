@@ -237,6 +237,8 @@ def _unip(order: int, x, history, i, sigmas, cfg):
     m0 = history[-1]
     x_t = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
     if order == 1:
+        # diffusers subtracts alpha_t * B_h * 0 here, which is NaN on the last step with bh1 (B_h = -h = -inf
+        # at sigma 0); we return the limit, the data prediction m0 (what bh2 returns there too).
         return x_t
     rks, d1s = _differences(i, order, h, sigmas, history)
     if order == 2:
@@ -250,9 +252,8 @@ def _unip(order: int, x, history, i, sigmas, cfg):
 
 def _unic(order: int, last_sample, this_sample, model_t, history, i, sigmas, cfg):
     """UniC-order corrector of the sample at sigmas[i]; history ends with the x0 at sigmas[i - 1]."""
-    del (
-        this_sample
-    )  # diffusers recomputes the corrected sample from last_sample; kept for the switch signature
+    # diffusers rebuilds the corrected sample from last_sample; this_sample only fills the switch signature.
+    del this_sample
     sigma_s0, sigma_t = sigmas[i - 1], sigmas[i]
     alpha_t, h, h_phi_1, b_h, b = _phis(sigma_s0, sigma_t, cfg, order)
     m0 = history[-1]

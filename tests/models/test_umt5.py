@@ -117,7 +117,12 @@ def _xxl_weights(tmp_path, drop=(), extra=None) -> None:
 def test_xxl_shapes_and_key_coverage(tmp_path):
     # Keys that transformers writes but recomputes (dense_act_fn, is_gated_act), or that we do not model,
     # are ignored.
-    written = {"dense_act_fn": "gelu_new", "is_gated_act": True, "dtype": "bfloat16", "num_decoder_layers": 24}
+    written = {
+        "dense_act_fn": "gelu_new",
+        "is_gated_act": True,
+        "dtype": "bfloat16",
+        "num_decoder_layers": 24,
+    }
     cfg = from_dict(UMT5Config, {**XXL, **written})
     _, state = SPEC.abstract(cfg)
     assert all(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state))  # nothing allocated
@@ -128,7 +133,7 @@ def test_xxl_shapes_and_key_coverage(tmp_path):
     assert "encoder.relative_attention_bias.embedding" not in shapes
     _xxl_weights(tmp_path)
     assignments = check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")
-    assert len(assignments) == len(shapes) == 14
+    assert len(assignments) == len(shapes) == 12
     bias = next(a for a in assignments if a.target == BIAS)
     assert bias.sources[23] == ("encoder.block.23.layer.0.SelfAttention.relative_attention_bias.weight",)
 
@@ -162,7 +167,10 @@ def test_defaults_follow_transformers():
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ({"feed_forward_proj": "gated-gelu-new"}, "UMT5 config: feed_forward_proj 'gated-gelu-new' should be"),
+        (
+            {"feed_forward_proj": "gated-gelu-new"},
+            "UMT5 config: feed_forward_proj 'gated-gelu-new' should be",
+        ),
         ({"feed_forward_proj": "swiglu"}, "UMT5 config: activation 'swiglu'"),
         ({"d_kv": 0}, "UMT5 config: d_kv=0 must be positive"),
         ({"relative_attention_max_distance": 2}, "relative_attention_max_distance=2 must exceed"),

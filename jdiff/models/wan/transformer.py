@@ -44,13 +44,15 @@ class WanImageEmbedding(nnx.Module):
         self.norm1 = LayerNorm(e, eps=1e-5)
         self.ff = FeedForward(e, e, d, approximate=False, rngs=rngs)
         self.norm2 = LayerNorm(d, eps=1e-5)
-        self.pos_embed = None
-        if cfg.pos_embed_seq_len is not None:
-            self.pos_embed = nnx.Param(
+        self.pos_embed = (
+            nnx.Param(
                 jnp.zeros((1, cfg.pos_embed_seq_len, e), jnp.float32),
                 out_sharding=(None, None, sh.NORM),
                 eager_sharding=False,
             )
+            if cfg.pos_embed_seq_len is not None
+            else None
+        )
 
     def __call__(self, x: Float[Array, "b i e"]) -> Float[Array, "b i d"]:
         if self.pos_embed is not None:

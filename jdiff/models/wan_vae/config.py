@@ -106,6 +106,14 @@ class WanVAEConfig:
                 f"{sum(map(bool, self.temperal_downsample))} times; expected exactly 2 (4x), which the "
                 f"first-frame-then-{FRAMES_PER_CHUNK}-frame chunking assumes"
             )
+        if self.attn_scales:
+            # diffusers' encoder passes its frame cache to the attention blocks these would add, which do not
+            # take one: no AutoencoderKLWan with attention outside the mid-blocks runs (the released VAEs have
+            # none).
+            raise InputError(
+                f"AutoencoderKLWan: attn_scales {self.attn_scales} not supported (diffusers cannot run them "
+                f"either); expected [] as in the released Wan VAEs"
+            )
         if self.patch_size is not None and self.patch_size < 1:
             raise InputError(f"AutoencoderKLWan: patch_size must be None or >= 1, got {self.patch_size}")
         for key in ("in_channels", "out_channels"):
