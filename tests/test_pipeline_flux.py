@@ -75,6 +75,15 @@ def test_no_recompile_for_new_prompt_seed_or_guidance(flux):
     np.testing.assert_array_equal(again.images, b.images)
 
 
+def test_seed_per_output_is_batch_independent(flux):
+    _, _, gen = flux
+    alone = gen.generate("a red circle", seed=11, output_type="np", **KW).images
+    batched = gen.generate(["a blue square", "a red circle"], seed=[5, 11], output_type="np", **KW).images
+    np.testing.assert_allclose(batched[1], alone[0], atol=1e-5)
+    pair = gen.generate("a red circle", seed=10, num_outputs_per_prompt=2, output_type="np", **KW).images
+    np.testing.assert_allclose(pair[1], alone[0], atol=1e-5)  # an int seed s gives s, s + 1, ...
+
+
 def test_outputs_and_saving(flux, tmp_path):
     _, _, gen = flux
     r = gen.generate("a red circle", output_type="pil", output_path=tmp_path / "out.webp", **KW)
@@ -102,6 +111,8 @@ def test_outputs_and_saving(flux, tmp_path):
         (dict(num_frames=9), "num_frames"),
         (dict(max_sequence_length=600), "512"),
         (dict(seed=1.5), "seed must be an integer"),
+        (dict(seed=[1, 2]), "2 seeds for 1 outputs"),
+        (dict(seed=-1), r"seeds must be in \[0, 2\*\*63\)"),
     ],
 )
 def test_bad_generate_arguments(flux, kwargs, match):

@@ -54,6 +54,35 @@ def finite_nonneg(value, name: str) -> float:
     return v
 
 
+def seeds_of(seed, batch: int) -> list[int]:
+    """One seed per output: an int seed s gives s, s + 1, ...; a list gives one per output, in order.
+
+    Each output's noise depends only on its own seed, so a request draws the same image alone or batched.
+    """
+    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+        seeds = [int(seed) + i for i in range(batch)]
+    elif isinstance(seed, list | tuple) and all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seed
+    ):
+        seeds = [int(s) for s in seed]
+        if len(seeds) != batch:
+            raise InputError(f"{len(seeds)} seeds for {batch} outputs; give one integer or one per output")
+    else:
+        raise InputError(f"seed must be an integer or a list of integers, got {seed!r}")
+    if any(not 0 <= s < 2**63 for s in seeds):
+        raise InputError(f"seeds must be in [0, 2**63), got {seeds}")
+    return seeds
+
+
+def noise_for(seeds: list[int], shape: tuple[int, ...]):
+    """Standard normal noise [len(seeds), *shape] in float32, one PRNG stream per seed."""
+    import jax
+    import jax.numpy as jnp
+
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    return jax.vmap(lambda k: jax.random.normal(jax.random.wrap_key_data(k), shape, jnp.float32))(keys)
+
+
 def check_size(height: int, width: int, multiple: int, model: str) -> None:
     for name, v in (("height", height), ("width", width)):
         positive_int(v, name)

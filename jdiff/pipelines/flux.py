@@ -28,9 +28,11 @@ from jdiff.pipelines.base import (
     check_output_path,
     check_size,
     finite_nonneg,
+    noise_for,
     positive_int,
     prompts_of,
     save_images,
+    seeds_of,
     to_pil,
 )
 from jdiff.pipelines.model_dir import ModelDir
@@ -213,8 +215,6 @@ class FluxPipeline:
         n_per = positive_int(num_outputs_per_prompt, "num_outputs_per_prompt")
         if output_type not in OUTPUT_TYPES:
             raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-            raise InputError(f"seed must be an integer, got {seed!r}")
         if output_path is not None:
             if output_type == "latent":
                 raise InputError("output_path needs decoded images; use output_type 'pil' or 'np'")
@@ -238,9 +238,10 @@ class FluxPipeline:
         timings["text_encoding"] = time.perf_counter() - t0
 
         batch = len(prompts) * n_per
+        seeds = seeds_of(seed, batch)
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
         seq_len = (h // 2) * (w // 2)
-        packed = self._initial_latents(latents, seed, batch, h, w)
+        packed = self._initial_latents(latents, seeds, batch, h, w)
         sc = self.scheduler
         mu = calculate_shift(
             seq_len, sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
@@ -286,11 +287,10 @@ class FluxPipeline:
         timings["total"] = time.perf_counter() - t_start
         return result
 
-    def _initial_latents(self, latents, seed: int, batch: int, h: int, w: int) -> jax.Array:
+    def _initial_latents(self, latents, seeds: list[int], batch: int, h: int, w: int) -> jax.Array:
         c = self.latent_channels
         if latents is None:
-            noise = jax.random.normal(jax.random.key(int(seed)), (batch, c, h, w), jnp.float32)
-            return pack_latents(noise)
+            return pack_latents(noise_for(seeds, (c, h, w)))
         arr = np.asarray(latents, dtype=np.float32)
         packed_shape, unpacked_shape = (batch, (h // 2) * (w // 2), 4 * c), (batch, c, h, w)
         if arr.shape == unpacked_shape:
