@@ -15,7 +15,11 @@ from jdiff.pipelines.model_dir import ModelDir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # model_index.json `_class_name` -> jdiff pipeline (imported lazily).
-PIPELINES = {"FluxPipeline": "jdiff.pipelines.flux:FluxPipeline"}
+PIPELINES = {
+    "FluxPipeline": "jdiff.pipelines.flux:FluxPipeline",
+    "WanPipeline": "jdiff.pipelines.wan:WanPipeline",
+    "WanImageToVideoPipeline": "jdiff.pipelines.wan:WanPipeline",
+}
 
 
 def default_dtype() -> str:

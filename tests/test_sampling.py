@@ -85,3 +85,17 @@ def test_one_step_shift_terminal_is_finite():
     sigmas, timesteps = schedule(FlowMatchEulerConfig(shift=5.0, shift_terminal=0.02), default_sigmas(1))
     np.testing.assert_array_equal(sigmas, [1.0, 0.0])
     np.testing.assert_array_equal(timesteps, [1000.0])
+
+
+@pytest.mark.parametrize("steps", [1, 3, 30])
+@pytest.mark.parametrize("sched", [dict(shift=3.0), dict(shift=5.0), dict(shift=1.0), DEV])
+def test_schedule_from_steps_matches_diffusers(steps, sched):
+    from jdiff.sampling.flow_match import schedule_from_steps
+
+    ref = FlowMatchEulerDiscreteScheduler(**sched)
+    cfg = from_dict(FlowMatchEulerConfig, dict(ref.config))
+    kw = {"mu": 0.7} if cfg.use_dynamic_shifting else {}
+    ref.set_timesteps(steps, **kw)
+    sigmas, timesteps = schedule_from_steps(cfg, steps, **kw)
+    np.testing.assert_array_equal(sigmas, ref.sigmas.numpy())
+    np.testing.assert_array_equal(timesteps, ref.timesteps.numpy())

@@ -14,6 +14,7 @@ import numpy as np
 from jdiff.errors import InputError
 
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+VIDEO_SUFFIXES = {".mp4": "mp4"}
 OUTPUT_TYPES = ("pil", "np", "latent")
 
 
@@ -126,6 +127,30 @@ def save_images(images: np.ndarray, path: str | os.PathLike) -> list[str]:
         try:
             with os.fdopen(fd, "wb") as f:
                 im.save(f, format=IMAGE_SUFFIXES[p.suffix.lower()])
+            os.replace(tmp, p)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        out.append(str(p))
+    return out
+
+
+def save_video(videos: np.ndarray, path: str | os.PathLike, *, fps: int) -> list[str]:
+    """Saves float videos [B, F, H, W, 3] as H.264 mp4 (imageio-ffmpeg's bundled ffmpeg), each through a
+    temporary file and a rename."""
+    import imageio.v2 as imageio
+
+    path = check_output_path(path, VIDEO_SUFFIXES)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for video, p in zip(videos, output_paths(path, len(videos)), strict=True):
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".mp4", dir=p.parent)
+        os.close(fd)
+        try:
+            # macro_block_size=1: keep sizes that are not multiples of 16 exactly (Wan sizes are, tiny ones not).
+            imageio.mimwrite(
+                tmp, list(to_uint8(video)), fps=fps, codec="libx264", macro_block_size=1, quality=8
+            )
             os.replace(tmp, p)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

@@ -174,7 +174,7 @@ class FluxPipeline:
         num_inference_steps=None,
         guidance_scale=None,
         guidance_scale_2=None,
-        true_cfg_scale=1.0,
+        true_cfg_scale=None,
         max_sequence_length=None,
         seed=0,
         latents=None,
@@ -205,7 +205,7 @@ class FluxPipeline:
         guidance = finite_nonneg(
             p["guidance_scale"] if guidance_scale is None else guidance_scale, "guidance_scale"
         )
-        true_cfg = finite_nonneg(true_cfg_scale, "true_cfg_scale")
+        true_cfg = finite_nonneg(1.0 if true_cfg_scale is None else true_cfg_scale, "true_cfg_scale")
         max_len = positive_int(
             p["max_sequence_length"] if max_sequence_length is None else max_sequence_length,
             "max_sequence_length",

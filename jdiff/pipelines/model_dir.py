@@ -98,6 +98,20 @@ class ModelDir:
         except (OSError, ValueError) as e:
             raise InputError(f"cannot load the tokenizer in {folder}: {e}") from None
 
+    def image_processor_config(self) -> dict[str, Any]:
+        """CLIP image preprocessing settings from image_processor/preprocessor_config.json (Wan2.1 I2V)."""
+        cfg = read_json(self.folder("image_processor") / "preprocessor_config.json")
+        size = cfg.get("size", 224)
+        crop = cfg.get("crop_size", size)
+        return {
+            "size": size.get("shortest_edge", size.get("height")) if isinstance(size, dict) else int(size),
+            "crop_size": crop.get("height", crop.get("shortest_edge"))
+            if isinstance(crop, dict)
+            else int(crop),
+            "mean": tuple(cfg.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),
+            "std": tuple(cfg.get("image_std", (0.26862954, 0.26130258, 0.27577711))),
+        }
+
     def scheduler_config(self) -> dict[str, Any]:
         folder = self.folder("scheduler")
         return read_json(folder / "scheduler_config.json")

@@ -110,3 +110,33 @@ def euler_step(sample: jax.Array, velocity: jax.Array, sigma: jax.Array, sigma_n
     """x_{next} = x + (sigma_next - sigma) * v, in float32 (the reference upcasts for this update)."""
     x = sample.astype(jnp.float32) + (sigma_next - sigma) * velocity.astype(jnp.float32)
     return x.astype(sample.dtype)
+
+
+def schedule_from_steps(cfg: FlowMatchEulerConfig, num_steps: int, *, mu: float | None = None):
+    """diffusers' `set_timesteps(num_steps)` with no sigmas given (how the Wan pipelines call it).
+
+    The range comes from the scheduler's construction-time sigmas (already shifted when the shift is static),
+    is spaced linearly in float64, and is then shifted again: diffusers applies a static shift twice on this
+    path, and we reproduce that so schedules match.
+    """
+    n_train = cfg.num_train_timesteps
+    base = np.linspace(1, n_train, n_train, dtype=np.float32)[::-1] / np.float32(n_train)
+    if not cfg.use_dynamic_shifting:
+        base = (np.float32(cfg.shift) * base / (1 + (np.float32(cfg.shift) - 1) * base)).astype(np.float32)
+    sigma_max, sigma_min = float(base[0]), float(base[-1])
+    s = np.linspace(sigma_max * n_train, sigma_min * n_train, num_steps) / n_train
+    if cfg.use_dynamic_shifting:
+        if mu is None:
+            raise ValueError("this scheduler uses dynamic shifting: pass mu")
+        shifted = (
+            math.exp(mu) / (math.exp(mu) + (1 / s - 1))
+            if cfg.time_shift_type == "exponential"
+            else mu / (mu + (1 / s - 1))
+        )
+    else:
+        shifted = cfg.shift * s / (1 + (cfg.shift - 1) * s)
+    if cfg.shift_terminal and shifted[-1] != 1:
+        one_minus = 1 - shifted
+        shifted = 1 - one_minus / (one_minus[-1] / (1 - cfg.shift_terminal))
+    sigmas = shifted.astype(np.float32)
+    return np.concatenate([sigmas, np.zeros(1, np.float32)]), sigmas * np.float32(n_train)

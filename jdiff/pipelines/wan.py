@@ -1,0 +1,464 @@
+"""The Wan video pipelines: Wan2.1 T2V / I2V, Wan2.2 TI2V-5B and A14B (two experts), as diffusers runs them.
+
+Stages: validate -> encode text (UMT5) -> [encode image: CLIP vision, VAE] -> timesteps -> latents ->
+denoise -> decode -> post-process (frames, mp4).
+
+Axis letters: B batch, F latent frames, h/w latent height/width, C latent channels, T text tokens,
+I image tokens, NF video frames, H/W video height/width.
+
+Layouts: the loop state is channels-last [B, F, h, w, C]; `latents=` and `result.latents` use diffusers'
+[B, C, F, h, w]. True CFG runs as one batch of two ([negative; positive]); with two experts
+(`boundary_ratio`), the high-noise expert takes the steps whose timestep is >= boundary_ratio * 1000 and the
+low-noise expert the rest, chosen by `lax.cond` inside the one scan, each with its own guidance scale.
+"""
+
+from __future__ import annotations
+
+import collections
+import html
+import re
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdiff.errors import InputError
+from jdiff.models.config import from_dict
+from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
+from jdiff.pipelines.base import (
+    OUTPUT_TYPES,
+    VIDEO_SUFFIXES,
+    GenerationResult,
+    check_output_path,
+    finite_nonneg,
+    noise_for,
+    positive_int,
+    prompts_of,
+    save_video,
+    seeds_of,
+    to_pil,
+)
+from jdiff.pipelines.model_dir import ModelDir
+from jdiff.presets import load_preset
+from jdiff.sampling.flow_match import FlowMatchEulerConfig, schedule_from_steps
+from jdiff.sampling.loop import euler_loop
+from jdiff.sampling.unipc import UniPCConfig, unipc_loop, unipc_schedule
+
+SCHEDULERS = ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
+
+
+def prompt_clean(text: str) -> str:
+    """diffusers' Wan `prompt_clean`: ftfy's text repair when installed (as diffusers), HTML entities,
+    whitespace."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
+
+
+def _load_image(image):
+    from PIL import Image
+
+    if isinstance(image, str):
+        try:
+            return Image.open(image).convert("RGB")
+        except OSError as e:
+            raise InputError(f"cannot read the conditioning image {image!r}: {e}") from None
+    if isinstance(image, np.ndarray):
+        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    raise InputError(f"image must be a path, a PIL image or a uint8 array, got {type(image).__name__}")
+
+
+class WanPipeline:
+    """Wan text-to-video and image-to-video from a diffusers-format directory (or a jdiff checkpoint)."""
+
+    family = "wan"
+    is_video = True
+
+    def __init__(self, model: ModelDir, *, dtype):
+        self.dtype = jnp.dtype(dtype)
+        self.model_index = model.index
+        self.i2v = model.pipeline_class == "WanImageToVideoPipeline"
+        self.expand_timesteps = bool(model.index.get("expand_timesteps") or False)
+        self.boundary_ratio = model.index.get("boundary_ratio")
+        components = model.components()
+        sched_cls = components.get("scheduler", ("", ""))[1]
+        if sched_cls not in SCHEDULERS:
+            raise InputError(
+                f"Wan needs one of {SCHEDULERS} as its scheduler, {model.root} has {sched_cls!r}"
+            )
+        self.scheduler_class = sched_cls
+        cfg_cls = UniPCConfig if sched_cls == "UniPCMultistepScheduler" else FlowMatchEulerConfig
+        self.scheduler = from_dict(cfg_cls, model.scheduler_config())
+
+        experts = [n for n in ("transformer", "transformer_2") if n in components]
+        if not experts:
+            raise InputError(f"{model.root} has no transformer")
+        if self.boundary_ratio is not None and len(experts) != 2:
+            raise InputError(
+                f"{model.root}: boundary_ratio is set but there is no transformer_2 (two experts)"
+            )
+        self._defs, self._params = {}, {}
+        configs = {}
+        for name in experts:
+            configs[name], module = model.load(name, dtype=dtype)
+            self._defs[name], self._params[name] = nnx.split(module)
+        self.transformer_config = configs[experts[0]]
+        if len(experts) == 2 and configs["transformer_2"].in_channels != self.transformer_config.in_channels:
+            raise InputError(
+                "transformer and transformer_2 take different latent channels; they do not belong together"
+            )
+        self.vae_config, vae = model.load("vae", dtype=dtype)
+        _, t5 = model.load("text_encoder", dtype=dtype)
+        self.tokenizer = model.tokenizer("tokenizer")
+        for name, module in (("vae", vae), ("t5", t5)):
+            self._defs[name], self._params[name] = nnx.split(module)
+        self.image_encoder = None
+        if self.i2v and self.transformer_config.image_dim is not None:
+            _, image_encoder = model.load(
+                "image_encoder", dtype=jnp.float32 if self.dtype == jnp.float32 else dtype
+            )
+            self._defs["image_encoder"], self._params["image_encoder"] = nnx.split(image_encoder)
+            self.image_processor = model.image_processor_config()
+            self.image_encoder = image_encoder
+        vc = self.vae_config
+        self.z_dim = vc.z_dim
+        self.temporal = vc.scale_factor_temporal or 4
+        self.spatial = vc.scale_factor_spatial or 8
+        self.latent_mean = np.asarray(vc.latents_mean, np.float32)
+        self.latent_std = np.asarray(vc.latents_std, np.float32)
+        self.preset = load_preset(self._preset_name(), model.root)
+        self.trace_counts: collections.Counter[str] = collections.Counter()
+        self._encode_text = jax.jit(self._encode_text_fn)
+        self._denoise = jax.jit(self._denoise_fn, static_argnames=("progress", "cfg", "mode"))
+        self._decode = jax.jit(self._decode_fn)
+        self._encode_video = jax.jit(self._encode_video_fn)
+
+    def _preset_name(self) -> str:
+        if self.expand_timesteps:
+            return "wan2.2-ti2v-5b"
+        if self.boundary_ratio is not None:
+            return "wan2.2-i2v-a14b" if self.i2v else "wan2.2-t2v-a14b"
+        if self.i2v:
+            return "wan2.1-i2v-14b"
+        return "wan2.1-t2v-1.3b" if self.transformer_config.inner_dim <= 1536 else "wan2.1-t2v-14b"
+
+    # ---- jitted stages ------------------------------------------------------------------------------------
+
+    def _encode_text_fn(self, params, ids, mask):
+        self.trace_counts["encode"] += 1
+        embeds = nnx.merge(self._defs["t5"], params)(ids, mask)
+        # diffusers trims each prompt's embeddings to its length and pads with zeros.
+        return (embeds * mask[..., None].astype(embeds.dtype)).astype(self.dtype)
+
+    def _encode_video_fn(self, params, video):
+        mean, _ = nnx.merge(self._defs["vae"], params).encode(video.astype(self.dtype))
+        return (mean.astype(jnp.float32) - self.latent_mean) / self.latent_std
+
+    def _decode_fn(self, params, latents):
+        self.trace_counts["decode"] += 1
+        z = latents * self.latent_std + self.latent_mean
+        video = nnx.merge(self._defs["vae"], params).decode(z.astype(self.dtype)).astype(jnp.float32)
+        return jnp.clip(video * 0.5 + 0.5, 0, 1)
+
+    def _denoise_fn(
+        self,
+        params,
+        params_2,
+        latents,
+        embeds,
+        image_embeds,
+        condition,
+        cos,
+        sin,
+        sigmas,
+        timesteps,
+        guidance,
+        *,
+        progress,
+        cfg,
+        mode,
+    ):
+        """The sampling loop. mode: "t2v", "i2v" (condition concatenated on channels) or "ti2v" (frame 0 of
+        the latents replaced by the image latent, per-token timesteps zero there)."""
+        self.trace_counts["denoise"] += 1
+        experts = [nnx.merge(self._defs["transformer"], params)]
+        if params_2 is not None:
+            experts.append(nnx.merge(self._defs["transformer_2"], params_2))
+        boundary = None if self.boundary_ratio is None else self.boundary_ratio * self._num_train_timesteps()
+        b = latents.shape[0]
+        keep = None
+        if mode == "ti2v":
+            keep = (
+                jnp.ones(latents.shape[1:4], jnp.float32).at[0].set(0.0)[None, :, :, :, None]
+            )  # [1, F, h, w, 1]
+
+        def model_input(x):
+            if mode == "i2v":
+                return jnp.concatenate([x, condition], axis=-1)
+            if mode == "ti2v":
+                return (1 - keep) * condition + keep * x
+            return x
+
+        def model_timestep(t):
+            if self.expand_timesteps:  # Wan2.2 TI2V: one timestep per token, zero on the kept image frame
+                p = self.transformer_config.patch_size
+                base = keep[0, ..., 0] if keep is not None else jnp.ones(latents.shape[1:4], jnp.float32)
+                per_token = base[:: p[0], :: p[1], :: p[2]]
+                return jnp.broadcast_to((per_token * t).reshape(1, -1), (b, per_token.size))
+            return jnp.full((b,), t, jnp.float32)
+
+        def run_expert(model, x, t, scale):
+            xin = model_input(x).astype(self.dtype)
+            tt = model_timestep(t)
+            if cfg:
+                xin, tt = jnp.concatenate([xin, xin]), jnp.concatenate([tt, tt])
+                img = None if image_embeds is None else jnp.concatenate([image_embeds, image_embeds])
+            else:
+                img = image_embeds
+            v = model(xin, tt, embeds, (cos, sin), img).astype(jnp.float32)
+            if cfg:
+                neg, pos = jnp.split(v, 2)
+                v = neg + scale * (pos - neg)
+            return v
+
+        def velocity(x, t):
+            if len(experts) == 1:
+                return run_expert(experts[0], x, t, guidance[0])
+            return jax.lax.cond(
+                t >= boundary,
+                lambda: run_expert(experts[0], x, t, guidance[0]),
+                lambda: run_expert(experts[1], x, t, guidance[1]),
+            )
+
+        if self.scheduler_class == "UniPCMultistepScheduler":
+            out = unipc_loop(velocity, latents, sigmas, timesteps, self.scheduler, progress=progress)
+        else:
+            out = euler_loop(velocity, latents, sigmas, timesteps, progress=progress)
+        return model_input(out) if mode == "ti2v" else out
+
+    def _num_train_timesteps(self) -> int:
+        return self.scheduler.num_train_timesteps
+
+    # ---- request handling ---------------------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: list[str], max_len: int) -> jax.Array:
+        tok = self.tokenizer(
+            [prompt_clean(p) for p in prompts],
+            padding="max_length",
+            max_length=max_len,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="np",
+        )
+        ids = np.asarray(tok["input_ids"], np.int32)
+        mask = np.asarray(tok["attention_mask"], np.int32)
+        return self._encode_text(self._params["t5"], ids, mask)
+
+    def _schedule(self, steps: int):
+        if self.scheduler_class == "UniPCMultistepScheduler":
+            return unipc_schedule(self.scheduler, steps)
+        return schedule_from_steps(self.scheduler, steps)
+
+    def _image_condition(self, image, batch, height, width, frames, lat_frames):
+        """(condition, image_embeds) for image-to-video; condition is channels-last."""
+        from PIL import Image
+
+        from jdiff.models.clip.vision_encoder import preprocess_images
+
+        pil = _load_image(image)
+        resized = pil.resize((width, height), resample=Image.LANCZOS)
+        pixels = np.asarray(resized, np.float32) / 127.5 - 1.0  # [H, W, 3] in [-1, 1]
+        if self.expand_timesteps:
+            video = pixels[None, None]  # [1, 1, H, W, 3]
+        else:
+            video = np.concatenate(
+                [pixels[None, None], np.zeros((1, frames - 1, height, width, 3), np.float32)], 1
+            )
+        latent = self._encode_video(self._params["vae"], jnp.asarray(video))  # [1, F', h, w, C]
+        latent = jnp.repeat(latent, batch, axis=0)
+        image_embeds = None
+        if self.image_encoder is not None:
+            pp = self.image_processor
+            pixel_values = preprocess_images(
+                pil, size=pp["size"], crop_size=pp["crop_size"], mean=pp["mean"], std=pp["std"]
+            )
+            encoder = nnx.merge(self._defs["image_encoder"], self._params["image_encoder"])
+            image_embeds = jnp.repeat(
+                jax.jit(lambda e, x: e(x))(encoder, jnp.asarray(pixel_values)), batch, axis=0
+            )
+            image_embeds = image_embeds.astype(self.dtype)
+        if self.expand_timesteps:
+            return latent, image_embeds
+        h, w = latent.shape[2:4]
+        mask = jnp.zeros((batch, lat_frames, h, w, self.temporal), jnp.float32).at[:, 0].set(1.0)
+        return jnp.concatenate([mask, latent], axis=-1), image_embeds
+
+    def generate(
+        self,
+        prompt,
+        *,
+        negative_prompt=None,
+        height=None,
+        width=None,
+        num_frames=None,
+        num_inference_steps=None,
+        guidance_scale=None,
+        guidance_scale_2=None,
+        max_sequence_length=None,
+        seed=0,
+        latents=None,
+        image=None,
+        num_outputs_per_prompt=1,
+        output_type="pil",
+        output_path=None,
+        progress=False,
+        fps=None,
+        true_cfg_scale=None,
+    ) -> GenerationResult:
+        t_start = time.perf_counter()
+        p = self.preset
+        prompts = prompts_of(prompt)
+        if true_cfg_scale is not None:
+            raise InputError(
+                "true_cfg_scale is FLUX's; Wan runs classifier-free guidance with guidance_scale"
+            )
+        height = positive_int(p["height"] if height is None else height, "height")
+        width = positive_int(p["width"] if width is None else width, "width")
+        frames = positive_int(p["num_frames"] if num_frames is None else num_frames, "num_frames")
+        if (frames - 1) % self.temporal:
+            lo = (frames - 1) // self.temporal * self.temporal + 1
+            raise InputError(
+                f"num_frames {frames} must be {self.temporal}k+1 for the Wan VAE; use {lo} or {lo + self.temporal}"
+            )
+        multiple = self.spatial * self.transformer_config.patch_size[1]
+        for name, v in (("height", height), ("width", width)):
+            if v % multiple:
+                lo, hi = v // multiple * multiple, (v // multiple + 1) * multiple
+                raise InputError(
+                    f"{name} {v} is not divisible by {multiple}, as this Wan model needs; use {lo or hi} or {hi}"
+                )
+        steps = positive_int(
+            p["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
+            "num_inference_steps",
+        )
+        guidance = finite_nonneg(
+            p["guidance_scale"] if guidance_scale is None else guidance_scale, "guidance_scale"
+        )
+        if guidance_scale_2 is not None and self.boundary_ratio is None:
+            raise InputError(
+                "guidance_scale_2 needs a two-expert model (Wan2.2 A14B: boundary_ratio and transformer_2)"
+            )
+        default_2 = p.get("guidance_scale_2", guidance) if guidance_scale is None else guidance
+        guidance_2 = finite_nonneg(
+            default_2 if guidance_scale_2 is None else guidance_scale_2, "guidance_scale_2"
+        )
+        max_len = positive_int(
+            p.get("max_sequence_length", 512) if max_sequence_length is None else max_sequence_length,
+            "max_sequence_length",
+        )
+        n_per = positive_int(num_outputs_per_prompt, "num_outputs_per_prompt")
+        if output_type not in OUTPUT_TYPES:
+            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+        if output_path is not None:
+            if output_type == "latent":
+                raise InputError("output_path needs decoded frames; use output_type 'pil' or 'np'")
+            check_output_path(output_path, VIDEO_SUFFIXES)
+        fps = positive_int(p.get("fps", 16) if fps is None else fps, "fps")
+        if self.i2v and image is None:
+            raise InputError("this is an image-to-video model: pass image= (CLI: --image PATH)")
+        if image is not None and not (self.i2v or self.expand_timesteps):
+            raise InputError("this Wan model is text-to-video only and takes no conditioning image")
+        cfg = guidance > 1.0  # as diffusers: classifier-free guidance only above 1
+        negative = p.get("negative_prompt", "") if negative_prompt is None else negative_prompt
+        negatives = prompts_of(negative, "negative_prompt") if cfg else None
+        if cfg and len(negatives) not in (1, len(prompts)):
+            raise InputError(
+                f"{len(negatives)} negative prompts for {len(prompts)} prompts; give 1 or {len(prompts)}"
+            )
+
+        batch = len(prompts) * n_per
+        seeds = seeds_of(seed, batch)
+        lat_frames = (frames - 1) // self.temporal + 1
+        h, w = height // self.spatial, width // self.spatial
+        post_patch_grid(self.transformer_config, lat_frames, h, w)  # validates the patch divides
+
+        timings = {}
+        t0 = time.perf_counter()
+        embeds = jnp.repeat(self.encode_prompts(prompts, max_len), n_per, axis=0)
+        if cfg:
+            neg = self.encode_prompts(negatives * (len(prompts) // len(negatives)), max_len)
+            embeds = jnp.concatenate([jnp.repeat(neg, n_per, axis=0), embeds])
+        condition, image_embeds, mode = None, None, "t2v"
+        if image is not None:
+            condition, image_embeds = self._image_condition(image, batch, height, width, frames, lat_frames)
+            mode = "ti2v" if self.expand_timesteps else "i2v"
+        jax.block_until_ready(embeds)
+        timings["text_encoding"] = time.perf_counter() - t0
+
+        init = self._initial_latents(latents, seeds, batch, lat_frames, h, w)
+        sigmas, timesteps = self._schedule(steps)
+        cos, sin = wan_rope_tables(self.transformer_config, lat_frames, h, w)
+        t0 = time.perf_counter()
+        from jdiff.pipelines.flux import _progress_bar
+        from jdiff.sampling.loop import set_progress_hook
+
+        bar = _progress_bar(steps) if progress else None
+        try:
+            final = self._denoise(
+                self._params["transformer"],
+                self._params.get("transformer_2"),
+                init,
+                embeds,
+                image_embeds,
+                condition,
+                cos,
+                sin,
+                sigmas,
+                timesteps,
+                jnp.asarray([guidance, guidance_2], jnp.float32),
+                progress=bar is not None,
+                cfg=cfg,
+                mode=mode,
+            )
+            final = jax.block_until_ready(final)
+        finally:
+            if bar is not None:
+                set_progress_hook(None)
+                bar.close()
+        timings["denoising"] = time.perf_counter() - t0
+        result = GenerationResult(latents=np.asarray(final).transpose(0, 4, 1, 2, 3), timings=timings)
+        if output_type != "latent":
+            t0 = time.perf_counter()
+            frames_np = np.asarray(self._decode(self._params["vae"], final))
+            timings["decoding"] = time.perf_counter() - t0
+            result.frames = frames_np if output_type == "np" else [to_pil(f) for f in frames_np]
+            if output_path is not None:
+                result.paths = save_video(frames_np, output_path, fps=fps)
+        timings["total"] = time.perf_counter() - t_start
+        return result
+
+    def _initial_latents(self, latents, seeds, batch, f, h, w) -> jax.Array:
+        c = self.z_dim
+        if latents is None:
+            return noise_for(seeds, (f, h, w, c))
+        arr = np.asarray(latents, np.float32)
+        if arr.shape != (batch, c, f, h, w):
+            raise InputError(
+                f"latents have shape {arr.shape}; for {batch} output(s) at this size Wan expects {(batch, c, f, h, w)} "
+                "(diffusers' [B, C, F, H, W] layout)"
+            )
+        if not np.isfinite(arr).all():
+            raise InputError("latents contain NaN or infinite values")
+        return jnp.asarray(arr.transpose(0, 2, 3, 4, 1))
+
+
+__all__ = ["WanPipeline", "prompt_clean"]
