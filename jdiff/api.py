@@ -41,6 +41,26 @@ def _pipeline_class(class_name: str, root: Path):
     return getattr(__import__(module, fromlist=[name]), name)
 
 
+def _placement(mesh, sequence_parallel: str):
+    """The pipeline's Placement, or None for one device.
+
+    `mesh=None` means all devices on accelerators (every device of every process, on the `fsdp` axis: it
+    always fits; pass a mesh with `context` for speed when one copy of the model fits a device) and one
+    device on a CPU host (several CPU "devices" are test fixtures, not parallel hardware).
+    """
+    from jdiff.parallel.mesh import make_mesh
+    from jdiff.parallel.placement import Placement
+
+    if mesh in (None, "", {}):
+        if jax.default_backend() == "cpu" or jax.device_count() == 1:
+            return None
+        mesh = None
+    built = make_mesh(mesh) if not isinstance(mesh, jax.sharding.Mesh) else mesh
+    if built.devices.size == 1:
+        return None
+    return Placement(built, sequence_parallel=sequence_parallel)
+
+
 class DiffGenerator:
     """A loaded model, ready to generate. Create it with `from_pretrained`."""
 
@@ -74,16 +94,15 @@ class DiffGenerator:
             raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if sequence_parallel not in ("ulysses", "ring"):
             raise InputError(f"sequence_parallel must be 'ulysses' or 'ring', got {sequence_parallel!r}")
-        if mesh not in (None, "", {}):
-            raise InputError(
-                "multi-device meshes are not available in this jdiff version; run without --mesh (one device)"
-            )
+        placement = _placement(mesh, sequence_parallel)
         if model_path is None:
             model_path = embedded_model_path()
             if not model_path.is_dir():
                 raise InputError("this jdiff build has no embedded default model; pass a model directory")
         model = ModelDir.open(model_path)
-        pipeline = _pipeline_class(model.pipeline_class, model.root)(model, dtype=DTYPES[dtype])
+        pipeline = _pipeline_class(model.pipeline_class, model.root)(
+            model, dtype=DTYPES[dtype], placement=placement
+        )
         return cls(pipeline, model_path=model.root, dtype=dtype)
 
     def generate(self, prompt, **kwargs) -> GenerationResult:

@@ -42,8 +42,11 @@ def save_params(module: nnx.Module, folder: Path) -> None:
         ckptr.save((folder / PARAMS).absolute(), flat)
 
 
-def restore_params(folder: Path, graphdef: nnx.GraphDef, abstract_state: nnx.State, dtype_of) -> nnx.Module:
-    """Restores `folder/params` into the abstract module, casting to `dtype_of(path)`."""
+def restore_params(
+    folder: Path, graphdef: nnx.GraphDef, abstract_state: nnx.State, dtype_of, shardings=None
+) -> nnx.Module:
+    """Restores `folder/params` into the abstract module, casting to `dtype_of(path)`; with `shardings`
+    (path -> sharding) each array is restored directly into its sharding."""
     import orbax.checkpoint as ocp
 
     params = (folder / PARAMS).absolute()

@@ -215,6 +215,39 @@ def resolve(
     return out
 
 
+def _source_index(transform: str, index: tuple, ndim: int) -> tuple | None:
+    """The source slice that yields target slice `index` under `transform`; None when it has no such map."""
+    if transform == "identity":
+        return index
+    if transform == "torch_kernel":
+        perm = _torch_kernel_perm(ndim)  # target axis j is source axis perm[j]
+        src = [slice(None)] * ndim
+        for j, k in enumerate(perm):
+            src[k] = index[j]
+        return tuple(src)
+    return None
+
+
+def materialize_slice(
+    assignment: Assignment, read: Callable[[str], np.ndarray], index: tuple[slice, ...]
+) -> np.ndarray:
+    """The target slice `index` of an assignment, reading only the matching slices of the sources.
+
+    `read(key)` should return a lazily-read (memory-mapped) array: only the indexed bytes are then touched.
+    Transforms without an index map (fusions) fall back to materialising the whole target.
+    """
+    index = tuple(index) + (slice(None),) * (len(assignment.shape) - len(index))
+    ndim = len(assignment.shape) - (1 if assignment.stacked else 0)
+    inner = index[1:] if assignment.stacked else index
+    src = _source_index(assignment.transform, inner, ndim)
+    if src is None or (assignment.stacked and not assignment.sources):
+        return materialize(assignment, read)[index]
+    tf = TRANSFORMS[assignment.transform]
+    layers = range(len(assignment.sources))[index[0]] if assignment.stacked else [0]
+    parts = [np.ascontiguousarray(tf.apply(read(assignment.sources[i][0])[src])) for i in layers]
+    return np.stack(parts) if assignment.stacked else parts[0]
+
+
 def materialize(assignment: Assignment, read: Callable[[str], np.ndarray]) -> np.ndarray:
     """Reads and transforms the source tensors of one assignment (stacking layers when needed)."""
     tf = TRANSFORMS[assignment.transform]

@@ -35,6 +35,7 @@ def dot_product_attention(
     is_causal: bool = False,
     scale: float | None = None,
     implementation: str | None = None,
+    context_parallel: bool = False,
 ) -> Float[Array, "b t n h"]:
     """Softmax(q k^T * scale + bias, masked) v, with torch SDPA's defaults (scale = 1/sqrt(H)).
 
@@ -45,10 +46,29 @@ def dot_product_attention(
         is_causal: causal masking (CLIP text).
         scale: logits scale; None means 1/sqrt(H).
         implementation: "cudnn" or "xla"; None picks by platform and dtype.
+        context_parallel: this is a DiT's long self-attention: under an active mesh whose `context` axis is
+            larger than 1 it runs sequence-parallel (Ulysses or ring, as the active rules say).
 
     Returns:
         [B, T, N, H] in the dtype of q.
     """
+    if context_parallel and bias is None and mask is None and not is_causal:
+        from jdiff.parallel import attention as sp
+        from jdiff.parallel import rules
+
+        active = rules.current()
+        if active is not None and sp._context_size(active[0]) > 1:
+            mesh, active_rules = active
+            return sp.context_attention(
+                q,
+                k,
+                v,
+                mesh=mesh,
+                mode=rules.sequence_parallel_mode(),
+                scale=scale,
+                implementation=implementation,
+                rules=active_rules,
+            )
     impl = implementation or default_implementation(q.dtype)
     if impl == "cudnn" and bias is not None:
         # cuDNN takes a bias, but only in the activation dtype; T5's bias is small and runs once per prompt.

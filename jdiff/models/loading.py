@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdiff.convert.plan import Assignment, Plan, materialize, resolve
+from jdiff.convert.plan import Assignment, Plan, materialize, materialize_slice, resolve
 from jdiff.io.safetensors import WeightSet, open_weights
 from jdiff.models.config import from_dict, read_json
 
@@ -65,14 +65,28 @@ def fill(
     *,
     dtype_of: Callable[[str], Any],
     sharding_of: Callable[[str], jax.sharding.Sharding | None] = lambda _: None,
+    slices: Callable[[str, tuple], np.ndarray] | None = None,
 ) -> nnx.Module:
-    """Merges `graphdef` with a state whose leaves come from `values(path)`, cast and placed one by one."""
+    """Merges `graphdef` with a state whose leaves come from `values(path)`, cast and placed one by one.
+
+    With a sharding for a path and `slices(path, index)`, the array is assembled with
+    `jax.make_array_from_callback`: each of this process's devices gets `slices(path, its index)`, so a host
+    reads only what its own devices hold (multi-host loading of models larger than one host's memory).
+    """
     flat = []
     for path, var in nnx.to_flat_state(abstract_state):
         name = path_str(path)
-        host = np.asarray(values(name)).astype(dtype_of(name), copy=False)
+        dtype = dtype_of(name)
         target = sharding_of(name)
-        arr = jax.device_put(host, target) if target is not None else jnp.asarray(host)
+        if target is not None and slices is not None:
+            arr = jax.make_array_from_callback(
+                tuple(var.shape),
+                target,
+                lambda index, n=name, d=dtype: slices(n, index).astype(d, copy=False),
+            )
+        else:
+            host = np.asarray(values(name)).astype(dtype, copy=False)
+            arr = jax.device_put(host, target) if target is not None else jnp.asarray(host)
         flat.append((path, var.replace(arr)))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
@@ -84,6 +98,7 @@ def load_component(
     dtype: Any = jnp.float32,
     component: str | None = None,
     cfg=None,
+    shardings: Mapping[str, jax.sharding.Sharding] | None = None,
 ) -> tuple[Any, nnx.Module]:
     """Loads a reference component folder (config.json + safetensors) into a jdiff module.
 
@@ -93,6 +108,7 @@ def load_component(
         dtype: parameter dtype policy; the plan's `keep_fp32` paths stay float32.
         component: a name for error messages (defaults to the folder name).
         cfg: an already-read config (defaults to reading `folder/config.json`).
+        shardings: parameter path -> target sharding; each process then reads only its devices' slices.
 
     Returns:
         (config, module).
@@ -113,5 +129,7 @@ def load_component(
         state,
         lambda name: materialize(by_target[name], weights.read),
         dtype_of=lambda name: spec.plan.target_dtype(name, dtype),
+        sharding_of=(shardings or {}).get,
+        slices=lambda name, index: materialize_slice(by_target[name], weights.read, index),
     )
     return cfg, module

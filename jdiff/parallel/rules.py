@@ -179,6 +179,7 @@ def param_shardings(abstract_state: Any, mesh: Mesh, rules: Rules = DEFAULT_RULE
 
 
 _active: tuple[Mesh, Rules] | None = None
+_sequence_parallel: str = "ulysses"
 
 
 def current() -> tuple[Mesh, Rules] | None:
@@ -186,21 +187,28 @@ def current() -> tuple[Mesh, Rules] | None:
     return _active
 
 
+def sequence_parallel_mode() -> str:
+    """How attention marked `context_parallel` runs over the `context` axis: "ulysses", "ring" or "auto"."""
+    return _sequence_parallel
+
+
 @contextlib.contextmanager
-def activate(mesh: Mesh, rules: Rules = DEFAULT_RULES) -> Iterator[Mesh]:
+def activate(
+    mesh: Mesh, rules: Rules = DEFAULT_RULES, *, sequence_parallel: str = "ulysses"
+) -> Iterator[Mesh]:
     """Within the block, `jdiff.sharding.constrain(x, names)` pins `x` to `named_sharding(names, mesh, rules,
     shape=x.shape)` through `jax.lax.with_sharding_constraint`; the previous behaviour is restored on exit.
 
     Process-global (not thread-local): activate once around tracing, not from concurrent threads.
     """
-    global _active
+    global _active, _sequence_parallel
 
     def constrain_fn(x: jax.Array, names: tuple[LogicalName, ...]) -> jax.Array:
         return jax.lax.with_sharding_constraint(x, named_sharding(names, mesh, rules, shape=x.shape))
 
-    saved = (sh._constrain_fn, _active)
-    sh._constrain_fn, _active = constrain_fn, (mesh, rules)
+    saved = (sh._constrain_fn, _active, _sequence_parallel)
+    sh._constrain_fn, _active, _sequence_parallel = constrain_fn, (mesh, rules), sequence_parallel
     try:
         yield mesh
     finally:
-        sh._constrain_fn, _active = saved
+        sh._constrain_fn, _active, _sequence_parallel = saved

@@ -19,9 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.models.config import from_dict
+from jdiff.parallel.placement import context, gather, put
 from jdiff.pipelines.base import (
     OUTPUT_TYPES,
     GenerationResult,
@@ -70,16 +72,17 @@ class FluxPipeline:
     family = "flux"
     is_video = False
 
-    def __init__(self, model: ModelDir, *, dtype):
+    def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
+        self.placement = placement
         sched_cls = model.components().get("scheduler", ("", ""))[1]
         if sched_cls != "FlowMatchEulerDiscreteScheduler":
             raise InputError(f"FLUX needs a FlowMatchEulerDiscreteScheduler, {model.root} has {sched_cls!r}")
         self.scheduler = from_dict(FlowMatchEulerConfig, model.scheduler_config())
-        self.transformer_config, transformer = model.load("transformer", dtype=dtype)
-        _, clip = model.load("text_encoder", dtype=dtype)
-        _, t5 = model.load("text_encoder_2", dtype=dtype)
-        self.vae_config, vae = model.load("vae", dtype=dtype)
+        self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
+        _, clip = model.load("text_encoder", dtype=dtype, placement=placement)
+        _, t5 = model.load("text_encoder_2", dtype=dtype, placement=placement)
+        self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)
         self.tokenizer = model.tokenizer("tokenizer")
         self.tokenizer_2 = model.tokenizer("tokenizer_2")
         tc, vc = self.transformer_config, self.vae_config
@@ -144,7 +147,10 @@ class FluxPipeline:
     def _decode_fn(self, vae_params, latents, h: int, w: int):
         self.trace_counts["decode"] += 1
         vae = nnx.merge(self._defs["vae"], vae_params)
-        z = unpack_latents_nhwc(latents, h, w)
+        # The loop may leave tokens sharded over `context`; the VAE gets latents split by batch only (with the
+        # token axis still sharded through the unpacking reshapes, XLA's partitioner gave wrong images).
+        latents = sh.constrain(latents, (sh.BATCH, None, None))
+        z = sh.constrain(unpack_latents_nhwc(latents, h, w), (sh.BATCH, None, None, None))
         shift = self.vae_config.shift_factor or 0.0
         z = z / self.vae_config.scaling_factor + shift
         image = vae.decode(z.astype(self.dtype)).astype(jnp.float32)
@@ -161,7 +167,13 @@ class FluxPipeline:
     def encode_prompts(self, prompts: list[str], max_sequence_length: int) -> tuple[jax.Array, jax.Array]:
         clip_ids = self._tokenize(self.tokenizer, prompts, self.tokenizer.model_max_length)
         t5_ids = self._tokenize(self.tokenizer_2, prompts, max_sequence_length)
-        return self._encode(self._params["clip"], self._params["t5"], clip_ids, t5_ids)
+        with context(self.placement):
+            return self._encode(
+                self._params["clip"],
+                self._params["t5"],
+                put(self.placement, clip_ids),
+                put(self.placement, t5_ids),
+            )
 
     def generate(
         self,
@@ -241,7 +253,9 @@ class FluxPipeline:
         seeds = seeds_of(seed, batch)
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
         seq_len = (h // 2) * (w // 2)
-        packed = self._initial_latents(latents, seeds, batch, h, w)
+        packed = put(
+            self.placement, self._initial_latents(latents, seeds, batch, h, w), (sh.BATCH, None, None)
+        )
         sc = self.scheduler
         mu = calculate_shift(
             seq_len, sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
@@ -255,31 +269,33 @@ class FluxPipeline:
         t0 = time.perf_counter()
         bar = _progress_bar(steps) if progress else None
         try:
-            final = self._denoise(
-                self._params["transformer"],
-                packed,
-                embeds,
-                pooled,
-                cos,
-                sin,
-                sigmas,
-                timesteps,
-                g,
-                jnp.float32(true_cfg),
-                progress=bar is not None,
-                cfg=cfg,
-            )
-            final = jax.block_until_ready(final)
+            with context(self.placement):
+                final = self._denoise(
+                    self._params["transformer"],
+                    packed,
+                    embeds,
+                    pooled,
+                    cos,
+                    sin,
+                    sigmas,
+                    timesteps,
+                    g,
+                    jnp.float32(true_cfg),
+                    progress=bar is not None,
+                    cfg=cfg,
+                )
+                final = jax.block_until_ready(final)
         finally:
             if bar is not None:
                 set_progress_hook(None)
                 bar.close()
         timings["denoising"] = time.perf_counter() - t0
 
-        result = GenerationResult(latents=np.asarray(final), timings=timings)
+        result = GenerationResult(latents=gather(final), timings=timings)
         if output_type != "latent":
             t0 = time.perf_counter()
-            images = np.asarray(self._decode(self._params["vae"], final, h, w))
+            with context(self.placement):
+                images = gather(self._decode(self._params["vae"], final, h, w))
             timings["decoding"] = time.perf_counter() - t0
             result.images = images if output_type == "np" else to_pil(images)
             if output_path is not None:

@@ -68,18 +68,23 @@ class ModelDir:
         self.folder(name)  # validates that the component exists
         return spec_for(self.components()[name][1], component=name)
 
-    def load(self, name: str, *, dtype) -> tuple[Any, Any]:
-        """Loads component `name` as (config, jdiff module), from safetensors or a jdiff checkpoint."""
+    def load(self, name: str, *, dtype, placement=None) -> tuple[Any, Any]:
+        """Loads component `name` as (config, jdiff module), from safetensors or a jdiff checkpoint.
+
+        With a `placement` (jdiff.parallel.Placement), parameters are created directly in their shardings,
+        each process reading only its own devices' slices.
+        """
         folder = self.folder(name)
         spec = self.spec(name)
+        cfg = spec.read_config(folder)
+        graphdef, state = spec.abstract(cfg)
+        shardings = placement.shardings(state) if placement is not None else None
         if self.is_checkpoint:
-            cfg = spec.read_config(folder)
-            graphdef, state = spec.abstract(cfg)
             module = checkpoint.restore_params(
-                folder, graphdef, state, lambda path: spec.plan.target_dtype(path, dtype)
+                folder, graphdef, state, lambda path: spec.plan.target_dtype(path, dtype), shardings=shardings
             )
             return cfg, module
-        return load_component(spec, folder, dtype=dtype, component=name)
+        return load_component(spec, folder, dtype=dtype, component=name, cfg=cfg, shardings=shardings)
 
     def check(self, name: str):
         """Header-only resolution of component `name` (for dry runs): its assignments, or ConversionError."""

@@ -24,9 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.config import from_dict
 from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
+from jdiff.parallel.placement import context, gather, put
 from jdiff.pipelines.base import (
     OUTPUT_TYPES,
     VIDEO_SUFFIXES,
@@ -82,8 +84,9 @@ class WanPipeline:
     family = "wan"
     is_video = True
 
-    def __init__(self, model: ModelDir, *, dtype):
+    def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
+        self.placement = placement
         self.model_index = model.index
         self.i2v = model.pipeline_class == "WanImageToVideoPipeline"
         self.expand_timesteps = bool(model.index.get("expand_timesteps") or False)
@@ -108,15 +111,15 @@ class WanPipeline:
         self._defs, self._params = {}, {}
         configs = {}
         for name in experts:
-            configs[name], module = model.load(name, dtype=dtype)
+            configs[name], module = model.load(name, dtype=dtype, placement=placement)
             self._defs[name], self._params[name] = nnx.split(module)
         self.transformer_config = configs[experts[0]]
         if len(experts) == 2 and configs["transformer_2"].in_channels != self.transformer_config.in_channels:
             raise InputError(
                 "transformer and transformer_2 take different latent channels; they do not belong together"
             )
-        self.vae_config, vae = model.load("vae", dtype=dtype)
-        _, t5 = model.load("text_encoder", dtype=dtype)
+        self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)
+        _, t5 = model.load("text_encoder", dtype=dtype, placement=placement)
         self.tokenizer = model.tokenizer("tokenizer")
         for name, module in (("vae", vae), ("t5", t5)):
             self._defs[name], self._params[name] = nnx.split(module)
@@ -164,6 +167,7 @@ class WanPipeline:
 
     def _decode_fn(self, params, latents):
         self.trace_counts["decode"] += 1
+        latents = sh.constrain(latents, (sh.BATCH, None, None, None, None))  # as FLUX: batch-split only
         z = latents * self.latent_std + self.latent_mean
         video = nnx.merge(self._defs["vae"], params).decode(z.astype(self.dtype)).astype(jnp.float32)
         return jnp.clip(video * 0.5 + 0.5, 0, 1)
@@ -261,7 +265,8 @@ class WanPipeline:
         )
         ids = np.asarray(tok["input_ids"], np.int32)
         mask = np.asarray(tok["attention_mask"], np.int32)
-        return self._encode_text(self._params["t5"], ids, mask)
+        with context(self.placement):
+            return self._encode_text(self._params["t5"], put(self.placement, ids), put(self.placement, mask))
 
     def _schedule(self, steps: int):
         if self.scheduler_class == "UniPCMultistepScheduler":
@@ -283,7 +288,8 @@ class WanPipeline:
             video = np.concatenate(
                 [pixels[None, None], np.zeros((1, frames - 1, height, width, 3), np.float32)], 1
             )
-        latent = self._encode_video(self._params["vae"], jnp.asarray(video))  # [1, F', h, w, C]
+        with context(self.placement):
+            latent = self._encode_video(self._params["vae"], put(self.placement, video))  # [1, F', h, w, C]
         latent = jnp.repeat(latent, batch, axis=0)
         image_embeds = None
         if self.image_encoder is not None:
@@ -404,7 +410,11 @@ class WanPipeline:
         jax.block_until_ready(embeds)
         timings["text_encoding"] = time.perf_counter() - t0
 
-        init = self._initial_latents(latents, seeds, batch, lat_frames, h, w)
+        init = put(
+            self.placement,
+            self._initial_latents(latents, seeds, batch, lat_frames, h, w),
+            (sh.BATCH,) + (None,) * 4,
+        )
         sigmas, timesteps = self._schedule(steps)
         cos, sin = wan_rope_tables(self.transformer_config, lat_frames, h, w)
         t0 = time.perf_counter()
@@ -413,32 +423,34 @@ class WanPipeline:
 
         bar = _progress_bar(steps) if progress else None
         try:
-            final = self._denoise(
-                self._params["transformer"],
-                self._params.get("transformer_2"),
-                init,
-                embeds,
-                image_embeds,
-                condition,
-                cos,
-                sin,
-                sigmas,
-                timesteps,
-                jnp.asarray([guidance, guidance_2], jnp.float32),
-                progress=bar is not None,
-                cfg=cfg,
-                mode=mode,
-            )
-            final = jax.block_until_ready(final)
+            with context(self.placement):
+                final = self._denoise(
+                    self._params["transformer"],
+                    self._params.get("transformer_2"),
+                    init,
+                    embeds,
+                    image_embeds,
+                    condition,
+                    cos,
+                    sin,
+                    sigmas,
+                    timesteps,
+                    jnp.asarray([guidance, guidance_2], jnp.float32),
+                    progress=bar is not None,
+                    cfg=cfg,
+                    mode=mode,
+                )
+                final = jax.block_until_ready(final)
         finally:
             if bar is not None:
                 set_progress_hook(None)
                 bar.close()
         timings["denoising"] = time.perf_counter() - t0
-        result = GenerationResult(latents=np.asarray(final).transpose(0, 4, 1, 2, 3), timings=timings)
+        result = GenerationResult(latents=gather(final).transpose(0, 4, 1, 2, 3), timings=timings)
         if output_type != "latent":
             t0 = time.perf_counter()
-            frames_np = np.asarray(self._decode(self._params["vae"], final))
+            with context(self.placement):
+                frames_np = gather(self._decode(self._params["vae"], final))
             timings["decoding"] = time.perf_counter() - t0
             result.frames = frames_np if output_type == "np" else [to_pil(f) for f in frames_np]
             if output_path is not None:

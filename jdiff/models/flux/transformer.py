@@ -132,7 +132,7 @@ class JointAttention(nnx.Module):
             )
             q, k, v = (jnp.concatenate(p, axis=1) for p in ((cq, q), (ck, k), (cv, v)))
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = dot_product_attention(q, k, v)
+        out = dot_product_attention(q, k, v, context_parallel=True)
         out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
         if context is None:
             return out

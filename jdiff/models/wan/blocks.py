@@ -93,7 +93,7 @@ class WanAttention(nnx.Module):
         v = self._heads(self.to_v(kv_in))
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        out = dot_product_attention(q, k, v)
+        out = dot_product_attention(q, k, v, context_parallel=context is None)
         if image is not None:
             k_img = self._heads(self.norm_added_k(self.add_k_proj(image)))
             v_img = self._heads(self.add_v_proj(image))
