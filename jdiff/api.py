@@ -44,15 +44,16 @@ def _pipeline_class(class_name: str, root: Path):
 def _placement(mesh, sequence_parallel: str):
     """The pipeline's Placement, or None for one device.
 
-    `mesh=None` means all devices on accelerators (every device of every process, on the `fsdp` axis: it
-    always fits; pass a mesh with `context` for speed when one copy of the model fits a device) and one
-    device on a CPU host (several CPU "devices" are test fixtures, not parallel hardware).
+    `mesh=None` means all devices on accelerators and in multi-host runs (every device of every process, on
+    the `fsdp` axis: it always fits; pass a mesh with `context` for speed when one copy of the model fits a
+    device) and one device on a single CPU host (several CPU "devices" there are test fixtures).
     """
     from jdiff.parallel.mesh import make_mesh
     from jdiff.parallel.placement import Placement
 
     if mesh in (None, "", {}):
-        if jax.default_backend() == "cpu" or jax.device_count() == 1:
+        single_host_cpu = jax.default_backend() == "cpu" and jax.process_count() == 1
+        if single_host_cpu or jax.device_count() == 1:
             return None
         mesh = None
     built = make_mesh(mesh) if not isinstance(mesh, jax.sharding.Mesh) else mesh

@@ -1,4 +1,4 @@
-"""The `jdiff` command line: `generate` and `convert` (INTERFACE.md).
+"""The `jdiff` command line: `generate`, `convert` and `serve` (INTERFACE.md).
 
 Exit codes: 0 success; 2 invalid input or usage (one line on stderr, no traceback); 1 anything else.
 """
@@ -6,6 +6,7 @@ Exit codes: 0 success; 2 invalid input or usage (one line on stderr, no tracebac
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -29,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt", required=True)
     g.add_argument("--negative-prompt", default=None)
     g.add_argument(
-        "--true-cfg-scale", type=float, default=1.0, help="FLUX: true CFG scale with a negative prompt"
+        "--true-cfg-scale", type=float, default=None, help="FLUX: true CFG scale with a negative prompt"
     )
     g.add_argument("--height", type=int, default=None)
     g.add_argument("--width", type=int, default=None)
@@ -40,12 +41,15 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--num-outputs", type=int, default=1, help="outputs per prompt")
     g.add_argument("--image", default=None, help="conditioning image (image-to-video / edit models)")
     g.add_argument(
-        "--output", default=None, help="output file: .png .jpg .webp (default: outputs/<prompt>.png)"
+        "--output",
+        default=None,
+        help="output file: .png .jpg .webp, or .mp4 for video (default: outputs/<prompt>)",
     )
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     g.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1")
     g.add_argument("--sequence-parallel", choices=["ulysses", "ring"], default="ulysses")
     g.add_argument("--no-progress", action="store_true", help="hide the denoising progress bar")
+    _multihost_flags(g)
 
     c = sub.add_parser("convert", help="convert a diffusers-format directory to a jdiff checkpoint")
     c.add_argument("src")
@@ -54,29 +58,65 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--dry-run", action="store_true", help="check keys and shapes from headers only; write nothing"
     )
+    s = sub.add_parser("serve", help="serve the model over an OpenAI-style HTTP API")
+    s.add_argument(
+        "--model", default=None, help="diffusers-format or converted directory (default: embedded)"
+    )
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=30000)
+    s.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
+    s.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1")
+    s.add_argument("--sequence-parallel", choices=["ulysses", "ring"], default="ulysses")
+    s.add_argument("--max-batch", type=int, default=4, help="most outputs per generate call (1: no batching)")
+    s.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long a request may wait to fill its batch"
+    )
+    s.add_argument(
+        "--warmup",
+        default="default",
+        help="sizes WxH,... to compile at start for every batch size ('default': the preset's; 'none')",
+    )
+    s.add_argument("--timeout", type=float, default=600.0, help="seconds before a request gets a 504")
+    s.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width x height accepted")
+    s.add_argument("--max-queue", type=int, default=256, help="requests that may wait; more get a 429")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     return p
 
 
-def _default_output(prompt: str, seed: int) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "image"
-    return Path("outputs") / f"{slug}-{seed}.png"
+def _default_output(prompt: str, seed: int, suffix: str) -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "output"
+    return Path("outputs") / f"{slug}-{seed}{suffix}"
+
+
+def _multihost_flags(parser: argparse.ArgumentParser) -> None:
+    m = parser.add_argument_group(
+        "multi-host (every process runs the same command; process 0 writes outputs)"
+    )
+    m.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (or JDIFF_COORDINATOR)")
+    m.add_argument("--num-processes", type=int, default=None, help="(or JDIFF_NUM_PROCESSES)")
+    m.add_argument("--process-id", type=int, default=None, help="(or JDIFF_PROCESS_ID)")
 
 
 def _generate(args) -> int:
     import jdiff
+    from jdiff.parallel import distributed
 
-    if args.image is not None:
-        raise InputError(
-            "--image needs an image-conditioned model; the supported FLUX.1 models are text-to-image"
-        )
-    output = Path(args.output) if args.output else _default_output(args.prompt, args.seed)
+    distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    # Process 0's request is the one every process runs (they may have been started with other arguments).
+    args = argparse.Namespace(**distributed.broadcast(vars(args)))
+
     gen = jdiff.DiffGenerator.from_pretrained(
         args.model, dtype=args.dtype, mesh=args.mesh, sequence_parallel=args.sequence_parallel
     )
+    suffix = ".mp4" if gen.pipeline.is_video else ".png"
+    output = Path(args.output) if args.output else _default_output(args.prompt, args.seed, suffix)
+    extra = {} if args.true_cfg_scale is None else {"true_cfg_scale": args.true_cfg_scale}
+    if args.image is not None:
+        extra["image"] = args.image
     result = gen.generate(
         args.prompt,
         negative_prompt=args.negative_prompt,
-        true_cfg_scale=args.true_cfg_scale,
+        **extra,
         height=args.height,
         width=args.width,
         num_frames=args.num_frames,
@@ -113,10 +153,71 @@ def _convert(args) -> int:
     return 0
 
 
+def _warmup_sizes(spec: str, preset: dict) -> list[tuple[int, int]]:
+    """'default' | 'none' | 'WxH,...' -> [(height, width), ...]."""
+    if spec == "none":
+        return []
+    if spec == "default":
+        return [(preset["height"], preset["width"])]
+    sizes = []
+    for item in spec.split(","):
+        m = re.fullmatch(r"(\d+)x(\d+)", item.strip())
+        if not m:
+            raise InputError(
+                f"--warmup takes sizes like 1024x768,512x512 (or 'default' / 'none'), got {item!r}"
+            )
+        sizes.append((int(m[2]), int(m[1])))
+    return sizes
+
+
+def _serve(args) -> int:
+    import jdiff
+    from jdiff.server import serve
+    from jdiff.server.app import ApiError, parse_size
+
+    for name, value, lo in (
+        ("--max-batch", args.max_batch, 1),
+        ("--max-pixels", args.max_pixels, 1),
+        ("--max-queue", args.max_queue, 1),
+        ("--port", args.port, 0),
+    ):
+        if value < lo:
+            raise InputError(f"{name} must be >= {lo}, got {value}")
+    if not 0 <= args.batch_wait_ms < math.inf or not 0 < args.timeout < math.inf:
+        raise InputError("--batch-wait-ms must be >= 0 and --timeout > 0 (finite numbers)")
+    if args.port > 65535:
+        raise InputError(f"--port must be <= 65535, got {args.port}")
+    explicit = args.warmup not in ("default", "none")
+    warmup = _warmup_sizes(args.warmup, {}) if explicit else None  # a typo fails before the model loads
+    gen = jdiff.DiffGenerator.from_pretrained(
+        args.model, dtype=args.dtype, mesh=args.mesh, sequence_parallel=args.sequence_parallel
+    )
+    if warmup is None:
+        warmup = _warmup_sizes(args.warmup, gen.pipeline.preset)
+    for height, width in warmup:  # same checks as requests get, as one CLI line
+        try:
+            parse_size(f"{width}x{height}", gen.pipeline, args.max_pixels)
+        except ApiError as e:
+            raise InputError(f"--warmup {width}x{height}: {e.message}") from None
+    started = serve(
+        gen,
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        timeout_s=args.timeout,
+        max_pixels=args.max_pixels,
+        max_queue=args.max_queue,
+        warmup=warmup,
+    )
+    return 0 if started else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"generate": _generate, "convert": _convert}[args.command](args)
+        return {"generate": _generate, "convert": _convert, "serve": _serve}[args.command](args)
     except InputError as e:
         print(f"jdiff: error: {e}", file=sys.stderr)
         return 2

@@ -33,7 +33,8 @@ class Placement:
 
     def put(self, x, names: tuple[str | None, ...] | None = None) -> jax.Array:
         """`x` on the mesh, laid out by logical `names` (None: replicated)."""
-        x = np.asarray(x) if not isinstance(x, jax.Array) else x
+        if not isinstance(x, jax.Array) or (x.is_fully_addressable and len(x.sharding.device_set) == 1):
+            x = np.asarray(x)  # host data: every process holds the same value and places its own shards
         names = names if names is not None else (None,) * x.ndim
         return jax.device_put(x, named_sharding(names, self.mesh, self.rules, shape=x.shape))
 

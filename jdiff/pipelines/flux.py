@@ -298,7 +298,7 @@ class FluxPipeline:
                 images = gather(self._decode(self._params["vae"], final, h, w))
             timings["decoding"] = time.perf_counter() - t0
             result.images = images if output_type == "np" else to_pil(images)
-            if output_path is not None:
+            if output_path is not None and jax.process_index() == 0:  # one writer in multi-host runs
                 result.paths = save_images(images, output_path)
         timings["total"] = time.perf_counter() - t_start
         return result

@@ -453,7 +453,7 @@ class WanPipeline:
                 frames_np = gather(self._decode(self._params["vae"], final))
             timings["decoding"] = time.perf_counter() - t0
             result.frames = frames_np if output_type == "np" else [to_pil(f) for f in frames_np]
-            if output_path is not None:
+            if output_path is not None and jax.process_index() == 0:  # one writer in multi-host runs
                 result.paths = save_video(frames_np, output_path, fps=fps)
         timings["total"] = time.perf_counter() - t_start
         return result

@@ -1,0 +1,95 @@
+"""Multi-host runs: one jdiff process per host (or per GPU), all running the same program.
+
+`initialize` joins JAX's distributed runtime from explicit arguments, the JDIFF_COORDINATOR /
+JDIFF_NUM_PROCESSES / JDIFF_PROCESS_ID variables, or (on a TPU VM slice, or under a cluster manager JAX
+detects) by itself. `broadcast` sends process 0's request to every process through JAX's own runtime, so
+all processes run the same jitted stages on the same inputs; results are all-gathered and only process 0
+writes files. The runtime's heartbeat makes the other processes fail with an error, not hang, when one dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+
+from jdiff.errors import InputError
+
+HEARTBEAT_TIMEOUT_S = 60
+
+
+def _detectable_cluster() -> bool:
+    # TPU VM slices expose their topology to the TPU runtime; JAX's cluster detection reads it.
+    return any(
+        k in os.environ
+        for k in ("TPU_WORKER_HOSTNAMES", "CLOUD_TPU_TASK_ID", "MEGASCALE_COORDINATOR_ADDRESS")
+    )
+
+
+def initialize(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
+    """Joins the distributed runtime when asked to (or on a detectable cluster); returns whether it did.
+
+    Raises:
+        InputError: an incomplete or inconsistent set of arguments.
+    """
+    coordinator = coordinator or os.environ.get("JDIFF_COORDINATOR")
+    num_processes = num_processes if num_processes is not None else _env_int("JDIFF_NUM_PROCESSES")
+    process_id = process_id if process_id is not None else _env_int("JDIFF_PROCESS_ID")
+    given = [coordinator is not None, num_processes is not None, process_id is not None]
+    if any(given) and not all(given):
+        raise InputError(
+            "multi-host needs all of --coordinator HOST:PORT, --num-processes N and --process-id I "
+            "(or JDIFF_COORDINATOR, JDIFF_NUM_PROCESSES, JDIFF_PROCESS_ID)"
+        )
+    if all(given):
+        if num_processes < 1 or not 0 <= process_id < num_processes:
+            raise InputError(f"--process-id must be in [0, {num_processes}), got {process_id}")
+        if ":" not in coordinator:
+            raise InputError(f"--coordinator must be HOST:PORT, got {coordinator!r}")
+        if num_processes == 1:
+            return False
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=num_processes,
+            process_id=process_id,
+            heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
+        )
+        return True
+    if _detectable_cluster():
+        jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+        return True
+    return False
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"{name} must be an integer, got {value!r}") from None
+
+
+def is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def broadcast(request: dict[str, Any] | None) -> dict[str, Any]:
+    """Process 0's `request` (JSON-serialisable) on every process; others pass anything (ignored)."""
+    if jax.process_count() == 1:
+        return request
+    from jax.experimental import multihost_utils
+
+    payload = np.frombuffer(json.dumps(request if is_main() else None).encode(), np.uint8)
+    size = int(multihost_utils.broadcast_one_to_all(np.array([payload.size], np.int64))[0])
+    buf = np.zeros(size, np.uint8)
+    if is_main():
+        buf[:] = payload
+    data = np.asarray(multihost_utils.broadcast_one_to_all(buf), np.uint8)
+    return json.loads(data.tobytes().decode())

@@ -1,0 +1,72 @@
+"""Two local processes x 4 CPU devices through the CLI: the same image as one process; only process 0 writes."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+from jdiff.cli import main
+
+ARGS = ["--prompt", "a red circle", "--height", "32", "--width", "48", "--steps", "3", "--seed", "5"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tiny_flux_dir, tmp_path, capsys):
+    single = tmp_path / "single.png"
+    assert main(["generate", "--model", str(tiny_flux_dir), *ARGS, "--output", str(single)]) == 0
+    capsys.readouterr()
+
+    out = tmp_path / "multi.png"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JDIFF_COORDINATOR": f"127.0.0.1:{port}",
+        "JDIFF_NUM_PROCESSES": "2",
+    }
+    procs = []
+    for pid in range(2):
+        # Process 1 is started with another prompt and output: process 0's request must win.
+        args = ARGS if pid == 0 else ["--prompt", "ignored", *ARGS[2:]]
+        output = out if pid == 0 else tmp_path / "other.png"
+        cmd = [
+            sys.executable,
+            "-m",
+            "jdiff",
+            "generate",
+            "--model",
+            str(tiny_flux_dir),
+            *args,
+            "--output",
+            str(output),
+            "--mesh",
+            "fsdp=4,data=2",
+        ]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env={**env, "JDIFF_PROCESS_ID": str(pid)},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results, strict=True):
+        assert p.returncode == 0, err[-2000:]
+    # Gloo logs its connections to stdout; the path is the last line, and only process 0 prints one.
+    assert results[0][0].strip().splitlines()[-1] == str(out)
+    assert not any(line.endswith(".png") for line in results[1][0].splitlines())
+    assert not (tmp_path / "other.png").exists()
+    a = np.asarray(Image.open(single), np.int16)
+    b = np.asarray(Image.open(out), np.int16)
+    assert np.abs(a - b).max() <= 1  # uint8 rounding of float32 results that agree to ~1e-6
