@@ -343,6 +343,31 @@ def test_video_jobs_over_http():
         assert len(httpx.get(f"{base}/v1/videos").json()["data"]) == 3
 
 
+def test_video_job_with_a_real_wan_model():
+    import imageio.v3 as iio
+
+    from tests.fixtures_wan import saved, tiny_wan
+
+    gen = jdiff.DiffGenerator.from_pretrained(saved(tiny_wan("t2v")))
+    with live(create_app(gen)) as base:
+        body = {"prompt": "a cat", "size": "48x32", "num_frames": 5, "num_inference_steps": 2, "seed": 3}
+        job = post(base, body, "/v1/videos").json()
+        assert job["status"] in (QUEUED, IN_PROGRESS)
+        seen, deadline = {job["status"]}, time.monotonic() + 120
+        while (status := httpx.get(f"{base}/v1/videos/{job['id']}").json()["status"]) not in (
+            COMPLETED,
+            FAILED,
+        ):
+            seen.add(status)
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert status == COMPLETED
+        content = httpx.get(f"{base}/v1/videos/{job['id']}/content")
+        assert content.headers["content-type"] == "video/mp4"
+        assert iio.imread(content.content, extension=".mp4").shape == (5, 32, 48, 3)
+        assert_error(post(base, {"prompt": "x"}), 400, "makes videos")  # images route on a video model
+
+
 # ---- the command line -------------------------------------------------------------------------------------
 
 

@@ -90,6 +90,7 @@ class WanPipeline:
         self.model_index = model.index
         self.i2v = model.pipeline_class == "WanImageToVideoPipeline"
         self.expand_timesteps = bool(model.index.get("expand_timesteps") or False)
+        self.accepts_image = self.i2v or self.expand_timesteps  # the server's edits / image-to-video routes
         self.boundary_ratio = model.index.get("boundary_ratio")
         components = model.components()
         sched_cls = components.get("scheduler", ("", ""))[1]
@@ -135,6 +136,7 @@ class WanPipeline:
         self.z_dim = vc.z_dim
         self.temporal = vc.scale_factor_temporal or 4
         self.spatial = vc.scale_factor_spatial or 8
+        self.size_multiple = self.spatial * self.transformer_config.patch_size[1]  # height/width divide by it
         self.latent_mean = np.asarray(vc.latents_mean, np.float32)
         self.latent_std = np.asarray(vc.latents_std, np.float32)
         self.preset = load_preset(self._preset_name(), model.root)
@@ -345,7 +347,7 @@ class WanPipeline:
             raise InputError(
                 f"num_frames {frames} must be {self.temporal}k+1 for the Wan VAE; use {lo} or {lo + self.temporal}"
             )
-        multiple = self.spatial * self.transformer_config.patch_size[1]
+        multiple = self.size_multiple
         for name, v in (("height", height), ("width", width)):
             if v % multiple:
                 lo, hi = v // multiple * multiple, (v // multiple + 1) * multiple
