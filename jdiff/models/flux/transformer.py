@@ -23,6 +23,7 @@ from jdiff.layers.stack import scan, stacked
 from jdiff.models.flux.config import FluxConfig
 
 Rope = tuple[Float[Array, "l h"], Float[Array, "l h"]]
+_TOKENS = (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
@@ -168,7 +169,9 @@ class DoubleStreamBlock(nnx.Module):
         txt = txt + _gated(
             c_gate_mlp, self.ff_context(_modulate(self.norm2_context(txt), c_shift_mlp, c_scale_mlp))
         )
-        return img, txt
+        # Both streams stay split along their sequence over `context` (no-op without a mesh): the text is
+        # sharded with its own stream, never duplicated on every context shard.
+        return sh.constrain(img, _TOKENS), sh.constrain(txt, _TOKENS)
 
 
 class SingleStreamBlock(nnx.Module):
@@ -186,7 +189,7 @@ class SingleStreamBlock(nnx.Module):
         h = _modulate(self.norm.norm(x), shift, scale)
         mlp = jax.nn.gelu(self.proj_mlp(h), approximate=True)
         out = self.proj_out(jnp.concatenate([self.attn(h, rope), mlp], axis=-1))
-        return x + _gated(gate, out)
+        return sh.constrain(x + _gated(gate, out), _TOKENS)
 
 
 class TimeTextEmbed(nnx.Module):
