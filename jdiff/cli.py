@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width x height accepted")
     s.add_argument("--max-queue", type=int, default=256, help="requests that may wait; more get a 429")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    _multihost_flags(s)
     return p
 
 
@@ -189,9 +190,17 @@ def _serve(args) -> int:
         raise InputError(f"--port must be <= 65535, got {args.port}")
     explicit = args.warmup not in ("default", "none")
     warmup = _warmup_sizes(args.warmup, {}) if explicit else None  # a typo fails before the model loads
+    from jdiff.parallel import distributed
+
+    multihost = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     gen = jdiff.DiffGenerator.from_pretrained(
         args.model, dtype=args.dtype, mesh=args.mesh, sequence_parallel=args.sequence_parallel
     )
+    if multihost and not distributed.is_main():
+        distributed.follow(gen)  # process 0 serves HTTP; this one runs the same generate calls
+        return 0
+    if multihost:
+        gen = distributed.Leader(gen)
     if warmup is None:
         warmup = _warmup_sizes(args.warmup, gen.pipeline.preset)
     for height, width in warmup:  # same checks as requests get, as one CLI line
@@ -211,6 +220,8 @@ def _serve(args) -> int:
         max_queue=args.max_queue,
         warmup=warmup,
     )
+    if multihost:
+        gen.close()
     return 0 if started else 1
 
 

@@ -70,3 +70,83 @@ def test_two_processes_match_one(tiny_flux_dir, tmp_path, capsys):
     a = np.asarray(Image.open(single), np.int16)
     b = np.asarray(Image.open(out), np.int16)
     assert np.abs(a - b).max() <= 1  # uint8 rounding of float32 results that agree to ~1e-6
+
+
+def test_two_process_server(tmp_path):
+    """Process 0 serves HTTP; process 1 follows its generate calls; both exit 0 on SIGTERM to process 0."""
+    import base64
+    import io
+    import json
+    import signal
+    import time
+    import urllib.request
+
+    import jdiff
+
+    port, http = _free_port(), _free_port()
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JDIFF_COORDINATOR": f"127.0.0.1:{port}",
+        "JDIFF_NUM_PROCESSES": "2",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "jdiff",
+        "serve",
+        "--port",
+        str(http),
+        "--mesh",
+        "data=2,fsdp=4",
+        "--warmup",
+        "64x64",
+        "--max-batch",
+        "1",
+        "--log-level",
+        "warning",
+    ]
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env={**env, "JDIFF_PROCESS_ID": str(i)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{http}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and all(p.poll() is None for p in procs), (
+                "server did not start"
+            )
+            time.sleep(0.5)
+        body = json.dumps({"prompt": "a red square", "size": "64x64", "seed": 9}).encode()
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{http}/v1/images/generations",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=120) as r:
+            item = json.loads(r.read())["data"][0]
+        got = np.asarray(Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))), np.int16)
+        want = (
+            jdiff.DiffGenerator.from_pretrained().generate("a red square", seed=9, output_type="np").images[0]
+        )
+        assert np.abs(got - np.round(want * 255)).max() <= 2
+        procs[0].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=120) for p in procs]
+        assert codes == [0, 0], [p.stderr.read()[-2000:] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()

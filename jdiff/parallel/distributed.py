@@ -9,6 +9,7 @@ writes files. The runtime's heartbeat makes the other processes fail with an err
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -93,3 +94,104 @@ def broadcast(request: dict[str, Any] | None) -> dict[str, Any]:
         buf[:] = payload
     data = np.asarray(multihost_utils.broadcast_one_to_all(buf), np.uint8)
     return json.loads(data.tobytes().decode())
+
+
+# ---- serving across processes -------------------------------------------------------------------------------
+# The HTTP server runs on process 0. Each `generate` call it makes is published through the distributed
+# runtime's key-value store (not a device collective: an idle server must not sit inside one, which would
+# time out), and every other process runs the same calls in the same order, so the jitted stages meet in
+# their collectives.
+
+_KEY = "jdiff/generate/{}"
+_WAIT_MS = 10 * 60 * 1000
+
+
+def _client():
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.client
+
+
+def _portable(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments as JSON: paths as strings, numpy scalars as numbers, PIL images as base64 PNG."""
+    import base64
+    import io
+
+    out = {}
+    for k, v in kwargs.items():
+        if hasattr(v, "save") and hasattr(v, "mode"):  # PIL.Image
+            buf = io.BytesIO()
+            v.save(buf, format="PNG")
+            out[k] = {"__png__": base64.b64encode(buf.getvalue()).decode()}
+        elif isinstance(v, os.PathLike):
+            out[k] = os.fspath(v)
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        elif isinstance(v, np.ndarray):
+            out[k] = {"__array__": v.tolist(), "dtype": str(v.dtype)}
+        else:
+            out[k] = v
+    return out
+
+
+def _restore(kwargs: dict[str, Any]) -> dict[str, Any]:
+    import base64
+    import io
+
+    out = {}
+    for k, v in kwargs.items():
+        if isinstance(v, dict) and "__png__" in v:
+            from PIL import Image
+
+            out[k] = Image.open(io.BytesIO(base64.b64decode(v["__png__"]))).convert("RGB")
+        elif isinstance(v, dict) and "__array__" in v:
+            out[k] = np.asarray(v["__array__"], v["dtype"])
+        else:
+            out[k] = v
+    return out
+
+
+class Leader:
+    """Wraps process 0's `DiffGenerator`: every `generate` call is published before it runs."""
+
+    def __init__(self, gen):
+        import threading
+
+        self.gen = gen
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.gen, name)
+
+    def generate(self, prompt, **kwargs):
+        with self._lock:  # one order for every process
+            message = json.dumps({"prompt": prompt, "kwargs": _portable(kwargs)})
+            _client().key_value_set(_KEY.format(self._next), message)
+            self._next += 1
+            return self.gen.generate(prompt, **kwargs)
+
+    def close(self) -> None:
+        """Tells the followers to exit."""
+        with self._lock:
+            _client().key_value_set(_KEY.format(self._next), "null")
+            self._next += 1
+
+
+def follow(gen) -> None:
+    """Runs, on a process other than 0, every call process 0's `Leader` publishes, until it closes."""
+    i = 0
+    while True:
+        try:
+            message = _client().blocking_key_value_get(_KEY.format(i), _WAIT_MS)
+        except Exception as e:  # the runtime raises its own error type; only a plain timeout means "idle"
+            if "DEADLINE_EXCEEDED" in str(e) or "timed out" in str(e).lower():
+                continue
+            raise
+        i += 1
+        request = json.loads(message)
+        if request is None:
+            return
+        # Bad input raises the same error on process 0, which answers the client: stay in step.
+        with contextlib.suppress(InputError):
+            gen.generate(request["prompt"], **_restore(request["kwargs"]))
