@@ -7,8 +7,8 @@ Backends:
     float16 (cuDNN has no float32 kernel). At video lengths it is the only usable path: XLA's attention
     materialises the [B, N, T, S] logits.
   * "xla": the reference path everywhere else (CPU, float32 on GPU), softmax statistics in float32.
-  * TPU: the Pallas splash-attention backend plugs in here (`_BACKENDS["splash"]`); until it exists TPU uses
-    "xla".
+  * "splash": the Pallas splash-attention kernel on TPU (block sizes `SPLASH_BLOCK`), the default there.
+    Requested on another platform it runs in Pallas interpret mode: slow, for testing only.
 """
 
 from __future__ import annotations
@@ -17,11 +17,16 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+# Splash block sizes (query, key/value): multiples of 128 on TPU; 512 suits v4/v5 at the lengths DiTs use.
+SPLASH_BLOCK = (512, 512)
+
 
 def default_implementation(dtype) -> str:
     platform = jax.default_backend()
     if platform in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
         return "cudnn"
+    if platform == "tpu":
+        return "splash"
     return "xla"
 
 
@@ -73,8 +78,12 @@ def dot_product_attention(
     if impl == "cudnn" and bias is not None:
         # cuDNN takes a bias, but only in the activation dtype; T5's bias is small and runs once per prompt.
         impl = "xla"
+    if impl == "splash" and (bias is not None or mask is not None or is_causal):
+        impl = "xla"  # the encoders' masked / biased attention is short; splash serves the DiTs
     if impl == "xla":
         return _xla_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale)
+    if impl == "splash":
+        return _splash_attention(q, k, v, scale=scale)
     return jax.nn.dot_product_attention(
         q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale, implementation=impl
     )
@@ -92,3 +101,48 @@ def _xla_attention(q, k, v, *, bias, mask, is_causal, scale):
         logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     return jnp.einsum("bnts,bsnh->btnh", probs, v)
+
+
+def _splash_attention(q, k, v, *, scale, block: tuple[int, int] | None = None):
+    """Splash attention over [B, T, N, H]: sequences padded to the block sizes, padding masked by segment ids."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
+
+    bq, bkv = block or SPLASH_BLOCK
+    _, t, n, h = q.shape
+    s = k.shape[1]
+    bq, bkv = min(bq, _round_up(t, 128)), min(bkv, _round_up(s, 128))
+    tp, sp = _round_up(t, bq), _round_up(s, bkv)
+    scale = h**-0.5 if scale is None else scale
+    qp = jnp.pad(q * jnp.asarray(scale, q.dtype), ((0, 0), (0, tp - t), (0, 0), (0, 0)))
+    kp = jnp.pad(k, ((0, 0), (0, sp - s), (0, 0), (0, 0)))
+    vp = jnp.pad(v, ((0, 0), (0, sp - s), (0, 0), (0, 0)))
+    sizes = sk.BlockSizes(
+        block_q=bq,
+        block_kv=bkv,
+        block_kv_compute=bkv,
+        block_q_dkv=bq,
+        block_kv_dkv=bkv,
+        block_kv_dkv_compute=bkv,
+        block_q_dq=bq,
+        block_kv_dq=bkv,
+    )
+    kernel = sk.make_splash_mha(
+        sm.MultiHeadMask([sm.FullMask((tp, sp)) for _ in range(n)]),
+        block_sizes=sizes,
+        head_shards=1,
+        q_seq_shards=1,
+        interpret=jax.default_backend() != "tpu",
+    )
+    # Padded keys sit in segment 1, real tokens in segment 0: real queries never see padding.
+    segments = sk.SegmentIds(
+        q=(jnp.arange(tp) >= t).astype(jnp.int32), kv=(jnp.arange(sp) >= s).astype(jnp.int32)
+    )
+    out = jax.vmap(lambda a, b_, c: kernel(a, b_, c, segment_ids=segments))(
+        qp.transpose(0, 2, 1, 3), kp.transpose(0, 2, 1, 3), vp.transpose(0, 2, 1, 3)
+    )  # [B, N, Tp, H]
+    return out.transpose(0, 2, 1, 3)[:, :t].astype(q.dtype)
+
+
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
