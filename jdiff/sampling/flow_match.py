@@ -55,6 +55,37 @@ class FlowMatchEulerConfig:
             )
 
 
+def shift_sigmas(
+    s: np.ndarray,
+    shift: float,
+    *,
+    dynamic: bool = False,
+    mu: float | None = None,
+    time_shift_type: str = "exponential",
+    shift_terminal: float | None = None,
+) -> np.ndarray:
+    """Shifts base sigmas as diffusers' flow schedulers do, in the dtype of `s` (the reference's precision).
+
+    Static: shift s / (1 + (shift - 1) s). Dynamic (resolution-dependent mu): exp(mu) / (exp(mu) + 1/s - 1),
+    or mu / (mu + 1/s - 1) for the linear type. Then an optional stretch so the last sigma is shift_terminal.
+    """
+    if dynamic:
+        if mu is None:
+            raise ValueError("this scheduler uses dynamic shifting: pass mu")
+        if time_shift_type == "exponential":
+            s = math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
+        else:
+            s = mu / (mu + (1 / s - 1) ** 1.0)
+    else:
+        s = shift * s / (1 + (shift - 1) * s)
+    if shift_terminal and s[-1] != 1:
+        # diffusers divides by 1 - s[-1], which is 0 for a one-step schedule, and returns NaN sigmas; a single
+        # step from sigma 1 has nothing to stretch, so we leave it as is.
+        one_minus = 1 - s
+        s = 1 - one_minus / (one_minus[-1] / (1 - shift_terminal))
+    return s
+
+
 def calculate_shift(
     image_seq_len: int,
     base_seq_len: int = 256,
@@ -86,21 +117,14 @@ def schedule(
     Returns:
         (sigmas [n + 1] float32, timesteps [n] float32 = sigmas[:n] * num_train_timesteps).
     """
-    s = np.asarray(sigmas).astype(np.float32)
-    if cfg.use_dynamic_shifting:
-        if mu is None:
-            raise ValueError("this scheduler uses dynamic shifting: pass mu")
-        if cfg.time_shift_type == "exponential":
-            s = math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
-        else:
-            s = mu / (mu + (1 / s - 1) ** 1.0)
-    else:
-        s = cfg.shift * s / (1 + (cfg.shift - 1) * s)
-    if cfg.shift_terminal and s[-1] != 1:
-        # diffusers divides by 1 - s[-1], which is 0 for a one-step schedule, and returns NaN sigmas; a single
-        # step from sigma 1 has nothing to stretch, so we leave it as is.
-        one_minus = 1 - s
-        s = 1 - one_minus / (one_minus[-1] / (1 - cfg.shift_terminal))
+    s = shift_sigmas(
+        np.asarray(sigmas).astype(np.float32),
+        cfg.shift,
+        dynamic=cfg.use_dynamic_shifting,
+        mu=mu,
+        time_shift_type=cfg.time_shift_type,
+        shift_terminal=cfg.shift_terminal,
+    )
     s = s.astype(np.float32)
     timesteps = s * np.float32(cfg.num_train_timesteps)
     return np.concatenate([s, np.zeros(1, np.float32)]), timesteps
@@ -125,18 +149,13 @@ def schedule_from_steps(cfg: FlowMatchEulerConfig, num_steps: int, *, mu: float 
         base = (np.float32(cfg.shift) * base / (1 + (np.float32(cfg.shift) - 1) * base)).astype(np.float32)
     sigma_max, sigma_min = float(base[0]), float(base[-1])
     s = np.linspace(sigma_max * n_train, sigma_min * n_train, num_steps) / n_train
-    if cfg.use_dynamic_shifting:
-        if mu is None:
-            raise ValueError("this scheduler uses dynamic shifting: pass mu")
-        shifted = (
-            math.exp(mu) / (math.exp(mu) + (1 / s - 1))
-            if cfg.time_shift_type == "exponential"
-            else mu / (mu + (1 / s - 1))
-        )
-    else:
-        shifted = cfg.shift * s / (1 + (cfg.shift - 1) * s)
-    if cfg.shift_terminal and shifted[-1] != 1:
-        one_minus = 1 - shifted
-        shifted = 1 - one_minus / (one_minus[-1] / (1 - cfg.shift_terminal))
+    shifted = shift_sigmas(
+        s,
+        cfg.shift,
+        dynamic=cfg.use_dynamic_shifting,
+        mu=mu,
+        time_shift_type=cfg.time_shift_type,
+        shift_terminal=cfg.shift_terminal,
+    )
     sigmas = shifted.astype(np.float32)
     return np.concatenate([sigmas, np.zeros(1, np.float32)]), sigmas * np.float32(n_train)

@@ -15,7 +15,6 @@ a data prediction x0 = x - sigma * v, and the UniP/UniC updates are diffusers' B
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +24,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jdiff.errors import InputError
+from jdiff.sampling.flow_match import shift_sigmas
 from jdiff.sampling.loop import _tick
 
 # diffusers renames these to bh2 in its constructor.
@@ -145,20 +145,14 @@ def unipc_schedule(
     if num_steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {num_steps}")
     s = np.linspace(1, 1 / cfg.num_train_timesteps, num_steps + 1)[:-1]
-    if cfg.use_dynamic_shifting:
-        if mu is None:
-            raise ValueError("this scheduler uses dynamic shifting: pass mu")
-        if cfg.time_shift_type == "exponential":
-            s = math.exp(mu) / (math.exp(mu) + (1 / s - 1) ** 1.0)
-        else:
-            s = mu / (mu + (1 / s - 1) ** 1.0)
-    else:
-        s = cfg.flow_shift * s / (1 + (cfg.flow_shift - 1) * s)
-    if cfg.shift_terminal and s[-1] != 1:
-        # diffusers divides by 1 - s[-1], which is 0 for a one-step schedule, and returns NaN sigmas; a single
-        # step from sigma 1 has nothing to stretch, so we leave it as is.
-        one_minus = 1 - s
-        s = 1 - one_minus / (one_minus[-1] / (1 - cfg.shift_terminal))
+    s = shift_sigmas(
+        s,
+        cfg.flow_shift,
+        dynamic=cfg.use_dynamic_shifting,
+        mu=mu,
+        time_shift_type=cfg.time_shift_type,
+        shift_terminal=cfg.shift_terminal,
+    )
     s = np.array(s, np.float64)
     if np.fabs(s[0] - 1) < 1e-6:
         s[0] -= 1e-6
