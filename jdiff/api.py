@@ -90,6 +90,9 @@ class DiffGenerator:
         Raises:
             InputError: a missing or malformed directory, unsupported model, bad dtype or mesh.
         """
+        from jdiff import compilation_cache
+
+        compilation_cache.enable()
         dtype = dtype or default_dtype()
         if dtype not in DTYPES:
             raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")

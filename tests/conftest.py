@@ -9,6 +9,7 @@ os.environ.setdefault(
 )
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("JDIFF_CACHE_DIR", "")  # hermetic: no persistent compilation cache in tests
 
 import jax
 import pytest

@@ -53,3 +53,20 @@ def test_subprocess_exit_codes(tmp_path):
         [sys.executable, "-m", "jdiff", "generate"], capture_output=True, text=True, env=env
     )
     assert usage.returncode == 2 and "--prompt" in usage.stderr
+
+
+def test_compilation_cache_dir(tmp_path, monkeypatch):
+    import jax
+
+    from jdiff import compilation_cache
+
+    monkeypatch.setattr(compilation_cache, "_enabled", False)
+    monkeypatch.setenv("JDIFF_CACHE_DIR", "")
+    assert compilation_cache.enable() is None
+    monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "xla"))
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        assert compilation_cache.enable() == str(tmp_path / "xla")
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
