@@ -38,3 +38,17 @@ def test_xla_matches_reference_with_scale_and_mask():
     mask = jnp.arange(24)[None, None, None, :] < 20
     want = _reference(q, k[:, :20], v[:, :20])
     assert rel_err(dot_product_attention(q, k, v, mask=mask), want) <= 1e-5
+
+
+def test_backend_choice(monkeypatch):
+    from jdiff.layers import attention
+
+    monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
+    assert attention.default_implementation(jnp.bfloat16, 128) == "cudnn"
+    assert (
+        attention.default_implementation(jnp.bfloat16, 512) == "xla"
+    )  # FLUX VAE mid-block: one 512-wide head
+    assert attention.default_implementation(jnp.bfloat16, 12) == "xla"  # not a multiple of 8
+    assert attention.default_implementation(jnp.float32, 128) == "xla"  # cuDNN has no float32 kernel
+    monkeypatch.setattr(attention.jax, "default_backend", lambda: "tpu")
+    assert attention.default_implementation(jnp.bfloat16, 128) == "splash"

@@ -21,9 +21,16 @@ from jaxtyping import Array, Bool, Float
 SPLASH_BLOCK = (512, 512)
 
 
-def default_implementation(dtype) -> str:
+# cuDNN's fused attention takes head dims that are multiples of 8 up to 128 on every NVIDIA generation (256 on
+# Hopper); the DiTs here use 128. The VAEs' single-head mid-block attention (512 channels in FLUX's, up to
+# 1024 in Wan's) is wider and runs on XLA, whose [L, L] logits stay small at VAE resolutions.
+CUDNN_MAX_HEAD_DIM = 128
+
+
+def default_implementation(dtype, head_dim: int = 128) -> str:
     platform = jax.default_backend()
-    if platform in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    cudnn_shape = head_dim <= CUDNN_MAX_HEAD_DIM and head_dim % 8 == 0
+    if platform in ("gpu", "cuda") and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) and cudnn_shape:
         return "cudnn"
     if platform == "tpu":
         return "splash"
@@ -74,7 +81,7 @@ def dot_product_attention(
                 implementation=implementation,
                 rules=active_rules,
             )
-    impl = implementation or default_implementation(q.dtype)
+    impl = implementation or default_implementation(q.dtype, q.shape[-1])
     if impl == "cudnn" and bias is not None:
         # cuDNN takes a bias, but only in the activation dtype; T5's bias is small and runs once per prompt.
         impl = "xla"

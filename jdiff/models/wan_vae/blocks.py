@@ -33,11 +33,6 @@ from jdiff.layers import Conv, dot_product_attention
 CACHE_T = 2
 Cache = Any  # a pytree of arrays; None for stateless blocks
 
-# cuDNN's fused attention takes head dims up to 128 (256 on Hopper); the VAE's one head is the whole width
-# (384 to 1024 in the released models), so wide blocks take the XLA path, whose [L, L] logits per frame stay
-# small at VAE resolutions.
-CUDNN_MAX_HEAD_DIM = 128
-
 
 def child(cache: Cache, i: int) -> Cache:
     """The i-th sub-cache, or None (all zeros) before the first chunk."""
@@ -205,8 +200,7 @@ class AttentionBlock(nnx.Module):
         b, k, h, w, c = x.shape
         qkv = self.to_qkv(self.norm(x)).reshape(b * k, h * w, 1, 3 * c)  # [B*K, L, N, 3D]
         q, kk, v = jnp.split(qkv, 3, axis=-1)
-        impl = None if c <= CUDNN_MAX_HEAD_DIM else "xla"
-        o = dot_product_attention(q, kk, v, implementation=impl).reshape(b, k, h, w, c)
+        o = dot_product_attention(q, kk, v).reshape(b, k, h, w, c)  # head dim c > 256: XLA's path
         return x + self.proj(o), None
 
 
