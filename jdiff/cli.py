@@ -81,6 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-queue", type=int, default=256, help="requests that may wait; more get a 429")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
     _multihost_flags(s)
+
+    b = sub.add_parser(
+        "bench", help="benchmark jdiff (and diffusers with --compare diffusers) at real sizes", add_help=False
+    )
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="see `jdiff bench --help`")
     return p
 
 
@@ -226,6 +231,11 @@ def _serve(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its own parser: every option after `bench` is the benchmark's
+        from jdiff.bench import main as bench
+
+        return bench(argv[1:])
     args = _parser().parse_args(argv)
     try:
         return {"generate": _generate, "convert": _convert, "serve": _serve}[args.command](args)
