@@ -174,7 +174,9 @@ def main() -> None:
         r["rel_err_vs_1"] = float(np.linalg.norm(r["out"] - ref) / np.linalg.norm(ref))
         r["efficiency"] = base["ms"] / (n * r["ms"])
         rows.append(r)
-    print(f"{args.model} {'x'.join(map(str, dims))} on {n} x {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    print(
+        f"{args.model} {'x'.join(map(str, dims))} on {n} x {jax.devices()[0].device_kind}, jax {jax.__version__}"
+    )
     print(
         f"{'mesh':28s} {'mode':8s} {'ms':>10s} {'eff':>6s} {'rel err':>9s} {'peak GiB':>9s} {'first s':>8s}"
     )
