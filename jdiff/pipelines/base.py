@@ -94,6 +94,26 @@ def check_size(height: int, width: int, multiple: int, model: str) -> None:
             )
 
 
+def check_outputs(output_type: str, output_path, suffixes: dict[str, str], what: str) -> None:
+    """Validates output_type and, when saving, the output path's suffix (`what`: "images" or "frames")."""
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if output_path is not None:
+        if output_type == "latent":
+            raise InputError(f"output_path needs decoded {what}; use output_type 'pil' or 'np'")
+        check_output_path(output_path, suffixes)
+
+
+def negatives_for(negative_prompt, prompts: list[str]) -> list[str]:
+    """One negative prompt per prompt (a single one is shared by all)."""
+    negatives = prompts_of(negative_prompt, "negative_prompt")
+    if len(negatives) not in (1, len(prompts)):
+        raise InputError(
+            f"{len(negatives)} negative prompts for {len(prompts)} prompts; give 1 or {len(prompts)}"
+        )
+    return negatives * (len(prompts) // len(negatives))
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """[.., 3] floats in [0, 1] -> uint8, rounding like diffusers' `numpy_to_pil`."""
     return (np.clip(images, 0, 1) * 255).round().astype(np.uint8)

@@ -25,11 +25,12 @@ from jdiff.layers.rope import rope_cos_sin
 from jdiff.models.config import from_dict
 from jdiff.parallel.placement import context, gather, put
 from jdiff.pipelines.base import (
-    OUTPUT_TYPES,
+    IMAGE_SUFFIXES,
     GenerationResult,
-    check_output_path,
+    check_outputs,
     check_size,
     finite_nonneg,
+    negatives_for,
     noise_for,
     positive_int,
     prompts_of,
@@ -225,25 +226,16 @@ class FluxPipeline:
         if max_len > 512:
             raise InputError(f"max_sequence_length {max_len} exceeds T5's 512 tokens")
         n_per = positive_int(num_outputs_per_prompt, "num_outputs_per_prompt")
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if output_path is not None:
-            if output_type == "latent":
-                raise InputError("output_path needs decoded images; use output_type 'pil' or 'np'")
-            check_output_path(output_path)
+        check_outputs(output_type, output_path, IMAGE_SUFFIXES, "images")
         cfg = negative_prompt is not None and true_cfg > 1
-        negatives = prompts_of(negative_prompt, "negative_prompt") if cfg else None
-        if cfg and len(negatives) not in (1, len(prompts)):
-            raise InputError(
-                f"{len(negatives)} negative prompts for {len(prompts)} prompts; give 1 or {len(prompts)}"
-            )
+        negatives = negatives_for(negative_prompt, prompts) if cfg else None
 
         timings = {}
         t0 = time.perf_counter()
         embeds, pooled = self.encode_prompts(prompts, max_len)
         embeds, pooled = jnp.repeat(embeds, n_per, axis=0), jnp.repeat(pooled, n_per, axis=0)
         if cfg:
-            neg_e, neg_p = self.encode_prompts(negatives * (len(prompts) // len(negatives)), max_len)
+            neg_e, neg_p = self.encode_prompts(negatives, max_len)
             neg_e, neg_p = jnp.repeat(neg_e, n_per, axis=0), jnp.repeat(neg_p, n_per, axis=0)
             embeds, pooled = jnp.concatenate([neg_e, embeds]), jnp.concatenate([neg_p, pooled])
         jax.block_until_ready((embeds, pooled))

@@ -30,11 +30,11 @@ from jdiff.models.config import from_dict
 from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
 from jdiff.parallel.placement import context, gather, put
 from jdiff.pipelines.base import (
-    OUTPUT_TYPES,
     VIDEO_SUFFIXES,
     GenerationResult,
-    check_output_path,
+    check_outputs,
     finite_nonneg,
+    negatives_for,
     noise_for,
     positive_int,
     prompts_of,
@@ -374,12 +374,7 @@ class WanPipeline:
             "max_sequence_length",
         )
         n_per = positive_int(num_outputs_per_prompt, "num_outputs_per_prompt")
-        if output_type not in OUTPUT_TYPES:
-            raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        if output_path is not None:
-            if output_type == "latent":
-                raise InputError("output_path needs decoded frames; use output_type 'pil' or 'np'")
-            check_output_path(output_path, VIDEO_SUFFIXES)
+        check_outputs(output_type, output_path, VIDEO_SUFFIXES, "frames")
         fps = positive_int(p.get("fps", 16) if fps is None else fps, "fps")
         if self.i2v and image is None:
             raise InputError("this is an image-to-video model: pass image= (CLI: --image PATH)")
@@ -387,11 +382,7 @@ class WanPipeline:
             raise InputError("this Wan model is text-to-video only and takes no conditioning image")
         cfg = guidance > 1.0  # as diffusers: classifier-free guidance only above 1
         negative = p.get("negative_prompt", "") if negative_prompt is None else negative_prompt
-        negatives = prompts_of(negative, "negative_prompt") if cfg else None
-        if cfg and len(negatives) not in (1, len(prompts)):
-            raise InputError(
-                f"{len(negatives)} negative prompts for {len(prompts)} prompts; give 1 or {len(prompts)}"
-            )
+        negatives = negatives_for(negative, prompts) if cfg else None
 
         batch = len(prompts) * n_per
         seeds = seeds_of(seed, batch)
@@ -403,7 +394,7 @@ class WanPipeline:
         t0 = time.perf_counter()
         embeds = jnp.repeat(self.encode_prompts(prompts, max_len), n_per, axis=0)
         if cfg:
-            neg = self.encode_prompts(negatives * (len(prompts) // len(negatives)), max_len)
+            neg = self.encode_prompts(negatives, max_len)
             embeds = jnp.concatenate([jnp.repeat(neg, n_per, axis=0), embeds])
         condition, image_embeds, mode = None, None, "t2v"
         if image is not None:
