@@ -52,11 +52,13 @@ class CLIPTextEmbeddings(nnx.Module):
 
 
 class CLIPAttention(nnx.Module):
-    """Causal multi-head self-attention with separate q, k, v projections (scale 1/sqrt(H))."""
+    """Multi-head self-attention with separate q, k, v projections (scale 1/sqrt(H)); causal for the text
+    tower, bidirectional for the vision tower."""
 
-    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: CLIPTextConfig, *, causal: bool = True, rngs: nnx.Rngs):
         d = cfg.hidden_size
         self.num_heads = cfg.num_attention_heads
+        self.causal = causal
         self.q_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
         self.k_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
         self.v_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
@@ -65,7 +67,7 @@ class CLIPAttention(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         heads = (x.shape[0], x.shape[1], self.num_heads, -1)
         q, k, v = (p(x).reshape(heads) for p in (self.q_proj, self.k_proj, self.v_proj))  # [B, L, N, H]
-        out = dot_product_attention(q, k, v, is_causal=True)
+        out = dot_product_attention(q, k, v, is_causal=self.causal)
         return self.out_proj(out.reshape(x.shape))
 
 

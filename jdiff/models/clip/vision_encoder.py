@@ -30,10 +30,10 @@ from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
 from jdiff.errors import InputError
-from jdiff.layers import Conv, LayerNorm, Linear, dot_product_attention
+from jdiff.layers import Conv, LayerNorm
 from jdiff.layers.embed import Embed
 from jdiff.layers.stack import stacked
-from jdiff.models.clip.text_encoder import CLIPMLP
+from jdiff.models.clip.text_encoder import CLIPMLP, CLIPAttention
 from jdiff.models.clip.vision_config import CLIPVisionConfig
 
 # transformers' OPENAI_CLIP_MEAN / OPENAI_CLIP_STD, the normalisation of Wan's `image_processor`.
@@ -62,29 +62,11 @@ class CLIPVisionEmbeddings(nnx.Module):
         return x + self.position_embedding.embedding[...].astype(x.dtype)[None]
 
 
-class CLIPVisionAttention(nnx.Module):
-    """Bidirectional multi-head self-attention with separate q, k, v projections (scale 1/sqrt(H))."""
-
-    def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
-        d = cfg.hidden_size
-        self.num_heads = cfg.num_attention_heads
-        self.q_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-        self.k_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-        self.v_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-        self.out_proj = Linear(d, d, axes=(sh.HEADS, sh.EMBED), rngs=rngs)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        heads = (x.shape[0], x.shape[1], self.num_heads, -1)
-        q, k, v = (p(x).reshape(heads) for p in (self.q_proj, self.k_proj, self.v_proj))  # [B, L, N, H]
-        out = dot_product_attention(q, k, v)
-        return self.out_proj(out.reshape(x.shape))
-
-
 class CLIPVisionEncoderLayer(nnx.Module):
     """Pre-norm transformer block: x + attn(norm1(x)), then x + mlp(norm2(x)). The MLP is the text tower's."""
 
     def __init__(self, cfg: CLIPVisionConfig, *, rngs: nnx.Rngs):
-        self.self_attn = CLIPVisionAttention(cfg, rngs=rngs)
+        self.self_attn = CLIPAttention(cfg, causal=False, rngs=rngs)
         self.layer_norm1 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = CLIPMLP(cfg, rngs=rngs)  # reads hidden_size, intermediate_size, hidden_act only
         self.layer_norm2 = LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
