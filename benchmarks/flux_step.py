@@ -45,7 +45,21 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--steps", type=int, default=28)
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument(
+        "--attention-fp16",
+        action="store_true",
+        help="experiment: run the DiT attention in float16 (q, k, v cast)",
+    )
     args = ap.parse_args()
+    if args.attention_fp16:
+        import jdiff.models.flux.transformer as flux_module
+        from jdiff.layers.attention import dot_product_attention
+
+        def fp16_attention(q, k, v, **kw):
+            f16 = (x.astype(jnp.float16) for x in (q, k, v))
+            return dot_product_attention(*f16, **kw).astype(q.dtype)
+
+        flux_module.dot_product_attention = fp16_attention
     cfg = FLUX_DEV
     h = w = args.size // 16
     s, t, b = h * w, 512, 1
@@ -98,7 +112,7 @@ def main() -> None:
     res = {
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
-        "attention": default_implementation(jnp.bfloat16),
+        "attention": default_implementation(jnp.bfloat16) + (" fp16" if args.attention_fp16 else ""),
         "size": args.size,
         "step_ms_median": round(step_ms, 2),
         "step_tflops": round(flops / step_ms * 1e3, 1) if flops else None,
