@@ -117,3 +117,20 @@ def test_cli_video(t2v, tmp_path, capsys):
     assert iio.imread(out).shape == (5, 32, 48, 3)
     assert main([*args, "--num-frames", "6"]) == 2
     assert "num_frames 6 must be 4k+1" in capsys.readouterr().err
+
+
+def test_i2v_compiles_once():
+    _, gen = _case("i2v")
+    kw = dict(
+        height=32,
+        width=48,
+        num_frames=5,
+        num_inference_steps=2,
+        max_sequence_length=512,
+        output_type="latent",
+    )
+    image = np.zeros((32, 48, 3), np.uint8)
+    gen.generate(PROMPT, image=image, seed=1, **kw)
+    before = dict(gen.pipeline.trace_counts)
+    gen.generate("a dog", image=image + 40, seed=2, **kw)
+    assert dict(gen.pipeline.trace_counts) == before and before["encode_image"] == 1

@@ -18,6 +18,7 @@ import collections
 import html
 import re
 import time
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,9 @@ from jdiff.sampling.loop import euler_loop
 from jdiff.sampling.unipc import UniPCConfig, unipc_loop, unipc_schedule
 
 SCHEDULERS = ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
+
+# Rotary tables depend only on the config and the latent shape: computed once per shape, on the host.
+_rope_tables = lru_cache(maxsize=16)(wan_rope_tables)
 
 
 def prompt_clean(text: str) -> str:
@@ -145,6 +149,7 @@ class WanPipeline:
         self._denoise = jax.jit(self._denoise_fn, static_argnames=("progress", "cfg", "mode"))
         self._decode = jax.jit(self._decode_fn)
         self._encode_video = jax.jit(self._encode_video_fn)
+        self._encode_image = jax.jit(self._encode_image_fn)
 
     def _preset_name(self) -> str:
         if self.expand_timesteps:
@@ -162,6 +167,10 @@ class WanPipeline:
         embeds = nnx.merge(self._defs["t5"], params)(ids, mask)
         # diffusers trims each prompt's embeddings to its length and pads with zeros.
         return (embeds * mask[..., None].astype(embeds.dtype)).astype(self.dtype)
+
+    def _encode_image_fn(self, params, pixel_values):
+        self.trace_counts["encode_image"] += 1
+        return nnx.merge(self._defs["image_encoder"], params)(pixel_values)
 
     def _encode_video_fn(self, params, video):
         mean, _ = nnx.merge(self._defs["vae"], params).encode(video.astype(self.dtype))
@@ -299,11 +308,9 @@ class WanPipeline:
             pixel_values = preprocess_images(
                 pil, size=pp["size"], crop_size=pp["crop_size"], mean=pp["mean"], std=pp["std"]
             )
-            encoder = nnx.merge(self._defs["image_encoder"], self._params["image_encoder"])
-            image_embeds = jnp.repeat(
-                jax.jit(lambda e, x: e(x))(encoder, jnp.asarray(pixel_values)), batch, axis=0
-            )
-            image_embeds = image_embeds.astype(self.dtype)
+            with context(self.placement):
+                tokens = self._encode_image(self._params["image_encoder"], put(self.placement, pixel_values))
+            image_embeds = jnp.repeat(tokens, batch, axis=0).astype(self.dtype)
         if self.expand_timesteps:
             return latent, image_embeds
         h, w = latent.shape[2:4]
@@ -409,7 +416,7 @@ class WanPipeline:
             (sh.BATCH,) + (None,) * 4,
         )
         sigmas, timesteps = self._schedule(steps)
-        cos, sin = wan_rope_tables(self.transformer_config, lat_frames, h, w)
+        cos, sin = _rope_tables(self.transformer_config, lat_frames, h, w)
         t0 = time.perf_counter()
         from jdiff.pipelines.flux import _progress_bar
         from jdiff.sampling.loop import set_progress_hook
