@@ -150,3 +150,24 @@ def test_two_process_server(tmp_path):
         for p in procs:
             if p.poll() is None:
                 p.kill()
+
+
+def test_bad_multihost_flags(monkeypatch):
+    import pytest
+
+    from jdiff.errors import InputError
+    from jdiff.parallel import distributed
+
+    for name in ("JDIFF_COORDINATOR", "JDIFF_NUM_PROCESSES", "JDIFF_PROCESS_ID"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(InputError, match="needs all of --coordinator"):
+        distributed.initialize("127.0.0.1:1234", None, 0)
+    with pytest.raises(InputError, match=r"--process-id must be in \[0, 2\)"):
+        distributed.initialize("127.0.0.1:1234", 2, 2)
+    with pytest.raises(InputError, match="HOST:PORT"):
+        distributed.initialize("localhost", 2, 0)
+    monkeypatch.setenv("JDIFF_NUM_PROCESSES", "two")
+    with pytest.raises(InputError, match="JDIFF_NUM_PROCESSES must be an integer"):
+        distributed.initialize()
+    monkeypatch.delenv("JDIFF_NUM_PROCESSES")
+    assert distributed.initialize() is False  # nothing asked for: single process

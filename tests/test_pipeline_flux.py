@@ -111,6 +111,7 @@ def test_outputs_and_saving(flux, tmp_path):
         (dict(num_frames=9), "num_frames"),
         (dict(max_sequence_length=600), "512"),
         (dict(seed=1.5), "seed must be an integer"),
+        (dict(negative_prompt=["a", "b", "c"], true_cfg_scale=2.0), "3 negative prompts for 1 prompts"),
         (dict(seed=[1, 2]), "2 seeds for 1 outputs"),
         (dict(seed=-1), r"seeds must be in \[0, 2\*\*63\)"),
     ],
@@ -153,6 +154,14 @@ def test_bad_model_directories(flux, tmp_path):
     save_file(tensors, f)
     with pytest.raises(ConversionError, match="unexpected source key 'decoder.extra.weight'"):
         jdiff.DiffGenerator.from_pretrained(extra)
+
+    euler = tmp_path / "wrong-scheduler"
+    shutil.copytree(path, euler)
+    index = json.loads((euler / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    (euler / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="FLUX needs a FlowMatchEulerDiscreteScheduler"):
+        jdiff.DiffGenerator.from_pretrained(euler)
 
     unknown = tmp_path / "unknown"
     shutil.copytree(path, unknown)

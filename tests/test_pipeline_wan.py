@@ -97,6 +97,19 @@ def test_bad_input(t2v, kwargs, match):
         t2v.generate(PROMPT, **{**SMALL, **kwargs})
 
 
+def test_wrong_scheduler_class(tmp_path):
+    import json
+    import shutil
+
+    path = saved(tiny_wan("t2v"))
+    index = json.loads((path / "model_index.json").read_text())
+    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    (path / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match="Wan needs one of"):
+        jdiff.DiffGenerator.from_pretrained(path)
+    shutil.rmtree(path)
+
+
 def test_cli_video(t2v, tmp_path, capsys):
     model = t2v.model_path
     out = tmp_path / "v.mp4"
