@@ -12,10 +12,12 @@ import io
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -174,7 +176,9 @@ def test_bad_inputs_get_4xx_json(url):
     multipart = {"content-type": "multipart/form-data; boundary=x"}
     assert_error(post(url, b"--x--", headers=multipart), 400, "JSON body")
     assert_error(httpx.get(url + "/v1/nowhere"), 404)
-    assert_error(httpx.get(url + "/v1/images/generations"), 405)
+    wrong_method = httpx.get(url + "/v1/images/generations")
+    assert_error(wrong_method, 405)
+    assert wrong_method.headers["allow"] == "POST"  # HTTP requires it on a 405
     health = httpx.get(url + "/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert health.json()["failures"] == 0  # every bad input was refused before reaching the device
@@ -238,6 +242,30 @@ def test_edits_reach_a_pipeline_that_takes_images():
         assert gen.calls[-1]["image"].size == (8, 4)
         assert_error(post(base, {"prompt": "x", "image": "not base64!"}, "/v1/images/edits"), 400, "image")
         assert_error(post(base, {"prompt": "x"}, "/v1/images/edits"), 400, "image: Field required")
+        calls = len(gen.calls)
+        for image, fragment in (
+            (_b64(Image.new("1", (9000, 9000))), "9000x9000"),  # 10 KB of PNG, 240 MB as RGB
+            (_png_header(20000, 20000), "decompression-bomb"),  # PIL itself raises past 179M pixels
+            (_b64(Image.new("RGB", (8, 8)), "ICO"), "not a PNG, JPEG"),  # only common raster formats
+        ):
+            assert_error(post(base, {"prompt": "x", "image": image}, "/v1/images/edits"), 400, fragment)
+        assert len(gen.calls) == calls
+
+
+def _b64(image: Image.Image, fmt: str = "PNG") -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _png_header(width: int, height: int) -> str:
+    """A PNG that declares its size and holds no pixels: what a decoder sees before it allocates."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return base64.b64encode(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")).decode()
 
 
 def test_a_failing_warmup_fails_the_start():
@@ -319,6 +347,8 @@ def test_video_jobs_over_http():
     with live(create_app(gen, warmup=[(16, 16)])) as base:
         assert_error(post(base, {"prompt": "x"}), 400, "makes videos")
         assert_error(post(base, {"prompt": "x", "num_frames": 0}, "/v1/videos"), 400, "num_frames")
+        for seconds in (1e308, 10**400, "1e400", "nan"):  # frames would overflow to inf (or be nonsense)
+            assert_error(post(base, {"prompt": "x", "seconds": seconds}, "/v1/videos"), 400, "seconds")
         assert_error(
             post(base, {"prompt": "x", "input_reference": "aGk="}, "/v1/videos"), 400, "input_reference"
         )

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
@@ -100,9 +101,9 @@ class FluxPipeline:
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("clip", clip), ("t5", t5), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
-        self._encode = jax.jit(self._encode_fn)
-        self._denoise = jax.jit(self._denoise_fn, static_argnames=("progress", "cfg"))
-        self._decode = jax.jit(self._decode_fn, static_argnames=("h", "w"))
+        self._encode = compiler_options.jit(self._encode_fn)
+        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("progress", "cfg"))
+        self._decode = compiler_options.jit(self._decode_fn, static_argnames=("h", "w"))
 
     # ---- jitted stages ------------------------------------------------------------------------------------
 

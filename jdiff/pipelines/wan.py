@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.config import from_dict
@@ -145,11 +146,11 @@ class WanPipeline:
         self.latent_std = np.asarray(vc.latents_std, np.float32)
         self.preset = load_preset(self._preset_name(), model.root)
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._encode_text = jax.jit(self._encode_text_fn)
-        self._denoise = jax.jit(self._denoise_fn, static_argnames=("progress", "cfg", "mode"))
-        self._decode = jax.jit(self._decode_fn)
-        self._encode_video = jax.jit(self._encode_video_fn)
-        self._encode_image = jax.jit(self._encode_image_fn)
+        self._encode_text = compiler_options.jit(self._encode_text_fn)
+        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("progress", "cfg", "mode"))
+        self._decode = compiler_options.jit(self._decode_fn)
+        self._encode_video = compiler_options.jit(self._encode_video_fn)
+        self._encode_image = compiler_options.jit(self._encode_image_fn)
 
     def _preset_name(self) -> str:
         if self.expand_timesteps:

@@ -1,0 +1,102 @@
+"""The image endpoints: `POST /v1/images/generations` and `POST /v1/images/edits`, through the batcher.
+
+Both answer `{"created": ..., "data": [{"b64_json": ..., "seed": ...}, ...], "output_format", "size"}`, with
+a `Server-Timing` header (queue, generate, encode, total) and `X-Batch-Outputs` (how many outputs the
+`generate` call that made them had, padding aside).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from jdiff.errors import InputError
+from jdiff.server.batcher import ImageRequest, QueueFull, ShuttingDown
+from jdiff.server.context import ServerContext, context
+from jdiff.server.encoding import encode_images
+from jdiff.server.errors import ApiError
+from jdiff.server.schemas import MAX_IMAGE_JSON_BYTES, ImageEditBody, ImageGenerationBody, parse_body
+from jdiff.server.validation import decode_image, image_params
+
+log = logging.getLogger("jdiff.server")
+
+router = APIRouter()
+
+
+@router.post("/v1/images/generations")
+async def generations(request: Request):
+    ctx = context(request)
+    body = await parse_body(request, ImageGenerationBody)
+    if ctx.pipeline.is_video:
+        raise ApiError(400, f"model {ctx.name} makes videos, not images; use POST /v1/videos")
+    p = image_params(body, ctx.pipeline, max_batch=ctx.max_batch, max_pixels=ctx.max_pixels)
+    req = ImageRequest(body.prompt, p["n"], p["seed"], p["params"])
+    return await _run(request, ctx, req, body)
+
+
+@router.post("/v1/images/edits")
+async def edits(request: Request):
+    ctx = context(request)
+    if not getattr(ctx.pipeline, "accepts_image", False) or ctx.pipeline.is_video:
+        raise ApiError(
+            400,
+            f"model {ctx.name} does not support image edits (it takes no conditioning image); "
+            "use POST /v1/images/generations",
+        )
+    body = await parse_body(request, ImageEditBody, MAX_IMAGE_JSON_BYTES)
+    p = image_params(body, ctx.pipeline, max_batch=ctx.max_batch, max_pixels=ctx.max_pixels)
+    p["params"]["image"] = decode_image(body.image, "image")
+    # The image is this request's own: no other request shares its generate call.
+    req = ImageRequest(body.prompt, p["n"], p["seed"], p["params"], batchable=False)
+    return await _run(request, ctx, req, body)
+
+
+async def _run(
+    request: Request, ctx: ServerContext, req: ImageRequest, body: ImageGenerationBody
+) -> JSONResponse:
+    """Queues `req`, waits up to the server's timeout, and encodes the images it got."""
+    t0 = time.perf_counter()
+    try:
+        future = ctx.batcher.submit(req)
+    except QueueFull as e:
+        raise ApiError(429, str(e), "rate_limit_error") from None
+    except ShuttingDown as e:
+        raise ApiError(503, str(e), "server_unavailable") from None
+    try:
+        result = await asyncio.wait_for(asyncio.wrap_future(future), ctx.timeout_s)
+    except TimeoutError:
+        future.cancel()  # unrun requests are dropped; a running batch finishes for the others
+        raise ApiError(
+            504, f"not done within {ctx.timeout_s:g} s (the server's --timeout)", "timeout"
+        ) from None
+    except ShuttingDown as e:
+        raise ApiError(503, str(e), "server_unavailable") from None
+    except InputError as e:
+        raise ApiError(400, str(e)) from None
+    except Exception as e:
+        log.error("generation failed: %r", e)
+        raise ApiError(500, f"generation failed: {type(e).__name__}: {e}", "server_error") from None
+    t1 = time.perf_counter()
+    data = await asyncio.to_thread(encode_images, result.images, body.output_format, body.output_compression)
+    request.state.timing.update(queue=result.queue_s, generate=result.generate_s)
+    timing = (
+        f"queue;dur={result.queue_s * 1e3:.1f}, generate;dur={result.generate_s * 1e3:.1f}, "
+        f"encode;dur={(time.perf_counter() - t1) * 1e3:.1f}, total;dur={(time.perf_counter() - t0) * 1e3:.1f}"
+    )
+    h, w = req.params["height"], req.params["width"]
+    content = {
+        "created": int(time.time()),
+        "data": [{"b64_json": b, "seed": s} for b, s in zip(data, result.seeds, strict=True)],
+        "output_format": body.output_format,
+        "size": f"{w}x{h}",
+    }
+    return JSONResponse(
+        content, headers={"Server-Timing": timing, "X-Batch-Outputs": str(result.batch_outputs)}
+    )
+
+
+__all__ = ["router"]

@@ -1,0 +1,226 @@
+"""Request bodies -> checked `generate` keywords: ranges, sizes the model can make, images that decode.
+
+Every problem is an `ApiError(400)` naming the field, what was got and what is accepted, raised before the
+request reaches the device worker, so bad input never costs device time or fails a batch.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import io
+import math
+import re
+import secrets
+
+from jdiff.server.encoding import FORMATS
+from jdiff.server.errors import ApiError
+from jdiff.server.schemas import ImageGenerationBody, VideoBody
+
+MAX_STEPS = 200
+MAX_PROMPT_CHARS = 10_000
+MAX_GUIDANCE = 100.0
+MAX_FRAMES = 1025
+MAX_SEED = 2**63 - 1
+# Conditioning images are resized to the output size, so they may be larger than `max_pixels`; this bounds
+# the memory one decoded upload takes (a compressed image of a few hundred KB can decode to gigabytes).
+MAX_INPUT_PIXELS = 8192 * 8192
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+SIZE = re.compile(r"(\d{1,6})x(\d{1,6})")
+
+
+def _check_text(value: str | None, name: str) -> None:
+    if value is not None and len(value) > MAX_PROMPT_CHARS:
+        raise ApiError(400, f"{name} has {len(value)} characters; at most {MAX_PROMPT_CHARS} are accepted")
+
+
+def _scale(value: float | None, default, name: str) -> float | None:
+    value = default if value is None else value
+    if value is not None and not 0 <= value <= MAX_GUIDANCE:
+        raise ApiError(400, f"{name} must be a finite number in [0, {MAX_GUIDANCE:g}], got {value}")
+    return value
+
+
+def _steps(value: int | None, default: int) -> int:
+    value = default if value is None else value
+    if not 1 <= value <= MAX_STEPS:
+        raise ApiError(400, f"num_inference_steps must be in 1..{MAX_STEPS}, got {value}")
+    return value
+
+
+def _seed(value: int | None, n: int) -> int:
+    if value is None:
+        return secrets.randbelow(2**31)  # fits every JSON client's integers
+    if not 0 <= value <= MAX_SEED - (n - 1):
+        raise ApiError(400, f"seed must be in [0, {MAX_SEED - (n - 1)}] for n={n}, got {value}")
+    return value
+
+
+def size_multiple(pipeline) -> int:
+    """What the model's height and width must be divisible by."""
+    return getattr(pipeline, "size_multiple", None) or 2 * pipeline.vae_scale_factor
+
+
+def parse_size(size: str | None, pipeline, max_pixels: int) -> tuple[int, int]:
+    """ "WxH" -> (height, width), checked against the model's size multiple and `max_pixels`."""
+    preset = pipeline.preset
+    if size is None or size == "auto":
+        return preset["height"], preset["width"]
+    m = SIZE.fullmatch(size)
+    if not m:
+        raise ApiError(400, f"size must be 'WxH' (e.g. '1024x768') or 'auto', got {size!r}")
+    width, height = int(m[1]), int(m[2])
+    if width < 1 or height < 1:
+        raise ApiError(400, f"size {size!r}: width and height must be positive")
+    multiple = size_multiple(pipeline)
+    for name, v in (("width", width), ("height", height)):
+        if v % multiple:
+            lo, hi = v // multiple * multiple, (v // multiple + 1) * multiple
+            raise ApiError(
+                400,
+                f"size {size!r}: {name} {v} is not divisible by {multiple}, as the model needs; "
+                f"use {lo or hi} or {hi}",
+            )
+    if width * height > max_pixels:
+        raise ApiError(400, f"size {size!r} has {width * height} pixels; this server allows {max_pixels}")
+    return height, width
+
+
+def takes(pipeline, name: str) -> bool:
+    """Whether the pipeline's `generate` accepts keyword `name` (extension fields are model-specific)."""
+    try:
+        params = inspect.signature(pipeline.generate).parameters
+    except (AttributeError, TypeError, ValueError):
+        return True
+    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def _extension(params: dict, pipeline, name: str, value: float | None) -> None:
+    if value is None:
+        return
+    if not takes(pipeline, name):
+        raise ApiError(400, f"this model takes no {name}; leave it out")
+    params[name] = _scale(value, None, name)
+
+
+def decode_image(data: str, name: str):
+    """A base64 string (or a `data:` URL) -> an RGB PIL image of at most `MAX_INPUT_PIXELS`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if data.startswith("data:"):
+        data = data.partition(",")[2]
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise ApiError(400, f"{name} is not valid base64: {e}") from None
+    try:
+        # Only common raster formats: PIL would otherwise hand e.g. EPS to Ghostscript, if installed.
+        image = Image.open(io.BytesIO(raw), formats=INPUT_FORMATS)
+        # The header gives the size: refuse a huge image before decoding it, not after.
+        shape = f"{image.width}x{image.height}" if image.width * image.height > MAX_INPUT_PIXELS else None
+        if shape is None:
+            image.load()
+            return image.convert("RGB")
+    except UnidentifiedImageError:
+        raise ApiError(400, f"{name} is not a {', '.join(INPUT_FORMATS)} image") from None
+    except Image.DecompressionBombError:  # PIL refuses at open past twice its own limit
+        shape = "over PIL's decompression-bomb limit"
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise ApiError(400, f"{name} is not a readable image: {e}") from None
+    raise ApiError(
+        400, f"{name} is {shape}; at most {MAX_INPUT_PIXELS} pixels (8192x8192) are accepted; send it smaller"
+    )
+
+
+def image_params(body: ImageGenerationBody, pipeline, *, max_batch: int, max_pixels: int) -> dict:
+    """Validated `generate` keywords shared by a batch, plus n and seed."""
+    _check_text(body.prompt, "prompt")
+    _check_text(body.negative_prompt, "negative_prompt")
+    if not 1 <= body.n <= max_batch:
+        raise ApiError(400, f"n must be in 1..{max_batch} (the server's --max-batch), got {body.n}")
+    if body.response_format == "url":
+        raise ApiError(
+            400, "response_format 'url' is not supported (this server hosts no files); use 'b64_json'"
+        )
+    if body.response_format not in (None, "b64_json"):
+        raise ApiError(400, f"response_format must be 'b64_json', got {body.response_format!r}")
+    if body.output_format not in FORMATS:
+        raise ApiError(400, f"output_format must be one of {sorted(FORMATS)}, got {body.output_format!r}")
+    if body.output_compression is not None and not 0 <= body.output_compression <= 100:
+        raise ApiError(400, f"output_compression must be in 0..100, got {body.output_compression}")
+    preset = pipeline.preset
+    height, width = parse_size(body.size, pipeline, max_pixels)
+    params = {
+        "height": height,
+        "width": width,
+        "num_inference_steps": _steps(body.num_inference_steps, preset["num_inference_steps"]),
+        "guidance_scale": _scale(body.guidance_scale, preset.get("guidance_scale"), "guidance_scale"),
+        "negative_prompt": body.negative_prompt,
+    }
+    _extension(params, pipeline, "true_cfg_scale", body.true_cfg_scale)
+    return {"params": params, "n": body.n, "seed": _seed(body.seed, body.n)}
+
+
+def _frames_of_seconds(value: str | int | float, preset: dict) -> int:
+    """OpenAI's `seconds` -> frames at the preset's fps, + 1 (the first frame is at time 0)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ApiError(400, f"seconds must be a number, got {value!r}") from None
+    except OverflowError:  # an integer past float's range
+        seconds = math.inf
+    if "fps" not in preset or not 0 < seconds < math.inf:
+        raise ApiError(400, f"cannot turn seconds={value!r} into frames; give num_frames")
+    frames = seconds * preset["fps"]
+    if frames > MAX_FRAMES:  # also an overflow to inf, which round() cannot take
+        raise ApiError(400, f"seconds={value!r} is over {MAX_FRAMES} frames at {preset['fps']} fps")
+    return round(frames) + 1
+
+
+def video_params(body: VideoBody, pipeline, *, max_pixels: int) -> tuple[dict, dict]:
+    """(`generate` keywords, the job's public fields) for a video request."""
+    _check_text(body.prompt, "prompt")
+    _check_text(body.negative_prompt, "negative_prompt")
+    preset = pipeline.preset
+    height, width = parse_size(body.size, pipeline, max_pixels)
+    frames = body.num_frames
+    if frames is None and body.seconds is not None:
+        frames = _frames_of_seconds(body.seconds, preset)
+    if frames is not None and not 1 <= frames <= MAX_FRAMES:
+        raise ApiError(400, f"num_frames must be in 1..{MAX_FRAMES}, got {frames}")
+    params = {
+        "prompt": body.prompt,
+        "negative_prompt": body.negative_prompt,
+        "height": height,
+        "width": width,
+        "num_frames": frames,
+        "num_inference_steps": _steps(body.num_inference_steps, preset["num_inference_steps"]),
+        "guidance_scale": _scale(body.guidance_scale, preset.get("guidance_scale"), "guidance_scale"),
+        "seed": _seed(body.seed, 1),
+    }
+    _extension(params, pipeline, "guidance_scale_2", body.guidance_scale_2)
+    if body.input_reference is not None:
+        if not getattr(pipeline, "accepts_image", False):
+            raise ApiError(400, "this model takes no input_reference image; send a text prompt only")
+        params["image"] = decode_image(body.input_reference, "input_reference")
+    meta = {"size": f"{width}x{height}", "seconds": None if body.seconds is None else str(body.seconds)}
+    meta["seed"] = params["seed"]
+    return params, meta
+
+
+__all__ = [
+    "INPUT_FORMATS",
+    "MAX_FRAMES",
+    "MAX_GUIDANCE",
+    "MAX_INPUT_PIXELS",
+    "MAX_PROMPT_CHARS",
+    "MAX_SEED",
+    "MAX_STEPS",
+    "decode_image",
+    "image_params",
+    "parse_size",
+    "size_multiple",
+    "takes",
+    "video_params",
+]
