@@ -1,5 +1,5 @@
 """Side-by-side benchmark, jdiff vs diffusers: `python benchmarks/compare.py --compare diffusers` (= `jdiff bench
---compare diffusers`). The implementation is jdiff/bench.py."""
+--compare diffusers`). The implementation is the jdiff/bench/ package."""
 
 import sys
 

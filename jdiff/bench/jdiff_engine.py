@@ -1,0 +1,217 @@
+"""jdiff's side of the single-model workloads: random weights built on device, one jitted call timed.
+
+Imports of jax and jdiff stay inside functions: the driver process imports this package without them.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+from jdiff.bench.workloads import GIB, _resolve
+
+# Leaves of at most this many elements are drawn on the host (see `_jdiff_random`).
+HOST_RANDOM_MAX = 2**16
+
+
+def _jdiff_random(spec, cfg, dtype):
+    """(graphdef, params): the model built abstractly, every leaf normal(0, 0.02) in the loader's dtype."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from jdiff.models.loading import path_str
+
+    graphdef, abstract = spec.abstract(cfg)
+    leaves = nnx.to_flat_state(abstract)
+
+    # Large leaves: one small jit per distinct (shape, dtype), each leaf written in place by a fused threefry:
+    # one jit over all leaves compiles for minutes on a VAE's hundreds of leaves, and a non-fusible generator
+    # (rbg) would add a temporary as large as the leaf to the peak memory measured later. Small leaves (norms,
+    # biases; most of a toy model) come from numpy: a compile per shape costs more than generating them.
+    @functools.partial(jax.jit, static_argnums=(2, 3))
+    def leaf(key, i, shape, dt):
+        return jax.random.normal(jax.random.fold_in(key, i), shape, dt) * jnp.asarray(0.02, dt)
+
+    def host(i, shape, dt):
+        x = np.random.default_rng(i).standard_normal(shape, np.float32) * np.float32(0.02)
+        return jax.device_put(x.astype(dt))
+
+    key = jax.random.key(0)
+    values = []
+    for i, (p, v) in enumerate(leaves):
+        dt = spec.plan.target_dtype(path_str(p), dtype)
+        values.append(
+            leaf(key, i, v.shape, dt) if math.prod(v.shape) > HOST_RANDOM_MAX else host(i, v.shape, dt)
+        )
+    flat = [(p, v.replace(x)) for (p, v), x in zip(leaves, values, strict=True)]
+    return graphdef, nnx.from_flat_state(flat)
+
+
+def _jdiff_setup(name: str, config: dict, sz: dict):
+    """(graphdef, params, apply(model, *inputs), inputs) for one single-model workload."""
+    import jax
+    import jax.numpy as jnp
+
+    from jdiff.models.config import from_dict
+
+    bf16 = jnp.bfloat16
+    keys = iter(jax.random.split(jax.random.key(1), 8))
+
+    def rand(shape, dtype=bf16):
+        return jax.random.normal(next(keys), shape, dtype)
+
+    if name == "flux_step":
+        from jdiff.convert.flux import SPEC
+        from jdiff.pipelines.flux import _rope_tables
+
+        cfg = from_dict(SPEC.config_cls, config)
+        cos, sin = (
+            jnp.asarray(a) for a in _rope_tables(sz["text"], sz["h"], sz["w"], tuple(cfg.axes_dims_rope))
+        )
+        inputs = (
+            rand((1, sz["h"] * sz["w"], cfg.in_channels)),
+            rand((1, sz["text"], cfg.joint_attention_dim)),
+            rand((1, cfg.pooled_projection_dim)),
+            jnp.full((1,), 0.5, jnp.float32),
+            jnp.full((1,), 3.5, jnp.float32),
+            cos,
+            sin,
+        )
+
+        def apply(m, x, txt, pooled, t, g, cos, sin):
+            return m(x, txt, pooled, t, (cos, sin), guidance=g)
+
+    elif name == "wan_forward":
+        from jdiff.convert.wan import SPEC
+        from jdiff.models.wan.rope import wan_rope_tables
+
+        cfg = from_dict(SPEC.config_cls, config)
+        cos, sin = (jnp.asarray(a) for a in wan_rope_tables(cfg, sz["f"], sz["h"], sz["w"]))
+        inputs = (
+            rand((1, sz["f"], sz["h"], sz["w"], cfg.in_channels)),
+            jnp.full((1,), 500.0, jnp.float32),
+            rand((1, sz["text"], cfg.text_dim)),
+            cos,
+            sin,
+        )
+
+        def apply(m, x, t, ctx, cos, sin):
+            return m(x, t, ctx, (cos, sin))
+
+    elif name == "flux_vae_decode":
+        from jdiff.convert.autoencoder_kl import SPEC
+
+        cfg = from_dict(SPEC.config_cls, config)
+        inputs = (rand((1, sz["h"], sz["w"], cfg.latent_channels)),)
+
+        def apply(m, z):
+            return m.decode(z)
+
+    elif name == "wan_vae_decode":
+        from jdiff.convert.wan_vae import SPEC
+
+        cfg = from_dict(SPEC.config_cls, config)
+        inputs = (rand((1, sz["f"], sz["h"], sz["w"], cfg.z_dim)),)
+
+        def apply(m, z):
+            return m.decode(z)
+
+    else:
+        raise KeyError(name)
+    graphdef, params = _jdiff_random(SPEC, cfg, bf16)
+    return graphdef, params, apply, inputs
+
+
+def _attention_head_dim(name: str, config: dict) -> int:
+    """The head dim that decides the workload's attention kernel (the VAEs' mid-block attention is one head)."""
+    if name in ("flux_step", "wan_forward"):
+        return config["attention_head_dim"]
+    if name == "flux_vae_decode":
+        return config["block_out_channels"][-1]
+    from jdiff.convert.wan_vae import SPEC
+    from jdiff.models.config import from_dict
+
+    cfg = from_dict(SPEC.config_cls, config)
+    return cfg.decoder_dim * cfg.dim_mult[-1]
+
+
+def device_memory(dev, key: str) -> float | None:
+    """`memory_stats()[key]` of `dev` in GiB, or None where the backend keeps no statistics (CPU)."""
+    stats = dev.memory_stats() or {}
+    return stats[key] / GIB if key in stats else None
+
+
+def gib(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def jax_versions() -> dict:
+    import flax
+    import jax
+    import jaxlib
+
+    versions = {"jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__}
+    try:
+        from jax._src.lib import cuda_versions
+
+        versions["cudnn"] = cuda_versions.cudnn_get_version() if cuda_versions else None
+    except Exception:  # version probing is best-effort: absent on CPU builds
+        pass
+    return versions
+
+
+def run_jdiff(name: str, tiny: bool) -> dict:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jdiff import compiler_options
+    from jdiff.layers.attention import default_implementation
+
+    wl, config, sz = _resolve(name, tiny)
+    dev = jax.devices()[0]
+    graphdef, params, apply, inputs = _jdiff_setup(name, config, sz)
+    jax.block_until_ready((params, inputs))
+    weights_gib = device_memory(dev, "bytes_in_use")
+
+    @compiler_options.jit  # what the pipelines compile with
+    def fn(params, *xs):
+        return apply(nnx.merge(graphdef, params), *xs)
+
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, *inputs).compile()
+    compile_s = time.perf_counter() - t0
+    try:
+        xla_temp_gib = round(compiled.memory_analysis().temp_size_in_bytes / GIB, 2)
+    except Exception:  # memory_analysis is optional per backend
+        xla_temp_gib = None
+
+    def call():
+        return jax.block_until_ready(compiled(params, *inputs))
+
+    t0 = time.perf_counter()
+    out = call()
+    first_s = time.perf_counter() - t0
+    for _ in range(wl.warmup):
+        call()
+    times = []
+    for _ in range(wl.repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return {
+        "device": dev.device_kind,
+        "versions": jax_versions(),
+        "attention": default_implementation(jnp.bfloat16, _attention_head_dim(name, config)),
+        "xla_temp_gib": xla_temp_gib,
+        "compile_s": round(compile_s, 2),
+        "first_call_s": round(first_s, 3),
+        "times_ms": [round(1e3 * t, 2) for t in times],
+        "weights_gib": gib(weights_gib),
+        "peak_gib": gib(device_memory(dev, "peak_bytes_in_use")),
+        "out_shape": list(out.shape),
+        "finite": bool(jnp.isfinite(out).all()),
+    }
