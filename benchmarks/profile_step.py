@@ -1,0 +1,155 @@
+"""Where a jdiff workload spends its GPU time: a `jax.profiler` trace, kernels summed by name and category.
+
+Usage:
+    python benchmarks/profile_step.py --workload flux_step [--out DIR] [--no-trace] [--repeats 10]
+
+Uses `jdiff bench`'s random real-size models. Prints one JSON line: the median wall time per call (timed
+outside the trace), then, from the trace, the GPU kernel time per category (GEMM, attention, XLA fusions, ...)
+and the top kernels. The perfetto trace is kept under DIR for a closer look (ui.perfetto.dev).
+Compiled with jdiff's own compiler options (`jdiff.compiler_options`); further XLA flags come from the
+environment (XLA_FLAGS), so one script serves flag experiments too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import shutil
+import time
+
+# Category of a GPU kernel by its name; the first match wins.
+CATEGORIES = (
+    ("attention", ("fmha", "flash", "sdpa", "attention", "mha")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "cublas", "matmul", "dot", "sm90_")),
+    ("copy", ("memcpy", "memset", "copy", "transpose")),
+    ("reduce", ("reduce", "reduction")),
+    ("fusion", ("fusion", "loop_", "input_", "triton")),
+)
+
+
+def category(name: str) -> str:
+    low = name.lower()
+    for cat, needles in CATEGORIES:
+        if any(n in low for n in needles):
+            return cat
+    return "other"
+
+
+def kernel_summary(trace_path: str, calls: int, top: int = 40) -> dict:
+    """GPU kernel time per call from a perfetto trace: totals per category and the `top` kernels by time."""
+    with gzip.open(trace_path, "rt") as f:
+        trace = json.load(f)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    procs, threads = {}, {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "process_name":
+            procs[e["pid"]] = e["args"]["name"]
+        if e.get("ph") == "M" and e.get("name") == "thread_name":
+            threads[(e["pid"], e["tid"])] = e["args"]["name"]
+    gpu = {pid for pid, name in procs.items() if "GPU" in name or "gpu" in name}
+    per_thread = collections.Counter()
+    kernels = collections.Counter()
+    counts = collections.Counter()
+    for e in events:
+        if e.get("ph") != "X" or e.get("pid") not in gpu:
+            continue
+        tname = threads.get((e["pid"], e["tid"]), str(e["tid"]))
+        per_thread[tname] += e.get("dur", 0)
+        if "Stream" not in tname:  # "XLA Ops"/"XLA Modules" lines repeat the kernels' time per HLO op
+            continue
+        kernels[e["name"]] += e.get("dur", 0)
+        counts[e["name"]] += 1
+    cats = collections.Counter()
+    for name, us in kernels.items():
+        cats[category(name)] += us
+    total = sum(kernels.values())
+    return {
+        "threads_ms": {k: round(v / 1e3 / calls, 2) for k, v in per_thread.items()},
+        "kernel_ms_per_call": round(total / 1e3 / calls, 2),
+        "categories_ms": {k: round(v / 1e3 / calls, 2) for k, v in cats.most_common()},
+        "top": [
+            {
+                "name": name[:160],
+                "ms": round(us / 1e3 / calls, 3),
+                "launches": counts[name] // calls,
+                "cat": category(name),
+            }
+            for name, us in kernels.most_common(top)
+        ],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workload", default="flux_step")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--traced-calls", type=int, default=3)
+    ap.add_argument("--no-trace", action="store_true")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--tiny", action="store_true", help="toy sizes (a CPU check of the script)")
+    ap.add_argument("--norm-rope", choices=["pallas", "xla"], help="force the QK norm + rope implementation")
+    ap.add_argument("--unroll", action="store_true", help="experiment: unroll the scans over layers")
+    args = ap.parse_args()
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from jdiff import bench, compiler_options
+
+    if args.norm_rope:
+        from jdiff.kernels import norm_rope
+
+        norm_rope.IMPLEMENTATION = args.norm_rope
+    if args.unroll:
+        import functools
+
+        import jdiff.models.flux.transformer as flux_module
+        import jdiff.models.wan.transformer as wan_module
+        from jdiff.layers import stack
+
+        for module in (flux_module, wan_module):
+            module.scan = functools.partial(stack.scan, unroll=True)
+
+    _, config, sz = bench._resolve(args.workload, tiny=args.tiny)
+    graphdef, params, apply, inputs = bench._jdiff_setup(args.workload, config, sz)
+
+    @compiler_options.jit
+    def fn(params, *xs):
+        return apply(nnx.merge(graphdef, params), *xs)
+
+    t0 = time.perf_counter()
+    compiled = fn.lower(params, *inputs).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(2):
+        jax.block_until_ready(compiled(params, *inputs))
+    times = []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(params, *inputs))
+        times.append(time.perf_counter() - t0)
+    res = {
+        "workload": args.workload,
+        "label": args.label,
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "ms": round(1e3 * float(np.median(times)), 2),
+        "compile_s": round(compile_s, 2),
+    }
+    if not args.no_trace:
+        log_dir = os.path.join(args.out, f"trace_{args.workload}{args.label}")
+        with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+            for _ in range(args.traced_calls):
+                jax.block_until_ready(compiled(params, *inputs))
+        path = sorted(glob.glob(os.path.join(log_dir, "**", "*trace.json.gz"), recursive=True))[-1]
+        res.update(kernel_summary(path, args.traced_calls))
+        shutil.copy(path, os.path.join(args.out, f"{args.workload}{args.label}.trace.json.gz"))
+    print("PROFILE " + json.dumps(res), flush=True)
+
+
+if __name__ == "__main__":
+    main()
