@@ -93,6 +93,11 @@ def main() -> None:
     ap.add_argument("--label", default="")
     ap.add_argument("--tiny", action="store_true", help="toy sizes (a CPU check of the script)")
     ap.add_argument("--norm-rope", choices=["pallas", "xla"], help="force the QK norm + rope implementation")
+    ap.add_argument(
+        "--check-norm-rope",
+        action="store_true",
+        help="also compile with XLA's norm + rope and compare outputs",
+    )
     ap.add_argument("--unroll", action="store_true", help="experiment: unroll the scans over layers")
     args = ap.parse_args()
 
@@ -133,13 +138,25 @@ def main() -> None:
         t0 = time.perf_counter()
         jax.block_until_ready(compiled(params, *inputs))
         times.append(time.perf_counter() - t0)
+    out = compiled(params, *inputs)
     res = {
+        "finite": bool(jax.numpy.isfinite(out).all()),
         "workload": args.workload,
         "label": args.label,
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "ms": round(1e3 * float(np.median(times)), 2),
         "compile_s": round(compile_s, 2),
     }
+    if args.check_norm_rope:
+        from jdiff.kernels import norm_rope
+
+        norm_rope.IMPLEMENTATION = "xla"
+        ref = compiler_options.jit(lambda p, *xs: apply(nnx.merge(graphdef, p), *xs))(params, *inputs)
+        norm_rope.IMPLEMENTATION = args.norm_rope
+        diff = jax.numpy.linalg.norm((out - ref).astype("float32")) / jax.numpy.linalg.norm(
+            ref.astype("float32")
+        )
+        res["rel_err_vs_xla_norm_rope"] = float(diff)
     if not args.no_trace:
         log_dir = os.path.join(args.out, f"trace_{args.workload}{args.label}")
         with jax.profiler.trace(log_dir, create_perfetto_trace=True):

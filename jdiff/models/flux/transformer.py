@@ -16,9 +16,9 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
+from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, timestep_embedding
-from jdiff.layers.rope import apply_rope
 from jdiff.layers.stack import scan, stacked
 from jdiff.models.flux.config import FluxConfig
 
@@ -111,9 +111,6 @@ class JointAttention(nnx.Module):
     def _heads(self, x: jax.Array) -> jax.Array:
         return x.reshape(*x.shape[:-1], -1, self.head_dim)  # [B, L, N, H]
 
-    def _qkv(self, x, q_proj, k_proj, v_proj, q_norm, k_norm):
-        return q_norm(self._heads(q_proj(x))), k_norm(self._heads(k_proj(x))), self._heads(v_proj(x))
-
     def __call__(self, x: Float[Array, "b l d"], rope: Rope, context: jax.Array | None = None) -> jax.Array:
         """Self-attention over `x`, or over [context; x] when `context` (text, [B, T, D]) is given.
 
@@ -121,18 +118,25 @@ class JointAttention(nnx.Module):
             [B, L, D] before any output projection for the single-stream variant; for the double-stream one,
             the projected (image [B, S, D], text [B, T, D]) pair.
         """
-        q, k, v = self._qkv(x, self.to_q, self.to_k, self.to_v, self.norm_q, self.norm_k)
-        if context is not None:
-            cq, ck, cv = self._qkv(
-                context,
-                self.add_q_proj,
-                self.add_k_proj,
-                self.add_v_proj,
-                self.norm_added_q,
-                self.norm_added_k,
-            )
-            q, k, v = (jnp.concatenate(p, axis=1) for p in ((cq, q), (ck, k), (cv, v)))
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        inputs = [x]
+        q_mods, k_mods, v_mods = [(self.to_q, self.norm_q)], [(self.to_k, self.norm_k)], [self.to_v]
+        if context is not None:  # text first, as the rope tables are laid out
+            inputs.insert(0, context)
+            q_mods.insert(0, (self.add_q_proj, self.norm_added_q))
+            k_mods.insert(0, (self.add_k_proj, self.norm_added_k))
+            v_mods.insert(0, self.add_v_proj)
+
+        def norm_rope(mods) -> jax.Array:
+            """Each stream's RMS norm (its own weights) and the joint rope, one fused pass per stream, written
+            straight into the joint sequence."""
+            parts = [
+                (self._heads(proj(h)), norm.scale[...], norm.eps)
+                for h, (proj, norm) in zip(inputs, mods, strict=True)
+            ]
+            return joint_rms_norm_rope(parts, *rope)  # [B, L, N, H]
+
+        q, k = norm_rope(q_mods), norm_rope(k_mods)
+        v = jnp.concatenate([self._heads(proj(h)) for h, proj in zip(inputs, v_mods, strict=True)], axis=1)
         out = dot_product_attention(q, k, v, context_parallel=True)
         out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
         if context is None:

@@ -16,8 +16,8 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
+from jdiff.kernels.norm_rope import rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
-from jdiff.layers.rope import apply_rope
 from jdiff.models.wan.config import WanTransformerConfig
 
 Rope = tuple[Float[Array, "l h"], Float[Array, "l h"]]
@@ -88,11 +88,15 @@ class WanAttention(nnx.Module):
         softmax over both), as diffusers and the original Wan do.
         """
         kv_in = x if context is None else context
-        q = self._heads(self.norm_q(self.to_q(x)))  # [B, L, N, H]
-        k = self._heads(self.norm_k(self.to_k(kv_in)))
+        if rope is not None:  # self-attention: norm (over all heads) and rope in one fused pass each
+            q, k = (
+                rms_norm_rope(self._heads(proj(x)), norm.scale[...], *rope, eps=norm.eps, across_heads=True)
+                for proj, norm in ((self.to_q, self.norm_q), (self.to_k, self.norm_k))
+            )  # [B, L, N, H]
+        else:
+            q = self._heads(self.norm_q(self.to_q(x)))
+            k = self._heads(self.norm_k(self.to_k(kv_in)))
         v = self._heads(self.to_v(kv_in))
-        if rope is not None:
-            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         out = dot_product_attention(q, k, v, context_parallel=context is None)
         if image is not None:
             k_img = self._heads(self.norm_added_k(self.add_k_proj(image)))
