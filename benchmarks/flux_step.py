@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdiff import compiler_options
 from jdiff.layers.attention import default_implementation
 from jdiff.models.flux.config import FluxConfig
 from jdiff.models.flux.transformer import FluxTransformer2DModel
@@ -72,12 +73,12 @@ def main() -> None:
     pooled = jax.random.normal(key, (b, 768), jnp.bfloat16)
     g = jnp.full((b,), 3.5, jnp.float32)
 
-    @jax.jit
+    @compiler_options.jit
     def step(params, x, txt, pooled, tstep, g):
         m = nnx.merge(graphdef, params)
         return m(x.astype(jnp.bfloat16), txt, pooled, tstep, (cos, sin), guidance=g)
 
-    @jax.jit
+    @compiler_options.jit
     def loop(params, x, txt, pooled, sigmas, timesteps, g):
         m = nnx.merge(graphdef, params)
 

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdiff import compiler_options
 from jdiff.parallel.mesh import make_mesh
 from jdiff.parallel.placement import Placement
 
@@ -122,7 +123,7 @@ def run(name: str, size, mesh_spec: str | None, mode: str, repeats: int, tiny: b
         args = jax.tree.map(lambda a: placement.put(a), args)
     ctx = placement.context() if placement else _null()
     with ctx:
-        fwd = jax.jit(lambda p, a: call(nnx.merge(graphdef, p), a))
+        fwd = compiler_options.jit(lambda p, a: call(nnx.merge(graphdef, p), a))
         t0 = time.perf_counter()
         out = jax.block_until_ready(fwd(params, args))
         first = time.perf_counter() - t0

@@ -40,7 +40,7 @@ def category(name: str) -> str:
 
 
 def kernel_summary(trace_path: str, calls: int, top: int = 40) -> dict:
-    """GPU kernel time per call from a perfetto trace: totals per category and the `top` kernels by time."""
+    """Device kernel time per call from a perfetto trace: totals per category and the `top` kernels by time."""
     with gzip.open(trace_path, "rt") as f:
         trace = json.load(f)
     events = trace["traceEvents"] if isinstance(trace, dict) else trace
@@ -50,16 +50,20 @@ def kernel_summary(trace_path: str, calls: int, top: int = 40) -> dict:
             procs[e["pid"]] = e["args"]["name"]
         if e.get("ph") == "M" and e.get("name") == "thread_name":
             threads[(e["pid"], e["tid"])] = e["args"]["name"]
-    gpu = {pid for pid, name in procs.items() if "GPU" in name or "gpu" in name}
+    devices = {pid for pid, name in procs.items() if name.startswith("/device:")}
+    # GPU traces list kernels per CUDA stream ("Stream #N"); TPU traces per op ("XLA Ops"). The other lines
+    # ("XLA Modules", "Steps") repeat the same time at coarser grain.
+    names = {name for (pid, _), name in threads.items() if pid in devices}
+    kernel_line = "Stream" if any("Stream" in n for n in names) else "XLA Ops"
     per_thread = collections.Counter()
     kernels = collections.Counter()
     counts = collections.Counter()
     for e in events:
-        if e.get("ph") != "X" or e.get("pid") not in gpu:
+        if e.get("ph") != "X" or e.get("pid") not in devices:
             continue
         tname = threads.get((e["pid"], e["tid"]), str(e["tid"]))
         per_thread[tname] += e.get("dur", 0)
-        if "Stream" not in tname:  # "XLA Ops"/"XLA Modules" lines repeat the kernels' time per HLO op
+        if kernel_line not in tname:
             continue
         kernels[e["name"]] += e.get("dur", 0)
         counts[e["name"]] += 1
