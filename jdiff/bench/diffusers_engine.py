@@ -5,9 +5,7 @@ Imports of torch and diffusers stay inside functions: the driver process imports
 
 from __future__ import annotations
 
-import time
-
-from jdiff.bench.workloads import GIB, _resolve
+from jdiff.bench.workloads import GIB, _resolve, timed_calls
 
 
 def _randomize(model, keep: list[str], device, dtype):
@@ -166,16 +164,7 @@ def run_diffusers(name: str, tiny: bool, compiled: bool) -> dict:
         sync()
         return out
 
-    t0 = time.perf_counter()
-    out = run()
-    first_s = time.perf_counter() - t0
-    for _ in range(wl.warmup):
-        run()
-    times = []
-    for _ in range(wl.repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
+    out, first_s, times = timed_calls(run, wl.warmup, wl.repeats)
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "versions": torch_versions(cuda),

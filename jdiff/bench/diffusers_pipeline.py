@@ -20,7 +20,7 @@ from jdiff.bench.diffusers_engine import (
     torch_memory,
     torch_versions,
 )
-from jdiff.bench.workloads import PROMPT, _resolve
+from jdiff.bench.workloads import PROMPT, _resolve, timed_calls
 
 
 def random_models(config: dict, device) -> dict:
@@ -98,16 +98,7 @@ def run_diffusers_pipeline(name: str, tiny: bool, compiled: bool) -> dict:
             torch.cuda.synchronize()
         return images
 
-    t0 = time.perf_counter()
-    out = run()
-    first_s = time.perf_counter() - t0
-    for _ in range(wl.warmup):
-        run()
-    times = []
-    for _ in range(wl.repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
+    out, first_s, times = timed_calls(run, wl.warmup, wl.repeats)
     return {
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "versions": torch_versions(cuda),

@@ -9,7 +9,7 @@ import functools
 import math
 import time
 
-from jdiff.bench.workloads import GIB, _resolve
+from jdiff.bench.workloads import GIB, _resolve, timed_calls
 
 # Leaves of at most this many elements are drawn on the host (see `_jdiff_random`).
 HOST_RANDOM_MAX = 2**16
@@ -192,16 +192,7 @@ def run_jdiff(name: str, tiny: bool) -> dict:
     def call():
         return jax.block_until_ready(compiled(params, *inputs))
 
-    t0 = time.perf_counter()
-    out = call()
-    first_s = time.perf_counter() - t0
-    for _ in range(wl.warmup):
-        call()
-    times = []
-    for _ in range(wl.repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - t0)
+    out, first_s, times = timed_calls(call, wl.warmup, wl.repeats)
     return {
         "device": dev.device_kind,
         "versions": jax_versions(),

@@ -5,6 +5,7 @@ Every workload also has a toy variant (`--tiny`): the same code path with smalle
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -161,6 +162,24 @@ def _resolve(name: str, tiny: bool) -> tuple[Workload, dict, dict]:
         for k, v in wl.tiny_config.items()
     }
     return wl, {**wl.config, **over}, wl.tiny_sizes
+
+
+def timed_calls(call, warmup: int, repeats: int):
+    """(first output, first call's seconds, seconds of each of `repeats` calls after `warmup` more).
+
+    `call` must return only once the device has finished (a synchronising call).
+    """
+    t0 = time.perf_counter()
+    out = call()
+    first_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return out, first_s, times
 
 
 def _median_ms(times: list[float]) -> float:
