@@ -95,11 +95,9 @@ class ModelDir:
         return check(spec, spec.read_config(folder), open_weights(folder), component=name)
 
     def tokenizer(self, name: str):
-        from transformers import AutoTokenizer
-
         folder = self.folder(name)
         try:
-            return AutoTokenizer.from_pretrained(str(folder))
+            return _tokenizer_class(folder).from_pretrained(str(folder))
         except (OSError, ValueError) as e:
             raise InputError(f"cannot load the tokenizer in {folder}: {e}") from None
 
@@ -120,3 +118,25 @@ class ModelDir:
     def scheduler_config(self) -> dict[str, Any]:
         folder = self.folder("scheduler")
         return read_json(folder / "scheduler_config.json")
+
+
+def _tokenizer_class(folder: Path):
+    """The class `AutoTokenizer` would pick for `folder`, imported on its own.
+
+    `from transformers import AutoTokenizer` imports torch where it is installed (9 s of a 19 s warm start on
+    the H100 machine, docs/benchmarks.md); a tokenizer class alone does not. The class named in
+    tokenizer_config.json is used, its fast variant first where one exists (AutoTokenizer's default), and
+    AutoTokenizer itself for anything else.
+    """
+    import transformers
+
+    config = folder / "tokenizer_config.json"
+    name = read_json(config).get("tokenizer_class") if config.exists() else None
+    if isinstance(name, str) and name.isidentifier():
+        for candidate in (name if name.endswith("Fast") else name + "Fast", name):
+            cls = getattr(transformers, candidate, None)
+            if cls is not None and hasattr(cls, "from_pretrained"):
+                return cls
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer
