@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from transformers import AutoTokenizer
 
 from jdiff.api import embedded_model_path
@@ -33,6 +34,11 @@ def test_same_class_and_ids_as_auto_tokenizer(tmp_path):
 
 
 def test_loading_tokenizers_does_not_import_torch():
+    # Some transformers releases (5.17) import torch from their tokenizer module itself; nothing to test there.
+    baseline = "import sys, transformers.tokenization_utils_tokenizers; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", baseline], capture_output=True, text=True, timeout=120)
+    if out.stdout.strip() != "False":
+        pytest.skip(f"this transformers imports torch from its tokenizer module: {out.stdout or out.stderr}")
     code = (
         "import sys\n"
         "from jdiff.api import embedded_model_path\n"
