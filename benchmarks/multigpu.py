@@ -165,9 +165,10 @@ def main() -> None:
         dims = (64, 64) if args.model == "flux" else (32, 32, 5)
     n = jax.device_count()
     meshes = [(f"context={n}", "ulysses"), (f"context={n}", "ring"), (f"fsdp={n}", "ulysses")]
-    if n >= 4:
+    if n >= 2 and n % 2 == 0:  # CFG-parallel: the two guidance branches on two halves of the devices
         meshes.insert(2, (f"data=2,context={n // 2}", "ulysses"))
     base = run(args.model, dims, None, "ulysses", args.repeats, args.tiny)
+    print("ROW " + json.dumps({k: v for k, v in base.items() if k != "out"}), flush=True)
     rows = [base]
     for spec, mode in meshes:
         r = run(args.model, dims, spec, mode, args.repeats, args.tiny)
@@ -175,6 +176,7 @@ def main() -> None:
         r["rel_err_vs_1"] = float(np.linalg.norm(r["out"] - ref) / np.linalg.norm(ref))
         r["efficiency"] = base["ms"] / (n * r["ms"])
         rows.append(r)
+        print("ROW " + json.dumps({k: v for k, v in r.items() if k != "out"}), flush=True)
     print(
         f"{args.model} {'x'.join(map(str, dims))} on {n} x {jax.devices()[0].device_kind}, jax {jax.__version__}"
     )
