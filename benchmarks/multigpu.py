@@ -157,6 +157,16 @@ def main() -> None:
     ap.add_argument("--size", default=None, help="WxH for flux, WxHxF for wan")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--tiny", action="store_true", help="tiny configs (CPU dry run with fake devices)")
+    ap.add_argument(
+        "--meshes",
+        help="';'-separated 'spec:mode' pairs (e.g. 'context=2:ulysses;data=2,context=1:ulysses') instead of the default set",
+    )
+    ap.add_argument(
+        "--baseline-ms",
+        type=float,
+        help="the 1-device time from an earlier run: skips the 1-device run (outputs are then compared with "
+        "the first mesh's)",
+    )
     args = ap.parse_args()
     os.environ.setdefault("NCCL_NVLS_ENABLE", "0")
     size = args.size or ("1024x1024" if args.model == "flux" else "1280x720x81")
@@ -167,12 +177,18 @@ def main() -> None:
     meshes = [(f"context={n}", "ulysses"), (f"context={n}", "ring"), (f"fsdp={n}", "ulysses")]
     if n >= 2 and n % 2 == 0:  # CFG-parallel: the two guidance branches on two halves of the devices
         meshes.insert(2, (f"data=2,context={n // 2}", "ulysses"))
-    base = run(args.model, dims, None, "ulysses", args.repeats, args.tiny)
+    if args.meshes:
+        meshes = [tuple(item.split(":")) for item in args.meshes.split(";")]
+    if args.baseline_ms:
+        base = {"mesh": "1 device (earlier run)", "mode": "-", "ms": args.baseline_ms, "first_s": 0.0}
+        base["peak_gib"] = float("nan")
+    else:
+        base = run(args.model, dims, None, "ulysses", args.repeats, args.tiny)
     print("ROW " + json.dumps({k: v for k, v in base.items() if k != "out"}), flush=True)
     rows = [base]
     for spec, mode in meshes:
         r = run(args.model, dims, spec, mode, args.repeats, args.tiny)
-        ref = base["out"]
+        ref = base.get("out", rows[1]["out"] if len(rows) > 1 else r["out"])
         r["rel_err_vs_1"] = float(np.linalg.norm(r["out"] - ref) / np.linalg.norm(ref))
         r["efficiency"] = base["ms"] / (n * r["ms"])
         rows.append(r)

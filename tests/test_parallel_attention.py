@@ -117,3 +117,30 @@ def test_no_context_axis_is_plain_attention():
     expected = dot_product_attention(q, k, v, mask=mask[:, None, None, :])
     for fn in (context_attention, ulysses_attention, ring_attention):
         assert rel_err(fn(q, k, v, mesh=mesh, mask=mask), expected) <= 1e-5
+
+
+@pytest.mark.parametrize("length", [16, 13])
+@pytest.mark.parametrize("mesh_spec", list(MESHES))
+def test_cross_attention_from_a_split_sequence(mesh_spec, length):
+    """Queries split over `context`, short keys whole on every shard (a DiT's text cross-attention)."""
+    from jdiff.parallel.attention import cross_context_attention
+
+    mesh = make_mesh(mesh_spec)
+    q, k, v = _qkv(2, length, 5, 8, 4, seed=3)
+    expected = dot_product_attention(q, k, v, scale=0.4)
+    got = jax.jit(lambda q, k, v: cross_context_attention(q, k, v, mesh=mesh, scale=0.4))(q, k, v)
+    assert rel_err(got, expected) <= 1e-5
+    if length % dict(mesh.shape)["context"] == 0:
+        batch, heads = MESHES[mesh_spec]
+        assert _spec(got) == (batch, "context", heads, None)
+
+
+def test_cross_context_flag_routes_under_an_active_mesh():
+    from jdiff.parallel import rules
+
+    mesh = make_mesh("context=8")
+    q, k, v = _qkv(1, 16, 5, 2, 4, seed=4)
+    with rules.activate(mesh):
+        got = jax.jit(lambda q, k, v: dot_product_attention(q, k, v, cross_context=True))(q, k, v)
+    assert rel_err(got, dot_product_attention(q, k, v)) <= 1e-5
+    assert _spec(got) == (None, "context", None, None)

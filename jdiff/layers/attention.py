@@ -48,6 +48,7 @@ def dot_product_attention(
     scale: float | None = None,
     implementation: str | None = None,
     context_parallel: bool = False,
+    cross_context: bool = False,
 ) -> Float[Array, "b t n h"]:
     """Softmax(q k^T * scale + bias, masked) v, with torch SDPA's defaults (scale = 1/sqrt(H)).
 
@@ -60,15 +61,23 @@ def dot_product_attention(
         implementation: "cudnn" or "xla"; None picks by platform and dtype.
         context_parallel: this is a DiT's long self-attention: under an active mesh whose `context` axis is
             larger than 1 it runs sequence-parallel (Ulysses or ring, as the active rules say).
+        cross_context: this is a DiT's cross-attention from its long sequence to short text/image keys: under
+            such a mesh each context shard attends its query rows to all keys
+            (`jdiff.parallel.attention.cross_context_attention`).
 
     Returns:
         [B, T, N, H] in the dtype of q.
     """
-    if context_parallel and bias is None and mask is None and not is_causal:
+    if (context_parallel or cross_context) and bias is None and mask is None and not is_causal:
         from jdiff.parallel import attention as sp
         from jdiff.parallel import rules
 
         active = rules.current()
+        if active is not None and sp._context_size(active[0]) > 1 and cross_context:
+            mesh, active_rules = active
+            return sp.cross_context_attention(
+                q, k, v, mesh=mesh, scale=scale, implementation=implementation, rules=active_rules
+            )
         if active is not None and sp._context_size(active[0]) > 1:
             mesh, active_rules = active
             return sp.context_attention(

@@ -349,3 +349,39 @@ def _mask(mask: jax.Array | None, k: jax.Array) -> jax.Array:
     if mask is None:
         return jnp.ones(k.shape[:2], bool)
     return jnp.broadcast_to(mask.astype(bool), k.shape[:2])
+
+
+def cross_context_attention(
+    q: Float[Array, "b t n h"],
+    k: Float[Array, "b s n h"],
+    v: Float[Array, "b s n h"],
+    *,
+    mesh: Mesh,
+    scale: float | None = None,
+    implementation: str | None = None,
+    rules: Rules = DEFAULT_RULES,
+) -> Float[Array, "b t n h"]:
+    """Cross-attention from a sequence split over `context` to keys that every context shard holds whole (a
+    DiT's text or image tokens): each device attends its own query rows to all keys, with no communication.
+
+    cuDNN's fused attention partitions only when q, k and v share one sharding, so it cannot be handed a
+    sequence-split q and whole k/v directly; inside this `shard_map` each device calls it on local arrays.
+    Query lengths that do not divide the context size are padded, and the padded rows dropped.
+
+    Returns:
+        [B, T, N, H], laid out as P(batch axes, "context", head axes, None) when T divides the context size.
+    """
+    c = _context_size(mesh)
+    if c == 1:
+        return dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+    t = q.shape[1]
+    pad = -t % c
+    qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else q
+    spec, _, _ = _layout(mesh, q.shape[0], q.shape[2], rules)
+    kv_spec = PartitionSpec(spec[0], None, spec[2], None)
+
+    def local(q, k, v):
+        return dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+
+    out = _shard_map(local, mesh=mesh, in_specs=(spec, kv_spec, kv_spec), out_specs=spec)(qp, k, v)
+    return out[:, :t] if pad else out

@@ -97,11 +97,13 @@ class WanAttention(nnx.Module):
             q = self._heads(self.norm_q(self.to_q(x)))
             k = self._heads(self.norm_k(self.to_k(kv_in)))
         v = self._heads(self.to_v(kv_in))
-        out = dot_product_attention(q, k, v, context_parallel=context is None)
+        out = dot_product_attention(
+            q, k, v, context_parallel=context is None, cross_context=context is not None
+        )
         if image is not None:
             k_img = self._heads(self.norm_added_k(self.add_k_proj(image)))
             v_img = self._heads(self.add_v_proj(image))
-            out = out + dot_product_attention(q, k_img, v_img)
+            out = out + dot_product_attention(q, k_img, v_img, cross_context=True)
         return self.to_out[0](out.reshape(*out.shape[:2], -1))
 
 
