@@ -53,3 +53,18 @@ def test_loading_tokenizers_does_not_import_torch():
 def test_model_dir_tokenizer_round_trip():
     tok = ModelDir.open(embedded_model_path()).tokenizer("tokenizer")
     assert tok.model_max_length == 77
+
+
+def test_incomplete_tokenizer_folders_are_refused(tmp_path):
+    import shutil
+
+    from jdiff.errors import InputError
+
+    model = tmp_path / "model"
+    shutil.copytree(embedded_model_path(), model)
+    (model / "tokenizer_2" / "tokenizer.json").unlink()  # transformers would load an empty vocabulary
+    with pytest.raises(InputError, match="no vocabulary file"):
+        ModelDir.open(model).tokenizer("tokenizer_2")
+    (model / "tokenizer" / "tokenizer_config.json").write_text("{not json")
+    with pytest.raises(InputError, match="not valid JSON"):
+        ModelDir.open(model).tokenizer("tokenizer")

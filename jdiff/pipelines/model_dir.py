@@ -96,6 +96,13 @@ class ModelDir:
 
     def tokenizer(self, name: str):
         folder = self.folder(name)
+        # transformers builds an empty-vocabulary tokenizer, without a word, from a folder that lost its
+        # vocabulary files; every prompt would then encode to unknown tokens.
+        if not any((folder / f).is_file() for f in _VOCABULARY_FILES):
+            raise InputError(
+                f"tokenizer folder {folder} has no vocabulary file (one of {', '.join(_VOCABULARY_FILES)}); "
+                "the model directory is incomplete: copy the tokenizer files again"
+            )
         try:
             return _tokenizer_class(folder).from_pretrained(str(folder))
         except (OSError, ValueError) as e:
@@ -118,6 +125,10 @@ class ModelDir:
     def scheduler_config(self) -> dict[str, Any]:
         folder = self.folder("scheduler")
         return read_json(folder / "scheduler_config.json")
+
+
+# Files that hold a tokenizer's vocabulary, in the formats transformers reads.
+_VOCABULARY_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
 def _tokenizer_class(folder: Path):
