@@ -1,6 +1,8 @@
-"""Tokenizers load as the class AutoTokenizer picks, without importing AutoTokenizer (and with it torch)."""
+"""Tokenizers: the class AutoTokenizer picks, read once through transformers, then served from jdiff's cache by
+the `tokenizers` library alone, with the same ids and masks as transformers gives."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -9,8 +11,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from jdiff.api import embedded_model_path
+from jdiff.pipelines import tokenizer as T
 from jdiff.pipelines.model_dir import ModelDir, _tokenizer_class
-from jdiff.tiny.tokenizers import t5_tokenizer
+from jdiff.tiny.tokenizers import clip_tokenizer, t5_tokenizer
 
 PROMPTS = ["a red circle on a blue background", "", "Ünïcödé  text,  double  spaces!", "word " * 200]
 
@@ -52,7 +55,89 @@ def test_loading_tokenizers_does_not_import_torch():
 
 def test_model_dir_tokenizer_round_trip():
     tok = ModelDir.open(embedded_model_path()).tokenizer("tokenizer")
+    assert isinstance(tok, T.PromptTokenizer)
     assert tok.model_max_length == 77
+
+
+def _slow_format_clip(folder):
+    """A CLIP tokenizer folder as FLUX ships it: vocab.json + merges.txt, no tokenizer.json."""
+    clip_tokenizer(folder, ["red", "circle", "blue", "square"])
+    specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "pad_token": "<|endoftext|>", **specials}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    (folder / "special_tokens_map.json").write_text(json.dumps({**specials, "pad_token": "<|endoftext|>"}))
+    return folder
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_prompt_tokenizer_matches_transformers(tmp_path, monkeypatch, cached):
+    """Ids and masks equal transformers' (padding="max_length", truncation) for CLIP and T5 folders, slow
+    format included, read through transformers (cache off) or rebuilt from the cache file (cache on)."""
+    monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "cache") if cached else "")
+    root = embedded_model_path()
+    t5 = tmp_path / "t5"
+    t5_tokenizer(["red", "circle"], model_max_length=512).save_pretrained(t5)
+    folders = (root / "tokenizer", root / "tokenizer_2", t5, _slow_format_clip(tmp_path / "clip"))
+    for folder in folders:
+        if cached:  # the first read fills the cache; the tokenizer compared is the one rebuilt from it
+            T.load_tokenizer(folder, _read)
+            assert (tmp_path / "cache" / "tokenizers" / f"{T.fingerprint(folder)}.json").is_file()
+            tok = T.load_tokenizer(folder, _must_not_read)
+        else:
+            tok = T.load_tokenizer(folder, _read)
+        ref = AutoTokenizer.from_pretrained(str(folder))
+        assert tok.model_max_length == ref.model_max_length
+        for length in (77, 12, 3):
+            ids, mask = tok(PROMPTS, length)
+            want = ref(PROMPTS, padding="max_length", max_length=length, truncation=True, return_tensors="np")
+            assert ids.dtype == mask.dtype == np.int32 and ids.shape == (len(PROMPTS), length)
+            np.testing.assert_array_equal(ids, want["input_ids"], err_msg=f"{folder.name} {length}")
+            np.testing.assert_array_equal(mask, want["attention_mask"], err_msg=f"{folder.name} {length}")
+
+
+def _read(folder):
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
+def _must_not_read(folder):
+    raise AssertionError(f"{folder} was read through transformers, not from the cache")
+
+
+def test_tokenizer_cache_is_keyed_by_the_folder_and_survives_corruption(tmp_path, monkeypatch):
+    monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "cache"))
+    folder = tmp_path / "t5"
+    t5_tokenizer(["red"], model_max_length=64).save_pretrained(folder)
+    key = T.fingerprint(folder)
+    T.load_tokenizer(folder, _read)
+    entry = tmp_path / "cache" / "tokenizers" / f"{key}.json"
+    entry.write_text("{truncated")  # a corrupt entry is read again through transformers and rewritten
+    assert T.load_tokenizer(folder, _read).model_max_length == 64
+    assert json.loads(entry.read_text())["format"] == T.CACHE_FORMAT
+    # Any change in the folder is another key: a stale conversion is never served.
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 32}))
+    assert T.fingerprint(folder) != key
+    assert T.load_tokenizer(folder, _read).model_max_length == 32
+
+
+def test_cached_tokenizers_load_without_transformers(tmp_path):
+    """A second process builds both embedded tokenizers from the cache without importing transformers."""
+    env = {**os.environ, "JDIFF_CACHE_DIR": str(tmp_path / "cache")}
+    code = (
+        "import sys\n"
+        "from jdiff.api import embedded_model_path\n"
+        "from jdiff.pipelines.model_dir import ModelDir\n"
+        "m = ModelDir.open(embedded_model_path())\n"
+        "ids, _ = m.tokenizer('tokenizer')(['a red circle'], 77)\n"
+        "ids2, _ = m.tokenizer('tokenizer_2')(['a red circle'], 16)\n"
+        "print(ids[0, :4].tolist(), ids2[0, :4].tolist(), 'transformers' in sys.modules)\n"
+    )
+    run = [sys.executable, "-c", code]
+    first = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=True)
+    second = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert first.stdout.split()[-1] == "True"  # the cold read goes through transformers
+    assert second.stdout.split()[-1] == "False", second.stdout
+    assert first.stdout.rsplit(" ", 1)[0] == second.stdout.rsplit(" ", 1)[0]  # same ids
 
 
 def test_incomplete_tokenizer_folders_are_refused(tmp_path):

@@ -8,7 +8,8 @@ Two worker phases share one persistent compilation cache directory ($JDIFF_CACHE
 Weights are built before any clock starts, so loading is excluded from both. The programs that build the random
 weights never enter the cache (they are scaffolding; a user's start loads weights without compiling).
 
-Fields (seconds unless named otherwise): construct_s (FluxPipeline(...), tokenizers included), first_s (first
+Fields (seconds unless named otherwise): construct_s (FluxPipeline(...), tokenizers included: transformers
+reads them in the cold phase, inside the clock; the warm phase rebuilds them from the cache), first_s (first
 generate), start_s (the two), compile_s (first_s minus the steady median: tracing, lowering, XLA compiles,
 autotuning, cache writes), xla_compile_s / trace_s (jax's own compile and trace+lowering durations during
 construction and the first call), cache_hits / cache_misses (persistent-cache lookups in that window),
@@ -183,7 +184,6 @@ def _no_cache_writes():
 def run_jdiff_pipeline(name: str, tiny: bool, warm: bool) -> dict:
     import jax
     import jax.numpy as jnp
-    import transformers  # noqa: F401 (the tokenizers' library: imports stay outside the clock, as jax's)
 
     from jdiff.layers.attention import default_implementation
     from jdiff.pipelines.flux import FluxPipeline

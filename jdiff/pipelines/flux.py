@@ -160,15 +160,9 @@ class FluxPipeline:
 
     # ---- request handling ---------------------------------------------------------------------------------
 
-    def _tokenize(self, tokenizer, prompts: list[str], max_length: int) -> np.ndarray:
-        ids = tokenizer(
-            prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="np"
-        )
-        return np.asarray(ids["input_ids"], np.int32)
-
     def encode_prompts(self, prompts: list[str], max_sequence_length: int) -> tuple[jax.Array, jax.Array]:
-        clip_ids = self._tokenize(self.tokenizer, prompts, self.tokenizer.model_max_length)
-        t5_ids = self._tokenize(self.tokenizer_2, prompts, max_sequence_length)
+        clip_ids, _ = self.tokenizer(prompts, self.tokenizer.model_max_length)
+        t5_ids, _ = self.tokenizer_2(prompts, max_sequence_length)
         with context(self.placement):
             return self._encode(
                 self._params["clip"],

@@ -16,6 +16,7 @@ from jdiff.io.safetensors import open_weights
 from jdiff.models.config import read_json
 from jdiff.models.loading import ComponentSpec, load_component
 from jdiff.models.registry import spec_for
+from jdiff.pipelines.tokenizer import PromptTokenizer, TransformersTokenizer, load_tokenizer
 
 TOKENIZER_CLASSES = ("Tokenizer", "TokenizerFast")
 
@@ -94,7 +95,8 @@ class ModelDir:
         spec = self.spec(name)
         return check(spec, spec.read_config(folder), open_weights(folder), component=name)
 
-    def tokenizer(self, name: str):
+    def tokenizer(self, name: str) -> PromptTokenizer | TransformersTokenizer:
+        """The prompt tokenizer in component folder `name` (jdiff.pipelines.tokenizer: cached after one read)."""
         folder = self.folder(name)
         # transformers builds an empty-vocabulary tokenizer, without a word, from a folder that lost its
         # vocabulary files; every prompt would then encode to unknown tokens.
@@ -103,10 +105,7 @@ class ModelDir:
                 f"tokenizer folder {folder} has no vocabulary file (one of {', '.join(_VOCABULARY_FILES)}); "
                 "the model directory is incomplete: copy the tokenizer files again"
             )
-        try:
-            return _tokenizer_class(folder).from_pretrained(str(folder))
-        except (OSError, ValueError) as e:
-            raise InputError(f"cannot load the tokenizer in {folder}: {e}") from None
+        return load_tokenizer(folder, _read_with_transformers)
 
     def image_processor_config(self) -> dict[str, Any]:
         """CLIP image preprocessing settings from image_processor/preprocessor_config.json (Wan2.1 I2V)."""
@@ -129,6 +128,13 @@ class ModelDir:
 
 # Files that hold a tokenizer's vocabulary, in the formats transformers reads.
 _VOCABULARY_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def _read_with_transformers(folder: Path):
+    try:
+        return _tokenizer_class(folder).from_pretrained(str(folder))
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot load the tokenizer in {folder}: {e}") from None
 
 
 def _tokenizer_class(folder: Path):

@@ -266,17 +266,7 @@ class WanPipeline:
     # ---- request handling ---------------------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str], max_len: int) -> jax.Array:
-        tok = self.tokenizer(
-            [prompt_clean(p) for p in prompts],
-            padding="max_length",
-            max_length=max_len,
-            truncation=True,
-            add_special_tokens=True,
-            return_attention_mask=True,
-            return_tensors="np",
-        )
-        ids = np.asarray(tok["input_ids"], np.int32)
-        mask = np.asarray(tok["attention_mask"], np.int32)
+        ids, mask = self.tokenizer([prompt_clean(p) for p in prompts], max_len)
         with context(self.placement):
             return self._encode_text(self._params["t5"], put(self.placement, ids), put(self.placement, mask))
 
