@@ -99,3 +99,20 @@ def test_schedule_from_steps_matches_diffusers(steps, sched):
     sigmas, timesteps = schedule_from_steps(cfg, steps, **kw)
     np.testing.assert_array_equal(sigmas, ref.sigmas.numpy())
     np.testing.assert_array_equal(timesteps, ref.timesteps.numpy())
+
+
+def test_noise_keys_are_jax_keys_and_use_all_64_bits_of_the_seed():
+    import jax
+
+    from jdiff.pipelines.base import noise_from_keys, noise_keys
+
+    seeds = [0, 5, 2**31 + 3, 2**32 + 5, 2**63 - 1]
+    keys = noise_keys(seeds)
+    assert keys.dtype == np.uint32 and keys.shape == (5, 2)
+    for s, k in zip(seeds[:3], keys[:3], strict=True):  # below 2**32: exactly jax.random.key(s)
+        np.testing.assert_array_equal(k, np.asarray(jax.random.key_data(jax.random.key(s))))
+    noise = np.asarray(jax.jit(noise_from_keys, static_argnums=1)(keys, (3, 4)))
+    assert noise.shape == (5, 3, 4) and noise.dtype == np.float32
+    want = jax.random.normal(jax.random.key(5), (3, 4), jax.numpy.float32)
+    np.testing.assert_allclose(noise[1], np.asarray(want), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(noise[1], noise[3])  # 5 and 2**32 + 5 no longer share their noise

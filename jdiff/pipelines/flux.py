@@ -32,7 +32,8 @@ from jdiff.pipelines.base import (
     check_size,
     finite_nonneg,
     negatives_for,
-    noise_for,
+    noise_from_keys,
+    noise_keys,
     positive_int,
     prompts_of,
     save_images,
@@ -102,7 +103,9 @@ class FluxPipeline:
         for name, module in (("transformer", transformer), ("clip", clip), ("t5", t5), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
         self._encode = compiler_options.jit(self._encode_fn)
-        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("progress", "cfg"))
+        self._denoise = compiler_options.jit(
+            self._denoise_fn, static_argnames=("progress", "cfg", "noise_shape")
+        )
         self._decode = compiler_options.jit(self._decode_fn, static_argnames=("h", "w"))
 
     # ---- jitted stages ------------------------------------------------------------------------------------
@@ -117,7 +120,7 @@ class FluxPipeline:
     def _denoise_fn(
         self,
         params,
-        latents,
+        init,
         embeds,
         pooled,
         cos,
@@ -129,10 +132,17 @@ class FluxPipeline:
         *,
         progress,
         cfg,
+        noise_shape,
     ):
-        """Runs the whole sampling loop. With `cfg`, embeds/pooled hold [negative; positive] (true CFG)."""
+        """Runs the whole sampling loop. With `cfg`, embeds/pooled hold [negative; positive] (true CFG).
+
+        `init` is the packed starting latents, or with a `noise_shape` (C, h, w) the seeds' noise keys: the
+        noise is drawn and packed here, so a request compiles nothing outside the three stages.
+        """
         self.trace_counts["denoise"] += 1
         model = nnx.merge(self._defs["transformer"], params)
+        latents = init if noise_shape is None else pack_latents(noise_from_keys(init, noise_shape))
+        latents = sh.constrain(latents, (sh.BATCH, None, None))
 
         def velocity(x, t):
             xb = jnp.concatenate([x, x]) if cfg else x
@@ -227,12 +237,10 @@ class FluxPipeline:
 
         timings = {}
         t0 = time.perf_counter()
-        embeds, pooled = self.encode_prompts(prompts, max_len)
-        embeds, pooled = jnp.repeat(embeds, n_per, axis=0), jnp.repeat(pooled, n_per, axis=0)
-        if cfg:
-            neg_e, neg_p = self.encode_prompts(negatives, max_len)
-            neg_e, neg_p = jnp.repeat(neg_e, n_per, axis=0), jnp.repeat(neg_p, n_per, axis=0)
-            embeds, pooled = jnp.concatenate([neg_e, embeds]), jnp.concatenate([neg_p, pooled])
+        # One encoder call for the whole batch, [negatives; prompts] with each text repeated per output: host-side
+        # repeats and concatenations, where device-side ones would compile small programs on every start.
+        texts = [t for t in (negatives or []) + prompts for _ in range(n_per)]
+        embeds, pooled = self.encode_prompts(texts, max_len)
         jax.block_until_ready((embeds, pooled))
         timings["text_encoding"] = time.perf_counter() - t0
 
@@ -240,9 +248,8 @@ class FluxPipeline:
         seeds = seeds_of(seed, batch)
         h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
         seq_len = (h // 2) * (w // 2)
-        packed = put(
-            self.placement, self._initial_latents(latents, seeds, batch, h, w), (sh.BATCH, None, None)
-        )
+        init, noise_shape = self._initial_latents(latents, seeds, batch, h, w)
+        init = put(self.placement, init, None if noise_shape else (sh.BATCH, None, None))
         sc = self.scheduler
         mu = calculate_shift(
             seq_len, sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
@@ -251,7 +258,7 @@ class FluxPipeline:
         cos, sin = _rope_tables(
             embeds.shape[1], h // 2, w // 2, tuple(self.transformer_config.axes_dims_rope)
         )
-        g = jnp.full((batch,), guidance, jnp.float32) if self.transformer_config.guidance_embeds else None
+        g = np.full((batch,), guidance, np.float32) if self.transformer_config.guidance_embeds else None
 
         t0 = time.perf_counter()
         bar = _progress_bar(steps) if progress else None
@@ -259,7 +266,7 @@ class FluxPipeline:
             with context(self.placement):
                 final = self._denoise(
                     self._params["transformer"],
-                    packed,
+                    init,
                     embeds,
                     pooled,
                     cos,
@@ -267,9 +274,10 @@ class FluxPipeline:
                     sigmas,
                     timesteps,
                     g,
-                    jnp.float32(true_cfg),
+                    np.float32(true_cfg),
                     progress=bar is not None,
                     cfg=cfg,
+                    noise_shape=noise_shape,
                 )
                 final = jax.block_until_ready(final)
         finally:
@@ -290,22 +298,22 @@ class FluxPipeline:
         timings["total"] = time.perf_counter() - t_start
         return result
 
-    def _initial_latents(self, latents, seeds: list[int], batch: int, h: int, w: int) -> jax.Array:
+    def _initial_latents(self, latents, seeds: list[int], batch: int, h: int, w: int):
+        """(init, noise_shape) for `_denoise_fn`: the seeds' noise keys and (C, h, w), or the caller's
+        latents packed on the host and None."""
         c = self.latent_channels
         if latents is None:
-            return pack_latents(noise_for(seeds, (c, h, w)))
+            return noise_keys(seeds), (c, h, w)
         arr = np.asarray(latents, dtype=np.float32)
         packed_shape, unpacked_shape = (batch, (h // 2) * (w // 2), 4 * c), (batch, c, h, w)
-        if arr.shape == unpacked_shape:
-            return pack_latents(jnp.asarray(arr))
-        if arr.shape != packed_shape:
+        if arr.shape not in (packed_shape, unpacked_shape):
             raise InputError(
                 f"latents have shape {arr.shape}; for {batch} output(s) at this size FLUX expects the packed "
                 f"{packed_shape} (diffusers' layout) or the unpacked {unpacked_shape}"
             )
         if not np.isfinite(arr).all():
             raise InputError("latents contain NaN or infinite values")
-        return jnp.asarray(arr)
+        return (pack_latents(arr) if arr.shape == unpacked_shape else arr), None
 
 
 def _progress_bar(steps: int):

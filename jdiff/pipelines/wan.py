@@ -37,7 +37,8 @@ from jdiff.pipelines.base import (
     check_outputs,
     finite_nonneg,
     negatives_for,
-    noise_for,
+    noise_from_keys,
+    noise_keys,
     positive_int,
     prompts_of,
     save_video,
@@ -147,7 +148,7 @@ class WanPipeline:
         self.preset = load_preset(self._preset_name(), model.root)
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self._encode_text = compiler_options.jit(self._encode_text_fn)
-        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("progress", "cfg", "mode"))
+        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("progress", "cfg", "mode", "noise_shape"))
         self._decode = compiler_options.jit(self._decode_fn)
         self._encode_video = compiler_options.jit(self._encode_video_fn)
         self._encode_image = compiler_options.jit(self._encode_image_fn)
@@ -188,7 +189,7 @@ class WanPipeline:
         self,
         params,
         params_2,
-        latents,
+        init,
         embeds,
         image_embeds,
         condition,
@@ -201,10 +202,14 @@ class WanPipeline:
         progress,
         cfg,
         mode,
+        noise_shape,
     ):
         """The sampling loop. mode: "t2v", "i2v" (condition concatenated on channels) or "ti2v" (frame 0 of
-        the latents replaced by the image latent, per-token timesteps zero there)."""
+        the latents replaced by the image latent, per-token timesteps zero there). `init` is the starting
+        latents [B, F, h, w, C], or with a `noise_shape` the seeds' noise keys (the noise is drawn here)."""
         self.trace_counts["denoise"] += 1
+        latents = init if noise_shape is None else noise_from_keys(init, noise_shape)
+        latents = sh.constrain(latents, (sh.BATCH,) + (None,) * 4)
         experts = [nnx.merge(self._defs["transformer"], params)]
         if params_2 is not None:
             experts.append(nnx.merge(self._defs["transformer_2"], params_2))
@@ -390,10 +395,8 @@ class WanPipeline:
 
         timings = {}
         t0 = time.perf_counter()
-        embeds = jnp.repeat(self.encode_prompts(prompts, max_len), n_per, axis=0)
-        if cfg:
-            neg = self.encode_prompts(negatives, max_len)
-            embeds = jnp.concatenate([jnp.repeat(neg, n_per, axis=0), embeds])
+        # One encoder call, [negatives; prompts] with each text repeated per output (host-side, as in FLUX).
+        embeds = self.encode_prompts([t for t in (negatives or []) + prompts for _ in range(n_per)], max_len)
         condition, image_embeds, mode = None, None, "t2v"
         if image is not None:
             condition, image_embeds = self._image_condition(image, batch, height, width, frames, lat_frames)
@@ -401,11 +404,8 @@ class WanPipeline:
         jax.block_until_ready(embeds)
         timings["text_encoding"] = time.perf_counter() - t0
 
-        init = put(
-            self.placement,
-            self._initial_latents(latents, seeds, batch, lat_frames, h, w),
-            (sh.BATCH,) + (None,) * 4,
-        )
+        init, noise_shape = self._initial_latents(latents, seeds, batch, lat_frames, h, w)
+        init = put(self.placement, init, None if noise_shape else (sh.BATCH,) + (None,) * 4)
         sigmas, timesteps = self._schedule(steps)
         cos, sin = _rope_tables(self.transformer_config, lat_frames, h, w)
         t0 = time.perf_counter()
@@ -426,10 +426,11 @@ class WanPipeline:
                     sin,
                     sigmas,
                     timesteps,
-                    jnp.asarray([guidance, guidance_2], jnp.float32),
+                    np.asarray([guidance, guidance_2], np.float32),
                     progress=bar is not None,
                     cfg=cfg,
                     mode=mode,
+                    noise_shape=noise_shape,
                 )
                 final = jax.block_until_ready(final)
         finally:
@@ -449,10 +450,12 @@ class WanPipeline:
         timings["total"] = time.perf_counter() - t_start
         return result
 
-    def _initial_latents(self, latents, seeds, batch, f, h, w) -> jax.Array:
+    def _initial_latents(self, latents, seeds, batch, f, h, w):
+        """(init, noise_shape) for `_denoise_fn`: the seeds' noise keys and (F, h, w, C), or the caller's
+        latents channels-last on the host and None."""
         c = self.z_dim
         if latents is None:
-            return noise_for(seeds, (f, h, w, c))
+            return noise_keys(seeds), (f, h, w, c)
         arr = np.asarray(latents, np.float32)
         if arr.shape != (batch, c, f, h, w):
             raise InputError(
@@ -461,7 +464,7 @@ class WanPipeline:
             )
         if not np.isfinite(arr).all():
             raise InputError("latents contain NaN or infinite values")
-        return jnp.asarray(arr.transpose(0, 2, 3, 4, 1))
+        return np.ascontiguousarray(arr.transpose(0, 2, 3, 4, 1)), None
 
 
 __all__ = ["WanPipeline", "prompt_clean"]
