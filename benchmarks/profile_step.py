@@ -103,6 +103,18 @@ def main() -> None:
         help="also compile with XLA's norm + rope and compare outputs",
     )
     ap.add_argument("--unroll", action="store_true", help="experiment: unroll the scans over layers")
+    ap.add_argument(
+        "--bias-epilogue",
+        choices=["all", "none"],
+        help="experiment: fuse every bias into its matmul, or keep every scanned layer's bias apart",
+    )
+    ap.add_argument("--compiler-options", help="experiment: JSON that replaces jdiff's GPU compiler options")
+    ap.add_argument("--save-output", help="write the output (float32 .npy) here, to compare variants")
+    ap.add_argument(
+        "--fp32-reference",
+        help="afterwards, rerun the same weights and inputs in float32 (highest matmul precision) and write "
+        "that output here (.npy): the yardstick for bf16 variants",
+    )
     args = ap.parse_args()
 
     import jax
@@ -111,6 +123,12 @@ def main() -> None:
 
     from jdiff import bench, compiler_options
 
+    if args.bias_epilogue:
+        from jdiff.layers import linear
+
+        linear.BIAS_EPILOGUE = args.bias_epilogue
+    if args.compiler_options is not None:
+        compiler_options.GPU_OPTIONS = json.loads(args.compiler_options)
     if args.norm_rope:
         from jdiff.kernels import norm_rope
 
@@ -151,6 +169,22 @@ def main() -> None:
         "ms": round(1e3 * float(np.median(times)), 2),
         "compile_s": round(compile_s, 2),
     }
+    if args.save_output:
+        np.save(args.save_output, np.asarray(out.astype("float32")))
+    if args.fp32_reference:
+        # Leaf by leaf, freeing each bf16 leaf: FLUX.1's 12B parameters fit an 80 GB GPU once in float32.
+        leaves, tree = jax.tree.flatten(params)
+        for i, leaf in enumerate(leaves):
+            if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating):
+                leaves[i] = leaf.astype("float32")
+                leaf.delete()
+        params = jax.tree.unflatten(tree, leaves)
+        inputs = [
+            x.astype("float32") if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x for x in inputs
+        ]
+        with jax.default_matmul_precision("highest"):
+            ref32 = compiler_options.jit(lambda p, *xs: apply(nnx.merge(graphdef, p), *xs))(params, *inputs)
+        np.save(args.fp32_reference, np.asarray(ref32, np.float32))
     if args.check_norm_rope:
         from jdiff.kernels import norm_rope
 

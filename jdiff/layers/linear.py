@@ -8,8 +8,12 @@ model loaded in bfloat16 runs in bfloat16.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
+import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jdiff import sharding as sh
@@ -19,8 +23,43 @@ def _init(init, axes):
     return nnx.with_partitioning(init, axes, eager_sharding=False)
 
 
+# True while a block of a stack is traced for `jax.lax.scan` (jdiff.layers.stack.scan): its kernels are then
+# slices of stacked weights, taken afresh each iteration.
+_SCANNED = contextvars.ContextVar("jdiff_scanned_weights", default=False)
+
+
+@contextlib.contextmanager
+def scanned_weights() -> Iterator[None]:
+    token = _SCANNED.set(True)
+    try:
+        yield
+    finally:
+        _SCANNED.reset(token)
+
+
+# Experiments (benchmarks/profile_step.py --bias-epilogue): "all" fuses every bias into its matmul (jdiff's
+# behaviour before), "none" keeps every bias of a scanned layer apart; None follows each layer's setting.
+BIAS_EPILOGUE: str | None = None
+
+
+def _bias_apart(epilogue: bool) -> bool:
+    """Whether a layer's matmul leaves its bias out (see `Linear`): GPU, inside a scan over layers."""
+    if BIAS_EPILOGUE is not None:
+        return BIAS_EPILOGUE == "none" and _SCANNED.get()
+    return not epilogue and _SCANNED.get() and jax.default_backend() == "gpu"
+
+
 class Linear(nnx.Linear):
-    """`nnx.Linear` with logical axes `axes=(in_axis, out_axis)` on the kernel and `out_axis` on the bias."""
+    """`nnx.Linear` with logical axes `axes=(in_axis, out_axis)` on the kernel and `out_axis` on the bias.
+
+    Inside a scan over stacked layers on GPU, the bias is added after the matmul, behind an optimization
+    barrier, rather than fused into cuBLAS's epilogue. XLA reads a scanned layer's weight in place (its
+    dynamic-slice fusion) only for a matmul without an epilogue; with one, it copies every layer's weight out of
+    the stack on every step (8 ms of the FLUX.1 step on an H100). The bias add then joins the elementwise pass
+    that follows anyway (gated residual, GELU and concatenation) or costs a pass over the output.
+    `bias_epilogue=True` keeps the fused epilogue where that pass would cost more than the copy: a GELU
+    projection, or an output much larger than the weight (Wan's q/k/v over 32k video tokens).
+    """
 
     def __init__(
         self,
@@ -29,6 +68,7 @@ class Linear(nnx.Linear):
         *,
         axes: tuple[str | None, str | None] = (sh.EMBED, sh.MLP),
         use_bias: bool = True,
+        bias_epilogue: bool = False,
         rngs: nnx.Rngs,
     ):
         super().__init__(
@@ -39,6 +79,20 @@ class Linear(nnx.Linear):
             bias_init=_init(nnx.initializers.zeros_init(), (axes[1],)),
             rngs=rngs,
         )
+        self.bias_epilogue = bias_epilogue
+
+    def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if self.bias is None or not _bias_apart(self.bias_epilogue):
+            return super().__call__(inputs, out_sharding)
+        inputs, kernel, bias = self.promote_dtype(
+            (inputs, self.kernel[...], self.bias[...]), dtype=self.dtype
+        )
+        kw = {"out_sharding": out_sharding}
+        if self.preferred_element_type is not None:
+            kw["preferred_element_type"] = self.preferred_element_type
+        dims = (((inputs.ndim - 1,), (0,)), ((), ()))
+        y = self.dot_general(inputs, kernel, dims, precision=self.precision, **kw)
+        return jax.lax.optimization_barrier(y) + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
 class Conv(nnx.Conv):

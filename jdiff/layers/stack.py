@@ -14,6 +14,7 @@ import jax
 from flax import nnx
 
 from jdiff import sharding as sh
+from jdiff.layers.linear import scanned_weights
 
 
 def stacked(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -32,7 +33,8 @@ def scan(blocks: nnx.Module, carry: Any, *args: Any, unroll: int | bool = 1) -> 
     graphdef, state = nnx.split(blocks)
 
     def body(c, layer_state):
-        return nnx.merge(graphdef, layer_state)(c, *args), None
+        with scanned_weights():
+            return nnx.merge(graphdef, layer_state)(c, *args), None
 
     carry, _ = jax.lax.scan(body, carry, state, unroll=unroll)
     return carry

@@ -82,7 +82,9 @@ def noise_keys(seeds: list[int]) -> np.ndarray:
     noise; below 2**32 these keys are `jax.random.key(s)`'s.)
     """
     s = np.asarray(seeds, np.uint64)
-    return np.stack([(s >> np.uint64(32)).astype(np.uint32), (s & np.uint64(0xFFFFFFFF)).astype(np.uint32)], 1)
+    return np.stack(
+        [(s >> np.uint64(32)).astype(np.uint32), (s & np.uint64(0xFFFFFFFF)).astype(np.uint32)], 1
+    )
 
 
 def noise_from_keys(keys, shape: tuple[int, ...]):

@@ -125,7 +125,9 @@ def load_tokenizer(folder: Path, read_with_transformers):
     if backend is None:
         return TransformersTokenizer(hf)
     if hf.pad_token is None or hf.pad_token_id is None:
-        raise InputError(f"the tokenizer in {folder} has no pad token; its tokenizer_config.json is incomplete")
+        raise InputError(
+            f"the tokenizer in {folder} has no pad token; its tokenizer_config.json is incomplete"
+        )
     settings = Settings(
         pad_token=str(hf.pad_token),
         pad_id=int(hf.pad_token_id),

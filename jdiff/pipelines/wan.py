@@ -148,7 +148,9 @@ class WanPipeline:
         self.preset = load_preset(self._preset_name(), model.root)
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self._encode_text = compiler_options.jit(self._encode_text_fn)
-        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("progress", "cfg", "mode", "noise_shape"))
+        self._denoise = compiler_options.jit(
+            self._denoise_fn, static_argnames=("progress", "cfg", "mode", "noise_shape")
+        )
         self._decode = compiler_options.jit(self._decode_fn)
         self._encode_video = compiler_options.jit(self._encode_video_fn)
         self._encode_image = compiler_options.jit(self._encode_image_fn)

@@ -82,7 +82,7 @@ class FeedForward(nnx.Module):
 
 class _GeluProj(nnx.Module):
     def __init__(self, dim: int, hidden: int, *, rngs: nnx.Rngs):
-        self.proj = Linear(dim, hidden, axes=(sh.EMBED, sh.MLP), rngs=rngs)
+        self.proj = Linear(dim, hidden, axes=(sh.EMBED, sh.MLP), bias_epilogue=True, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return jax.nn.gelu(self.proj(x), approximate=True)

@@ -31,7 +31,7 @@ def table_param(rngs: nnx.Rngs, shape: tuple[int, ...]) -> nnx.Param:
 
 class _GeluProj(nnx.Module):
     def __init__(self, dim: int, hidden: int, *, approximate: bool, rngs: nnx.Rngs):
-        self.proj = Linear(dim, hidden, axes=(sh.EMBED, sh.MLP), rngs=rngs)
+        self.proj = Linear(dim, hidden, axes=(sh.EMBED, sh.MLP), bias_epilogue=True, rngs=rngs)
         self.approximate = approximate
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -60,9 +60,9 @@ class WanAttention(nnx.Module):
     def __init__(self, cfg: WanTransformerConfig, *, image_kv: bool, rngs: nnx.Rngs):
         d = cfg.inner_dim
         self.head_dim = cfg.attention_head_dim
-        self.to_q = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-        self.to_k = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-        self.to_v = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
+        self.to_q = Linear(d, d, axes=(sh.EMBED, sh.HEADS), bias_epilogue=True, rngs=rngs)
+        self.to_k = Linear(d, d, axes=(sh.EMBED, sh.HEADS), bias_epilogue=True, rngs=rngs)
+        self.to_v = Linear(d, d, axes=(sh.EMBED, sh.HEADS), bias_epilogue=True, rngs=rngs)
         self.to_out = nnx.List([Linear(d, d, axes=(sh.HEADS, sh.EMBED), rngs=rngs)])
         self.norm_q = RMSNorm(d, eps=cfg.eps)
         self.norm_k = RMSNorm(d, eps=cfg.eps)
