@@ -171,20 +171,6 @@ def main() -> None:
     }
     if args.save_output:
         np.save(args.save_output, np.asarray(out.astype("float32")))
-    if args.fp32_reference:
-        # Leaf by leaf, freeing each bf16 leaf: FLUX.1's 12B parameters fit an 80 GB GPU once in float32.
-        leaves, tree = jax.tree.flatten(params)
-        for i, leaf in enumerate(leaves):
-            if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating):
-                leaves[i] = leaf.astype("float32")
-                leaf.delete()
-        params = jax.tree.unflatten(tree, leaves)
-        inputs = [
-            x.astype("float32") if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x for x in inputs
-        ]
-        with jax.default_matmul_precision("highest"):
-            ref32 = compiler_options.jit(lambda p, *xs: apply(nnx.merge(graphdef, p), *xs))(params, *inputs)
-        np.save(args.fp32_reference, np.asarray(ref32, np.float32))
     if args.check_norm_rope:
         from jdiff.kernels import norm_rope
 
@@ -203,6 +189,21 @@ def main() -> None:
         path = sorted(glob.glob(os.path.join(log_dir, "**", "*trace.json.gz"), recursive=True))[-1]
         res.update(kernel_summary(path, args.traced_calls))
         shutil.copy(path, os.path.join(args.out, f"{args.workload}{args.label}.trace.json.gz"))
+    if args.fp32_reference:
+        # Last, since it frees the bf16 weights leaf by leaf: FLUX.1's 12B parameters then fit an 80 GB GPU
+        # once in float32.
+        leaves, tree = jax.tree.flatten(params)
+        for i, leaf in enumerate(leaves):
+            if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating):
+                leaves[i] = leaf.astype("float32")
+                leaf.delete()
+        params = jax.tree.unflatten(tree, leaves)
+        inputs = [
+            x.astype("float32") if jax.numpy.issubdtype(x.dtype, jax.numpy.floating) else x for x in inputs
+        ]
+        with jax.default_matmul_precision("highest"):
+            ref32 = compiler_options.jit(lambda p, *xs: apply(nnx.merge(graphdef, p), *xs))(params, *inputs)
+        np.save(args.fp32_reference, np.asarray(ref32, np.float32))
     print("PROFILE " + json.dumps(res), flush=True)
 
 
