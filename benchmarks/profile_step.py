@@ -194,7 +194,7 @@ def main() -> None:
         # once in float32.
         leaves, tree = jax.tree.flatten(params)
         for i, leaf in enumerate(leaves):
-            if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating):
+            if jax.numpy.issubdtype(leaf.dtype, jax.numpy.floating) and leaf.dtype != "float32":
                 leaves[i] = leaf.astype("float32")
                 leaf.delete()
         params = jax.tree.unflatten(tree, leaves)
