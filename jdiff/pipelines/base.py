@@ -102,6 +102,16 @@ def noise_from_keys(keys, shape: tuple[int, ...]):
     return jax.vmap(one)(keys)
 
 
+def precompile(jitted, *args, **kwargs) -> None:
+    """Traces, lowers and compiles `jitted` for these arguments (or loads it from the persistent cache) without
+    running it; jax keeps the executable for the call that follows.
+
+    Pipelines call it for the decoder right after dispatching the denoising loop, so the host prepares the
+    decoder while the device samples: on a warm start that hides the decoder's tracing and loading.
+    """
+    jitted.lower(*args, **kwargs).compile()
+
+
 def check_size(height: int, width: int, multiple: int, model: str) -> None:
     for name, v in (("height", height), ("width", width)):
         positive_int(v, name)

@@ -35,6 +35,7 @@ from jdiff.pipelines.base import (
     noise_from_keys,
     noise_keys,
     positive_int,
+    precompile,
     prompts_of,
     save_images,
     seeds_of,
@@ -279,6 +280,8 @@ class FluxPipeline:
                     cfg=cfg,
                     noise_shape=noise_shape,
                 )
+                if output_type != "latent":
+                    precompile(self._decode, self._params["vae"], final, h, w)
                 final = jax.block_until_ready(final)
         finally:
             if bar is not None:

@@ -40,6 +40,7 @@ from jdiff.pipelines.base import (
     noise_from_keys,
     noise_keys,
     positive_int,
+    precompile,
     prompts_of,
     save_video,
     seeds_of,
@@ -434,6 +435,8 @@ class WanPipeline:
                     mode=mode,
                     noise_shape=noise_shape,
                 )
+                if output_type != "latent":
+                    precompile(self._decode, self._params["vae"], final)
                 final = jax.block_until_ready(final)
         finally:
             if bar is not None:
