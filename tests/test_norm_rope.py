@@ -68,6 +68,34 @@ def test_joint_streams_with_their_own_weights(text):
         assert rel_err(got, want) < 1e-6, impl
 
 
+@pytest.mark.parametrize("across", [False, True])
+@pytest.mark.parametrize("length", [32, 37])
+def test_bias_is_added_before_the_norm(across, length):
+    """A projection's bias folded into the pass: the same as adding it to x first, both implementations."""
+    x, scale = _inputs(jax.random.key(length + 1), (2, length, 3, 8), across)
+    bias = 0.5 * jax.random.normal(jax.random.key(9), (3 * 8,))
+    cos, sin = _tables(length)
+    kw = dict(eps=1e-6, across_heads=across)
+    want = nr.rms_norm_rope(x + bias.reshape(3, 8), scale, cos, sin, implementation="xla", **kw)
+    assert rel_err(nr.rms_norm_rope(x, scale, cos, sin, implementation="xla", **kw), want) > 1e-2
+    for impl in ("xla", "pallas"):
+        got = nr.rms_norm_rope(x, scale, cos, sin, bias=bias, implementation=impl, **kw)
+        assert rel_err(got, want) < 1e-6, impl
+
+
+@pytest.mark.parametrize("text", [32, 5])
+def test_joint_streams_with_their_own_biases(text):
+    (xt, st), (xi, si) = (_inputs(jax.random.key(i), (2, n, 3, 8), False) for i, n in ((4, text), (5, 40)))
+    bt, bi = (jax.random.normal(jax.random.key(i), (24,)) for i in (6, 7))
+    cos, sin = _tables(text + 40)
+    want = nr.joint_rms_norm_rope(
+        [(xt + bt.reshape(3, 8), st, 1e-6), (xi + bi.reshape(3, 8), si, 1e-6)], cos, sin, implementation="xla"
+    )
+    for impl in ("xla", "pallas"):
+        got = nr.joint_rms_norm_rope([(xt, st, 1e-6, bt), (xi, si, 1e-6, bi)], cos, sin, implementation=impl)
+        assert rel_err(got, want) < 1e-6, impl
+
+
 def test_choice_and_errors():
     x, scale = _inputs(jax.random.key(3), (1, 4, 2, 8), False)
     cos, sin = _tables(4)

@@ -11,6 +11,9 @@ and writes the result once. On one H100 (docs/benchmarks.md, `benchmarks/norm_ro
     FLUX single block, L=4608, N=24:  XLA 0.071 ms -> 0.03 ms
     Wan2.1-1.3B, L=32760, N=12:       XLA 0.232 ms -> 0.10 ms   (one read + one write at 3 TB/s: 0.067 ms)
 
+A part may carry the bias of the projection that produced it ([N * H], added in float32 before the norm):
+FLUX keeps its q/k biases out of the matmuls (jdiff.layers.linear) and this pass adds them for free.
+
 `joint_rms_norm_rope` serves FLUX's double blocks, whose text and image streams have their own norm weights
 but attend jointly: each stream's kernel writes its rows straight into the joint [text; image] buffer (the
 second call aliases the first one's output), so the concatenation costs nothing.
@@ -34,7 +37,8 @@ IMPLEMENTATION: str | None = None
 BLOCK_ROWS = 32
 NUM_WARPS = 8
 
-Part = tuple[jax.Array, jax.Array | None, float]  # (x [B, L_i, N, H], norm weight or None, eps)
+# (x [B, L_i, N, H], norm weight or None, eps[, bias [N * H] or None]).
+Part = tuple[jax.Array, jax.Array | None, float] | tuple[jax.Array, jax.Array | None, float, jax.Array | None]
 
 
 def rms_norm_rope(
@@ -45,9 +49,10 @@ def rms_norm_rope(
     *,
     eps: float,
     across_heads: bool = False,
+    bias: jax.Array | None = None,
     implementation: str | None = None,
 ) -> Float[Array, "b l n h"]:
-    """RMS-normalise `x` over H (or over N and H) times `scale`, then apply interleaved RoPE.
+    """RMS-normalise `x` (+ `bias`) over H (or over N and H) times `scale`, then apply interleaved RoPE.
 
     Args:
         x: queries or keys.
@@ -55,13 +60,14 @@ def rms_norm_rope(
         cos, sin: rotary tables [L, H], each frequency repeated for both elements of its pair.
         eps: added to the mean square.
         across_heads: one statistic per token over all heads (Wan's `rms_norm_across_heads`).
+        bias: [N * H], added to `x` in float32 first (the bias of the projection that made `x`); None: none.
         implementation: "pallas" or "xla"; None picks Pallas on an NVIDIA GPU outside a mesh.
 
     Returns:
         The normalised, rotated `x`, in its dtype.
     """
     return joint_rms_norm_rope(
-        [(x, scale, eps)], cos, sin, across_heads=across_heads, implementation=implementation
+        [(x, scale, eps, bias)], cos, sin, across_heads=across_heads, implementation=implementation
     )
 
 
@@ -78,32 +84,35 @@ def joint_rms_norm_rope(
     Raises:
         ValueError: for an unknown implementation or tables that do not cover the parts.
     """
-    length = sum(x.shape[1] for x, _, _ in parts)
+    parts = [(*p, None) if len(p) == 3 else tuple(p) for p in parts]
+    length = sum(p[0].shape[1] for p in parts)
     if cos.shape[0] != length or sin.shape != cos.shape:
         raise ValueError(f"rope tables {cos.shape}/{sin.shape} do not cover the joint length {length}")
     impl = implementation or IMPLEMENTATION or _default_implementation(parts[0][0])
     if impl not in ("pallas", "xla"):
         raise ValueError(f"rms_norm_rope: implementation must be 'pallas' or 'xla', got {impl!r}")
     starts = [0]
-    for x, _, _ in parts:
-        starts.append(starts[-1] + x.shape[1])
+    for p in parts:
+        starts.append(starts[-1] + p[0].shape[1])
     if impl == "xla":
         outs = [
-            _reference(x, scale, cos[a:b], sin[a:b], eps=eps, across_heads=across_heads)
-            for (x, scale, eps), a, b in zip(parts, starts, starts[1:], strict=False)
+            _reference(x, scale, cos[a:b], sin[a:b], eps=eps, across_heads=across_heads, bias=bias)
+            for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False)
         ]
         return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
     rows = _rows(length)
     if any(start % rows for start in starts[1:-1]):  # a part boundary inside a block: no shared buffer
         outs = [
-            _pallas(x, scale, cos[a:b], sin[a:b], None, 0, b - a, _rows(b - a), eps=eps, across=across_heads)
-            for (x, scale, eps), a, b in zip(parts, starts, starts[1:], strict=False)
+            _pallas(
+                x, scale, bias, cos[a:b], sin[a:b], None, 0, b - a, _rows(b - a), eps=eps, across=across_heads
+            )
+            for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False)
         ]
         return jnp.concatenate(outs, axis=1)
     out = None
-    for (x, scale, eps), a, b in zip(parts, starts, starts[1:], strict=False):
+    for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False):
         out = _pallas(
-            x, scale, cos[a:b], sin[a:b], out, a // rows, length, rows, eps=eps, across=across_heads
+            x, scale, bias, cos[a:b], sin[a:b], out, a // rows, length, rows, eps=eps, across=across_heads
         )
     return out
 
@@ -126,11 +135,13 @@ def _rows(length: int) -> int:
     return min(BLOCK_ROWS, pl.next_power_of_2(length))
 
 
-def _reference(x, scale, cos, sin, *, eps, across_heads):
+def _reference(x, scale, cos, sin, *, eps, across_heads, bias=None):
     """The unfused composition: RMSNorm in float32, cast, then RoPE in float32 (as diffusers computes it)."""
     from jdiff.layers.rope import apply_rope
 
     x32 = x.astype(jnp.float32)
+    if bias is not None:
+        x32 = x32 + bias.astype(jnp.float32).reshape(x.shape[-2:])
     axes = (-2, -1) if across_heads else (-1,)
     y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(axes, keepdims=True) + eps)
     if scale is not None:
@@ -138,7 +149,7 @@ def _reference(x, scale, cos, sin, *, eps, across_heads):
     return apply_rope(y.astype(x.dtype), cos, sin)
 
 
-def _pallas(x, scale, cos, sin, joint, block_offset, joint_length, rows, *, eps, across):
+def _pallas(x, scale, bias, cos, sin, joint, block_offset, joint_length, rows, *, eps, across):
     """One part: writes rows [block_offset * rows, ...) of the joint output (`joint`, aliased, when given)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
@@ -147,6 +158,7 @@ def _pallas(x, scale, cos, sin, joint, block_offset, joint_length, rows, *, eps,
     if scale is None:
         scale = jnp.ones((n * h,) if across else (h,), jnp.float32)
     w = scale.astype(jnp.float32).reshape(n if across else 1, h)
+    bias = jnp.zeros((n, h), jnp.float32) if bias is None else bias.astype(jnp.float32).reshape(n, h)
     # Per-head statistics: one program per (row block, head). Across heads: one program per row block, which
     # loops over the heads twice (statistics, then output); N need not be a power of two.
     heads = n if across else 1
@@ -154,21 +166,23 @@ def _pallas(x, scale, cos, sin, joint, block_offset, joint_length, rows, *, eps,
         grid = (b, pl.cdiv(length, rows))
         x_map = lambda i, j: (i, j, 0, 0)
         o_map = lambda i, j: (i, j + block_offset, 0, 0)
+        b_map = lambda i, j: (0, 0)
     else:
         grid = (b, pl.cdiv(length, rows), n)
         x_map = lambda i, j, k: (i, j, k, 0)
         o_map = lambda i, j, k: (i, j + block_offset, k, 0)
+        b_map = lambda i, j, k: (k, 0)
     w_map = lambda *idx: (0, 0)
     t_map = lambda i, j, *rest: (j, 0)
     block = (None, rows, heads, h)
-    in_specs = [pl.BlockSpec(block, x_map), pl.BlockSpec(w.shape, w_map)]
+    in_specs = [pl.BlockSpec(block, x_map), pl.BlockSpec(w.shape, w_map), pl.BlockSpec((heads, h), b_map)]
     in_specs += [pl.BlockSpec((rows, h), t_map)] * 2
-    args = [x, w, cos.astype(jnp.float32), sin.astype(jnp.float32)]
+    args = [x, w, bias, cos.astype(jnp.float32), sin.astype(jnp.float32)]
     aliases = {}
     if joint is not None:  # written in place: only this part's rows change
         in_specs.append(pl.BlockSpec(block, o_map))
         args.append(joint)
-        aliases = {4: 0}
+        aliases = {5: 0}
     return pl.pallas_call(
         functools.partial(_kernel, eps=eps, heads=heads, width=heads * h, across=across, length=length),
         grid=grid,
@@ -182,8 +196,9 @@ def _pallas(x, scale, cos, sin, joint, block_offset, joint_length, rows, *, eps,
     )(*args)
 
 
-def _kernel(x_ref, w_ref, cos_ref, sin_ref, *refs, eps, heads, width, across, length):
-    """One block: x_ref [rows, heads, H] -> o_ref (the last ref); w_ref [N or 1, H]; tables [rows, H]."""
+def _kernel(x_ref, w_ref, b_ref, cos_ref, sin_ref, *refs, eps, heads, width, across, length):
+    """One block: x_ref [rows, heads, H] -> o_ref (the last ref); w_ref [N or 1, H]; b_ref [heads, H] (the
+    block's heads' bias); tables [rows, H]."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
@@ -201,14 +216,17 @@ def _kernel(x_ref, w_ref, cos_ref, sin_ref, *refs, eps, heads, width, across, le
     c = load(cos_ref, row, lanes)
     s = load(sin_ref, row, lanes) * jnp.where(lanes % 2 == 0, -1.0, 1.0)  # -sin on even lanes
 
+    def biased(head, idx):  # x + bias, float32; padded rows hold the bias only and are never written
+        return load(x_ref, row, head, idx) + plgpu.load(b_ref.at[head, idx[0]])[None, :]
+
     total = None
     for head in range(heads):
-        a = load(x_ref, row, head, lanes)
+        a = biased(head, lanes)
         part = jnp.sum(a * a, axis=1)  # [rows]
         total = part if total is None else total + part
     inv = jax.lax.rsqrt(total / width + eps)[:, None]
     for head in range(heads):
         wi = head if across else 0
-        a = load(x_ref, row, head, lanes) * inv * w_ref[wi, :][None, :]
-        b = load(x_ref, row, head, swap) * inv * plgpu.load(w_ref.at[wi, swap[0]])[None, :]
+        a = biased(head, lanes) * inv * w_ref[wi, :][None, :]
+        b = biased(head, swap) * inv * plgpu.load(w_ref.at[wi, swap[0]])[None, :]
         plgpu.store(o_ref.at[row, head, lanes], (a * c + b * s).astype(o_ref.dtype), mask=valid)

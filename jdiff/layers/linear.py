@@ -84,15 +84,17 @@ class Linear(nnx.Linear):
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         if self.bias is None or not _bias_apart(self.bias_epilogue):
             return super().__call__(inputs, out_sharding)
-        inputs, kernel, bias = self.promote_dtype(
-            (inputs, self.kernel[...], self.bias[...]), dtype=self.dtype
-        )
+        y = jax.lax.optimization_barrier(self.matmul(inputs, out_sharding))
+        return y + jnp.reshape(self.bias[...].astype(y.dtype), (1,) * (y.ndim - 1) + (-1,))
+
+    def matmul(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        """`inputs @ kernel` without the bias, for callers that add `self.bias` in a pass of their own."""
+        inputs, kernel = self.promote_dtype((inputs, self.kernel[...]), dtype=self.dtype)
         kw = {"out_sharding": out_sharding}
         if self.preferred_element_type is not None:
             kw["preferred_element_type"] = self.preferred_element_type
         dims = (((inputs.ndim - 1,), (0,)), ((), ()))
-        y = self.dot_general(inputs, kernel, dims, precision=self.precision, **kw)
-        return jax.lax.optimization_barrier(y) + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
+        return self.dot_general(inputs, kernel, dims, precision=self.precision, **kw)
 
 
 class Conv(nnx.Conv):

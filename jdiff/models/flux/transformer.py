@@ -126,21 +126,30 @@ class JointAttention(nnx.Module):
             k_mods.insert(0, (self.add_k_proj, self.norm_added_k))
             v_mods.insert(0, self.add_v_proj)
 
+        # The q/k/v matmuls run without their biases, so that on GPU they read a scanned layer's weights in
+        # place (jdiff.layers.linear), and no pass of their own adds them. q and k get theirs inside the fused
+        # norm + rope pass. With one stream, v's is added to the attention output instead: each softmax row
+        # sums to one, so attention(q, k, v + b) = attention(q, k, v) + b, and that add joins the pass after
+        # attention. With two streams the bias depends on the key's stream, so it is added before, inside the
+        # concatenation of the two streams' v.
         def norm_rope(mods) -> jax.Array:
-            """Each stream's RMS norm (its own weights) and the joint rope, one fused pass per stream, written
-            straight into the joint sequence."""
+            """Each stream's bias, RMS norm (its own weights) and the joint rope, one fused pass per stream,
+            written straight into the joint sequence."""
             parts = [
-                (self._heads(proj(h)), norm.scale[...], norm.eps)
+                (self._heads(proj.matmul(h)), norm.scale[...], norm.eps, proj.bias[...])
                 for h, (proj, norm) in zip(inputs, mods, strict=True)
             ]
             return joint_rms_norm_rope(parts, *rope)  # [B, L, N, H]
 
         q, k = norm_rope(q_mods), norm_rope(k_mods)
-        v = jnp.concatenate([self._heads(proj(h)) for h, proj in zip(inputs, v_mods, strict=True)], axis=1)
+        if context is None:
+            v = self._heads(self.to_v.matmul(x))
+        else:
+            v = jnp.concatenate([self._heads(proj(h)) for h, proj in zip(inputs, v_mods, strict=True)], 1)
         out = dot_product_attention(q, k, v, context_parallel=True)
         out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
         if context is None:
-            return out
+            return out + self.to_v.bias[...].astype(out.dtype)
         t = context.shape[1]
         return self.to_out[0](out[:, t:]), self.to_add_out(out[:, :t])
 
