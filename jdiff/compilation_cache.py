@@ -2,7 +2,8 @@
 
 On by default for `DiffGenerator.from_pretrained` (and so the CLI and server): programs that took over a
 second to compile are stored under $JDIFF_CACHE_DIR, default ~/.cache/jdiff/jax. JDIFF_CACHE_DIR="" turns it
-off. A cache directory the user already configured for JAX is left alone.
+off. A cache directory the user already configured for JAX is left alone. Converted tokenizers live in its
+`tokenizers/` subfolder (jdiff.pipelines.tokenizer).
 """
 
 from __future__ import annotations
