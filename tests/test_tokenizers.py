@@ -63,7 +63,12 @@ def _slow_format_clip(folder):
     """A CLIP tokenizer folder as FLUX ships it: vocab.json + merges.txt, no tokenizer.json."""
     clip_tokenizer(folder, ["red", "circle", "blue", "square"])
     specials = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
-    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "pad_token": "<|endoftext|>", **specials}
+    config = {
+        "tokenizer_class": "CLIPTokenizer",
+        "model_max_length": 77,
+        "pad_token": "<|endoftext|>",
+        **specials,
+    }
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
     (folder / "special_tokens_map.json").write_text(json.dumps({**specials, "pad_token": "<|endoftext|>"}))
     return folder
@@ -153,3 +158,25 @@ def test_incomplete_tokenizer_folders_are_refused(tmp_path):
     (model / "tokenizer" / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         ModelDir.open(model).tokenizer("tokenizer")
+
+
+def test_tokenizer_without_pad_token_is_refused(tmp_path, monkeypatch):
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    from jdiff.errors import InputError
+
+    monkeypatch.setenv("JDIFF_CACHE_DIR", "")
+    backend = Tokenizer(WordLevel({"a": 0, "<unk>": 1}, unk_token="<unk>"))
+    PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>").save_pretrained(tmp_path / "tok")
+    with pytest.raises(InputError, match="no pad token"):
+        T.load_tokenizer(tmp_path / "tok", _read)
+
+
+def test_unwritable_tokenizer_cache_is_skipped(tmp_path, monkeypatch):
+    (tmp_path / "not-a-dir").write_text("")
+    monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "not-a-dir"))
+    tok = T.load_tokenizer(embedded_model_path() / "tokenizer", _read)
+    ids, mask = tok(["a red circle"], 77)
+    assert ids.shape == mask.shape == (1, 77) and mask.sum() > 2
