@@ -144,6 +144,8 @@ def main() -> None:
             module.scan = functools.partial(stack.scan, unroll=True)
 
     _, config, sz = bench._resolve(args.workload, tiny=args.tiny)
+    if args.workload == "flux_pipeline":
+        return profile_pipeline(args, config, sz)
     graphdef, params, apply, inputs = bench._jdiff_setup(args.workload, config, sz)
 
     @compiler_options.jit
@@ -204,6 +206,44 @@ def main() -> None:
         with jax.default_matmul_precision("highest"):
             ref32 = compiler_options.jit(lambda p, *xs: apply(nnx.merge(graphdef, p), *xs))(params, *inputs)
         np.save(args.fp32_reference, np.asarray(ref32, np.float32))
+    print("PROFILE " + json.dumps(res), flush=True)
+
+
+def profile_pipeline(args, config: dict, sz: dict) -> None:
+    """The whole FLUX.1 pipeline (`--workload flux_pipeline`): one traced `generate`, kernels per denoising
+    step (everything in the trace divided by the steps: text encoding and decoding add about 1%)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jdiff.bench.jdiff_pipeline import RandomModelDir
+    from jdiff.bench.workloads import PROMPT
+    from jdiff.pipelines.flux import FluxPipeline
+
+    pipe = FluxPipeline(RandomModelDir(config, jnp.bfloat16), dtype=jnp.bfloat16)
+    steps = sz["steps"]
+
+    def call():
+        kw = dict(num_inference_steps=steps, guidance_scale=sz["guidance"], max_sequence_length=sz["text"])
+        return pipe.generate(PROMPT, height=sz["height"], width=sz["width"], seed=0, output_type="np", **kw)
+
+    call()
+    runs = [call() for _ in range(args.repeats)]
+    res = {
+        "workload": args.workload,
+        "label": args.label,
+        "steps": steps,
+        "ms": round(1e3 * float(np.median([r.timings["total"] for r in runs])), 1),
+        "denoise_ms_per_step": round(
+            1e3 * float(np.median([r.timings["denoising"] for r in runs])) / steps, 2
+        ),
+    }
+    if not args.no_trace:
+        log_dir = os.path.join(args.out, f"trace_{args.workload}{args.label}")
+        with jax.profiler.trace(log_dir, create_perfetto_trace=True):
+            call()
+        path = sorted(glob.glob(os.path.join(log_dir, "**", "*trace.json.gz"), recursive=True))[-1]
+        res.update(kernel_summary(path, steps))
     print("PROFILE " + json.dumps(res), flush=True)
 
 
