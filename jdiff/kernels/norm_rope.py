@@ -150,8 +150,8 @@ def _reference(x, scale, cos, sin, *, eps, across_heads, bias=None):
 
 
 # A nested jit: the q and k calls of a block have the same signature, so they share one traced jaxpr, and jax
-# lowers it (the Pallas kernel) once per program instead of once per call; lowering Pallas kernels is most
-# of the time a warm start spends tracing the FLUX denoising stage.
+# lowers that Pallas kernel once per program instead of once per call (a FLUX warm start's tracing: 1.17 ->
+# 0.96 s on the H100 machine).
 @functools.partial(jax.jit, static_argnums=(6, 7, 8), static_argnames=("eps", "across"))
 def _pallas(x, scale, bias, cos, sin, joint, block_offset, joint_length, rows, *, eps, across):
     """One part: writes rows [block_offset * rows, ...) of the joint output (`joint`, aliased, when given)."""

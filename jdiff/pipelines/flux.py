@@ -99,6 +99,7 @@ class FluxPipeline:
         self.vae_scale_factor = 2 ** (len(vc.block_out_channels) - 1)
         self.latent_channels = vc.latent_channels
         self.trace_counts: collections.Counter[str] = collections.Counter()
+        self._decoders: set = set()  # decoder programs prepared (`precompile`)
 
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("clip", clip), ("t5", t5), ("vae", vae)):
@@ -281,7 +282,9 @@ class FluxPipeline:
                     noise_shape=noise_shape,
                 )
                 if output_type != "latent":
-                    precompile(self._decode, self._params["vae"], final, h, w)
+                    precompile(
+                        self._decoders, (final.shape, h, w), self._decode, self._params["vae"], final, h, w
+                    )
                 final = jax.block_until_ready(final)
         finally:
             if bar is not None:

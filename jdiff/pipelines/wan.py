@@ -148,6 +148,7 @@ class WanPipeline:
         self.latent_std = np.asarray(vc.latents_std, np.float32)
         self.preset = load_preset(self._preset_name(), model.root)
         self.trace_counts: collections.Counter[str] = collections.Counter()
+        self._decoders: set = set()  # decoder programs prepared (`precompile`)
         self._encode_text = compiler_options.jit(self._encode_text_fn)
         self._denoise = compiler_options.jit(
             self._denoise_fn, static_argnames=("progress", "cfg", "mode", "noise_shape")
@@ -436,7 +437,7 @@ class WanPipeline:
                     noise_shape=noise_shape,
                 )
                 if output_type != "latent":
-                    precompile(self._decode, self._params["vae"], final)
+                    precompile(self._decoders, final.shape, self._decode, self._params["vae"], final)
                 final = jax.block_until_ready(final)
         finally:
             if bar is not None:
