@@ -71,9 +71,17 @@ def kernel_summary(trace_path: str, calls: int, top: int = 40) -> dict:
     for name, us in kernels.items():
         cats[category(name)] += us
     total = sum(kernels.values())
+    spans = sorted(
+        (e["ts"], e["ts"] + e.get("dur", 0), e["name"])
+        for e in events
+        if e.get("ph") == "X"
+        and e.get("pid") in devices
+        and kernel_line in threads.get((e["pid"], e["tid"]), "")
+    )
     return {
         "threads_ms": {k: round(v / 1e3 / calls, 2) for k, v in per_thread.items()},
         "kernel_ms_per_call": round(total / 1e3 / calls, 2),
+        **idle_gaps(spans, calls),
         "categories_ms": {k: round(v / 1e3 / calls, 2) for k, v in cats.most_common()},
         "top": [
             {
@@ -83,6 +91,31 @@ def kernel_summary(trace_path: str, calls: int, top: int = 40) -> dict:
                 "cat": category(name),
             }
             for name, us in kernels.most_common(top)
+        ],
+    }
+
+
+def idle_gaps(spans: list[tuple[float, float, str]], calls: int, top: int = 12) -> dict:
+    """Time the device sits idle between kernels (any stream busy counts as busy), per call.
+
+    Gaps over 1 ms are taken for the host's time between calls and left out; the rest are grouped by the
+    kernels on either side of the gap, which names where the launches stall (loop iterations, custom calls).
+    """
+    gaps, kinds, counts = 0.0, collections.Counter(), collections.Counter()
+    end, prev = None, None
+    for start, stop, name in spans:
+        if end is not None and start > end and start - end < 1000:
+            key = f"{category(prev)}:{prev[:50]} -> {category(name)}:{name[:50]}"
+            gaps += start - end
+            kinds[key] += start - end
+            counts[key] += 1
+        if end is None or stop > end:
+            end, prev = stop, name
+    return {
+        "idle_ms_per_call": round(gaps / 1e3 / calls, 2),
+        "idle_top": [
+            {"between": k, "ms": round(us / 1e3 / calls, 3), "gaps": counts[k] // calls}
+            for k, us in kinds.most_common(top)
         ],
     }
 
@@ -102,7 +135,9 @@ def main() -> None:
         action="store_true",
         help="also compile with XLA's norm + rope and compare outputs",
     )
-    ap.add_argument("--unroll", action="store_true", help="experiment: unroll the scans over layers")
+    ap.add_argument(
+        "--unroll", type=int, default=1, help="experiment: unroll factor of the scans over layers (0: all)"
+    )
     ap.add_argument(
         "--bias-epilogue",
         choices=["all", "none"],
@@ -133,7 +168,7 @@ def main() -> None:
         from jdiff.kernels import norm_rope
 
         norm_rope.IMPLEMENTATION = args.norm_rope
-    if args.unroll:
+    if args.unroll != 1:
         import functools
 
         import jdiff.models.flux.transformer as flux_module
@@ -141,7 +176,7 @@ def main() -> None:
         from jdiff.layers import stack
 
         for module in (flux_module, wan_module):
-            module.scan = functools.partial(stack.scan, unroll=True)
+            module.scan = functools.partial(stack.scan, unroll=args.unroll or True)
 
     _, config, sz = bench._resolve(args.workload, tiny=args.tiny)
     if args.workload == "flux_pipeline":
@@ -244,6 +279,7 @@ def profile_pipeline(args, config: dict, sz: dict) -> None:
             call()
         path = sorted(glob.glob(os.path.join(log_dir, "**", "*trace.json.gz"), recursive=True))[-1]
         res.update(kernel_summary(path, steps))
+        shutil.copy(path, os.path.join(args.out, f"{args.workload}{args.label}.trace.json.gz"))
     print("PROFILE " + json.dumps(res), flush=True)
 
 

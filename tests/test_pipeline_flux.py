@@ -75,6 +75,31 @@ def test_no_recompile_for_new_prompt_seed_or_guidance(flux):
     np.testing.assert_array_equal(again.images, b.images)
 
 
+def test_each_stage_compiles_once_and_the_decoder_is_prepared_ahead(flux):
+    """The first request at a new size compiles the encoder, the denoising loop and the decoder once each (the
+    decoder in the worker thread, for exactly the program the call then runs); the next compiles nothing."""
+    import jax
+
+    _, _, gen = flux
+    compiles, active = [], [False]
+
+    def listener(event: str, duration: float, **_) -> None:
+        if active[0] and event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    kw = {**KW, "height": 40, "max_sequence_length": 20}  # shapes no other test compiles
+    active[0] = True
+    try:
+        gen.generate("a red circle", seed=1, output_type="np", **kw)
+        first = len(compiles)
+        gen.generate("a blue square", seed=2, output_type="np", **kw)
+    finally:
+        active[0] = False
+    assert first == 3 and len(compiles) == 3
+    assert len(gen.pipeline._decoders) >= 1
+
+
 def test_seed_per_output_is_batch_independent(flux):
     _, _, gen = flux
     alone = gen.generate("a red circle", seed=11, output_type="np", **KW).images

@@ -28,13 +28,31 @@ def stacked(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.R
     return build(rngs)
 
 
-def scan(blocks: nnx.Module, carry: Any, *args: Any, unroll: int | bool = 1) -> Any:
-    """Runs `carry = block(carry, *args)` for every block of a stack; `args` are shared by all layers."""
+def scan(blocks: nnx.Module, carry: Any, *args: Any, per_layer: Any = None, unroll: int | bool = 1) -> Any:
+    """Runs `carry = block(carry, *args)` for every block of a stack; `args` are shared by all layers.
+
+    With `per_layer` (a pytree whose leaves have a leading layer axis), block i runs as
+    `block(carry, per_layer[i], *args)`.
+    """
     graphdef, state = nnx.split(blocks)
 
-    def body(c, layer_state):
+    def body(c, xs):
+        layer_state, layer_in = xs
         with scanned_weights():
-            return nnx.merge(graphdef, layer_state)(c, *args), None
+            block = nnx.merge(graphdef, layer_state)
+            return (block(c, *args) if per_layer is None else block(c, layer_in, *args)), None
 
-    carry, _ = jax.lax.scan(body, carry, state, unroll=unroll)
+    carry, _ = jax.lax.scan(body, carry, (state, per_layer), unroll=unroll)
     return carry
+
+
+def map_layers(blocks: nnx.Module, fn: Callable[..., Any], *args: Any) -> Any:
+    """`fn(block, *args)` for every block of a stack, the outputs stacked on a leading layer axis."""
+    graphdef, state = nnx.split(blocks)
+
+    def body(_, layer_state):
+        with scanned_weights():
+            return None, fn(nnx.merge(graphdef, layer_state), *args)
+
+    _, ys = jax.lax.scan(body, None, state)
+    return ys

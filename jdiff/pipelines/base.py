@@ -102,17 +102,56 @@ def noise_from_keys(keys, shape: tuple[int, ...]):
     return jax.vmap(one)(keys)
 
 
-def precompile(done: set, key, jitted, *args, **kwargs) -> None:
-    """Traces, lowers and compiles `jitted` for these arguments (or loads it from the persistent cache) without
-    running it, once per `key` (recorded in `done`); jax keeps the executable for the call that follows.
+_preparer = None
 
-    Pipelines call it for the decoder right after dispatching the denoising loop, so the host prepares the
-    decoder while the device samples: on a warm start that hides the decoder's tracing and loading. The key
-    (the latents' shape and the static sizes) skips even jax's cached lowering (about 1 ms) on later requests.
+
+def _background():
+    """One worker thread for stage preparation (created on first use)."""
+    global _preparer
+    if _preparer is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jdiff-prepare")
+    return _preparer
+
+
+def run_while_preparing(stage, args: tuple, kwargs: dict, *, following, following_args, done: set, key):
+    """`stage(*args, **kwargs)`; on the first call for `key`, the `following` stage is prepared meanwhile.
+
+    Preparing a jitted stage (trace, lower, compile or load from the persistent cache) is host work that needs
+    no device. The denoising loop occupies the device for seconds, and its dispatch holds the calling thread
+    in the runtime (the launch queue fills), so the decoder is prepared by a worker thread: `stage` is first
+    compiled here (its output's abstract value, sharding included, is what the decoder is lowered for), the
+    worker is started, `stage` is dispatched, and the worker is joined before returning, inside the caller's
+    placement context. jax keeps the decoder's executable for the call that follows. Later calls for the
+    same `key` (`done` records them) just run `stage`.
+
+    Args:
+        stage, args, kwargs: the jitted stage to run (e.g. the denoising loop) and its arguments.
+        following: the jitted stage that consumes its output (the decoder).
+        following_args: `spec -> args` for `following`, given the output's `jax.ShapeDtypeStruct` (its
+            sharding too, when committed to one).
+        done, key: the keys prepared so far, and this call's (shapes and static settings).
     """
-    if key not in done:
-        jitted.lower(*args, **kwargs).compile()
-        done.add(key)
+    import concurrent.futures
+
+    import jax
+
+    if key in done:
+        return stage(*args, **kwargs)
+    info = stage.lower(*args, **kwargs).compile().out_info
+    # jit's output is committed to its sharding only when an input was; an uncommitted one (one device, host
+    # inputs) is lowered for without a sharding, or the decoder would be compiled for another program.
+    committed = any(getattr(x, "committed", False) for x in jax.tree.leaves((args, kwargs)))
+    spec = jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=info.sharding if committed else None)
+    job = _background().submit(lambda: following.lower(*following_args(spec)).compile())
+    try:
+        out = stage(*args, **kwargs)
+    finally:
+        concurrent.futures.wait([job])
+    job.result()  # the worker's exception, if any
+    done.add(key)
+    return out
 
 
 def check_size(height: int, width: int, multiple: int, model: str) -> None:

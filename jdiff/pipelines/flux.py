@@ -35,8 +35,8 @@ from jdiff.pipelines.base import (
     noise_from_keys,
     noise_keys,
     positive_int,
-    precompile,
     prompts_of,
+    run_while_preparing,
     save_images,
     seeds_of,
     to_pil,
@@ -99,7 +99,7 @@ class FluxPipeline:
         self.vae_scale_factor = 2 ** (len(vc.block_out_channels) - 1)
         self.latent_channels = vc.latent_channels
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._decoders: set = set()  # decoder programs prepared (`precompile`)
+        self._decoders: set = set()  # decoder programs prepared (`run_while_preparing`)
 
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("clip", clip), ("t5", t5), ("vae", vae)):
@@ -146,17 +146,26 @@ class FluxPipeline:
         latents = init if noise_shape is None else pack_latents(noise_from_keys(init, noise_shape))
         latents = sh.constrain(latents, (sh.BATCH, None, None))
 
-        def velocity(x, t):
+        # Every step's AdaLN vectors at once, before the loop: one pass over the modulation weights per request
+        # instead of one per step. Rows are step-major: [n * Bm] for the model's batch Bm.
+        n, bm = timesteps.shape[0], embeds.shape[0]
+        g = None if guidance is None else jnp.concatenate([guidance, guidance]) if cfg else guidance
+        modulation = model.modulation(
+            jnp.repeat(timesteps / 1000, bm),
+            jnp.tile(pooled, (n, 1)),
+            None if g is None else jnp.tile(g, n),
+        )
+        per_step = jax.tree.map(lambda m: _steps_first(m, n), modulation)
+
+        def velocity(x, t, mod):
             xb = jnp.concatenate([x, x]) if cfg else x
-            tb = jnp.full((xb.shape[0],), t / 1000, jnp.float32)
-            g = None if guidance is None else jnp.concatenate([guidance, guidance]) if cfg else guidance
-            v = model(xb.astype(self.dtype), embeds, pooled, tb, (cos, sin), guidance=g).astype(jnp.float32)
+            v = model.predict(xb.astype(self.dtype), embeds, mod, (cos, sin)).astype(jnp.float32)
             if cfg:
                 neg, pos = jnp.split(v, 2)
                 v = neg + cfg_scale * (pos - neg)
             return v
 
-        return euler_loop(velocity, latents, sigmas, timesteps, progress=progress)
+        return euler_loop(velocity, latents, sigmas, timesteps, per_step=per_step, progress=progress)
 
     def _decode_fn(self, vae_params, latents, h: int, w: int):
         self.trace_counts["decode"] += 1
@@ -266,7 +275,7 @@ class FluxPipeline:
         bar = _progress_bar(steps) if progress else None
         try:
             with context(self.placement):
-                final = self._denoise(
+                args = (
                     self._params["transformer"],
                     init,
                     embeds,
@@ -277,13 +286,19 @@ class FluxPipeline:
                     timesteps,
                     g,
                     np.float32(true_cfg),
-                    progress=bar is not None,
-                    cfg=cfg,
-                    noise_shape=noise_shape,
                 )
-                if output_type != "latent":
-                    precompile(
-                        self._decoders, (final.shape, h, w), self._decode, self._params["vae"], final, h, w
+                kwargs = dict(progress=bar is not None, cfg=cfg, noise_shape=noise_shape)
+                if output_type == "latent":
+                    final = self._denoise(*args, **kwargs)
+                else:
+                    final = run_while_preparing(
+                        self._denoise,
+                        args,
+                        kwargs,
+                        following=self._decode,
+                        following_args=lambda spec: (self._params["vae"], spec, h, w),
+                        done=self._decoders,
+                        key=(init.shape, embeds.shape, steps, h, w, *kwargs.values()),
                     )
                 final = jax.block_until_ready(final)
         finally:
@@ -320,6 +335,12 @@ class FluxPipeline:
         if not np.isfinite(arr).all():
             raise InputError("latents contain NaN or infinite values")
         return (pack_latents(arr) if arr.shape == unpacked_shape else arr), None
+
+
+def _steps_first(m: jax.Array, n: int) -> jax.Array:
+    """A modulation leaf computed for step-major rows, [*layers, n * Bm, K] -> [n, *layers, Bm, K]."""
+    m = m.reshape(*m.shape[:-2], n, -1, m.shape[-1])
+    return jnp.moveaxis(m, -3, 0)
 
 
 def _progress_bar(steps: int):

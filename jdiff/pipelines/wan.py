@@ -40,8 +40,8 @@ from jdiff.pipelines.base import (
     noise_from_keys,
     noise_keys,
     positive_int,
-    precompile,
     prompts_of,
+    run_while_preparing,
     save_video,
     seeds_of,
     to_pil,
@@ -148,7 +148,7 @@ class WanPipeline:
         self.latent_std = np.asarray(vc.latents_std, np.float32)
         self.preset = load_preset(self._preset_name(), model.root)
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._decoders: set = set()  # decoder programs prepared (`precompile`)
+        self._decoders: set = set()  # decoder programs prepared (`run_while_preparing`)
         self._encode_text = compiler_options.jit(self._encode_text_fn)
         self._denoise = compiler_options.jit(
             self._denoise_fn, static_argnames=("progress", "cfg", "mode", "noise_shape")
@@ -419,7 +419,7 @@ class WanPipeline:
         bar = _progress_bar(steps) if progress else None
         try:
             with context(self.placement):
-                final = self._denoise(
+                args = (
                     self._params["transformer"],
                     self._params.get("transformer_2"),
                     init,
@@ -431,13 +431,20 @@ class WanPipeline:
                     sigmas,
                     timesteps,
                     np.asarray([guidance, guidance_2], np.float32),
-                    progress=bar is not None,
-                    cfg=cfg,
-                    mode=mode,
-                    noise_shape=noise_shape,
                 )
-                if output_type != "latent":
-                    precompile(self._decoders, final.shape, self._decode, self._params["vae"], final)
+                kwargs = dict(progress=bar is not None, cfg=cfg, mode=mode, noise_shape=noise_shape)
+                if output_type == "latent":
+                    final = self._denoise(*args, **kwargs)
+                else:
+                    final = run_while_preparing(
+                        self._denoise,
+                        args,
+                        kwargs,
+                        following=self._decode,
+                        following_args=lambda spec: (self._params["vae"], spec),
+                        done=self._decoders,
+                        key=(init.shape, embeds.shape, steps, *kwargs.values()),
+                    )
                 final = jax.block_until_ready(final)
         finally:
             if bar is not None:

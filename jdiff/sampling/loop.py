@@ -35,6 +35,7 @@ def euler_loop(
     sigmas: jax.Array,
     timesteps: jax.Array,
     *,
+    per_step=None,
     progress: bool = False,
 ) -> jax.Array:
     """Integrates the flow from sigmas[0] to sigmas[-1] with Euler steps.
@@ -46,6 +47,9 @@ def euler_loop(
         latents: initial noise (float32 recommended: the state stays in its dtype between steps).
         sigmas: [n + 1] decreasing noise levels ending in 0.
         timesteps: [n] model timesteps (sigmas[:n] * num_train_timesteps).
+        per_step: a pytree whose leaves have a leading step axis [n, ...] (values the caller computed for
+            every step before the loop, e.g. FLUX's modulation vectors); step i then calls
+            `velocity(x, t, per_step[i])`.
         progress: emit a host callback after each step (a static choice: it is compiled in or not).
 
     Returns:
@@ -53,12 +57,13 @@ def euler_loop(
     """
 
     def body(x, inputs):
-        i, t, sigma, sigma_next = inputs
-        x = euler_step(x, velocity(x, t), sigma, sigma_next)
+        i, t, sigma, sigma_next, extra = inputs
+        v = velocity(x, t) if per_step is None else velocity(x, t, extra)
+        x = euler_step(x, v, sigma, sigma_next)
         if progress:
             jax.debug.callback(_tick, i)
         return x, None
 
     n = sigmas.shape[0] - 1
-    x, _ = jax.lax.scan(body, latents, (jnp.arange(n), timesteps, sigmas[:-1], sigmas[1:]))
+    x, _ = jax.lax.scan(body, latents, (jnp.arange(n), timesteps, sigmas[:-1], sigmas[1:], per_step))
     return x

@@ -6,9 +6,16 @@ J text-encoder width, P pooled-text width, D model width, N heads, H head dim, F
 Attribute paths mirror diffusers' state dict (`transformer_blocks.attn.to_q` <- `transformer_blocks.{i}.attn.
 to_q`), with both block lists stacked for a scan over layers. Text tokens come first in the joint sequence,
 as in diffusers; the rotary tables (`rope`) are computed by the caller for the ids [text ids; image ids].
+
+An evaluation is `predict(latents, text, modulation(timestep, pooled, guidance), rope)`: every block's AdaLN
+vectors depend on the timestep, the guidance and the pooled text only, so a sampler computes all its steps'
+at once, before its loop, and reads each layer's modulation weights once per request rather than once per
+step (2.7 ms of each FLUX.1-dev step at 1024^2 on an H100: 6.4 GB of weights read for 57 GEMVs).
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +26,7 @@ from jdiff import sharding as sh
 from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, timestep_embedding
-from jdiff.layers.stack import scan, stacked
+from jdiff.layers.stack import map_layers, scan, stacked
 from jdiff.models.flux.config import FluxConfig
 
 Rope = tuple[Float[Array, "l h"], Float[Array, "l h"]]
@@ -36,16 +43,29 @@ def _gated(gate: jax.Array, x: jax.Array) -> jax.Array:
     return gate[:, None].astype(x.dtype) * x
 
 
+class FluxModulation(NamedTuple):
+    """Every block's AdaLN vectors for one evaluation, [n x D] each (shift, scale, gate...; see the blocks).
+
+    Leaves carry any leading batch axes of the timesteps they come from ([B] for one evaluation, [steps, B]
+    for a sampler's whole schedule) after their layer axis.
+    """
+
+    double: jax.Array  # [Ld, B, 6D]: the double blocks' image stream
+    double_context: jax.Array  # [Ld, B, 6D]: their text stream
+    single: jax.Array  # [Ls, B, 3D]
+    out: jax.Array  # [B, 2D]: the final norm's (scale, shift)
+
+
 class AdaLayerNormZero(nnx.Module):
-    """SiLU -> linear to `n` modulation vectors of width D; the layer norm itself has no parameters."""
+    """SiLU -> linear to `n` modulation vectors of width D, concatenated; the layer norm has no parameters."""
 
     def __init__(self, dim: int, n: int, *, rngs: nnx.Rngs):
         self.linear = Linear(dim, n * dim, axes=(None, sh.MLP), rngs=rngs)
         self.n = n
         self.norm = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
 
-    def __call__(self, temb: Float[Array, "b d"]) -> list[jax.Array]:
-        return jnp.split(self.linear(jax.nn.silu(temb)), self.n, axis=-1)
+    def __call__(self, temb: Float[Array, "b d"]) -> Float[Array, "b nd"]:
+        return self.linear(jax.nn.silu(temb))
 
 
 class AdaLayerNormContinuous(nnx.Module):
@@ -59,8 +79,11 @@ class AdaLayerNormContinuous(nnx.Module):
         self.linear = Linear(dim, 2 * dim, axes=(None, sh.MLP), rngs=rngs)
         self.norm = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
 
-    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
-        scale, shift = jnp.split(self.linear(jax.nn.silu(temb)), 2, axis=-1)
+    def modulation(self, temb: jax.Array) -> jax.Array:
+        return self.linear(jax.nn.silu(temb))
+
+    def __call__(self, x: jax.Array, modulation: jax.Array) -> jax.Array:
+        scale, shift = jnp.split(modulation, 2, axis=-1)
         return _modulate(self.norm(x), shift, scale)
 
 
@@ -169,10 +192,11 @@ class DoubleStreamBlock(nnx.Module):
         # copying the 75 MB weight out of the stack for cuBLAS's fused epilogue (jdiff.layers.linear).
         self.ff_context = FeedForward(d, gelu_epilogue=False, rngs=rngs)
 
-    def __call__(self, carry, temb: jax.Array, rope: Rope):
+    def __call__(self, carry, modulation: tuple[jax.Array, jax.Array], rope: Rope):
+        """`modulation`: this block's (norm1, norm1_context) vectors, from `modulation(temb)`."""
         img, txt = carry  # [B, S, D], [B, T, D]
-        shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)
-        c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(temb)
+        shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = jnp.split(modulation[0], 6, axis=-1)
+        c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = jnp.split(modulation[1], 6, axis=-1)
         img_attn, txt_attn = self.attn(
             _modulate(self.norm1.norm(img), shift, scale),
             rope,
@@ -188,6 +212,9 @@ class DoubleStreamBlock(nnx.Module):
         # sharded with its own stream, never duplicated on every context shard.
         return sh.constrain(img, _TOKENS), sh.constrain(txt, _TOKENS)
 
+    def modulation(self, temb: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.norm1(temb), self.norm1_context(temb)
+
 
 class SingleStreamBlock(nnx.Module):
     """diffusers `FluxSingleTransformerBlock`: one stream over [text; image], attention and MLP in parallel."""
@@ -199,12 +226,16 @@ class SingleStreamBlock(nnx.Module):
         self.attn = JointAttention(cfg, joint=False, rngs=rngs)
         self.proj_out = Linear(5 * d, d, axes=(sh.MLP, sh.EMBED), rngs=rngs)
 
-    def __call__(self, x: Float[Array, "b l d"], temb: jax.Array, rope: Rope) -> Float[Array, "b l d"]:
-        shift, scale, gate = self.norm(temb)
+    def __call__(self, x: Float[Array, "b l d"], modulation: jax.Array, rope: Rope) -> Float[Array, "b l d"]:
+        """`modulation`: this block's vectors, from `modulation(temb)`."""
+        shift, scale, gate = jnp.split(modulation, 3, axis=-1)
         h = _modulate(self.norm.norm(x), shift, scale)
         mlp = jax.nn.gelu(self.proj_mlp(h), approximate=True)
         out = self.proj_out(jnp.concatenate([self.attn(h, rope), mlp], axis=-1))
         return sh.constrain(x + _gated(gate, out), _TOKENS)
+
+    def modulation(self, temb: jax.Array) -> jax.Array:
+        return self.norm(temb)
 
 
 class TimeTextEmbed(nnx.Module):
@@ -251,7 +282,7 @@ class FluxTransformer2DModel(nnx.Module):
         rope: Rope,
         guidance: Float[Array, " b"] | None = None,
     ) -> Float[Array, "b s c"]:
-        """One denoiser evaluation.
+        """One denoiser evaluation: `predict` with this timestep's `modulation`.
 
         Args:
             hidden_states: packed latent tokens.
@@ -264,8 +295,21 @@ class FluxTransformer2DModel(nnx.Module):
         Returns:
             The predicted velocity per latent token.
         """
-        x = self.x_embedder(hidden_states)
-        dtype = x.dtype
+        modulation = self.modulation(timestep, pooled_projections, guidance)
+        return self.predict(hidden_states, encoder_hidden_states, modulation, rope)
+
+    def modulation(
+        self,
+        timestep: Float[Array, " b"],
+        pooled_projections: Float[Array, "b p"],
+        guidance: Float[Array, " b"] | None = None,
+    ) -> FluxModulation:
+        """Every block's AdaLN vectors for these timesteps (arguments as in `__call__`), in the weights' dtype.
+
+        Rows are independent: a sampler passes all its steps' timesteps at once (the pooled text and guidance
+        repeated to match) and reads the modulation weights once.
+        """
+        dtype = self.x_embedder.kernel[...].dtype
         if self.time_text_embed.guidance_embedder is not None and guidance is None:
             raise ValueError("this FLUX transformer has a guidance embedding: pass `guidance`")
         temb = self.time_text_embed(
@@ -273,9 +317,25 @@ class FluxTransformer2DModel(nnx.Module):
             None if guidance is None else guidance.astype(jnp.float32) * 1000,
             pooled_projections.astype(dtype),
         )
-        txt = self.context_embedder(encoder_hidden_states.astype(dtype))
-        img, txt = scan(self.transformer_blocks, (x, txt), temb, rope)
+        double, double_context = map_layers(self.transformer_blocks, lambda b: b.modulation(temb))
+        single = map_layers(self.single_transformer_blocks, lambda b: b.modulation(temb))
+        return FluxModulation(double, double_context, single, self.norm_out.modulation(temb))
+
+    def predict(
+        self,
+        hidden_states: Float[Array, "b s c"],
+        encoder_hidden_states: Float[Array, "b t j"],
+        modulation: FluxModulation,
+        rope: Rope,
+    ) -> Float[Array, "b s c"]:
+        """The velocity per latent token, given the evaluation's `modulation` (see `__call__`)."""
+        x = self.x_embedder(hidden_states)
+        txt = self.context_embedder(encoder_hidden_states.astype(x.dtype))
+        m = modulation
+        img, txt = scan(self.transformer_blocks, (x, txt), rope, per_layer=(m.double, m.double_context))
         t = txt.shape[1]
-        joint = scan(self.single_transformer_blocks, jnp.concatenate([txt, img], axis=1), temb, rope)
+        joint = scan(
+            self.single_transformer_blocks, jnp.concatenate([txt, img], axis=1), rope, per_layer=m.single
+        )
         img = joint[:, t:]
-        return self.proj_out(self.norm_out(img, temb))
+        return self.proj_out(self.norm_out(img, m.out))
