@@ -123,3 +123,48 @@ def test_bad_config():
     with pytest.raises(InputError, match="axes_dims_rope"):
         from_dict(FluxConfig, {**FLUX_DEV, "axes_dims_rope": [16, 56, 40]})
     assert dataclasses.replace(FluxConfig(), guidance_embeds=True).inner_dim == 3072
+
+
+def test_modulation_rows_are_independent():
+    """A sampler computes every step's modulation in one call (rows step-major) and feeds `predict` one
+    step's slice: that must equal the plain call at that step's timestep."""
+    import jax
+    from flax import nnx
+
+    from jdiff.models.flux.transformer import FluxTransformer2DModel
+
+    cfg = from_dict(
+        FluxConfig,
+        {**FLUX_DEV, "num_layers": 2, "num_single_layers": 3, "attention_head_dim": 16,
+         "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 24,
+         "axes_dims_rope": [4, 6, 6], "in_channels": 8},
+    )  # fmt: skip
+    model = FluxTransformer2DModel(cfg, rngs=nnx.Rngs(0))
+    # Zero-initialised biases and modulation would hide a mixed-up row: give every parameter a value.
+    graphdef, state = nnx.split(model)
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    model = nnx.merge(
+        graphdef,
+        jax.tree.unflatten(
+            tree, [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+        ),
+    )
+    b, t, h, w = 2, 3, 2, 3
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((b, h * w, 8)), jnp.float32)
+    text = jnp.asarray(rng.standard_normal((b, t, 32)), jnp.float32)
+    pooled = jnp.asarray(rng.standard_normal((b, 24)), jnp.float32)
+    guidance = jnp.asarray([3.5, 2.0], jnp.float32)
+    rope = rope_cos_sin(np.concatenate(_ids(t, h, w)), (4, 6, 6), 10000.0)
+    steps = jnp.asarray([0.9, 0.4, 0.1], jnp.float32)
+    mod = model.modulation(jnp.repeat(steps, b), jnp.tile(pooled, (3, 1)), jnp.tile(guidance, 3))
+    assert mod.double.shape == (2, 3 * b, 6 * 32) and mod.single.shape == (3, 3 * b, 3 * 32)
+    for i in range(3):
+        rows = slice(i * b, (i + 1) * b)
+        step = type(mod)(mod.double[:, rows], mod.double_context[:, rows], mod.single[:, rows], mod.out[rows])
+        got = model.predict(x, text, step, rope)
+        want = model(x, text, pooled, jnp.full((b,), steps[i]), rope, guidance=guidance)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    other = model(x, text, pooled, jnp.full((b,), steps[0]), rope, guidance=guidance)
+    assert not np.allclose(np.asarray(other), np.asarray(want), atol=1e-3)  # the timestep matters here
