@@ -145,6 +145,7 @@ def main() -> None:
     )
     ap.add_argument("--compiler-options", help="experiment: JSON that replaces jdiff's GPU compiler options")
     ap.add_argument("--save-output", help="write the output (float32 .npy) here, to compare variants")
+    ap.add_argument("--dump-hlo", help="write the compiled (optimized) HLO text here")
     ap.add_argument(
         "--fp32-reference",
         help="afterwards, rerun the same weights and inputs in float32 (highest matmul precision) and write "
@@ -190,6 +191,9 @@ def main() -> None:
     t0 = time.perf_counter()
     compiled = fn.lower(params, *inputs).compile()
     compile_s = time.perf_counter() - t0
+    if args.dump_hlo:
+        with open(args.dump_hlo, "w") as f:
+            f.write(compiled.as_text())
     for _ in range(2):
         jax.block_until_ready(compiled(params, *inputs))
     times = []
