@@ -96,29 +96,6 @@ def test_joint_streams_with_their_own_biases(text):
         assert rel_err(got, want) < 1e-6, impl
 
 
-@pytest.mark.parametrize("across", [False, True])
-@pytest.mark.parametrize("text", [32, 5, 0])  # streams sharing blocks, concatenated, or one stream
-def test_queries_and_keys_in_one_launch(across, text):
-    """Each stream's q and k in one kernel launch, with their own weights, biases and eps: the same as
-    normalising each tensor alone."""
-    lengths = [n for n in (text, 40) if n]
-    q_parts, k_parts = [], []
-    for i, n in enumerate(lengths):
-        (xq, sq), (xk, sk) = (_inputs(jax.random.key(10 * i + j), (2, n, 3, 8), across) for j in (1, 2))
-        bq, bk = (jax.random.normal(jax.random.key(10 * i + j), (24,)) for j in (3, 4))
-        q_parts.append((xq, sq, 1e-6, bq))
-        k_parts.append((xk, sk, 1e-5 if i else 1e-6, None if i else bk))
-    cos, sin = _tables(sum(lengths))
-    kw = dict(across_heads=across)
-    want_q = nr.joint_rms_norm_rope(q_parts, cos, sin, implementation="xla", **kw)
-    want_k = nr.joint_rms_norm_rope(k_parts, cos, sin, implementation="xla", **kw)
-    assert rel_err(want_q, want_k) > 1e-1
-    for impl in ("xla", "pallas"):
-        q, k = nr.joint_qk_rms_norm_rope(q_parts, k_parts, cos, sin, implementation=impl, **kw)
-        assert q.shape == k.shape == (2, sum(lengths), 3, 8)
-        assert rel_err(q, want_q) < 1e-6 and rel_err(k, want_k) < 1e-6, impl
-
-
 def test_choice_and_errors():
     x, scale = _inputs(jax.random.key(3), (1, 4, 2, 8), False)
     cos, sin = _tables(4)
@@ -127,9 +104,3 @@ def test_choice_and_errors():
         nr.rms_norm_rope(x, scale, cos, sin, eps=1e-6, implementation="triton")
     with pytest.raises(ValueError, match="joint length 4"):
         nr.rms_norm_rope(x, scale, cos[:3], sin[:3], eps=1e-6)
-    with pytest.raises(ValueError, match="one of each per stream"):
-        nr.joint_qk_rms_norm_rope([(x, scale, 1e-6)], [], cos, sin)
-    with pytest.raises(ValueError, match="shapes differ"):
-        nr.joint_qk_rms_norm_rope(
-            [(x, scale, 1e-6)], [(x[:, :2], scale, 1e-6)], cos, sin, implementation="pallas"
-        )

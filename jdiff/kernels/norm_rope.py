@@ -24,7 +24,6 @@ The kernel is opaque to XLA's SPMD partitioner, so under a multi-device mesh the
 from __future__ import annotations
 
 import functools
-import itertools
 from collections.abc import Sequence
 
 import jax
@@ -85,104 +84,37 @@ def joint_rms_norm_rope(
     Raises:
         ValueError: for an unknown implementation or tables that do not cover the parts.
     """
-    return _joint([parts], cos, sin, across_heads=across_heads, implementation=implementation)[0]
-
-
-def joint_qk_rms_norm_rope(
-    q_parts: Sequence[Part],
-    k_parts: Sequence[Part],
-    cos: Float[Array, "l h"],
-    sin: Float[Array, "l h"],
-    *,
-    across_heads: bool = False,
-    implementation: str | None = None,
-) -> tuple[Float[Array, "b l n h"], Float[Array, "b l n h"]]:
-    """`joint_rms_norm_rope` of an attention's queries and of its keys (one part per stream, same streams).
-
-    With the kernel, each stream's q and k are one launch, and their four small vectors (the two norm weights
-    and biases) one float32 operand: inside a scan over layers each vector is a slice of a stacked weight
-    that XLA would otherwise cut and convert in a small kernel of its own (four per stream and layer: 304
-    launches per FLUX.1 step, with the gaps between them about 1 ms).
-    """
-    if len(q_parts) != len(k_parts):
-        raise ValueError(
-            f"{len(q_parts)} query parts but {len(k_parts)} key parts: give one of each per stream"
-        )
-    q, k = _joint([q_parts, k_parts], cos, sin, across_heads=across_heads, implementation=implementation)
-    return q, k
-
-
-def _joint(tensors, cos, sin, *, across_heads, implementation) -> list[jax.Array]:
-    """Each of `tensors` (a list of parts, one per stream; the same streams and lengths in each) normalised,
-    rotated and joined along L; the kernel handles all tensors of a stream in one launch."""
-    tensors = [[(*p, None) if len(p) == 3 else tuple(p) for p in parts] for parts in tensors]
-    first = tensors[0]
-    length = sum(p[0].shape[1] for p in first)
+    parts = [(*p, None) if len(p) == 3 else tuple(p) for p in parts]
+    length = sum(p[0].shape[1] for p in parts)
     if cos.shape[0] != length or sin.shape != cos.shape:
         raise ValueError(f"rope tables {cos.shape}/{sin.shape} do not cover the joint length {length}")
-    impl = implementation or IMPLEMENTATION or _default_implementation(first[0][0])
+    impl = implementation or IMPLEMENTATION or _default_implementation(parts[0][0])
     if impl not in ("pallas", "xla"):
         raise ValueError(f"rms_norm_rope: implementation must be 'pallas' or 'xla', got {impl!r}")
     starts = [0]
-    for p in first:
+    for p in parts:
         starts.append(starts[-1] + p[0].shape[1])
-    spans = list(itertools.pairwise(starts))
     if impl == "xla":
         outs = [
-            [
-                _reference(x, scale, cos[a:b], sin[a:b], eps=eps, across_heads=across_heads, bias=bias)
-                for (x, scale, eps, bias), (a, b) in zip(parts, spans, strict=True)
-            ]
-            for parts in tensors
+            _reference(x, scale, cos[a:b], sin[a:b], eps=eps, across_heads=across_heads, bias=bias)
+            for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False)
         ]
-        return [o[0] if len(o) == 1 else jnp.concatenate(o, axis=1) for o in outs]
-    streams = list(zip(*tensors, strict=True))  # per stream: its part of each tensor
+        return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
     rows = _rows(length)
     if any(start % rows for start in starts[1:-1]):  # a part boundary inside a block: no shared buffer
         outs = [
-            _stream(stream, cos[a:b], sin[a:b], None, 0, b - a, _rows(b - a), across_heads)
-            for stream, (a, b) in zip(streams, spans, strict=True)
+            _pallas(
+                x, scale, bias, cos[a:b], sin[a:b], None, 0, b - a, _rows(b - a), eps=eps, across=across_heads
+            )
+            for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False)
         ]
-        return [jnp.concatenate(per_stream, axis=1) for per_stream in zip(*outs, strict=True)]
+        return jnp.concatenate(outs, axis=1)
     out = None
-    for stream, (a, b) in zip(streams, spans, strict=True):
-        out = _stream(stream, cos[a:b], sin[a:b], out, a // rows, length, rows, across_heads)
-    return list(out)
-
-
-def _stream(parts, cos, sin, joints, block_offset, joint_length, rows, across) -> tuple[jax.Array, ...]:
-    """One stream's parts (one per tensor, equal shapes) in one kernel launch; their norm weights and biases
-    packed into one float32 [R, H] operand, row offsets per tensor."""
-    n, h = parts[0][0].shape[-2:]
-    blocks, offsets, r = [], [], 0
-    for x, scale, _, bias in parts:
-        if x.shape != parts[0][0].shape:
-            raise ValueError(f"a stream's q and k shapes differ: {x.shape} vs {parts[0][0].shape}")
-        ws = n if across else 1
-        blocks.append(
-            jnp.zeros((n, h), jnp.float32) if bias is None else bias.astype(jnp.float32).reshape(n, h)
+    for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False):
+        out = _pallas(
+            x, scale, bias, cos[a:b], sin[a:b], out, a // rows, length, rows, eps=eps, across=across_heads
         )
-        blocks.append(
-            jnp.ones((ws, h), jnp.float32) if scale is None else scale.astype(jnp.float32).reshape(ws, h)
-        )
-        offsets.append((r, r + n))
-        r += n + ws
-    packed = jnp.concatenate(blocks)
-    xs = tuple(p[0] for p in parts)
-    eps = tuple(float(p[2]) for p in parts)
-    return _pallas(
-        xs,
-        packed,
-        cos,
-        sin,
-        joints,
-        block_offset,
-        joint_length,
-        rows,
-        offsets=tuple(offsets),
-        eps=eps,
-        across=across,
-    )
+    return out
 
 
 def _default_implementation(x: jax.Array) -> str:
@@ -217,54 +149,50 @@ def _reference(x, scale, cos, sin, *, eps, across_heads, bias=None):
     return apply_rope(y.astype(x.dtype), cos, sin)
 
 
-# A nested jit: calls with the same signature (e.g. every single block's q and k) share one traced jaxpr,
-# and jax lowers that Pallas kernel once per program instead of once per call (a FLUX warm start's tracing:
-# 1.17 -> 0.96 s on the H100 machine when q and k were separate calls).
-@functools.partial(jax.jit, static_argnums=(5, 6, 7), static_argnames=("offsets", "eps", "across"))
-def _pallas(xs, packed, cos, sin, joints, block_offset, joint_length, rows, *, offsets, eps, across):
-    """Tensors `xs` (each [B, L, N, H]) of one stream: writes rows [block_offset * rows, ...) of each joint
-    output (`joints`, aliased, when given). Grid axis 0 picks the tensor."""
+# A nested jit: the q and k calls of a block have the same signature, so they share one traced jaxpr, and jax
+# lowers that Pallas kernel once per program instead of once per call (a FLUX warm start's tracing: 1.17 ->
+# 0.96 s on the H100 machine).
+@functools.partial(jax.jit, static_argnums=(6, 7, 8), static_argnames=("eps", "across"))
+def _pallas(x, scale, bias, cos, sin, joint, block_offset, joint_length, rows, *, eps, across):
+    """One part: writes rows [block_offset * rows, ...) of the joint output (`joint`, aliased, when given)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
-    b, length, n, h = xs[0].shape
-    count = len(xs)
-    # Per-head statistics: one program per (tensor, row block, head). Across heads: one program per (tensor,
-    # row block), which loops over the heads twice (statistics, then output); N need not be a power of two.
+    b, length, n, h = x.shape
+    if scale is None:
+        scale = jnp.ones((n * h,) if across else (h,), jnp.float32)
+    w = scale.astype(jnp.float32).reshape(n if across else 1, h)
+    bias = jnp.zeros((n, h), jnp.float32) if bias is None else bias.astype(jnp.float32).reshape(n, h)
+    # Per-head statistics: one program per (row block, head). Across heads: one program per row block, which
+    # loops over the heads twice (statistics, then output); N need not be a power of two.
     heads = n if across else 1
     if across:
-        grid = (count, b, pl.cdiv(length, rows))
-        x_map = lambda t, i, j: (i, j, 0, 0)
-        o_map = lambda t, i, j: (i, j + block_offset, 0, 0)
+        grid = (b, pl.cdiv(length, rows))
+        x_map = lambda i, j: (i, j, 0, 0)
+        o_map = lambda i, j: (i, j + block_offset, 0, 0)
+        b_map = lambda i, j: (0, 0)
     else:
-        grid = (count, b, pl.cdiv(length, rows), n)
-        x_map = lambda t, i, j, k: (i, j, k, 0)
-        o_map = lambda t, i, j, k: (i, j + block_offset, k, 0)
-    t_map = lambda t, i, j, *rest: (j, 0)
+        grid = (b, pl.cdiv(length, rows), n)
+        x_map = lambda i, j, k: (i, j, k, 0)
+        o_map = lambda i, j, k: (i, j + block_offset, k, 0)
+        b_map = lambda i, j, k: (k, 0)
+    w_map = lambda *idx: (0, 0)
+    t_map = lambda i, j, *rest: (j, 0)
     block = (None, rows, heads, h)
-    in_specs = [pl.BlockSpec(block, x_map)] * count + [pl.BlockSpec(packed.shape, lambda *idx: (0, 0))]
+    in_specs = [pl.BlockSpec(block, x_map), pl.BlockSpec(w.shape, w_map), pl.BlockSpec((heads, h), b_map)]
     in_specs += [pl.BlockSpec((rows, h), t_map)] * 2
-    args = [*xs, packed, cos.astype(jnp.float32), sin.astype(jnp.float32)]
+    args = [x, w, bias, cos.astype(jnp.float32), sin.astype(jnp.float32)]
     aliases = {}
-    if joints is not None:  # written in place: only this stream's rows change
-        in_specs += [pl.BlockSpec(block, o_map)] * count
-        aliases = {len(args) + t: t for t in range(count)}
-        args += list(joints)
+    if joint is not None:  # written in place: only this part's rows change
+        in_specs.append(pl.BlockSpec(block, o_map))
+        args.append(joint)
+        aliases = {5: 0}
     return pl.pallas_call(
-        functools.partial(
-            _kernel,
-            count=count,
-            offsets=offsets,
-            eps=eps,
-            heads=heads,
-            width=heads * h,
-            across=across,
-            length=length,
-        ),
+        functools.partial(_kernel, eps=eps, heads=heads, width=heads * h, across=across, length=length),
         grid=grid,
         in_specs=in_specs,
-        out_specs=tuple(pl.BlockSpec(block, o_map) for _ in range(count)),
-        out_shape=tuple(jax.ShapeDtypeStruct((b, joint_length, n, h), x.dtype) for x in xs),
+        out_specs=pl.BlockSpec(block, o_map),
+        out_shape=jax.ShapeDtypeStruct((b, joint_length, n, h), x.dtype),
         input_output_aliases=aliases,
         compiler_params=plgpu.CompilerParams(num_warps=NUM_WARPS, num_stages=1),
         interpret=jax.default_backend() not in ("gpu", "cuda"),
@@ -272,21 +200,19 @@ def _pallas(xs, packed, cos, sin, joints, block_offset, joint_length, rows, *, o
     )(*args)
 
 
-def _kernel(*refs, count, offsets, eps, heads, width, across, length):
-    """One block of one tensor (grid axis 0): x_ref [rows, heads, H] -> its output ref; p_ref [R, H] the
-    packed float32 biases and norm weights (`offsets`: each tensor's first bias row and weight row); tables
-    [rows, H]. Refs: count inputs, p_ref, cos, sin, [count aliased joints], count outputs."""
+def _kernel(x_ref, w_ref, b_ref, cos_ref, sin_ref, *refs, eps, heads, width, across, length):
+    """One block: x_ref [rows, heads, H] -> o_ref (the last ref); w_ref [N or 1, H]; b_ref [heads, H] (the
+    block's heads' bias); tables [rows, H]."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
-    x_refs, (p_ref, cos_ref, sin_ref), o_refs = refs[:count], refs[count : count + 3], refs[-count:]
-    rows, _, h = x_refs[0].shape
+    o_ref = refs[-1]
+    rows, _, h = x_ref.shape
     row = jnp.arange(rows)[:, None]
     lanes = jnp.arange(h)[None, :]
     swap = jnp.bitwise_xor(lanes, 1)  # the other element of each pair
     # The last block may run past the part's end: its rows are read as 0 and not written.
-    valid = jnp.broadcast_to(pl.program_id(2) * rows + row < length, (rows, h))
-    head0 = 0 if across else pl.program_id(3)  # the block's first head (per-head programs: its only one)
+    valid = jnp.broadcast_to(pl.program_id(1) * rows + row < length, (rows, h))
 
     def load(ref, *idx):
         return plgpu.load(ref.at[idx], mask=valid, other=0.0).astype(jnp.float32)
@@ -294,24 +220,17 @@ def _kernel(*refs, count, offsets, eps, heads, width, across, length):
     c = load(cos_ref, row, lanes)
     s = load(sin_ref, row, lanes) * jnp.where(lanes % 2 == 0, -1.0, 1.0)  # -sin on even lanes
 
-    for t in range(count):
+    def biased(head, idx):  # x + bias, float32; padded rows hold the bias only and are never written
+        return load(x_ref, row, head, idx) + plgpu.load(b_ref.at[head, idx[0]])[None, :]
 
-        @pl.when(pl.program_id(0) == t)
-        def _(x_ref=x_refs[t], o_ref=o_refs[t], bias_row=offsets[t][0], weight_row=offsets[t][1], eps=eps[t]):
-            def param(r, idx):
-                return plgpu.load(p_ref.at[r, idx[0]])[None, :]
-
-            def biased(head, idx):  # x + bias, float32; padded rows hold the bias only and are never written
-                return load(x_ref, row, head, idx) + param(bias_row + head0 + head, idx)
-
-            total = None
-            for head in range(heads):
-                a = biased(head, lanes)
-                part = jnp.sum(a * a, axis=1)  # [rows]
-                total = part if total is None else total + part
-            inv = jax.lax.rsqrt(total / width + eps)[:, None]
-            for head in range(heads):
-                w = weight_row + (head if across else 0)
-                a = biased(head, lanes) * inv * param(w, lanes)
-                b = biased(head, swap) * inv * param(w, swap)
-                plgpu.store(o_ref.at[row, head, lanes], (a * c + b * s).astype(o_ref.dtype), mask=valid)
+    total = None
+    for head in range(heads):
+        a = biased(head, lanes)
+        part = jnp.sum(a * a, axis=1)  # [rows]
+        total = part if total is None else total + part
+    inv = jax.lax.rsqrt(total / width + eps)[:, None]
+    for head in range(heads):
+        wi = head if across else 0
+        a = biased(head, lanes) * inv * w_ref[wi, :][None, :]
+        b = biased(head, swap) * inv * plgpu.load(w_ref.at[wi, swap[0]])[None, :]
+        plgpu.store(o_ref.at[row, head, lanes], (a * c + b * s).astype(o_ref.dtype), mask=valid)

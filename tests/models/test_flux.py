@@ -44,8 +44,8 @@ def _ids(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         (2, 16, (4, 6, 6), True, (3, 5), None),
         (4, 8, (2, 2, 4), False, (4, 4), None),
         (3, 16, (4, 4, 8), True, (2, 6), None),
-        # The GPU's fused QK norm + rope kernel (Pallas interpret mode here): q and k per stream in one launch,
-        # biases and norm weights packed, streams written into the joint buffers.
+        # The GPU's fused QK norm + rope kernel (Pallas interpret mode here), both streams' kernels writing
+        # into the joint buffers.
         (2, 16, (4, 6, 6), True, (4, 8), "pallas"),
     ],
 )

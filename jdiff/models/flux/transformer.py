@@ -23,7 +23,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
-from jdiff.kernels.norm_rope import joint_qk_rms_norm_rope
+from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, timestep_embedding
 from jdiff.layers.stack import map_layers, scan, stacked
@@ -155,16 +155,16 @@ class JointAttention(nnx.Module):
         # sums to one, so attention(q, k, v + b) = attention(q, k, v) + b, and that add joins the pass after
         # attention. With two streams the bias depends on the key's stream, so it is added before, inside the
         # concatenation of the two streams' v.
-        def parts(mods) -> list:
-            """Each stream's matmul output, RMS norm weights and bias: the fused norm + rope pass adds the
-            bias, normalises and rotates every stream in one launch for q and k together, writing straight
-            into the joint sequence."""
-            return [
+        def norm_rope(mods) -> jax.Array:
+            """Each stream's bias, RMS norm (its own weights) and the joint rope, one fused pass per stream,
+            written straight into the joint sequence."""
+            parts = [
                 (self._heads(proj.matmul(h)), norm.scale[...], norm.eps, proj.bias[...])
                 for h, (proj, norm) in zip(inputs, mods, strict=True)
             ]
+            return joint_rms_norm_rope(parts, *rope)  # [B, L, N, H]
 
-        q, k = joint_qk_rms_norm_rope(parts(q_mods), parts(k_mods), *rope)  # [B, L, N, H] each
+        q, k = norm_rope(q_mods), norm_rope(k_mods)
         if context is None:
             v = self._heads(self.to_v.matmul(x))
         else:

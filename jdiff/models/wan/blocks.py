@@ -16,7 +16,7 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
-from jdiff.kernels.norm_rope import joint_qk_rms_norm_rope
+from jdiff.kernels.norm_rope import rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.models.wan.config import WanTransformerConfig
 
@@ -88,10 +88,11 @@ class WanAttention(nnx.Module):
         softmax over both), as diffusers and the original Wan do.
         """
         kv_in = x if context is None else context
-        if rope is not None:  # self-attention: norm (over all heads) and rope, q and k in one fused pass
-            q_part = (self._heads(self.to_q(x)), self.norm_q.scale[...], self.norm_q.eps)
-            k_part = (self._heads(self.to_k(x)), self.norm_k.scale[...], self.norm_k.eps)
-            q, k = joint_qk_rms_norm_rope([q_part], [k_part], *rope, across_heads=True)  # [B, L, N, H]
+        if rope is not None:  # self-attention: norm (over all heads) and rope in one fused pass each
+            q, k = (
+                rms_norm_rope(self._heads(proj(x)), norm.scale[...], *rope, eps=norm.eps, across_heads=True)
+                for proj, norm in ((self.to_q, self.norm_q), (self.to_k, self.norm_k))
+            )  # [B, L, N, H]
         else:
             q = self._heads(self.norm_q(self.to_q(x)))
             k = self._heads(self.norm_k(self.to_k(kv_in)))
