@@ -128,7 +128,7 @@ def run_while_preparing(stage, args: tuple, kwargs: dict, *, following, followin
 
     Args:
         stage, args, kwargs: the jitted stage to run (e.g. the denoising loop) and its arguments.
-        following: the jitted stage that consumes its output (the decoder).
+        following: the jitted stage that consumes its output (the decoder); None: nothing to prepare.
         following_args: `spec -> args` for `following`, given the output's `jax.ShapeDtypeStruct` (its
             sharding too, when committed to one).
         done, key: the keys prepared so far, and this call's (shapes and static settings).
@@ -137,7 +137,7 @@ def run_while_preparing(stage, args: tuple, kwargs: dict, *, following, followin
 
     import jax
 
-    if key in done:
+    if following is None or key in done:
         return stage(*args, **kwargs)
     info = stage.lower(*args, **kwargs).compile().out_info
     # jit's output is committed to its sharding only when an input was; an uncommitted one (one device, host

@@ -288,18 +288,15 @@ class FluxPipeline:
                     np.float32(true_cfg),
                 )
                 kwargs = dict(progress=bar is not None, cfg=cfg, noise_shape=noise_shape)
-                if output_type == "latent":
-                    final = self._denoise(*args, **kwargs)
-                else:
-                    final = run_while_preparing(
-                        self._denoise,
-                        args,
-                        kwargs,
-                        following=self._decode,
-                        following_args=lambda spec: (self._params["vae"], spec, h, w),
-                        done=self._decoders,
-                        key=(init.shape, embeds.shape, steps, h, w, *kwargs.values()),
-                    )
+                final = run_while_preparing(
+                    self._denoise,
+                    args,
+                    kwargs,
+                    following=None if output_type == "latent" else self._decode,
+                    following_args=lambda spec: (self._params["vae"], spec, h, w),
+                    done=self._decoders,
+                    key=(init.shape, embeds.shape, steps, h, w, *kwargs.values()),
+                )
                 final = jax.block_until_ready(final)
         finally:
             if bar is not None:

@@ -433,18 +433,15 @@ class WanPipeline:
                     np.asarray([guidance, guidance_2], np.float32),
                 )
                 kwargs = dict(progress=bar is not None, cfg=cfg, mode=mode, noise_shape=noise_shape)
-                if output_type == "latent":
-                    final = self._denoise(*args, **kwargs)
-                else:
-                    final = run_while_preparing(
-                        self._denoise,
-                        args,
-                        kwargs,
-                        following=self._decode,
-                        following_args=lambda spec: (self._params["vae"], spec),
-                        done=self._decoders,
-                        key=(init.shape, embeds.shape, steps, *kwargs.values()),
-                    )
+                final = run_while_preparing(
+                    self._denoise,
+                    args,
+                    kwargs,
+                    following=None if output_type == "latent" else self._decode,
+                    following_args=lambda spec: (self._params["vae"], spec),
+                    done=self._decoders,
+                    key=(init.shape, embeds.shape, steps, *kwargs.values()),
+                )
                 final = jax.block_until_ready(final)
         finally:
             if bar is not None:
