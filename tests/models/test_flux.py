@@ -210,3 +210,55 @@ def test_attention_with_the_fused_kernel(monkeypatch, joint):
         out = attn(x, rope, context=text if joint else None)
         outs.append(jnp.concatenate(out, axis=1) if joint else out)
     assert rel_err(outs[1], outs[0]) < 1e-5
+
+
+@pytest.mark.parametrize("joint", [True, False])
+def test_attention_parity(joint):
+    """JointAttention against diffusers' FluxAttention with the same weights, at the attention's own output:
+    q/k/v, the per-head RMS norms, the rope, the joint text+image softmax and the output projections."""
+    from diffusers.models.transformers.transformer_flux import FluxAttention, FluxPosEmbed
+    from flax import nnx
+
+    from jdiff.models.flux.transformer import JointAttention
+
+    heads, head_dim, axes = 2, 16, (4, 6, 6)
+    dim = heads * head_dim
+    ref = FluxAttention(
+        query_dim=dim, dim_head=head_dim, heads=heads, out_dim=dim, bias=True, eps=1e-6,
+        **(dict(added_kv_proj_dim=dim, context_pre_only=False) if joint else dict(pre_only=True)),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.normal_(0, 0.3)
+    cfg = dataclasses.replace(
+        FluxConfig(), num_attention_heads=heads, attention_head_dim=head_dim, axes_dims_rope=axes
+    )
+    graphdef, state = nnx.split(JointAttention(cfg, joint=joint, rngs=nnx.Rngs(0)))
+    torch_params = {k: v.numpy() for k, v in ref.state_dict().items()}
+    flat = []
+    for path, var in nnx.to_flat_state(state):
+        *module, leaf = (str(p) for p in path)
+        value = torch_params.pop(".".join(module) + (".bias" if leaf == "bias" else ".weight"))
+        flat.append((path, var.replace(jnp.asarray(value.T if leaf == "kernel" else value))))
+    assert not torch_params  # every reference weight has a place
+    attn = nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+    t, h, w = 5, 3, 4
+    txt_ids, img_ids = _ids(t, h, w)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, h * w + (0 if joint else t), dim)).astype(np.float32)
+    text = rng.standard_normal((2, t, dim)).astype(np.float32)
+    ids = np.concatenate([txt_ids, img_ids])
+    with torch.no_grad():
+        rope_t = FluxPosEmbed(theta=10000, axes_dim=list(axes))(torch.from_numpy(ids))
+        want = ref(
+            torch.from_numpy(x),
+            encoder_hidden_states=torch.from_numpy(text) if joint else None,
+            image_rotary_emb=rope_t,
+        )
+    rope = tuple(jnp.asarray(a) for a in rope_cos_sin(ids, axes, 10000.0))
+    got = attn(jnp.asarray(x), rope, context=jnp.asarray(text) if joint else None)
+    if joint:
+        assert rel_err(got[0], want[0].numpy()) < 1e-5 and rel_err(got[1], want[1].numpy()) < 1e-5
+    else:
+        assert rel_err(got, want.numpy()) < 1e-5
