@@ -38,6 +38,18 @@ def _ids(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((t, 3), np.float32), img.reshape(-1, 3)
 
 
+def _randomized(module, scale: float):
+    """`module` with every parameter drawn from normal(0, scale): none left at a zero or unit init."""
+    import jax
+    from flax import nnx
+
+    graphdef, state = nnx.split(module)
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    values = [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    return nnx.merge(graphdef, jax.tree.unflatten(tree, values))
+
+
 @pytest.mark.parametrize(
     "heads,head_dim,axes,guidance,hw,kernel",
     [
@@ -138,7 +150,6 @@ def test_bad_config():
 def test_modulation_rows_are_independent():
     """A sampler computes every step's modulation in one call (rows step-major) and feeds `predict` one
     step's slice: that must equal the plain call at that step's timestep."""
-    import jax
     from flax import nnx
 
     from jdiff.models.flux.transformer import FluxTransformer2DModel
@@ -149,17 +160,8 @@ def test_modulation_rows_are_independent():
          "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 24,
          "axes_dims_rope": [4, 6, 6], "in_channels": 8},
     )  # fmt: skip
-    model = FluxTransformer2DModel(cfg, rngs=nnx.Rngs(0))
     # Zero-initialised biases and modulation would hide a mixed-up row: give every parameter a value.
-    graphdef, state = nnx.split(model)
-    leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    model = nnx.merge(
-        graphdef,
-        jax.tree.unflatten(
-            tree, [0.2 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-        ),
-    )
+    model = _randomized(FluxTransformer2DModel(cfg, rngs=nnx.Rngs(0)), 0.2)
     b, t, h, w = 2, 3, 2, 3
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((b, h * w, 8)), jnp.float32)
@@ -194,11 +196,7 @@ def test_attention_with_the_fused_kernel(monkeypatch, joint):
     cfg = dataclasses.replace(
         FluxConfig(), num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 6, 6)
     )
-    graphdef, state = nnx.split(JointAttention(cfg, joint=joint, rngs=nnx.Rngs(0)))
-    leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    values = [0.3 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
-    attn = nnx.merge(graphdef, jax.tree.unflatten(tree, values))
+    attn = _randomized(JointAttention(cfg, joint=joint, rngs=nnx.Rngs(0)), 0.3)
     x, text = (jax.random.normal(jax.random.key(i), (2, 32, 32)) for i in (2, 3))
     ids = np.stack([np.zeros(64), np.arange(64) // 8, np.arange(64) % 8], 1)
     rope = tuple(jnp.asarray(a) for a in rope_cos_sin(ids, (4, 6, 6), 10000.0))
