@@ -178,6 +178,8 @@ def test_modulation_rows_are_independent():
         got = model.predict(x, text, step, rope)
         want = model(x, text, pooled, jnp.full((b,), steps[i]), rope, guidance=guidance)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="pass `guidance`"):  # a guidance-distilled model needs it
+        model.modulation(steps[:1], pooled[:1])
     other = model(x, text, pooled, jnp.full((b,), steps[0]), rope, guidance=guidance)
     assert not np.allclose(np.asarray(other), np.asarray(want), atol=1e-3)  # the timestep matters here
 
@@ -211,13 +213,16 @@ def test_attention_with_the_fused_kernel(monkeypatch, joint):
 
 
 @pytest.mark.parametrize("joint", [True, False])
-def test_attention_parity(joint):
+def test_attention_parity(tmp_path, joint):
     """JointAttention against diffusers' FluxAttention with the same weights, at the attention's own output:
     q/k/v, the per-head RMS norms, the rope, the joint text+image softmax and the output projections."""
     from diffusers.models.transformers.transformer_flux import FluxAttention, FluxPosEmbed
     from flax import nnx
+    from safetensors.torch import save_file
 
+    from jdiff.convert.plan import Plan, materialize, resolve
     from jdiff.models.flux.transformer import JointAttention
+    from jdiff.models.loading import fill, source_shapes
 
     heads, head_dim, axes = 2, 16, (4, 6, 6)
     dim = heads * head_dim
@@ -231,15 +236,15 @@ def test_attention_parity(joint):
     cfg = dataclasses.replace(
         FluxConfig(), num_attention_heads=heads, attention_head_dim=head_dim, axes_dims_rope=axes
     )
+    # Through the real converter: the reference's safetensors, resolved by the default rules FLUX's plan uses.
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, tmp_path / "attn.safetensors")
+    weights = open_weights(tmp_path)
     graphdef, state = nnx.split(JointAttention(cfg, joint=joint, rngs=nnx.Rngs(0)))
-    torch_params = {k: v.numpy() for k, v in ref.state_dict().items()}
-    flat = []
-    for path, var in nnx.to_flat_state(state):
-        *module, leaf = (str(p) for p in path)
-        value = torch_params.pop(".".join(module) + (".bias" if leaf == "bias" else ".weight"))
-        flat.append((path, var.replace(jnp.asarray(value.T if leaf == "kernel" else value))))
-    assert not torch_params  # every reference weight has a place
-    attn = nnx.merge(graphdef, nnx.from_flat_state(flat))
+    assignments = resolve(Plan(), param_shapes(state), source_shapes(weights), component="attention")
+    by_target = {a.target: a for a in assignments}
+    attn = fill(
+        graphdef, state, lambda n: materialize(by_target[n], weights.read), dtype_of=lambda n: np.float32
+    )
 
     t, h, w = 5, 3, 4
     txt_ids, img_ids = _ids(t, h, w)
