@@ -108,7 +108,10 @@ def _generate(args) -> int:
     from jdiff.parallel import distributed
 
     distributed.initialize(args.coordinator, args.num_processes, args.process_id)
-    # Process 0's request is the one every process runs (they may have been started with other arguments).
+    # Process 0's request is the one every process runs (they may have been started with other arguments),
+    # its terminal included: the progress callback is compiled into the denoising program, which must be the
+    # same program on every process (only process 0 draws the bar).
+    args.progress = not args.no_progress and sys.stderr.isatty()
     args = argparse.Namespace(**distributed.broadcast(vars(args)))
 
     gen = jdiff.DiffGenerator.from_pretrained(
@@ -131,7 +134,7 @@ def _generate(args) -> int:
         seed=args.seed,
         num_outputs_per_prompt=args.num_outputs,
         output_path=output,
-        progress=not args.no_progress and sys.stderr.isatty(),
+        progress=args.progress,
     )
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     print(timings, file=sys.stderr)
@@ -241,7 +244,22 @@ def main(argv: list[str] | None = None) -> int:
         return {"generate": _generate, "convert": _convert, "serve": _serve}[args.command](args)
     except InputError as e:
         print(f"jdiff: error: {e}", file=sys.stderr)
+        _stop_other_processes(str(e), 2)
         return 2
+    except BaseException as e:
+        _stop_other_processes(f"{type(e).__name__}: {e}", 130 if isinstance(e, KeyboardInterrupt) else 1)
+        raise
+
+
+def _stop_other_processes(message: str, exit_code: int) -> None:
+    """In a multi-process run, ends every process now (they would wait for this one in a collective)."""
+    distributed = sys.modules.get("jdiff.parallel.distributed")
+    if distributed is not None and distributed.joined():
+        import traceback
+
+        if exit_code not in (0, 2):
+            traceback.print_exc()
+        distributed.abort(message, exit_code)
 
 
 if __name__ == "__main__":

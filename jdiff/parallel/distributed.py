@@ -4,14 +4,22 @@
 JDIFF_NUM_PROCESSES / JDIFF_PROCESS_ID variables, or (on a TPU VM slice, or under a cluster manager JAX
 detects) by itself. `broadcast` sends process 0's request to every process through JAX's own runtime, so
 all processes run the same jitted stages on the same inputs; results are all-gathered and only process 0
-writes files. The runtime's heartbeat makes the other processes fail with an error, not hang, when one dies.
+writes files.
+
+A process that fails says so through the runtime's key-value store (`abort`) before it exits, and a watchdog
+thread in every process ends it within a second with that message: the others would otherwise wait inside a
+collective for a peer that is gone (and the failed one at exit, in jax's shutdown barrier). A process that
+dies without a word (killed) is noticed by the runtime's heartbeat after HEARTBEAT_TIMEOUT_S.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import sys
+import threading
 from typing import Any
 
 import jax
@@ -20,6 +28,8 @@ import numpy as np
 from jdiff.errors import InputError
 
 HEARTBEAT_TIMEOUT_S = 60
+_ABORT_KEY = "jdiff/abort"
+_WATCH_POLL_MS = 1000
 
 
 def _detectable_cluster() -> bool:
@@ -60,9 +70,11 @@ def initialize(
             process_id=process_id,
             heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S,
         )
+        _start_watchdog()
         return True
     if _detectable_cluster():
         jax.distributed.initialize(heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT_S)
+        _start_watchdog()
         return True
     return False
 
@@ -75,6 +87,67 @@ def _env_int(name: str) -> int | None:
         return int(value)
     except ValueError:
         raise InputError(f"{name} must be an integer, got {value!r}") from None
+
+
+def joined() -> bool:
+    """Whether this process joined a multi-process run (without importing jax when it did not)."""
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import distributed as jax_distributed
+
+    return jax_distributed.global_state.client is not None
+
+
+def abort(message: str, exit_code: int) -> None:
+    """Tells every other process that this one failed with `message`, then exits at once with `exit_code`.
+
+    `os._exit`: a normal exit would wait in jax's shutdown barrier for processes that are themselves waiting
+    in a collective for this one.
+    """
+    with contextlib.suppress(Exception):  # the runtime may already be gone; exiting is what matters
+        _client().key_value_set(_ABORT_KEY, json.dumps([jax.process_index(), exit_code, message]))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(exit_code)
+
+
+def _start_watchdog() -> None:
+    """A thread that ends this process when another one `abort`s, or when the coordinator is gone.
+
+    It polls once a second, and a normal exit stops and joins it before jax shuts its runtime down: a thread
+    still inside a runtime call at that point kills the process on its way out.
+    """
+    stop = threading.Event()
+
+    def watch():
+        client = _client()
+        while not stop.is_set():
+            try:
+                message = client.blocking_key_value_get(_ABORT_KEY, _WATCH_POLL_MS)
+            except Exception as e:  # the runtime's own error types: a timeout, or the coordinator is gone
+                if stop.is_set() or "DEADLINE_EXCEEDED" in str(e) or "timed out" in str(e).lower():
+                    continue
+                message = json.dumps([0, 1, f"lost the coordinator ({str(e).splitlines()[0][:200]})"])
+            index, code, text = json.loads(message)
+            if index == jax.process_index():
+                return
+            print(
+                f"jdiff: error: process {index} failed, stopping process {jax.process_index()}: {text}",
+                file=sys.stderr,
+                flush=True,
+            )
+            sys.stdout.flush()
+            os._exit(code)
+
+    thread = threading.Thread(target=watch, name="jdiff-watchdog", daemon=True)
+
+    def join() -> None:
+        stop.set()
+        thread.join(timeout=2 * _WATCH_POLL_MS / 1000)
+
+    # atexit runs the last registered first: this runs before jax's own shutdown (registered at initialize).
+    atexit.register(join)
+    thread.start()
 
 
 def is_main() -> bool:

@@ -343,7 +343,8 @@ def _steps_first(m: jax.Array, n: int) -> jax.Array:
 def _progress_bar(steps: int):
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, desc="denoising", unit="step", leave=False)
+    # Multi-process runs compile the callback into every process's program; process 0 alone draws the bar.
+    bar = tqdm(total=steps, desc="denoising", unit="step", leave=False, disable=jax.process_index() != 0)
     done = [0]
 
     def hook(i: int) -> None:
