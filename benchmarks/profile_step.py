@@ -168,7 +168,7 @@ def main() -> None:
     if args.norm_rope:
         from jdiff.kernels import norm_rope
 
-        norm_rope.IMPLEMENTATION = args.norm_rope
+        norm_rope._FORCED.set(args.norm_rope)  # for the whole run (this thread traces everything)
     if args.unroll != 1:
         import functools
 
@@ -215,9 +215,8 @@ def main() -> None:
     if args.check_norm_rope:
         from jdiff.kernels import norm_rope
 
-        norm_rope.IMPLEMENTATION = "xla"
-        ref = compiler_options.jit(lambda p, *xs: apply(nnx.merge(graphdef, p), *xs))(params, *inputs)
-        norm_rope.IMPLEMENTATION = args.norm_rope
+        with norm_rope.forced("xla"):
+            ref = compiler_options.jit(lambda p, *xs: apply(nnx.merge(graphdef, p), *xs))(params, *inputs)
         diff = jax.numpy.linalg.norm((out - ref).astype("float32")) / jax.numpy.linalg.norm(
             ref.astype("float32")
         )

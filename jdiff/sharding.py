@@ -2,10 +2,18 @@
 
 Modules annotate parameters with these names and never name mesh axes; the rule tables that map logical
 names to mesh axes (and the mesh construction) belong to the parallelism layer. `constrain` is the one helper
-that pins an activation's layout; without an active rule set it does nothing.
+that pins an activation's layout; without an active rule set it does nothing. The active placement (mesh,
+rules, sequence-parallel mode) is ambient per thread (`ambient`, `use`), so kernels and layers read it
+without importing the parallelism layer.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import jax
 
@@ -25,10 +33,46 @@ LENGTH = "activation_length"
 ACT_EMBED = "activation_embed"
 ACT_HEADS = "activation_heads"
 
-# Set by the parallel layer: a callable (array, logical names) -> array applying a sharding constraint.
-_constrain_fn = None
+
+@dataclass(frozen=True)
+class Ambient:
+    """The placement that jitted code is being traced under: set by `jdiff.parallel.rules.activate`.
+
+    Attributes:
+        mesh: the device mesh (a `jax.sharding.Mesh`).
+        rules: the logical-name -> mesh-axes rule table in force.
+        sequence_parallel: how context-parallel attention runs over the `context` axis ("ulysses", "ring",
+            "auto").
+        constrain: (array, logical names) -> array with that layout pinned.
+    """
+
+    mesh: Any
+    rules: Any
+    sequence_parallel: str
+    constrain: Callable[[jax.Array, tuple[str | None, ...]], jax.Array]
+
+
+# A ContextVar, not a module global: the server traces requests on worker threads, and a thread (or a
+# `contextvars` copy) sees only the placement it activated.
+_AMBIENT: contextvars.ContextVar[Ambient | None] = contextvars.ContextVar("jdiff_ambient", default=None)
+
+
+def ambient() -> Ambient | None:
+    """The placement of the innermost `activate` block in this thread, or None (one device, no rules)."""
+    return _AMBIENT.get()
+
+
+@contextlib.contextmanager
+def use(placement: Ambient) -> Iterator[Ambient]:
+    """Makes `placement` ambient for the block (restoring the previous one on exit)."""
+    token = _AMBIENT.set(placement)
+    try:
+        yield placement
+    finally:
+        _AMBIENT.reset(token)
 
 
 def constrain(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
-    """Constrains `x` to the layout the active rules give `names`; a no-op when no rules are active."""
-    return x if _constrain_fn is None else _constrain_fn(x, names)
+    """Constrains `x` to the layout the ambient rules give `names`; a no-op when no placement is ambient."""
+    current = _AMBIENT.get()
+    return x if current is None else current.constrain(x, names)

@@ -41,7 +41,7 @@ def test_xla_matches_reference_with_scale_and_mask():
 
 
 def test_backend_choice(monkeypatch):
-    from jdiff.layers import attention
+    from jdiff.kernels import attention
 
     monkeypatch.setattr(attention.jax, "default_backend", lambda: "gpu")
     assert attention.default_implementation(jnp.bfloat16, 128) == "cudnn"

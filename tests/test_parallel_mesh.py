@@ -237,9 +237,32 @@ def test_activate():
             z = jax.jit(lambda x: sh.constrain(x * 3, names))(jnp.ones((8, 8, 3)))
             assert z.sharding.spec == P("fsdp")
         assert current()[0] is mesh
-    assert sh._constrain_fn is None
+    assert sh.ambient() is None
     assert current() is None
     np.testing.assert_array_equal(np.asarray(y), 2 * np.ones((2, 8, 3)))
+
+
+def test_activate_is_per_thread():
+    """A placement activated in one thread (the server traces requests on workers) is not another's."""
+    import threading
+
+    seen = {}
+    inside, leave = threading.Event(), threading.Event()
+
+    def worker():
+        with activate(make_mesh("data=2,context=4")):
+            seen["worker"] = current()
+            inside.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert inside.wait(10)
+    seen["main"] = current()
+    assert sh.constrain(jnp.ones(3), (None,)) is not None
+    leave.set()
+    t.join()
+    assert seen["worker"] is not None and seen["main"] is None
 
 
 def test_named_sharding():

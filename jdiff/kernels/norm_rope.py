@@ -23,15 +23,32 @@ The kernel is opaque to XLA's SPMD partitioner, so under a multi-device mesh the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-# Overrides the choice for every call when set ("pallas" or "xla"): for benchmarks comparing the two.
-IMPLEMENTATION: str | None = None
+from jdiff import sharding
+from jdiff.kernels.rope import apply_rope
+
+# Overrides the choice for every call traced in this thread when set ("pallas" or "xla"): tests and
+# benchmarks comparing the two (`forced`).
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("jdiff_norm_rope", default=None)
+
+
+@contextlib.contextmanager
+def forced(implementation: str | None) -> Iterator[None]:
+    """Within the block, calls traced in this thread use `implementation` ("pallas", "xla"; None: choose)."""
+    token = _FORCED.set(implementation)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
+
 
 # Launch configuration, the best of 18 measured at both DiT shapes (benchmarks/norm_rope_kernels.py).
 BLOCK_ROWS = 32
@@ -88,7 +105,7 @@ def joint_rms_norm_rope(
     length = sum(p[0].shape[1] for p in parts)
     if cos.shape[0] != length or sin.shape != cos.shape:
         raise ValueError(f"rope tables {cos.shape}/{sin.shape} do not cover the joint length {length}")
-    impl = implementation or IMPLEMENTATION or _default_implementation(parts[0][0])
+    impl = implementation or _FORCED.get() or _default_implementation(parts[0][0])
     if impl not in ("pallas", "xla"):
         raise ValueError(f"rms_norm_rope: implementation must be 'pallas' or 'xla', got {impl!r}")
     starts = [0]
@@ -118,13 +135,11 @@ def joint_rms_norm_rope(
 
 
 def _default_implementation(x: jax.Array) -> str:
-    from jdiff.parallel import rules
-
     device = jax.devices()[0]
     if device.platform != "gpu" or "nvidia" not in device.device_kind.lower() or x.shape[-1] % 2:
         return "xla"  # the kernel is written and tested for NVIDIA GPUs (Triton); ROCm keeps XLA
-    active = rules.current()
-    if active is not None and active[0].size > 1:
+    placement = sharding.ambient()
+    if placement is not None and placement.mesh.size > 1:
         return "xla"
     return "pallas"
 
@@ -137,8 +152,6 @@ def _rows(length: int) -> int:
 
 def _reference(x, scale, cos, sin, *, eps, across_heads, bias=None):
     """The unfused composition: RMSNorm in float32, cast, then RoPE in float32 (as diffusers computes it)."""
-    from jdiff.layers.rope import apply_rope
-
     x32 = x.astype(jnp.float32)
     if bias is not None:
         x32 = x32 + bias.astype(jnp.float32).reshape(x.shape[-2:])

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float
+
+from jdiff.kernels.rope import apply_rope
 
 
 def rope_cos_sin(ids: np.ndarray, axes_dim: Sequence[int], theta: float) -> tuple[np.ndarray, np.ndarray]:
@@ -30,12 +30,4 @@ def rope_cos_sin(ids: np.ndarray, axes_dim: Sequence[int], theta: float) -> tupl
     )
 
 
-def apply_rope(
-    x: Float[Array, "b l n h"], cos: Float[Array, "l h"], sin: Float[Array, "l h"]
-) -> Float[Array, "b l n h"]:
-    """x * cos + rotate(x) * sin with rotate((a, b)) = (-b, a) over interleaved pairs, in float32."""
-    x32 = x.astype(jnp.float32)
-    pairs = x32.reshape(*x.shape[:-1], -1, 2)
-    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(x.shape)
-    out = x32 * cos[None, :, None, :] + rotated * sin[None, :, None, :]
-    return out.astype(x.dtype)
+__all__ = ["apply_rope", "rope_cos_sin"]

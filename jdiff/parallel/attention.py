@@ -9,7 +9,7 @@ P(batch axes, "context", head axes, None): the sequence split over `context`, th
 
 Modes:
   * "ulysses" (DeepSpeed-Ulysses): an all-to-all turns sequence shards into head shards, each device runs
-    full-sequence attention on N/c heads with `jdiff.layers.dot_product_attention` (cuDNN flash attention on
+    full-sequence attention on N/c heads with `jdiff.kernels.attention.local_attention` (cuDNN flash attention on
     GPU in bf16), and a second all-to-all turns it back. Two all-to-alls of q/k/v/o per call; needs the
     per-device head count to divide by c.
   * "ring": each device keeps its query block and the key/value blocks travel around the ring (c - 1
@@ -45,7 +45,7 @@ from jaxtyping import Array, Bool, Float
 
 from jdiff import sharding as sh
 from jdiff.errors import InputError
-from jdiff.layers.attention import dot_product_attention
+from jdiff.kernels.attention import local_attention
 from jdiff.parallel.rules import DEFAULT_RULES, Rules, logical_to_spec
 
 CONTEXT = "context"
@@ -95,7 +95,7 @@ def _ulysses_local(q, k, v, mask, *, scale, implementation):
     if mask is not None:
         # Gathered in shard order, the same order the all-to-all concatenated the keys in.
         mask = jax.lax.all_gather(mask, CONTEXT, axis=1, tiled=True)[:, None, None, :]  # [B', 1, 1, S]
-    out = dot_product_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
+    out = local_attention(q, k, v, mask=mask, scale=scale, implementation=implementation)
     return jax.lax.all_to_all(out, CONTEXT, split_axis=1, concat_axis=2, tiled=True)
 
 
@@ -259,7 +259,7 @@ def context_attention(
     rules: Rules = DEFAULT_RULES,
 ) -> Float[Array, "b t n h"]:
     """Sequence-parallel attention for any lengths: pads to multiples of the context size, masks the padded
-    keys, strips the padded queries. Without a context axis (size 1) it is plain `dot_product_attention`.
+    keys, strips the padded queries. Without a context axis (size 1) it is plain `local_attention`.
 
     Args:
         mode: "ulysses", "ring", or "auto" (ulysses when the per-device heads divide the context size).
@@ -319,7 +319,7 @@ def joint_context_attention(
         mask = None
         if any(m is not None for m in masks):
             mask = cat([_mask(m, k) for m, k in zip(masks, ks, strict=True)])[:, None, None, :]
-        out = dot_product_attention(
+        out = local_attention(
             cat(qs), cat(ks), cat(vs), mask=mask, scale=scale, implementation=implementation
         )
         return jnp.split(out, [sum(q.shape[1] for q in qs[:i]) for i in range(1, len(qs))], axis=1)
@@ -373,7 +373,7 @@ def cross_context_attention(
     """
     c = _context_size(mesh)
     if c == 1:
-        return dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+        return local_attention(q, k, v, scale=scale, implementation=implementation)
     t = q.shape[1]
     pad = -t % c
     qp = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0))) if pad else q
@@ -381,7 +381,7 @@ def cross_context_attention(
     kv_spec = PartitionSpec(spec[0], None, spec[2], None)
 
     def local(q, k, v):
-        return dot_product_attention(q, k, v, scale=scale, implementation=implementation)
+        return local_attention(q, k, v, scale=scale, implementation=implementation)
 
     out = _shard_map(local, mesh=mesh, in_specs=(spec, kv_spec, kv_spec), out_specs=spec)(qp, k, v)
     return out[:, :t] if pad else out

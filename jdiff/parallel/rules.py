@@ -178,18 +178,16 @@ def param_shardings(abstract_state: Any, mesh: Mesh, rules: Rules = DEFAULT_RULE
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-_active: tuple[Mesh, Rules] | None = None
-_sequence_parallel: str = "ulysses"
-
-
 def current() -> tuple[Mesh, Rules] | None:
-    """The (mesh, rules) installed by the innermost `activate` block, or None outside any."""
-    return _active
+    """The (mesh, rules) installed by the innermost `activate` block in this thread, or None outside any."""
+    placement = sh.ambient()
+    return None if placement is None else (placement.mesh, placement.rules)
 
 
 def sequence_parallel_mode() -> str:
     """How attention marked `context_parallel` runs over the `context` axis: "ulysses", "ring" or "auto"."""
-    return _sequence_parallel
+    placement = sh.ambient()
+    return "ulysses" if placement is None else placement.sequence_parallel
 
 
 @contextlib.contextmanager
@@ -199,16 +197,11 @@ def activate(
     """Within the block, `jdiff.sharding.constrain(x, names)` pins `x` to `named_sharding(names, mesh, rules,
     shape=x.shape)` through `jax.lax.with_sharding_constraint`; the previous behaviour is restored on exit.
 
-    Process-global (not thread-local): activate once around tracing, not from concurrent threads.
+    The placement is ambient for this thread only (a ContextVar): concurrent threads trace independently.
     """
-    global _active, _sequence_parallel
 
     def constrain_fn(x: jax.Array, names: tuple[LogicalName, ...]) -> jax.Array:
         return jax.lax.with_sharding_constraint(x, named_sharding(names, mesh, rules, shape=x.shape))
 
-    saved = (sh._constrain_fn, _active, _sequence_parallel)
-    sh._constrain_fn, _active, _sequence_parallel = constrain_fn, (mesh, rules), sequence_parallel
-    try:
+    with sh.use(sh.Ambient(mesh, rules, sequence_parallel, constrain_fn)):
         yield mesh
-    finally:
-        sh._constrain_fn, _active, _sequence_parallel = saved

@@ -11,6 +11,7 @@ from diffusers import FluxTransformer2DModel as TorchFlux
 from jdiff.convert.flux import SPEC
 from jdiff.errors import ConversionError, InputError
 from jdiff.io.safetensors import open_weights
+from jdiff.kernels import norm_rope
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.models.config import from_dict
 from jdiff.models.flux.config import FluxConfig
@@ -61,10 +62,7 @@ def _randomized(module, scale: float):
         (2, 16, (4, 6, 6), True, (4, 8), "pallas"),
     ],
 )
-def test_parity(tmp_path, monkeypatch, heads, head_dim, axes, guidance, hw, kernel):
-    from jdiff.kernels import norm_rope
-
-    monkeypatch.setattr(norm_rope, "IMPLEMENTATION", kernel)
+def test_parity(tmp_path, heads, head_dim, axes, guidance, hw, kernel):
     cfg = dict(
         patch_size=1,
         in_channels=8,
@@ -106,14 +104,15 @@ def test_parity(tmp_path, monkeypatch, heads, head_dim, axes, guidance, hw, kern
             guidance=torch.from_numpy(g) if guidance else None,
         ).sample.numpy()
     rope = tuple(jnp.asarray(a) for a in rope_cos_sin(np.concatenate([txt_ids, img_ids]), axes, 10000.0))
-    got = model(
-        jnp.asarray(x),
-        jnp.asarray(ctx),
-        jnp.asarray(pooled),
-        jnp.asarray(timestep),
-        rope,
-        guidance=jnp.asarray(g) if guidance else None,
-    )
+    with norm_rope.forced(kernel):
+        got = model(
+            jnp.asarray(x),
+            jnp.asarray(ctx),
+            jnp.asarray(pooled),
+            jnp.asarray(timestep),
+            rope,
+            guidance=jnp.asarray(g) if guidance else None,
+        )
     assert rel_err(got, want) < 1e-5
 
 
@@ -185,14 +184,13 @@ def test_modulation_rows_are_independent():
 
 
 @pytest.mark.parametrize("joint", [True, False])
-def test_attention_with_the_fused_kernel(monkeypatch, joint):
+def test_attention_with_the_fused_kernel(joint):
     """JointAttention with the GPU's fused QK norm + rope kernel (Pallas interpret mode) against the XLA path,
     same weights: attention-level, where a wrong bias or norm weight shows (the whole model's output, behind
     gated residuals, moves by only ~5e-6 relative when k gets q's bias)."""
     import jax
     from flax import nnx
 
-    from jdiff.kernels import norm_rope
     from jdiff.models.flux.transformer import JointAttention
 
     cfg = dataclasses.replace(
@@ -206,8 +204,8 @@ def test_attention_with_the_fused_kernel(monkeypatch, joint):
         x = jnp.concatenate([text, x], axis=1)
     outs = []
     for impl in ("xla", "pallas"):
-        monkeypatch.setattr(norm_rope, "IMPLEMENTATION", impl)
-        out = attn(x, rope, context=text if joint else None)
+        with norm_rope.forced(impl):
+            out = attn(x, rope, context=text if joint else None)
         outs.append(jnp.concatenate(out, axis=1) if joint else out)
     assert rel_err(outs[1], outs[0]) < 1e-5
 
