@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdiff.models.config import to_dict
 from jdiff.tiny import shapes
 from jdiff.tiny import train as T
+from jdiff.weights.config import to_dict
 
 PRESET = {
     "height": 64,
@@ -98,8 +98,11 @@ def run_export(out: Path) -> Path:
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from jdiff.convert import autoencoder_kl, clip, flux, t5
-    from jdiff.convert.plan import export
+    from jdiff.models.autoencoder_kl import plan as autoencoder_kl
+    from jdiff.models.clip import plan as clip
+    from jdiff.models.flux import plan as flux
+    from jdiff.models.t5 import plan as t5
+    from jdiff.weights.plan import export
 
     work = out / "train"
     cfgs = json.loads((work / "configs.json").read_text())

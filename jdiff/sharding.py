@@ -17,6 +17,13 @@ from typing import Any
 
 import jax
 
+
+def path_str(path: tuple) -> str:
+    """A parameter's NNX state path as one dotted string (`blocks.attn.to_q.kernel`): how shardings, plans
+    and checkpoints name parameters."""
+    return ".".join(str(p) for p in path)
+
+
 # Parameter axes.
 EMBED = "embed"  # model width D
 MLP = "mlp"  # feed-forward hidden width

@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import jdiff
-import jdiff.convert.plan as plan_module
+import jdiff.weights.plan as plan_module
 from jdiff.errors import InputError
 from tests.fixtures_wan import saved, tiny_wan
 from tests.utils import rel_err
@@ -61,7 +61,7 @@ def test_sharded_loading_reads_slices(tiny_flux_dir, monkeypatch):
         return out
 
     monkeypatch.setattr(plan_module, "materialize_slice", counting)
-    import jdiff.models.loading as loading
+    import jdiff.weights.loading as loading
 
     monkeypatch.setattr(loading, "materialize_slice", counting)
     jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, mesh="fsdp=8")

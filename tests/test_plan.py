@@ -7,11 +7,11 @@ import torch
 from flax import nnx
 from safetensors.torch import save_file
 
-from jdiff.convert.plan import Plan, Rule, export
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
 from jdiff.layers import Conv, LayerNorm, Linear
-from jdiff.models.loading import ComponentSpec, load_component
+from jdiff.weights.loading import ComponentSpec, load_component
+from jdiff.weights.plan import Plan, Rule, export
+from jdiff.weights.safetensors import open_weights
 from tests.utils import rel_err
 
 

@@ -9,7 +9,6 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from jdiff.errors import InputError
-from jdiff.models.config import from_dict
 from jdiff.sampling.flow_match import (
     FlowMatchEulerConfig,
     calculate_shift,
@@ -18,6 +17,7 @@ from jdiff.sampling.flow_match import (
     schedule,
 )
 from jdiff.sampling.loop import euler_loop
+from jdiff.weights.config import from_dict
 
 DEV = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
 SCHNELL = dict(shift=1.0, use_dynamic_shifting=False)

@@ -10,9 +10,9 @@ import torch
 from diffusers import UniPCMultistepScheduler
 
 from jdiff.errors import InputError
-from jdiff.models.config import from_dict
 from jdiff.sampling import loop
 from jdiff.sampling.unipc import UniPCConfig, unipc_init, unipc_loop, unipc_schedule, unipc_step
+from jdiff.weights.config import from_dict
 
 # Wan2.1 scheduler/scheduler_config.json, less flow_shift (3.0 at 480p, 5.0 at 720p).
 WAN = dict(

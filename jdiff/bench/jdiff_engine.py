@@ -22,7 +22,7 @@ def _jdiff_random(spec, cfg, dtype):
     import numpy as np
     from flax import nnx
 
-    from jdiff.models.loading import path_str
+    from jdiff.weights.loading import path_str
 
     graphdef, abstract = spec.abstract(cfg)
     leaves = nnx.to_flat_state(abstract)
@@ -55,7 +55,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
     import jax
     import jax.numpy as jnp
 
-    from jdiff.models.config import from_dict
+    from jdiff.weights.config import from_dict
 
     bf16 = jnp.bfloat16
     keys = iter(jax.random.split(jax.random.key(1), 8))
@@ -64,7 +64,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         return jax.random.normal(next(keys), shape, dtype)
 
     if name == "flux_step":
-        from jdiff.convert.flux import SPEC
+        from jdiff.models.flux.plan import SPEC
         from jdiff.pipelines.flux import _rope_tables
 
         cfg = from_dict(SPEC.config_cls, config)
@@ -85,7 +85,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             return m(x, txt, pooled, t, (cos, sin), guidance=g)
 
     elif name == "wan_forward":
-        from jdiff.convert.wan import SPEC
+        from jdiff.models.wan.plan import SPEC
         from jdiff.models.wan.rope import wan_rope_tables
 
         cfg = from_dict(SPEC.config_cls, config)
@@ -102,7 +102,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             return m(x, t, ctx, (cos, sin))
 
     elif name == "flux_vae_decode":
-        from jdiff.convert.autoencoder_kl import SPEC
+        from jdiff.models.autoencoder_kl.plan import SPEC
 
         cfg = from_dict(SPEC.config_cls, config)
         inputs = (rand((1, sz["h"], sz["w"], cfg.latent_channels)),)
@@ -111,7 +111,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             return m.decode(z)
 
     elif name == "wan_vae_decode":
-        from jdiff.convert.wan_vae import SPEC
+        from jdiff.models.wan_vae.plan import SPEC
 
         cfg = from_dict(SPEC.config_cls, config)
         inputs = (rand((1, sz["f"], sz["h"], sz["w"], cfg.z_dim)),)
@@ -131,8 +131,8 @@ def _attention_head_dim(name: str, config: dict) -> int:
         return config["attention_head_dim"]
     if name == "flux_vae_decode":
         return config["block_out_channels"][-1]
-    from jdiff.convert.wan_vae import SPEC
-    from jdiff.models.config import from_dict
+    from jdiff.models.wan_vae.plan import SPEC
+    from jdiff.weights.config import from_dict
 
     cfg = from_dict(SPEC.config_cls, config)
     return cfg.decoder_dim * cfg.dim_mult[-1]

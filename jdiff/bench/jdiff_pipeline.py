@@ -65,8 +65,8 @@ class RandomModelDir:
         import jax
         import jax.numpy as jnp
 
-        from jdiff.models.config import from_dict
         from jdiff.models.registry import spec_for
+        from jdiff.weights.config import from_dict
 
         self.dtype = jnp.dtype(dtype)
         self.configs = configs

@@ -1,6 +1,5 @@
-"""Weight conversion: declarative plans from reference (PyTorch) state dicts to jdiff parameter trees.
+"""`jdiff convert`: a diffusers-format directory -> a jdiff checkpoint (`run.py`).
 
-`plan.py` is the engine (rules, transforms, resolution with collected errors); each model family's plan sits
-beside it (`flux.py`, `clip.py`, `t5.py`, `autoencoder_kl.py`); `checkpoint.py` writes and reads jdiff's own
-orbax checkpoints.
+The conversion engine itself (plans, transforms, safetensors and orbax I/O, component loading) is
+`jdiff.weights`; each model family's plan sits beside its modules (`jdiff/models/<family>/plan.py`).
 """

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
-from jdiff.convert import checkpoint
 from jdiff.errors import ConversionError, InputError
 from jdiff.models.registry import _SPECS
 from jdiff.pipelines.model_dir import ModelDir
+from jdiff.weights import checkpoint
 
 
 @dataclass

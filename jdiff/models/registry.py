@@ -5,18 +5,18 @@ from __future__ import annotations
 import importlib
 
 from jdiff.errors import InputError
-from jdiff.models.loading import ComponentSpec
+from jdiff.weights.loading import ComponentSpec
 
 # class name -> module holding its SPEC (imported lazily: loading FLUX need not import Wan).
 _SPECS = {
-    "FluxTransformer2DModel": "jdiff.convert.flux",
-    "CLIPTextModel": "jdiff.convert.clip",
-    "T5EncoderModel": "jdiff.convert.t5",
-    "AutoencoderKL": "jdiff.convert.autoencoder_kl",
-    "WanTransformer3DModel": "jdiff.convert.wan",
-    "AutoencoderKLWan": "jdiff.convert.wan_vae",
-    "UMT5EncoderModel": "jdiff.convert.umt5",
-    "CLIPVisionModel": "jdiff.convert.clip_vision",
+    "FluxTransformer2DModel": "jdiff.models.flux.plan",
+    "CLIPTextModel": "jdiff.models.clip.plan",
+    "T5EncoderModel": "jdiff.models.t5.plan",
+    "AutoencoderKL": "jdiff.models.autoencoder_kl.plan",
+    "WanTransformer3DModel": "jdiff.models.wan.plan",
+    "AutoencoderKLWan": "jdiff.models.wan_vae.plan",
+    "UMT5EncoderModel": "jdiff.models.t5.umt5_plan",
+    "CLIPVisionModel": "jdiff.models.clip.vision_plan",
 }
 
 

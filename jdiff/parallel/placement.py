@@ -16,8 +16,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jdiff.models.loading import path_str
 from jdiff.parallel.rules import DEFAULT_RULES, Rules, activate, named_sharding, param_shardings
+from jdiff.sharding import path_str
 
 
 @dataclass(frozen=True)

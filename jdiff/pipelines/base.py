@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import math
 import os
 import tempfile
@@ -144,7 +145,10 @@ def run_while_preparing(stage, args: tuple, kwargs: dict, *, following, followin
     # inputs) is lowered for without a sharding, or the decoder would be compiled for another program.
     committed = any(getattr(x, "committed", False) for x in jax.tree.leaves((args, kwargs)))
     spec = jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=info.sharding if committed else None)
-    job = _background().submit(lambda: following.lower(*following_args(spec)).compile())
+    # The worker traces in a copy of this thread's context: the ambient placement (a ContextVar) that makes
+    # `constrain` pin the decoder's layouts must be the caller's.
+    prepare = contextvars.copy_context().run
+    job = _background().submit(prepare, lambda: following.lower(*following_args(spec)).compile())
     try:
         out = stage(*args, **kwargs)
     finally:

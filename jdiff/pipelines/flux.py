@@ -23,7 +23,6 @@ from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
-from jdiff.models.config import from_dict
 from jdiff.parallel.placement import context, gather, put
 from jdiff.pipelines.base import (
     IMAGE_SUFFIXES,
@@ -45,6 +44,7 @@ from jdiff.pipelines.model_dir import ModelDir
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import FlowMatchEulerConfig, calculate_shift, default_sigmas, schedule
 from jdiff.sampling.loop import euler_loop, set_progress_hook
+from jdiff.weights.config import from_dict
 
 
 def pack_latents(latents: jax.Array) -> jax.Array:

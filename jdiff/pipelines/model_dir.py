@@ -10,13 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from jdiff.convert import checkpoint
 from jdiff.errors import InputError
-from jdiff.io.safetensors import open_weights
-from jdiff.models.config import read_json
-from jdiff.models.loading import ComponentSpec, load_component
 from jdiff.models.registry import spec_for
 from jdiff.pipelines.tokenizer import PromptTokenizer, TransformersTokenizer, load_tokenizer
+from jdiff.weights import checkpoint
+from jdiff.weights.config import read_json
+from jdiff.weights.loading import ComponentSpec, load_component
+from jdiff.weights.safetensors import open_weights
 
 TOKENIZER_CLASSES = ("Tokenizer", "TokenizerFast")
 
@@ -89,7 +89,7 @@ class ModelDir:
 
     def check(self, name: str):
         """Header-only resolution of component `name` (for dry runs): its assignments, or ConversionError."""
-        from jdiff.models.loading import check
+        from jdiff.weights.loading import check
 
         folder = self.folder(name)
         spec = self.spec(name)

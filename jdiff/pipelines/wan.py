@@ -28,7 +28,6 @@ from flax import nnx
 from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
-from jdiff.models.config import from_dict
 from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
 from jdiff.parallel.placement import context, gather, put
 from jdiff.pipelines.base import (
@@ -51,6 +50,7 @@ from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import FlowMatchEulerConfig, schedule_from_steps
 from jdiff.sampling.loop import euler_loop
 from jdiff.sampling.unipc import UniPCConfig, unipc_loop, unipc_schedule
+from jdiff.weights.config import from_dict
 
 SCHEDULERS = ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
 

@@ -11,12 +11,12 @@ import torch
 from diffusers import AutoencoderKL as TorchAutoencoderKL
 from flax import nnx
 
-from jdiff.convert.autoencoder_kl import SPEC
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
 from jdiff.models.autoencoder_kl import AutoencoderKLConfig
-from jdiff.models.config import from_dict
-from jdiff.models.loading import check, load_component
+from jdiff.models.autoencoder_kl.plan import SPEC
+from jdiff.weights.config import from_dict
+from jdiff.weights.loading import check, load_component
+from jdiff.weights.safetensors import open_weights
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 FLUX_VAE = {

@@ -11,12 +11,12 @@ import transformers
 from flax import nnx
 from safetensors.torch import load_file, save_file
 
-from jdiff.convert.clip import SPEC
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
-from jdiff.models import loading
 from jdiff.models.clip import CLIPTextConfig
-from jdiff.models.config import from_dict
+from jdiff.models.clip.plan import SPEC
+from jdiff.weights import loading
+from jdiff.weights.config import from_dict
+from jdiff.weights.safetensors import open_weights
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 VOCAB = 1000
@@ -59,7 +59,7 @@ def _tiny(**kw) -> transformers.CLIPTextConfig:
 
 
 def _save_shipped_layout(ref: transformers.CLIPTextModel, folder) -> None:
-    """`save_pretrained`, then the keys as FLUX.1 ships them (`text_model.` prefix, see jdiff/convert/clip.py):
+    """`save_pretrained`, then the keys as FLUX.1 ships them (`text_model.` prefix, see jdiff/models/clip/plan.py):
     transformers 5 writes a freshly built CLIPTextModel without it, and adds it back only when re-saving a
     model loaded from a prefixed file. The tensors are the ones `save_pretrained` wrote."""
     ref.save_pretrained(folder)

@@ -13,13 +13,13 @@ import transformers
 from flax import nnx
 from safetensors.torch import load_file, save_file
 
-from jdiff.convert.clip_vision import SPEC
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
-from jdiff.models import loading
 from jdiff.models.clip.vision_config import CLIPVisionConfig
 from jdiff.models.clip.vision_encoder import preprocess_images
-from jdiff.models.config import from_dict
+from jdiff.models.clip.vision_plan import SPEC
+from jdiff.weights import loading
+from jdiff.weights.config import from_dict
+from jdiff.weights.safetensors import open_weights
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 # image_encoder/config.json of Wan2.1-I2V-14B-480P/720P-Diffusers (open-clip ViT-H/14).
@@ -69,7 +69,7 @@ def _tiny(**kw) -> transformers.CLIPVisionConfig:
 
 def _reference(folder, config, *, prefixed: bool) -> transformers.CLIPVisionModel:
     """A randomised tiny reference saved with `save_pretrained`; `prefixed` renames the keys to the layout Wan
-    ships (`vision_model.` prefix, see jdiff/convert/clip_vision.py), keeping the tensors it wrote."""
+    ships (`vision_model.` prefix, see jdiff/models/clip/vision_plan.py), keeping the tensors it wrote."""
     ref = transformers.CLIPVisionModel(config).eval()
     with torch.no_grad():
         for p in ref.parameters():  # move norms and zero biases away from their initial values

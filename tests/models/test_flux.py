@@ -8,14 +8,14 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel as TorchFlux
 
-from jdiff.convert.flux import SPEC
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
 from jdiff.kernels import norm_rope
 from jdiff.layers.rope import rope_cos_sin
-from jdiff.models.config import from_dict
 from jdiff.models.flux.config import FluxConfig
-from jdiff.models.loading import check, load_component, param_shapes
+from jdiff.models.flux.plan import SPEC
+from jdiff.weights.config import from_dict
+from jdiff.weights.loading import check, load_component, param_shapes
+from jdiff.weights.safetensors import open_weights
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 FLUX_DEV = dict(
@@ -218,9 +218,9 @@ def test_attention_parity(tmp_path, joint):
     from flax import nnx
     from safetensors.torch import save_file
 
-    from jdiff.convert.plan import Plan, materialize, resolve
     from jdiff.models.flux.transformer import JointAttention
-    from jdiff.models.loading import fill, source_shapes
+    from jdiff.weights.loading import fill, source_shapes
+    from jdiff.weights.plan import Plan, materialize, resolve
 
     heads, head_dim, axes = 2, 16, (4, 6, 6)
     dim = heads * head_dim

@@ -9,13 +9,13 @@ import torch
 import transformers
 from transformers.models.t5.modeling_t5 import T5Attention
 
-from jdiff.convert.t5 import SPEC
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
-from jdiff.models.config import from_dict
-from jdiff.models.loading import check, load_component
 from jdiff.models.t5 import T5Config
 from jdiff.models.t5.encoder import relative_position_buckets
+from jdiff.models.t5.plan import SPEC
+from jdiff.weights.config import from_dict
+from jdiff.weights.loading import check, load_component
+from jdiff.weights.safetensors import open_weights
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 TINY = dict(

@@ -8,12 +8,12 @@ import pytest
 import torch
 import transformers
 
-from jdiff.convert.umt5 import SPEC
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
-from jdiff.models.config import from_dict
-from jdiff.models.loading import check, load_component, param_shapes
 from jdiff.models.t5 import T5Config, UMT5Config, UMT5EncoderModel
+from jdiff.models.t5.umt5_plan import SPEC
+from jdiff.weights.config import from_dict
+from jdiff.weights.loading import check, load_component, param_shapes
+from jdiff.weights.safetensors import open_weights
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 TINY = dict(

@@ -8,13 +8,13 @@ from diffusers import WanTransformer3DModel as TorchWan
 from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from flax import nnx
 
-from jdiff.convert.plan import export
-from jdiff.convert.wan import SPEC
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
-from jdiff.models.config import from_dict
-from jdiff.models.loading import check, load_component, param_shapes
 from jdiff.models.wan import WanTransformerConfig, wan_rope_tables
+from jdiff.models.wan.plan import SPEC
+from jdiff.weights.config import from_dict
+from jdiff.weights.loading import check, load_component, param_shapes
+from jdiff.weights.plan import export
+from jdiff.weights.safetensors import open_weights
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 # The released diffusers configs (diffusers `scripts/convert_wan_to_diffusers.py`); rope_max_seq_len is the

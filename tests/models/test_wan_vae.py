@@ -12,12 +12,12 @@ import torch
 from diffusers import AutoencoderKLWan as TorchAutoencoderKLWan
 from flax import nnx
 
-from jdiff.convert.wan_vae import SPEC
 from jdiff.errors import ConversionError, InputError
-from jdiff.io.safetensors import open_weights
-from jdiff.models.config import from_dict
-from jdiff.models.loading import check, load_component
 from jdiff.models.wan_vae import WanVAEConfig
+from jdiff.models.wan_vae.plan import SPEC
+from jdiff.weights.config import from_dict
+from jdiff.weights.loading import check, load_component
+from jdiff.weights.safetensors import open_weights
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 # `Wan-AI/Wan2.1-T2V-1.3B-Diffusers/vae/config.json` (latent statistics left to diffusers' defaults, which

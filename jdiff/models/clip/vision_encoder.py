@@ -9,7 +9,7 @@ diffusers' `WanImageToVideoPipeline.encode_image` runs the model with `output_hi
 runs `pre_layrnorm` and the first `num_hidden_layers - 1` layers only. The last layer stays loaded (a
 conversion plan is independent of the config and could not name it to skip it; loading every checkpoint layer
 also keeps the layer-count check), and `post_layernorm`, which only feeds the pooled output, is ignored by the
-plan (jdiff/convert/clip_vision.py).
+plan (jdiff/models/clip/vision_plan.py).
 
 Attribute paths mirror the transformers-4 state-dict names Wan ships (`vision_model.encoder.layers.0.
 self_attn.q_proj.weight`); the layers are stacked (leading layer axis) and run with one `lax.scan`.

@@ -3,10 +3,10 @@
 The module mirrors diffusers' names, so the default rules do all the work; both block lists are stacked.
 """
 
-from jdiff.convert.plan import Plan
 from jdiff.models.flux.config import FluxConfig
 from jdiff.models.flux.transformer import FluxTransformer2DModel
-from jdiff.models.loading import ComponentSpec
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan
 
 PLAN = Plan(stacked=("transformer_blocks", "single_transformer_blocks"))
 

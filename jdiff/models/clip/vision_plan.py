@@ -15,10 +15,10 @@ Reference quirks:
     positions are implicit, so it is ignored.
 """
 
-from jdiff.convert.plan import Plan, Rule
 from jdiff.models.clip.vision_config import CLIPVisionConfig
 from jdiff.models.clip.vision_encoder import CLIPVisionModel
-from jdiff.models.loading import ComponentSpec
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan, Rule
 
 PLAN = Plan(
     rules=(Rule(r"vision_model\.embeddings\.class_embedding", "vision_model.embeddings.class_embedding"),),

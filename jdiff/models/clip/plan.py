@@ -13,9 +13,9 @@ Reference quirks:
     the weights; positions are recomputed, so it is ignored.
 """
 
-from jdiff.convert.plan import Plan
 from jdiff.models.clip import CLIPTextConfig, CLIPTextModel
-from jdiff.models.loading import ComponentSpec
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan
 
 PLAN = Plan(
     stacked=("text_model.encoder.layers",),

@@ -13,9 +13,9 @@ current diffusers (`AutoencoderKL.from_pretrained(...).save_pretrained(...)`).
 
 from __future__ import annotations
 
-from jdiff.convert.plan import Plan
 from jdiff.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
-from jdiff.models.loading import ComponentSpec
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan
 
 PLAN = Plan()
 

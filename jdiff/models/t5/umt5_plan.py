@@ -5,10 +5,10 @@ Every parameter follows the default rules (kernel <- weight transposed, scale an
 block (`encoder.block.{i}.layer.0.SelfAttention.relative_attention_bias.weight`) and is stacked with it.
 """
 
-from jdiff.convert.plan import Plan
-from jdiff.models.loading import ComponentSpec
 from jdiff.models.t5.config import UMT5Config
 from jdiff.models.t5.encoder import UMT5EncoderModel
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan
 
 PLAN = Plan(
     stacked=("encoder.block",),

@@ -4,10 +4,10 @@ Everything but the relative position bias follows the default rules (kernel <- w
 embedding <- weight), with `encoder.block` stacked over layers.
 """
 
-from jdiff.convert.plan import Plan, Rule
-from jdiff.models.loading import ComponentSpec
 from jdiff.models.t5.config import T5Config
 from jdiff.models.t5.encoder import T5EncoderModel
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan, Rule
 
 PLAN = Plan(
     rules=(

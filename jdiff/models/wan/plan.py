@@ -6,10 +6,10 @@ FLF2V image position embedding are bare parameters taken as they are. Wan2.2 A14
 (`transformer`, `transformer_2`) are two components loaded with this same spec.
 """
 
-from jdiff.convert.plan import Plan, Rule
-from jdiff.models.loading import ComponentSpec
 from jdiff.models.wan.config import WanTransformerConfig
 from jdiff.models.wan.transformer import WanTransformer3DModel
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan, Rule
 
 PLAN = Plan(
     rules=(

@@ -18,9 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdiff.convert.plan import Assignment, Plan, materialize, materialize_slice, resolve
-from jdiff.io.safetensors import WeightSet, open_weights
-from jdiff.models.config import from_dict, read_json
+from jdiff.sharding import path_str
+from jdiff.weights.config import from_dict, read_json
+from jdiff.weights.plan import Assignment, Plan, materialize, materialize_slice, resolve
+from jdiff.weights.safetensors import WeightSet, open_weights
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,6 @@ class ComponentSpec:
     def abstract(self, cfg) -> tuple[nnx.GraphDef, nnx.State]:
         model = nnx.eval_shape(lambda: self.module_cls(cfg, rngs=nnx.Rngs(0)))
         return nnx.split(model)
-
-
-def path_str(path: tuple) -> str:
-    return ".".join(str(p) for p in path)
 
 
 def param_shapes(state: nnx.State) -> dict[str, tuple[int, ...]]:

@@ -13,9 +13,9 @@ diffusers' single-file loader renames them. Use the diffusers-format `vae/` fold
 
 from __future__ import annotations
 
-from jdiff.convert.plan import Plan, Rule
-from jdiff.models.loading import ComponentSpec
 from jdiff.models.wan_vae import AutoencoderKLWan, WanVAEConfig
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan, Rule
 
 PLAN = Plan(rules=(Rule(r"(.+)\.gamma", r"\1.gamma"),))
 

@@ -1,1 +1,0 @@
-"""Reading model files: safetensors headers and tensors, diffusers-format directories."""
