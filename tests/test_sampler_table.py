@@ -218,8 +218,11 @@ def test_compat_wrappers_are_the_table():
     sched = euler.schedule(ecfg, 4)
     want = sample(euler, ecfg, _model, X0, sched)
     np.testing.assert_array_equal(euler_loop(_model, X0, sched.sigmas, sched.timesteps), want)
-    extra = np.zeros((4, 4), np.float32)
-    np.testing.assert_array_equal(euler_loop(_model, X0, sched.sigmas, sched.timesteps, per_step=extra), want)
+    extra = RNG.standard_normal((4, 4)).astype(np.float32)
+    np.testing.assert_array_equal(
+        euler_loop(_model, X0, sched.sigmas, sched.timesteps, per_step=extra),
+        sample(euler, ecfg, _model, X0, sched, per_step=extra),
+    )
     sched = unipc.schedule(ucfg, 4)
     want = sample(unipc, ucfg, _model, X0, sched)
     np.testing.assert_array_equal(unipc_loop(_model, X0, sched.sigmas, sched.timesteps, ucfg), want)

@@ -44,8 +44,10 @@ def track(hook: Hook) -> Iterator[int]:
     """
     global _last
     with _lock:
-        token = _last
-        while token == LEGACY_TOKEN or token in _hooks:  # wraps after 2**31 - 1 requests
+        # Always the next token, never the one just released: a late tick of the previous request must not
+        # reach this one's hook. Wraps after 2**31 - 1 requests, skipping tokens still in use.
+        token = _last % _MAX_TOKEN + 1
+        while token in _hooks:
             token = token % _MAX_TOKEN + 1
         _last = token
         _hooks[token] = hook
