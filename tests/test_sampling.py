@@ -1,7 +1,6 @@
-"""Flow-match schedules and the Euler step against diffusers' FlowMatchEulerDiscreteScheduler."""
+"""The table's flow-match Euler row against diffusers' FlowMatchEulerDiscreteScheduler."""
 
-import dataclasses
-
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -9,18 +8,16 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from jdiff.errors import InputError
-from jdiff.sampling.flow_match import (
-    FlowMatchEulerConfig,
-    calculate_shift,
-    default_sigmas,
-    euler_step,
-    schedule,
-)
-from jdiff.sampling.loop import euler_loop
-from jdiff.weights.config import from_dict
+from jdiff.sampling.flow_match import calculate_shift, default_sigmas
+from jdiff.sampling.loop import sample
+from jdiff.sampling.table import sampler_for
 
 DEV = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)
 SCHNELL = dict(shift=1.0, use_dynamic_shifting=False)
+
+
+def _euler(config: dict):
+    return sampler_for("FlowMatchEulerDiscreteScheduler", config)
 
 
 @pytest.mark.parametrize("steps", [1, 4, 28, 50])
@@ -39,27 +36,28 @@ def test_schedule_matches_diffusers(steps, sched, seq_len):
     if steps == 1 and "shift_terminal" in sched:
         pytest.skip("diffusers returns NaN sigmas here; see test_one_step_shift_terminal")
     ref = FlowMatchEulerDiscreteScheduler(**sched)
-    cfg = from_dict(FlowMatchEulerConfig, dict(ref.config))
+    sampler, cfg = _euler(dict(ref.config))
     mu = calculate_shift(seq_len, 256, 4096, 0.5, 1.15)
-    ref.set_timesteps(sigmas=default_sigmas(steps), mu=mu)
-    sigmas, timesteps = schedule(cfg, default_sigmas(steps), mu=mu)
-    np.testing.assert_array_equal(sigmas, ref.sigmas.numpy())
-    np.testing.assert_array_equal(timesteps, ref.timesteps.numpy())
+    ref.set_timesteps(sigmas=default_sigmas(steps), mu=mu)  # how diffusers' FluxPipeline calls it
+    got = sampler.schedule(cfg, steps, sigmas=default_sigmas(steps), mu=mu)
+    np.testing.assert_array_equal(got.sigmas, ref.sigmas.numpy())
+    np.testing.assert_array_equal(got.timesteps, ref.timesteps.numpy())
 
 
 def test_euler_loop_matches_scheduler_steps():
     ref = FlowMatchEulerDiscreteScheduler(**DEV)
-    cfg = from_dict(FlowMatchEulerConfig, dict(ref.config))
+    sampler, cfg = _euler(dict(ref.config))
     ref.set_timesteps(sigmas=default_sigmas(6), mu=0.8)
-    sigmas, timesteps = schedule(cfg, default_sigmas(6), mu=0.8)
+    sched = sampler.schedule(cfg, 6, sigmas=default_sigmas(6), mu=0.8)
     rng = np.random.default_rng(0)
     x0 = rng.standard_normal((2, 5, 4)).astype(np.float32)
     w = rng.standard_normal((4, 4)).astype(np.float32)
 
-    def velocity(x, t):  # a model whose output depends on both the state and the noise level
+    def model(x, t, _):  # a model whose output depends on both the state and the noise level
         return jnp.tanh(x @ w) * (1 + t / 1000)
 
-    got = euler_loop(velocity, jnp.asarray(x0), jnp.asarray(sigmas), jnp.asarray(timesteps), progress=True)
+    # With a progress token nobody registered: the callback is compiled in and a no-op.
+    got = sample(sampler, cfg, model, jnp.asarray(x0), sched, progress=jnp.int32(7))
     x = torch.from_numpy(x0)
     for t in ref.timesteps:
         v = torch.tanh(x @ torch.from_numpy(w)) * (1 + t / 1000)
@@ -68,43 +66,45 @@ def test_euler_loop_matches_scheduler_steps():
 
 
 def test_euler_step_upcasts():
+    sampler, cfg = _euler({})
+    sched = sampler.schedule(cfg, 1)  # sigmas [1, 0]
     x = jnp.ones((3,), jnp.bfloat16)
-    out = euler_step(x, jnp.full((3,), 0.5, jnp.bfloat16), jnp.float32(1.0), jnp.float32(0.0))
-    assert out.dtype == jnp.bfloat16
+    out, state = sampler.step(
+        cfg, sched, sampler.init(cfg, sched, x), 0, x, jnp.full((3,), 0.5, jnp.bfloat16)
+    )
+    assert out.dtype == jnp.bfloat16 and state == ()
     np.testing.assert_allclose(np.asarray(out, np.float32), 0.5)
 
 
 def test_unsupported_scheduler_options():
     with pytest.raises(InputError, match="use_karras_sigmas"):
-        from_dict(FlowMatchEulerConfig, {"use_karras_sigmas": True})
+        _euler({"use_karras_sigmas": True})
+    sampler, cfg = _euler({"use_dynamic_shifting": True})
     with pytest.raises(ValueError, match="mu"):
-        schedule(dataclasses.replace(FlowMatchEulerConfig(), use_dynamic_shifting=True), default_sigmas(3))
+        sampler.schedule(cfg, 3, sigmas=default_sigmas(3))
 
 
 def test_one_step_shift_terminal_is_finite():
-    sigmas, timesteps = schedule(FlowMatchEulerConfig(shift=5.0, shift_terminal=0.02), default_sigmas(1))
-    np.testing.assert_array_equal(sigmas, [1.0, 0.0])
-    np.testing.assert_array_equal(timesteps, [1000.0])
+    sampler, cfg = _euler(dict(shift=5.0, shift_terminal=0.02))
+    got = sampler.schedule(cfg, 1, sigmas=default_sigmas(1))
+    np.testing.assert_array_equal(got.sigmas, [1.0, 0.0])
+    np.testing.assert_array_equal(got.timesteps, [1000.0])
 
 
 @pytest.mark.parametrize("steps", [1, 3, 30])
 @pytest.mark.parametrize("sched", [dict(shift=3.0), dict(shift=5.0), dict(shift=1.0), DEV])
 def test_schedule_from_steps_matches_diffusers(steps, sched):
-    from jdiff.sampling.flow_match import schedule_from_steps
-
     ref = FlowMatchEulerDiscreteScheduler(**sched)
-    cfg = from_dict(FlowMatchEulerConfig, dict(ref.config))
+    sampler, cfg = _euler(dict(ref.config))
     kw = {"mu": 0.7} if cfg.use_dynamic_shifting else {}
-    ref.set_timesteps(steps, **kw)
-    sigmas, timesteps = schedule_from_steps(cfg, steps, **kw)
-    np.testing.assert_array_equal(sigmas, ref.sigmas.numpy())
-    np.testing.assert_array_equal(timesteps, ref.timesteps.numpy())
+    ref.set_timesteps(steps, **kw)  # how diffusers' Wan pipelines call it
+    got = sampler.schedule(cfg, steps, **kw)
+    np.testing.assert_array_equal(got.sigmas, ref.sigmas.numpy())
+    np.testing.assert_array_equal(got.timesteps, ref.timesteps.numpy())
 
 
 def test_noise_keys_are_jax_keys_and_use_all_64_bits_of_the_seed():
-    import jax
-
-    from jdiff.pipelines.base import noise_from_keys, noise_keys
+    from jdiff.sampling.noise import noise_from_keys, noise_keys
 
     seeds = [0, 5, 2**31 + 3, 2**32 + 5, 2**63 - 1]
     keys = noise_keys(seeds)

@@ -14,6 +14,9 @@ import numpy as np
 
 from jdiff.errors import InputError
 
+# Initial noise moved to sampling; re-exported while the pipelines still import it from here.
+from jdiff.sampling.noise import noise_from_keys, noise_keys  # noqa: F401
+
 IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
 VIDEO_SUFFIXES = {".mp4": "mp4"}
 OUTPUT_TYPES = ("pil", "np", "latent")
@@ -74,33 +77,6 @@ def seeds_of(seed, batch: int) -> list[int]:
     if any(not 0 <= s < 2**63 for s in seeds):
         raise InputError(f"seeds must be in [0, 2**63), got {seeds}")
     return seeds
-
-
-def noise_keys(seeds: list[int]) -> np.ndarray:
-    """threefry2x32 key data [B, 2] (uint32) for each seed, built on the host: all 64 bits of the seed.
-
-    (`jax.random.key(s)` keeps only the low 32 bits while x64 is off, so seeds 5 and 2**32 + 5 drew the same
-    noise; below 2**32 these keys are `jax.random.key(s)`'s.)
-    """
-    s = np.asarray(seeds, np.uint64)
-    return np.stack(
-        [(s >> np.uint64(32)).astype(np.uint32), (s & np.uint64(0xFFFFFFFF)).astype(np.uint32)], 1
-    )
-
-
-def noise_from_keys(keys, shape: tuple[int, ...]):
-    """Standard normal noise [B, *shape] in float32, one PRNG stream per key of `noise_keys`.
-
-    Called inside the pipelines' jitted denoising stage: drawing the noise eagerly compiled four small programs
-    on every process start (the persistent cache skips programs that compile in under a second).
-    """
-    import jax
-    import jax.numpy as jnp
-
-    def one(k):
-        return jax.random.normal(jax.random.wrap_key_data(k, impl="threefry2x32"), shape, jnp.float32)
-
-    return jax.vmap(one)(keys)
 
 
 _preparer = None

@@ -3,6 +3,8 @@
 Schedules are computed on the host in numpy with the reference's float32 arithmetic (they are a few dozen
 numbers, known before the loop starts) and enter the jitted loop as arguments, so a new step count changes a
 shape but a new shift or resolution never recompiles.
+
+Axis letters: N number of steps; X any latent shape (the step is elementwise over it).
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array, Float, Int
 
 from jdiff.errors import InputError
+from jdiff.sampling.config import check_types, refuse_unsupported
+from jdiff.sampling.sampler import Schedule
 
 
 @dataclass(frozen=True)
@@ -37,18 +41,21 @@ class FlowMatchEulerConfig:
     stochastic_sampling: bool = False
 
     def validate(self) -> None:
-        unsupported = [
-            k
-            for k in ("invert_sigmas", "use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-            if getattr(self, k)
-        ]
-        if self.stochastic_sampling:
-            unsupported.append("stochastic_sampling")
-        if unsupported:
-            raise InputError(
-                f"scheduler config sets {unsupported}, which jdiff's flow-match Euler does not support; "
-                "set them to false in scheduler/scheduler_config.json"
-            )
+        check_types(self)
+        refuse_unsupported(
+            self,
+            "FlowMatchEulerDiscreteScheduler",
+            {
+                k: False
+                for k in (
+                    "invert_sigmas",
+                    "use_karras_sigmas",
+                    "use_exponential_sigmas",
+                    "use_beta_sigmas",
+                    "stochastic_sampling",
+                )
+            },
+        )
         if self.time_shift_type not in ("exponential", "linear"):
             raise InputError(
                 f"scheduler time_shift_type must be 'exponential' or 'linear', got {self.time_shift_type!r}"
@@ -103,59 +110,92 @@ def default_sigmas(num_steps: int) -> np.ndarray:
     return np.linspace(1.0, 1.0 / num_steps, num_steps)
 
 
-def schedule(
-    cfg: FlowMatchEulerConfig, sigmas: np.ndarray, *, mu: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Shifted sigmas (with a terminal 0 appended) and model timesteps, exactly as diffusers' `set_timesteps`.
+def euler_schedule(
+    cfg: FlowMatchEulerConfig, num_steps: int, *, mu: float | None = None, sigmas: np.ndarray | None = None
+) -> Schedule:
+    """diffusers' `set_timesteps(num_steps, sigmas=sigmas, mu=mu)`: shifted sigmas ending in 0, and timesteps.
 
     Args:
         cfg: the scheduler config.
-        sigmas: base sigmas in (0, 1], decreasing (e.g. `default_sigmas(n)`).
+        num_steps: number of denoising steps (model calls).
         mu: dynamic-shift parameter (`calculate_shift` of the image sequence length); required when the config
             uses dynamic shifting, ignored otherwise.
+        sigmas: base sigmas in (0, 1], decreasing, one per step (FLUX passes `default_sigmas(num_steps)`);
+            None: diffusers' range from the construction-time sigmas (how the Wan pipelines call it).
 
     Returns:
-        (sigmas [n + 1] float32, timesteps [n] float32 = sigmas[:n] * num_train_timesteps).
+        sigmas [N + 1] float32 ending in 0 and timesteps [N] float32 = sigmas[:N] * num_train_timesteps.
+
+    Raises:
+        InputError: num_steps < 1.
+        ValueError: `sigmas` does not hold num_steps values, or `mu` is missing for dynamic shifting.
     """
+    if num_steps < 1:
+        raise InputError(f"the number of steps must be at least 1, got {num_steps}")
+    if sigmas is None:
+        s = _range_from_steps(cfg, num_steps)
+    else:
+        s = np.asarray(sigmas).astype(np.float32)
+        if s.shape != (num_steps,):
+            raise ValueError(f"{num_steps} steps need {num_steps} base sigmas, got shape {s.shape}")
     s = shift_sigmas(
-        np.asarray(sigmas).astype(np.float32),
-        cfg.shift,
-        dynamic=cfg.use_dynamic_shifting,
-        mu=mu,
-        time_shift_type=cfg.time_shift_type,
-        shift_terminal=cfg.shift_terminal,
-    )
-    s = s.astype(np.float32)
-    timesteps = s * np.float32(cfg.num_train_timesteps)
-    return np.concatenate([s, np.zeros(1, np.float32)]), timesteps
-
-
-def euler_step(sample: jax.Array, velocity: jax.Array, sigma: jax.Array, sigma_next: jax.Array) -> jax.Array:
-    """x_{next} = x + (sigma_next - sigma) * v, in float32 (the reference upcasts for this update)."""
-    x = sample.astype(jnp.float32) + (sigma_next - sigma) * velocity.astype(jnp.float32)
-    return x.astype(sample.dtype)
-
-
-def schedule_from_steps(cfg: FlowMatchEulerConfig, num_steps: int, *, mu: float | None = None):
-    """diffusers' `set_timesteps(num_steps)` with no sigmas given (how the Wan pipelines call it).
-
-    The range comes from the scheduler's construction-time sigmas (already shifted when the shift is static),
-    is spaced linearly in float64, and is then shifted again: diffusers applies a static shift twice on this
-    path, and we reproduce that so schedules match.
-    """
-    n_train = cfg.num_train_timesteps
-    base = np.linspace(1, n_train, n_train, dtype=np.float32)[::-1] / np.float32(n_train)
-    if not cfg.use_dynamic_shifting:
-        base = (np.float32(cfg.shift) * base / (1 + (np.float32(cfg.shift) - 1) * base)).astype(np.float32)
-    sigma_max, sigma_min = float(base[0]), float(base[-1])
-    s = np.linspace(sigma_max * n_train, sigma_min * n_train, num_steps) / n_train
-    shifted = shift_sigmas(
         s,
         cfg.shift,
         dynamic=cfg.use_dynamic_shifting,
         mu=mu,
         time_shift_type=cfg.time_shift_type,
         shift_terminal=cfg.shift_terminal,
-    )
-    sigmas = shifted.astype(np.float32)
-    return np.concatenate([sigmas, np.zeros(1, np.float32)]), sigmas * np.float32(n_train)
+    ).astype(np.float32)
+    timesteps = s * np.float32(cfg.num_train_timesteps)
+    return Schedule(timesteps=timesteps, sigmas=np.concatenate([s, np.zeros(1, np.float32)]))
+
+
+def _range_from_steps(cfg: FlowMatchEulerConfig, num_steps: int) -> np.ndarray:
+    """The unshifted base sigmas of `set_timesteps(num_steps)` with no sigmas given, float64.
+
+    The range comes from the scheduler's construction-time sigmas (already shifted when the shift is static),
+    is spaced linearly in float64, and is then shifted again by the caller: diffusers applies a static shift
+    twice on this path, and we reproduce that so schedules match.
+    """
+    n_train = cfg.num_train_timesteps
+    base = np.linspace(1, n_train, n_train, dtype=np.float32)[::-1] / np.float32(n_train)
+    if not cfg.use_dynamic_shifting:
+        base = (np.float32(cfg.shift) * base / (1 + (np.float32(cfg.shift) - 1) * base)).astype(np.float32)
+    sigma_max, sigma_min = float(base[0]), float(base[-1])
+    return np.linspace(sigma_max * n_train, sigma_min * n_train, num_steps) / n_train
+
+
+def euler_step(
+    cfg: FlowMatchEulerConfig,
+    schedule: Schedule,
+    state: tuple[()],
+    i: Int[Array, ""],
+    x: Float[Array, "*x"],
+    velocity: Float[Array, "*x"],
+) -> tuple[Float[Array, "*x"], tuple[()]]:
+    """x_next = x + (sigmas[i + 1] - sigmas[i]) * v, in float32 (the reference upcasts for this update).
+
+    Returns:
+        (x_next in x's dtype, the unchanged empty state).
+    """
+    del cfg
+    sigma, sigma_next = schedule.sigmas[i], schedule.sigmas[i + 1]
+    x_next = x.astype(jnp.float32) + (sigma_next - sigma) * velocity.astype(jnp.float32)
+    return x_next.astype(x.dtype), state
+
+
+# ---- compatibility: the pipelines' current calls, until they call `sample()` with the table --------------
+
+
+def schedule(
+    cfg: FlowMatchEulerConfig, sigmas: np.ndarray, *, mu: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sigmas [N + 1], timesteps [N]) of `euler_schedule(cfg, len(sigmas), sigmas=sigmas, mu=mu)` (FLUX)."""
+    s = euler_schedule(cfg, len(sigmas), sigmas=sigmas, mu=mu)
+    return s.sigmas, s.timesteps
+
+
+def schedule_from_steps(cfg: FlowMatchEulerConfig, num_steps: int, *, mu: float | None = None):
+    """(sigmas [N + 1], timesteps [N]) of `euler_schedule(cfg, num_steps, mu=mu)` (Wan)."""
+    s = euler_schedule(cfg, num_steps, mu=mu)
+    return s.sigmas, s.timesteps

@@ -1,36 +1,95 @@
-"""The denoising loop: one `lax.scan` over steps inside the caller's jit.
+"""The denoising loop: one `lax.scan` over steps inside the caller's jit, the same for every solver.
 
-The caller supplies `velocity(x, sigma) -> v` (a closure over the model and the request's conditioning) and
-the sigma schedule as an array, so every per-request value is a traced argument. Progress reporting is a
-`jax.debug.callback` carrying only the step index: the device never waits for the host to answer.
+The caller supplies `model_fn(x, t, extra)` (a closure over the model and the request's conditioning), a
+`Sampler` from the table with its config, and the request's `Schedule` as arrays, so every per-request value
+is a traced argument. Progress reporting is a `jax.debug.callback` carrying a request token and the step index
+(`progress.py`): the device never waits for the host.
+
+Axis letters: N number of steps; X any latent shape.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array, Float, Int
 
-from jdiff.sampling.flow_match import euler_step
+from jdiff.sampling import progress as progress_registry
+from jdiff.sampling.sampler import Sampler, Schedule
 
-# The compiled callback is fixed; what it reports to (a progress bar) is swapped per request.
-_hook: Callable[[int], None] | None = None
+
+def sample(
+    sampler: Sampler,
+    cfg,
+    model_fn: Callable[[Array, Array, Any], Array],
+    latents: Float[Array, "*x"],
+    schedule: Schedule,
+    *,
+    per_step=None,
+    progress: Int[Array, ""] | None = None,
+) -> Float[Array, "*x"]:
+    """Runs `sampler` from the initial noise to the final latents, one model call per step.
+
+    Each step: the model sees `sampler.scale_model_input(x)` at `schedule.timesteps[i]`, then `sampler.step`
+    turns its output into the next sample, then the progress tick (when asked for) reports step i.
+
+    Args:
+        sampler: a table row (`table.SAMPLERS`).
+        cfg: its config (static: hashable, part of the compiled program).
+        model_fn: `model_fn(x, t, extra)`, the model output for model input x at model timestep t (a scalar
+            array); `extra` is step i's slice of `per_step`, or None without one.
+        latents: initial noise, standard normal (multiplied by `schedule.init_noise_sigma` here); float32
+            recommended, since the sample stays in its dtype between steps.
+        schedule: the sampler's schedule for this request (numpy arrays given to the caller's jit, traced here);
+            the number of steps is static (its shape).
+        per_step: a pytree whose leaves have a leading step axis [N, ...] (values the caller computed for every
+            step before the loop, e.g. FLUX's modulation vectors).
+        progress: a token from `progress.track` (a traced int32), or None: no callback is compiled in.
+
+    Returns:
+        The final latents, in the latents' dtype.
+    """
+    # Inside the caller's jit the schedule is already traced; called eagerly, numpy leaves could not be indexed
+    # by the traced step index.
+    schedule = jax.tree.map(jnp.asarray, schedule)
+    x = (latents * schedule.init_noise_sigma).astype(latents.dtype)
+    state = sampler.init(cfg, schedule, x)
+
+    def body(carry, inputs):
+        x, state = carry
+        i, t, extra = inputs
+        out = model_fn(sampler.scale_model_input(cfg, schedule, i, x), t, extra)
+        x, state = sampler.step(cfg, schedule, state, i, x, out)
+        if progress is not None:
+            progress_registry.tick(progress, i)
+        return (x, state), None
+
+    n = schedule.timesteps.shape[0]
+    (x, _), _ = jax.lax.scan(body, (x, state), (jnp.arange(n), schedule.timesteps, per_step))
+    return x
+
+
+# ---- compatibility: the pipelines' current calls, until they call `sample()` with the table --------------
 
 
 def set_progress_hook(hook: Callable[[int], None] | None) -> None:
-    """Installs the function called with each finished step's index (from the runtime's callback thread)."""
-    global _hook
-    _hook = hook
+    """Installs the one process-wide hook that `euler_loop`/`unipc_loop(progress=True)` report to.
+
+    Not safe for requests on several threads (they share the hook); `progress.track` is.
+    """
+    progress_registry.set_legacy_hook(hook)
 
 
-def _tick(step) -> None:
-    if _hook is not None:
-        _hook(int(step))
+def legacy_progress(progress: bool) -> Int[Array, ""] | None:
+    """The token of `set_progress_hook`'s hook when `progress` is set (a constant: the hook is looked up)."""
+    return jnp.int32(progress_registry.LEGACY_TOKEN) if progress else None
 
 
 def euler_loop(
-    velocity: Callable[[jax.Array, jax.Array], jax.Array],
+    velocity: Callable[..., jax.Array],
     latents: jax.Array,
     sigmas: jax.Array,
     timesteps: jax.Array,
@@ -38,32 +97,28 @@ def euler_loop(
     per_step=None,
     progress: bool = False,
 ) -> jax.Array:
-    """Integrates the flow from sigmas[0] to sigmas[-1] with Euler steps.
+    """`sample()` with the flow-match Euler row on a (sigmas, timesteps) schedule.
 
     Args:
-        velocity: model prediction v(x, t) for latents x at model timestep t (a scalar array). The model is
-            fed the scheduler's timesteps rather than sigmas: diffusers does, and sigma * 1000 / 1000 is not
-            always sigma in float32.
-        latents: initial noise (float32 recommended: the state stays in its dtype between steps).
-        sigmas: [n + 1] decreasing noise levels ending in 0.
-        timesteps: [n] model timesteps (sigmas[:n] * num_train_timesteps).
-        per_step: a pytree whose leaves have a leading step axis [n, ...] (values the caller computed for
-            every step before the loop, e.g. FLUX's modulation vectors); step i then calls
-            `velocity(x, t, per_step[i])`.
-        progress: emit a host callback after each step (a static choice: it is compiled in or not).
+        velocity: `velocity(x, t)`, or `velocity(x, t, per_step[i])` with a `per_step`.
+        latents: initial noise.
+        sigmas: [N + 1] decreasing noise levels ending in 0.
+        timesteps: [N] model timesteps (sigmas[:N] * num_train_timesteps).
+        per_step: as in `sample()`.
+        progress: tick `set_progress_hook`'s hook after each step (a static choice: compiled in or not).
 
     Returns:
         The final latents.
     """
+    from jdiff.sampling.flow_match import FlowMatchEulerConfig
+    from jdiff.sampling.table import SAMPLERS  # the table imports the solvers, which import this module
 
-    def body(x, inputs):
-        i, t, sigma, sigma_next, extra = inputs
-        v = velocity(x, t) if per_step is None else velocity(x, t, extra)
-        x = euler_step(x, v, sigma, sigma_next)
-        if progress:
-            jax.debug.callback(_tick, i)
-        return x, None
-
-    n = sigmas.shape[0] - 1
-    x, _ = jax.lax.scan(body, latents, (jnp.arange(n), timesteps, sigmas[:-1], sigmas[1:], per_step))
-    return x
+    return sample(
+        SAMPLERS["FlowMatchEulerDiscreteScheduler"],
+        FlowMatchEulerConfig(),  # the Euler step reads nothing from its config
+        velocity if per_step is not None else lambda x, t, _: velocity(x, t),
+        latents,
+        Schedule(timesteps=timesteps, sigmas=sigmas),
+        per_step=per_step,
+        progress=legacy_progress(progress),
+    )

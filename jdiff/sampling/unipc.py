@@ -1,11 +1,12 @@
 """Flow-matching UniPC (multistep predictor-corrector), matching diffusers' `UniPCMultistepScheduler` as the Wan
 pipelines configure it: `prediction_type="flow_prediction"`, `use_flow_sigmas=True`, `predict_x0=True`.
 
-Same design as the Euler path (`flow_match.py`, `loop.py`): the schedule is computed on the host in numpy with
-the reference's arithmetic and enters the jitted loop as arrays; the solver step is a pure function of a small
-dataclass state and the model output; the loop is one `lax.scan`. The solver's order at each step (warm-up from
-order 1, `lower_order_final`) is a function of the traced step index and the static number of steps, chosen
-with `lax.switch`, so one compile serves every shift and every request of the same shape.
+Same design as the Euler path (`flow_match.py`): the schedule is computed on the host in numpy with the
+reference's arithmetic and enters the jitted loop as arrays; the solver step is a pure function of a small
+dataclass state (the history) and the model output; `loop.sample` runs it in one `lax.scan`. The solver's order
+at each step (warm-up from order 1, `lower_order_final`) is a function of the traced step index and the static
+number of steps, chosen with `lax.switch`, so one compile serves every shift and every request of the same
+shape.
 
 Axis letters: N number of steps; X any latent shape (the solver is elementwise over it).
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,8 +26,10 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jdiff.errors import InputError
+from jdiff.sampling.config import FIX_IN, check_types, refuse_unsupported
 from jdiff.sampling.flow_match import shift_sigmas
-from jdiff.sampling.loop import _tick
+from jdiff.sampling.loop import legacy_progress, sample
+from jdiff.sampling.sampler import Schedule
 
 # diffusers renames these to bh2 in its constructor.
 _BH2_ALIASES = ("bh2", "midpoint", "heun", "logrho")
@@ -36,8 +40,8 @@ class UniPCConfig:
     """diffusers `UniPCMultistepScheduler` config keys (scheduler/scheduler_config.json), with its defaults.
 
     The diffusers defaults (epsilon prediction, VP sigmas) are not supported: a Wan config sets
-    `prediction_type="flow_prediction"` and `use_flow_sigmas=true`. The beta keys only feed VP sigmas and are
-    unused with flow sigmas.
+    `prediction_type="flow_prediction"` and `use_flow_sigmas=true`. The beta keys, sigma_min/sigma_max,
+    timestep_spacing and steps_offset only feed VP sigmas and are unused with flow sigmas (in diffusers too).
     """
 
     num_train_timesteps: int = 1000
@@ -54,6 +58,7 @@ class UniPCConfig:
     solver_type: str = "bh2"
     lower_order_final: bool = True
     disable_corrector: tuple[int, ...] = ()
+    solver_p: Any = None  # a scheduler object in diffusers (UniP replaced by another solver); not in JSON
     use_karras_sigmas: bool = False
     use_exponential_sigmas: bool = False
     use_beta_sigmas: bool = False
@@ -70,7 +75,8 @@ class UniPCConfig:
     shift_terminal: float | None = None
 
     def validate(self) -> None:
-        fix = "in scheduler/scheduler_config.json"
+        check_types(self)
+        fix = FIX_IN
         if self.prediction_type != "flow_prediction" or not self.use_flow_sigmas:
             raise InputError(
                 "jdiff's UniPC supports flow matching only: expected prediction_type='flow_prediction' and "
@@ -79,8 +85,17 @@ class UniPCConfig:
             )
         if not self.predict_x0:
             raise InputError(f"UniPC with flow sigmas needs predict_x0=true, got false; set it {fix}")
-        if self.thresholding:
-            raise InputError(f"UniPC thresholding is not supported; set thresholding=false {fix}")
+        refuse_unsupported(
+            self,
+            "UniPCMultistepScheduler",
+            {
+                "thresholding": False,
+                "use_karras_sigmas": False,
+                "use_exponential_sigmas": False,
+                "use_beta_sigmas": False,
+                "solver_p": None,
+            },
+        )
         if self.solver_order not in (1, 2, 3):
             raise InputError(
                 f"UniPC solver_order must be 1, 2 or 3, got {self.solver_order}; change it {fix}"
@@ -88,13 +103,6 @@ class UniPCConfig:
         if self.solver_type not in ("bh1", *_BH2_ALIASES):
             raise InputError(
                 f"UniPC solver_type must be 'bh1' or 'bh2', got {self.solver_type!r}; fix it {fix}"
-            )
-        sigmas = [
-            k for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas") if getattr(self, k)
-        ]
-        if sigmas:
-            raise InputError(
-                f"scheduler config sets {sigmas}, which jdiff's UniPC does not support; set false {fix}"
             )
         if self.timestep_spacing not in ("linspace", "leading", "trailing"):
             raise InputError(
@@ -120,31 +128,40 @@ class UniPCConfig:
         return self.solver_type in _BH2_ALIASES
 
 
-def unipc_schedule(
-    cfg: UniPCConfig, num_steps: int, *, mu: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Sigmas and model timesteps exactly as diffusers' `set_timesteps(num_steps)` with flow sigmas.
+def unipc_flow_schedule(
+    cfg: UniPCConfig, num_steps: int, *, mu: float | None = None, sigmas: np.ndarray | None = None
+) -> Schedule:
+    """Sigmas and model timesteps exactly as diffusers' `set_timesteps(num_steps, sigmas=sigmas, mu=mu)` with
+    flow sigmas.
 
-    The shift is applied in float64 (as diffusers does, on a linspace that stops at 1/num_train_timesteps),
-    the first sigma is pulled off 1 by 1e-6 so lambda stays finite, and the model timesteps are
-    sigma * num_train_timesteps truncated to integers.
+    The shift is applied in the base sigmas' precision (float64 on diffusers' default linspace, which stops at
+    1/num_train_timesteps), the first sigma is pulled off 1 by 1e-6 so lambda stays finite, and the model
+    timesteps are sigma * num_train_timesteps truncated to integers.
 
     Args:
         cfg: the scheduler config.
         num_steps: number of denoising steps (model calls).
         mu: dynamic-shift parameter; required when the config uses dynamic shifting, ignored otherwise.
+        sigmas: custom base sigmas, one per step, shifted like the default ones (diffusers takes them with
+            flow sigmas only, as an array); None: the default linspace.
 
     Returns:
-        (sigmas [N + 1] float32 ending in the final sigma, timesteps [N] float32). diffusers' timesteps are
-        int64; they are returned here as float32 holding the same integers (exact below 2**24) so the model
-        sees the same timestep dtype as with the Euler sampler.
+        sigmas [N + 1] float32 ending in the final sigma, timesteps [N] float32. diffusers' timesteps are
+        int64; they are float32 here holding the same integers (exact below 2**24) so the model sees the same
+        timestep dtype as with the Euler sampler.
 
     Raises:
         InputError: num_steps < 1.
+        ValueError: `sigmas` does not hold num_steps values, or `mu` is missing for dynamic shifting.
     """
     if num_steps < 1:
         raise InputError(f"the number of steps must be at least 1, got {num_steps}")
-    s = np.linspace(1, 1 / cfg.num_train_timesteps, num_steps + 1)[:-1]
+    if sigmas is None:
+        s = np.linspace(1, 1 / cfg.num_train_timesteps, num_steps + 1)[:-1]
+    else:
+        s = np.asarray(sigmas)
+        if s.shape != (num_steps,):
+            raise ValueError(f"{num_steps} steps need {num_steps} base sigmas, got shape {s.shape}")
     s = shift_sigmas(
         s,
         cfg.flow_shift,
@@ -153,35 +170,34 @@ def unipc_schedule(
         time_shift_type=cfg.time_shift_type,
         shift_terminal=cfg.shift_terminal,
     )
-    s = np.array(s, np.float64)
+    s = np.array(s)  # a copy: the 1e-6 pull below writes in place, as diffusers does
     if np.fabs(s[0] - 1) < 1e-6:
         s[0] -= 1e-6
     timesteps = (s * cfg.num_train_timesteps).astype(np.int64).astype(np.float32)
     last = s[-1] if cfg.final_sigmas_type == "sigma_min" else 0.0
-    return np.concatenate([s, [last]]).astype(np.float32), timesteps
+    return Schedule(timesteps=timesteps, sigmas=np.concatenate([s, [last]]).astype(np.float32))
 
 
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class UniPCState:
-    """The solver's carry between steps.
+    """The solver's carry between steps (the sample itself is the loop's).
 
     Attributes:
-        sample: the current latents (at sigmas[i] before step i), in the latents' dtype.
         last_sample: the (corrected) sample the previous predictor started from, float32.
         model_outputs: data predictions x0 of the last `solver_order` steps, oldest first, float32. Slots not
             yet filled hold zeros and are never read (the warm-up order keeps the solver inside the history).
     """
 
-    sample: Array
     last_sample: Array
     model_outputs: tuple[Array, ...]
 
 
-def unipc_init(latents: Float[Array, "*x"], cfg: UniPCConfig) -> UniPCState:
+def unipc_init(cfg: UniPCConfig, schedule: Schedule, latents: Float[Array, "*x"]) -> UniPCState:
     """The state before the first step: the history length is the (static) solver order."""
+    del schedule
     zeros = jnp.zeros(latents.shape, jnp.float32)
-    return UniPCState(latents, zeros, (zeros,) * cfg.solver_order)
+    return UniPCState(zeros, (zeros,) * cfg.solver_order)
 
 
 def _order(k: Array, n: int, cfg: UniPCConfig) -> Array:
@@ -263,28 +279,30 @@ def _unic(order: int, last_sample, this_sample, model_t, history, i, sigmas, cfg
 
 
 def unipc_step(
-    state: UniPCState,
-    model_output: Float[Array, "*x"],
-    i: Int[Array, ""],
-    sigmas: Float[Array, " n1"],
     cfg: UniPCConfig,
-) -> tuple[UniPCState, Float[Array, "*x"]]:
+    schedule: Schedule,
+    state: UniPCState,
+    i: Int[Array, ""],
+    x: Float[Array, "*x"],
+    model_output: Float[Array, "*x"],
+) -> tuple[Float[Array, "*x"], UniPCState]:
     """One UniPC step (diffusers' `scheduler.step`): correct the current sample with UniC, then predict the next.
 
     Args:
-        state: the carry (`unipc_init` before the first step); `state.sample` is what the model just saw.
-        model_output: the model's velocity at (state.sample, timesteps[i]), any float dtype.
-        i: step index (may be traced), 0 <= i < N.
-        sigmas: [N + 1] schedule from `unipc_schedule`; N is static (its shape).
         cfg: the scheduler config; only solver_order, solver_type, lower_order_final and disable_corrector
-            shape the computation (the shift enters through sigmas).
+            shape the computation (the shift enters through the sigmas).
+        schedule: from `unipc_flow_schedule`; N is static (its shape).
+        state: the carry (`unipc_init` before the first step).
+        i: step index (may be traced), 0 <= i < N.
+        x: the sample the model just saw, at sigmas[i].
+        model_output: the model's velocity at (x, timesteps[i]), any float dtype.
 
     Returns:
-        (next state, the sample at sigmas[i + 1] in the latents' dtype). Computed in float32 throughout.
+        (the sample at sigmas[i + 1] in x's dtype, next state). Computed in float32 throughout.
     """
+    sigmas = schedule.sigmas.astype(jnp.float32)
     n = sigmas.shape[0] - 1
-    sigmas = sigmas.astype(jnp.float32)
-    sample = state.sample.astype(jnp.float32)
+    sample = x.astype(jnp.float32)
     x0 = sample - sigmas[i] * model_output.astype(jnp.float32)
 
     # The corrector refines the sample this model call saw, using the order of the previous predictor; index 0
@@ -301,8 +319,18 @@ def unipc_step(
     history = (*state.model_outputs[1:], x0)
     predictors = [(lambda *a, p=p: _unip(p, *a, i, sigmas, cfg)) for p in range(1, cfg.solver_order + 1)]
     prev = jax.lax.switch(_order(i, n, cfg) - 1, predictors, sample, history)
-    prev = prev.astype(state.sample.dtype)
-    return UniPCState(prev, sample, history), prev
+    return prev.astype(x.dtype), UniPCState(sample, history)
+
+
+# ---- compatibility: the Wan pipeline's current calls, until it calls `sample()` with the table ------------
+
+
+def unipc_schedule(
+    cfg: UniPCConfig, num_steps: int, *, mu: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(sigmas [N + 1], timesteps [N]) of `unipc_flow_schedule(cfg, num_steps, mu=mu)`."""
+    s = unipc_flow_schedule(cfg, num_steps, mu=mu)
+    return s.sigmas, s.timesteps
 
 
 def unipc_loop(
@@ -314,27 +342,26 @@ def unipc_loop(
     *,
     progress: bool = False,
 ) -> Float[Array, "*x"]:
-    """Integrates the flow from sigmas[0] to sigmas[-1] with UniPC, one `lax.scan` over the steps.
+    """`sample()` with the UniPC row on a (sigmas, timesteps) schedule and a velocity(x, t) model.
 
     Args:
         velocity: model prediction v(x, t) for latents x at model timestep t (a scalar array).
         latents: initial noise (float32 recommended: the state stays in its dtype between steps).
         sigmas: [N + 1] schedule from `unipc_schedule`.
         timesteps: [N] model timesteps from `unipc_schedule`.
-        cfg: the scheduler config (static; see `unipc_step` for which fields matter).
-        progress: emit a host callback after each step (a static choice: it is compiled in or not).
+        cfg: the scheduler config (static).
+        progress: tick `set_progress_hook`'s hook after each step (a static choice: compiled in or not).
 
     Returns:
         The final latents.
     """
+    from jdiff.sampling.table import SAMPLERS  # the table imports this module
 
-    def body(state, inputs):
-        i, t = inputs
-        state, _ = unipc_step(state, velocity(state.sample, t), i, sigmas, cfg)
-        if progress:
-            jax.debug.callback(_tick, i)
-        return state, None
-
-    n = sigmas.shape[0] - 1
-    state, _ = jax.lax.scan(body, unipc_init(latents, cfg), (jnp.arange(n), timesteps))
-    return state.sample
+    return sample(
+        SAMPLERS["UniPCMultistepScheduler"],
+        cfg,
+        lambda x, t, _: velocity(x, t),
+        latents,
+        Schedule(timesteps=timesteps, sigmas=sigmas),
+        progress=legacy_progress(progress),
+    )
