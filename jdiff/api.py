@@ -11,15 +11,8 @@ import jax.numpy as jnp
 
 from jdiff.errors import InputError
 from jdiff.pipelines.base import GenerationResult
-from jdiff.pipelines.model_dir import ModelDir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# model_index.json `_class_name` -> jdiff pipeline (imported lazily).
-PIPELINES = {
-    "FluxPipeline": "jdiff.pipelines.flux:FluxPipeline",
-    "WanPipeline": "jdiff.pipelines.wan:WanPipeline",
-    "WanImageToVideoPipeline": "jdiff.pipelines.wan:WanPipeline",
-}
 
 
 def default_dtype() -> str:
@@ -29,16 +22,6 @@ def default_dtype() -> str:
 def embedded_model_path() -> Path:
     """The small model shipped inside the package (the default when no path is given)."""
     return Path(__file__).parent / "assets" / "tiny-flux"
-
-
-def _pipeline_class(class_name: str, root: Path):
-    if class_name not in PIPELINES:
-        raise InputError(
-            f"{root} holds a {class_name or 'pipeline without _class_name'}, which jdiff does not support; "
-            f"supported: {sorted(PIPELINES)}"
-        )
-    module, name = PIPELINES[class_name].split(":")
-    return getattr(__import__(module, fromlist=[name]), name)
 
 
 def _placement(mesh, sequence_parallel: str):
@@ -103,10 +86,10 @@ class DiffGenerator:
             model_path = embedded_model_path()
             if not model_path.is_dir():
                 raise InputError("this jdiff build has no embedded default model; pass a model directory")
-        model = ModelDir.open(model_path)
-        pipeline = _pipeline_class(model.pipeline_class, model.root)(
-            model, dtype=DTYPES[dtype], placement=placement
-        )
+        from jdiff import registry
+
+        model = registry.open_model(model_path)
+        pipeline = model.family.pipeline(model, dtype=DTYPES[dtype], placement=placement)
         return cls(pipeline, model_path=model.root, dtype=dtype)
 
     def generate(self, prompt, **kwargs) -> GenerationResult:

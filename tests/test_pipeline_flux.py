@@ -185,7 +185,9 @@ def test_bad_model_directories(flux, tmp_path):
     index = json.loads((euler / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "DDIMScheduler"]
     (euler / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(InputError, match="FLUX needs a FlowMatchEulerDiscreteScheduler"):
+    with pytest.raises(
+        InputError, match="scheduler .DDIMScheduler. is not supported; jdiff samples with one of"
+    ):
         jdiff.DiffGenerator.from_pretrained(euler)
 
     unknown = tmp_path / "unknown"

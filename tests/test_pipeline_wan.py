@@ -105,7 +105,9 @@ def test_wrong_scheduler_class(tmp_path):
     index = json.loads((path / "model_index.json").read_text())
     index["scheduler"] = ["diffusers", "DDIMScheduler"]
     (path / "model_index.json").write_text(json.dumps(index))
-    with pytest.raises(InputError, match="Wan needs one of"):
+    with pytest.raises(
+        InputError, match="scheduler .DDIMScheduler. is not supported; jdiff samples with one of"
+    ):
         jdiff.DiffGenerator.from_pretrained(path)
     shutil.rmtree(path)
 

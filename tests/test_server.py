@@ -31,6 +31,7 @@ from PIL import Image
 import jdiff
 from jdiff.cli import _parser, _warmup_sizes, main
 from jdiff.errors import InputError
+from jdiff.pipelines.request import OPTIONAL
 from jdiff.server import create_app, serve
 from jdiff.server.batcher import Batcher, ImageRequest, ShuttingDown, batch_buckets
 from jdiff.server.jobs import COMPLETED, FAILED, IN_PROGRESS, QUEUED, JobStore
@@ -202,7 +203,14 @@ class FakeGen:
 
     def __init__(self, *, is_video=False, sleep=0.0):
         preset = {"height": 16, "width": 16, "num_inference_steps": 2, "guidance_scale": 1.0, "fps": 4}
-        self.pipeline = SimpleNamespace(preset=preset, vae_scale_factor=4, is_video=is_video, family="fake")
+        self.pipeline = SimpleNamespace(
+            preset=preset,
+            size_multiple=8,
+            is_video=is_video,
+            family="fake",
+            accepts=frozenset(OPTIONAL),
+            accepts_image=False,
+        )
         self.model_path, self.dtype, self.sleep, self.calls = Path("fake"), "float32", sleep, []
 
     def generate(self, prompt, *, seed, output_type, height, width, output_path=None, **kw):

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -60,19 +61,20 @@ class RandomModelDir:
 
     # No jdiff_preset.json here: the flux-dev preset applies (the bench passes every sampling argument anyway).
     root = Path("<random FLUX.1 weights>")
+    index: ClassVar[dict] = {"_class_name": "FluxPipeline", **{n: list(e) for n, e in COMPONENTS.items()}}
 
     def __init__(self, configs: dict, dtype):
         import jax
         import jax.numpy as jnp
 
-        from jdiff.models.registry import spec_for
+        from jdiff.pipelines.flux import FAMILY
         from jdiff.weights.config import from_dict
 
         self.dtype = jnp.dtype(dtype)
         self.configs = configs
         self._built = {}
         for name in MODELS:
-            spec = spec_for(COMPONENTS[name][1], component=name)
+            spec = FAMILY.spec_for(COMPONENTS[name][1], component=name)
             cfg = from_dict(spec.config_cls, configs[name])
             self._built[name] = (cfg, *_jdiff_random(spec, cfg, self.dtype))
         jax.block_until_ready([params for _, _, params in self._built.values()])

@@ -13,8 +13,8 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from jdiff.errors import ConversionError, InputError
-from jdiff.models.registry import _SPECS
 from jdiff.pipelines.model_dir import ModelDir
+from jdiff.registry import open_model
 from jdiff.weights import checkpoint
 
 
@@ -25,17 +25,17 @@ class Report:
 
 
 def _model_components(model: ModelDir) -> list[str]:
-    return [name for name, (_, cls) in model.components().items() if cls in _SPECS]
+    return [name for name, (_, cls) in model.components().items() if cls in model.family.components]
 
 
 def dry_run(src: str | Path) -> Report:
     """Checks every model component's keys and shapes against its plan, from headers only."""
-    model = ModelDir.open(src)
+    model = open_model(src)
     if model.is_checkpoint:
         raise InputError(f"{src} is already a jdiff checkpoint; convert its diffusers-format source instead")
     report = Report()
     for name, (_, cls) in model.components().items():
-        if cls not in _SPECS:
+        if cls not in model.family.components:
             model.folder(name)  # tokenizers and schedulers must at least be present
             report.lines.append(f"{name:16s} {cls}: copied as is")
             continue
@@ -58,7 +58,7 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "bfloat16") -> Pat
     report = dry_run(src)  # fail fast, naming every problem, before any tensor is read
     if report.problems:
         raise ConversionError(str(src), report.problems)
-    model = ModelDir.open(src)
+    model = open_model(src)
     dst = Path(dst)
 
     def build(tmp: Path) -> None:

@@ -92,7 +92,9 @@ def _background():
     return _preparer
 
 
-def run_while_preparing(stage, args: tuple, kwargs: dict, *, following, following_args, done: set, key):
+def run_while_preparing(
+    stage, args: tuple, kwargs: dict, *, following, following_args, done: set, key, following_kwargs=None
+):
     """`stage(*args, **kwargs)`; on the first call for `key`, the `following` stage is prepared meanwhile.
 
     Preparing a jitted stage (trace, lower, compile or load from the persistent cache) is host work that needs
@@ -108,6 +110,7 @@ def run_while_preparing(stage, args: tuple, kwargs: dict, *, following, followin
         following: the jitted stage that consumes its output (the decoder); None: nothing to prepare.
         following_args: `spec -> args` for `following`, given the output's `jax.ShapeDtypeStruct` (its
             sharding too, when committed to one).
+        following_kwargs: `following`'s static keyword arguments.
         done, key: the keys prepared so far, and this call's (shapes and static settings).
     """
     import concurrent.futures
@@ -124,7 +127,9 @@ def run_while_preparing(stage, args: tuple, kwargs: dict, *, following, followin
     # The worker traces in a copy of this thread's context: the ambient placement (a ContextVar) that makes
     # `constrain` pin the decoder's layouts must be the caller's.
     prepare = contextvars.copy_context().run
-    job = _background().submit(prepare, lambda: following.lower(*following_args(spec)).compile())
+    job = _background().submit(
+        prepare, lambda: following.lower(*following_args(spec), **(following_kwargs or {})).compile()
+    )
     try:
         out = stage(*args, **kwargs)
     finally:

@@ -11,7 +11,6 @@ every prompt, seed, guidance scale and resolution-dependent shift. `trace_counts
 from __future__ import annotations
 
 import collections
-import time
 from functools import lru_cache
 
 import jax
@@ -23,28 +22,16 @@ from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
-from jdiff.parallel.placement import context, gather, put
-from jdiff.pipelines.base import (
-    IMAGE_SUFFIXES,
-    GenerationResult,
-    check_outputs,
-    check_size,
-    finite_nonneg,
-    negatives_for,
-    noise_from_keys,
-    noise_keys,
-    positive_int,
-    prompts_of,
-    run_while_preparing,
-    save_images,
-    seeds_of,
-    to_pil,
-)
+from jdiff.parallel.placement import context, put
+from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
+from jdiff.pipelines.pipeline import Pipeline, Stage
+from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
-from jdiff.sampling.flow_match import FlowMatchEulerConfig, calculate_shift, default_sigmas, schedule
-from jdiff.sampling.loop import euler_loop, set_progress_hook
-from jdiff.weights.config import from_dict
+from jdiff.sampling.flow_match import calculate_shift, default_sigmas
+from jdiff.sampling.loop import sample
+from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.table import sampler_for
 
 
 def pack_latents(latents: jax.Array) -> jax.Array:
@@ -70,19 +57,28 @@ def _rope_tables(text_len: int, h2: int, w2: int, axes: tuple[int, ...]) -> tupl
     return rope_cos_sin(ids, axes, 10000.0)
 
 
-class FluxPipeline:
+class FluxPipeline(Pipeline):
     """FLUX.1 text-to-image from a diffusers-format directory or a converted jdiff checkpoint."""
 
-    family = "flux"
+    family = "FLUX.1"
     is_video = False
+    accepts = frozenset({"negative_prompt", "guidance_scale", "true_cfg_scale", "max_sequence_length"})
+    refusals = {  # noqa: RUF012
+        "num_frames": "FLUX.1 makes images: num_frames must be omitted (or 1)",
+        "image": "FLUX.1 text-to-image takes no conditioning image; use an image-edit model",
+        "guidance_scale_2": "guidance_scale_2 is for two-expert models (Wan2.2 A14B); FLUX.1 has one transformer",
+    }
 
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
         sched_cls = model.components().get("scheduler", ("", ""))[1]
-        if sched_cls != "FlowMatchEulerDiscreteScheduler":
-            raise InputError(f"FLUX needs a FlowMatchEulerDiscreteScheduler, {model.root} has {sched_cls!r}")
-        self.scheduler = from_dict(FlowMatchEulerConfig, model.scheduler_config())
+        self.sampler, self.scheduler = sampler_for(sched_cls, model.scheduler_config())
+        if self.sampler.prediction(self.scheduler) != "flow":
+            raise InputError(
+                f"FLUX needs a flow-matching scheduler (a FlowMatchEulerDiscreteScheduler), {model.root} has "
+                f"{sched_cls!r}, which predicts {self.sampler.prediction(self.scheduler)}"
+            )
         self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
         _, clip = model.load("text_encoder", dtype=dtype, placement=placement)
         _, t5 = model.load("text_encoder_2", dtype=dtype, placement=placement)
@@ -95,19 +91,17 @@ class FluxPipeline:
                 f"transformer in_channels {tc.in_channels} != 4 x VAE latent_channels {vc.latent_channels}; "
                 "the transformer and VAE come from different models"
             )
-        self.preset = load_preset("flux-dev" if tc.guidance_embeds else "flux-schnell", model.root)
+        self.preset = load_preset(FAMILY.preset(model.index, tc), model.root)
         self.vae_scale_factor = 2 ** (len(vc.block_out_channels) - 1)
+        self.size_multiple = 2 * self.vae_scale_factor  # VAE factor x 2x2 patches
         self.latent_channels = vc.latent_channels
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._decoders: set = set()  # decoder programs prepared (`run_while_preparing`)
 
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("clip", clip), ("t5", t5), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
         self._encode = compiler_options.jit(self._encode_fn)
-        self._denoise = compiler_options.jit(
-            self._denoise_fn, static_argnames=("progress", "cfg", "noise_shape")
-        )
+        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
         self._decode = compiler_options.jit(self._decode_fn, static_argnames=("h", "w"))
 
     # ---- jitted stages ------------------------------------------------------------------------------------
@@ -127,19 +121,19 @@ class FluxPipeline:
         pooled,
         cos,
         sin,
-        sigmas,
-        timesteps,
+        schedule,
         guidance,
         cfg_scale,
-        *,
         progress,
+        *,
         cfg,
         noise_shape,
     ):
         """Runs the whole sampling loop. With `cfg`, embeds/pooled hold [negative; positive] (true CFG).
 
         `init` is the packed starting latents, or with a `noise_shape` (C, h, w) the seeds' noise keys: the
-        noise is drawn and packed here, so a request compiles nothing outside the three stages.
+        noise is drawn and packed here, so a request compiles nothing outside the three stages. `progress` is
+        a progress token (or None: no callback compiled in).
         """
         self.trace_counts["denoise"] += 1
         model = nnx.merge(self._defs["transformer"], params)
@@ -148,6 +142,7 @@ class FluxPipeline:
 
         # Every step's AdaLN vectors at once, before the loop: one pass over the modulation weights per request
         # instead of one per step. Rows are step-major: [n * Bm] for the model's batch Bm.
+        timesteps = schedule.timesteps
         n, bm = timesteps.shape[0], embeds.shape[0]
         g = None if guidance is None else jnp.concatenate([guidance, guidance]) if cfg else guidance
         modulation = model.modulation(
@@ -165,7 +160,9 @@ class FluxPipeline:
                 v = neg + cfg_scale * (pos - neg)
             return v
 
-        return euler_loop(velocity, latents, sigmas, timesteps, per_step=per_step, progress=progress)
+        return sample(
+            self.sampler, self.scheduler, velocity, latents, schedule, per_step=per_step, progress=progress
+        )
 
     def _decode_fn(self, vae_params, latents, h: int, w: int):
         self.trace_counts["decode"] += 1
@@ -179,7 +176,7 @@ class FluxPipeline:
         image = vae.decode(z.astype(self.dtype)).astype(jnp.float32)
         return jnp.clip(image * 0.5 + 0.5, 0, 1)
 
-    # ---- request handling ---------------------------------------------------------------------------------
+    # ---- the hooks of Pipeline.generate ------------------------------------------------------------------
 
     def encode_prompts(self, prompts: list[str], max_sequence_length: int) -> tuple[jax.Array, jax.Array]:
         clip_ids, _ = self.tokenizer(prompts, self.tokenizer.model_max_length)
@@ -192,129 +189,44 @@ class FluxPipeline:
                 put(self.placement, t5_ids),
             )
 
-    def generate(
-        self,
-        prompt,
-        *,
-        negative_prompt=None,
-        height=None,
-        width=None,
-        num_frames=None,
-        num_inference_steps=None,
-        guidance_scale=None,
-        guidance_scale_2=None,
-        true_cfg_scale=None,
-        max_sequence_length=None,
-        seed=0,
-        latents=None,
-        image=None,
-        num_outputs_per_prompt=1,
-        output_type="pil",
-        output_path=None,
-        progress=False,
-    ) -> GenerationResult:
-        t_start = time.perf_counter()
-        p = self.preset
-        prompts = prompts_of(prompt)
-        if num_frames not in (None, 1):
-            raise InputError("FLUX.1 makes images: num_frames must be omitted (or 1)")
-        if image is not None:
-            raise InputError("FLUX.1 text-to-image takes no conditioning image; use an image-edit model")
-        if guidance_scale_2 is not None:
-            raise InputError(
-                "guidance_scale_2 is for two-expert models (Wan2.2 A14B); FLUX.1 has one transformer"
-            )
-        height = p["height"] if height is None else height
-        width = p["width"] if width is None else width
-        check_size(height, width, 2 * self.vae_scale_factor, "FLUX.1 (VAE factor x 2x2 patches)")
-        steps = positive_int(
-            p["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
-            "num_inference_steps",
-        )
-        guidance = finite_nonneg(
-            p["guidance_scale"] if guidance_scale is None else guidance_scale, "guidance_scale"
-        )
-        true_cfg = finite_nonneg(1.0 if true_cfg_scale is None else true_cfg_scale, "true_cfg_scale")
-        max_len = positive_int(
-            p["max_sequence_length"] if max_sequence_length is None else max_sequence_length,
-            "max_sequence_length",
-        )
-        if max_len > 512:
-            raise InputError(f"max_sequence_length {max_len} exceeds T5's 512 tokens")
-        n_per = positive_int(num_outputs_per_prompt, "num_outputs_per_prompt")
-        check_outputs(output_type, output_path, IMAGE_SUFFIXES, "images")
-        cfg = negative_prompt is not None and true_cfg > 1
-        negatives = negatives_for(negative_prompt, prompts) if cfg else None
+    def check(self, request: Request) -> None:
+        super().check(request)
+        if request.max_sequence_length > 512:
+            raise InputError(f"max_sequence_length {request.max_sequence_length} exceeds T5's 512 tokens")
 
-        timings = {}
-        t0 = time.perf_counter()
+    def _true_cfg(self, request: Request) -> bool:
+        return request.negative_prompts is not None and (request.true_cfg_scale or 1.0) > 1
+
+    def encode(self, request: Request) -> tuple[jax.Array, jax.Array]:
         # One encoder call for the whole batch, [negatives; prompts] with each text repeated per output: host-side
         # repeats and concatenations, where device-side ones would compile small programs on every start.
-        texts = [t for t in (negatives or []) + prompts for _ in range(n_per)]
-        embeds, pooled = self.encode_prompts(texts, max_len)
-        jax.block_until_ready((embeds, pooled))
-        timings["text_encoding"] = time.perf_counter() - t0
+        return self.encode_prompts(
+            request.texts(negatives=self._true_cfg(request)), request.max_sequence_length
+        )
 
-        batch = len(prompts) * n_per
-        seeds = seeds_of(seed, batch)
-        h, w = height // self.vae_scale_factor, width // self.vae_scale_factor
-        seq_len = (h // 2) * (w // 2)
-        init, noise_shape = self._initial_latents(latents, seeds, batch, h, w)
+    def denoise_stage(self, request: Request, cond, progress) -> Stage:
+        embeds, pooled = cond
+        h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
+        init, noise_shape = self._initial_latents(request.latents, list(request.seeds), request.batch, h, w)
         init = put(self.placement, init, None if noise_shape else (sh.BATCH, None, None))
         sc = self.scheduler
         mu = calculate_shift(
-            seq_len, sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
+            (h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
         )
-        sigmas, timesteps = schedule(sc, default_sigmas(steps), mu=mu)
+        schedule = self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
         cos, sin = _rope_tables(
             embeds.shape[1], h // 2, w // 2, tuple(self.transformer_config.axes_dims_rope)
         )
-        g = np.full((batch,), guidance, np.float32) if self.transformer_config.guidance_embeds else None
+        guided = self.transformer_config.guidance_embeds
+        g = np.full((request.batch,), request.guidance_scale, np.float32) if guided else None
+        true_cfg = np.float32(request.true_cfg_scale or 1.0)
+        args = (self._params["transformer"], init, embeds, pooled, cos, sin, schedule, g, true_cfg, progress)
+        kwargs = dict(cfg=self._true_cfg(request), noise_shape=noise_shape)
+        return Stage(self._denoise, args, kwargs, key=(init.shape, embeds.shape, request.steps, h, w))
 
-        t0 = time.perf_counter()
-        bar = _progress_bar(steps) if progress else None
-        try:
-            with context(self.placement):
-                args = (
-                    self._params["transformer"],
-                    init,
-                    embeds,
-                    pooled,
-                    cos,
-                    sin,
-                    sigmas,
-                    timesteps,
-                    g,
-                    np.float32(true_cfg),
-                )
-                kwargs = dict(progress=bar is not None, cfg=cfg, noise_shape=noise_shape)
-                final = run_while_preparing(
-                    self._denoise,
-                    args,
-                    kwargs,
-                    following=None if output_type == "latent" else self._decode,
-                    following_args=lambda spec: (self._params["vae"], spec, h, w),
-                    done=self._decoders,
-                    key=(init.shape, embeds.shape, steps, h, w, *kwargs.values()),
-                )
-                final = jax.block_until_ready(final)
-        finally:
-            if bar is not None:
-                set_progress_hook(None)
-                bar.close()
-        timings["denoising"] = time.perf_counter() - t0
-
-        result = GenerationResult(latents=gather(final), timings=timings)
-        if output_type != "latent":
-            t0 = time.perf_counter()
-            with context(self.placement):
-                images = gather(self._decode(self._params["vae"], final, h, w))
-            timings["decoding"] = time.perf_counter() - t0
-            result.images = images if output_type == "np" else to_pil(images)
-            if output_path is not None and jax.process_index() == 0:  # one writer in multi-host runs
-                result.paths = save_images(images, output_path)
-        timings["total"] = time.perf_counter() - t_start
-        return result
+    def decode_stage(self, request: Request) -> Stage:
+        h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
+        return Stage(self._decode, (self._params["vae"],), dict(h=h, w=w), key=(h, w))
 
     def _initial_latents(self, latents, seeds: list[int], batch: int, h: int, w: int):
         """(init, noise_shape) for `_denoise_fn`: the seeds' noise keys and (C, h, w), or the caller's
@@ -329,8 +241,6 @@ class FluxPipeline:
                 f"latents have shape {arr.shape}; for {batch} output(s) at this size FLUX expects the packed "
                 f"{packed_shape} (diffusers' layout) or the unpacked {unpacked_shape}"
             )
-        if not np.isfinite(arr).all():
-            raise InputError("latents contain NaN or infinite values")
         return (pack_latents(arr) if arr.shape == unpacked_shape else arr), None
 
 
@@ -340,20 +250,18 @@ def _steps_first(m: jax.Array, n: int) -> jax.Array:
     return jnp.moveaxis(m, -3, 0)
 
 
-def _progress_bar(steps: int):
-    from tqdm.auto import tqdm
+FAMILY = Family(
+    name="flux",
+    pipeline_classes=("FluxPipeline",),
+    pipeline=FluxPipeline,
+    components={
+        "FluxTransformer2DModel": "jdiff.models.flux.plan",
+        "CLIPTextModel": "jdiff.models.clip.plan",
+        "T5EncoderModel": "jdiff.models.t5.plan",
+        "AutoencoderKL": "jdiff.models.autoencoder_kl.plan",
+    },
+    # dev has a guidance embedding (guidance-distilled); schnell does not.
+    preset=lambda index, transformer: "flux-dev" if transformer.guidance_embeds else "flux-schnell",
+)
 
-    # Multi-process runs compile the callback into every process's program; process 0 alone draws the bar.
-    bar = tqdm(total=steps, desc="denoising", unit="step", leave=False, disable=jax.process_index() != 0)
-    done = [0]
-
-    def hook(i: int) -> None:
-        if i + 1 > done[0]:
-            bar.update(i + 1 - done[0])
-            done[0] = i + 1
-
-    set_progress_hook(hook)
-    return bar
-
-
-__all__ = ["FluxPipeline", "pack_latents", "unpack_latents_nhwc"]
+__all__ = ["FAMILY", "FluxPipeline", "pack_latents", "unpack_latents_nhwc"]

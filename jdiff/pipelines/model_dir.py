@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from jdiff.errors import InputError
-from jdiff.models.registry import spec_for
 from jdiff.pipelines.tokenizer import PromptTokenizer, TransformersTokenizer, load_tokenizer
 from jdiff.weights import checkpoint
 from jdiff.weights.config import read_json
@@ -23,8 +22,12 @@ TOKENIZER_CLASSES = ("Tokenizer", "TokenizerFast")
 
 @dataclass
 class ModelDir:
+    """A model directory. `family` (a `jdiff.pipelines.family.Family`, set by whoever opened it through the
+    registry) says which conversion spec each component class has."""
+
     root: Path
     index: dict[str, Any]
+    family: Any = None
 
     @classmethod
     def open(cls, path: str | Path) -> ModelDir:
@@ -67,7 +70,11 @@ class ModelDir:
 
     def spec(self, name: str) -> ComponentSpec:
         self.folder(name)  # validates that the component exists
-        return spec_for(self.components()[name][1], component=name)
+        if self.family is None:
+            raise ValueError(
+                f"{self.root} was opened without its family: open it with jdiff.registry.open_model"
+            )
+        return self.family.spec_for(self.components()[name][1], component=name)
 
     def load(self, name: str, *, dtype, placement=None) -> tuple[Any, Any]:
         """Loads component `name` as (config, jdiff module), from safetensors or a jdiff checkpoint.

@@ -17,7 +17,6 @@ from __future__ import annotations
 import collections
 import html
 import re
-import time
 from functools import lru_cache
 
 import jax
@@ -29,30 +28,15 @@ from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
-from jdiff.parallel.placement import context, gather, put
-from jdiff.pipelines.base import (
-    VIDEO_SUFFIXES,
-    GenerationResult,
-    check_outputs,
-    finite_nonneg,
-    negatives_for,
-    noise_from_keys,
-    noise_keys,
-    positive_int,
-    prompts_of,
-    run_while_preparing,
-    save_video,
-    seeds_of,
-    to_pil,
-)
+from jdiff.parallel.placement import context, put
+from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
+from jdiff.pipelines.pipeline import Pipeline, Stage
+from jdiff.pipelines.request import Request, negatives_for
 from jdiff.presets import load_preset
-from jdiff.sampling.flow_match import FlowMatchEulerConfig, schedule_from_steps
-from jdiff.sampling.loop import euler_loop
-from jdiff.sampling.unipc import UniPCConfig, unipc_loop, unipc_schedule
-from jdiff.weights.config import from_dict
-
-SCHEDULERS = ("UniPCMultistepScheduler", "FlowMatchEulerDiscreteScheduler")
+from jdiff.sampling.loop import sample
+from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.table import sampler_for
 
 # Rotary tables depend only on the config and the latent shape: computed once per shape, on the host.
 _rope_tables = lru_cache(maxsize=16)(wan_rope_tables)
@@ -85,11 +69,16 @@ def _load_image(image):
     raise InputError(f"image must be a path, a PIL image or a uint8 array, got {type(image).__name__}")
 
 
-class WanPipeline:
+class WanPipeline(Pipeline):
     """Wan text-to-video and image-to-video from a diffusers-format directory (or a jdiff checkpoint)."""
 
-    family = "wan"
+    family = "Wan"
     is_video = True
+    refusals = {  # noqa: RUF012
+        "true_cfg_scale": "true_cfg_scale is FLUX's; Wan runs classifier-free guidance with guidance_scale",
+        "guidance_scale_2": "guidance_scale_2 needs a two-expert model (Wan2.2 A14B: boundary_ratio and transformer_2)",
+        "image": "this Wan model is text-to-video only and takes no conditioning image",
+    }
 
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
@@ -97,17 +86,21 @@ class WanPipeline:
         self.model_index = model.index
         self.i2v = model.pipeline_class == "WanImageToVideoPipeline"
         self.expand_timesteps = bool(model.index.get("expand_timesteps") or False)
-        self.accepts_image = self.i2v or self.expand_timesteps  # the server's edits / image-to-video routes
         self.boundary_ratio = model.index.get("boundary_ratio")
+        accepts = {"negative_prompt", "num_frames", "guidance_scale", "max_sequence_length", "fps"}
+        if self.i2v or self.expand_timesteps:
+            accepts.add("image")  # the server's edits / image-to-video routes follow
+        if self.boundary_ratio is not None:
+            accepts.add("guidance_scale_2")
+        self.accepts = frozenset(accepts)
         components = model.components()
         sched_cls = components.get("scheduler", ("", ""))[1]
-        if sched_cls not in SCHEDULERS:
+        self.sampler, self.scheduler = sampler_for(sched_cls, model.scheduler_config())
+        if self.sampler.prediction(self.scheduler) != "flow":
             raise InputError(
-                f"Wan needs one of {SCHEDULERS} as its scheduler, {model.root} has {sched_cls!r}"
+                f"Wan needs one of the flow-matching schedulers (UniPCMultistepScheduler with flow sigmas, "
+                f"FlowMatchEulerDiscreteScheduler), {model.root} has {sched_cls!r}"
             )
-        self.scheduler_class = sched_cls
-        cfg_cls = UniPCConfig if sched_cls == "UniPCMultistepScheduler" else FlowMatchEulerConfig
-        self.scheduler = from_dict(cfg_cls, model.scheduler_config())
 
         experts = [n for n in ("transformer", "transformer_2") if n in components]
         if not experts:
@@ -146,25 +139,13 @@ class WanPipeline:
         self.size_multiple = self.spatial * self.transformer_config.patch_size[1]  # height/width divide by it
         self.latent_mean = np.asarray(vc.latents_mean, np.float32)
         self.latent_std = np.asarray(vc.latents_std, np.float32)
-        self.preset = load_preset(self._preset_name(), model.root)
+        self.preset = load_preset(FAMILY.preset(model.index, self.transformer_config), model.root)
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._decoders: set = set()  # decoder programs prepared (`run_while_preparing`)
         self._encode_text = compiler_options.jit(self._encode_text_fn)
-        self._denoise = compiler_options.jit(
-            self._denoise_fn, static_argnames=("progress", "cfg", "mode", "noise_shape")
-        )
+        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("cfg", "mode", "noise_shape"))
         self._decode = compiler_options.jit(self._decode_fn)
         self._encode_video = compiler_options.jit(self._encode_video_fn)
         self._encode_image = compiler_options.jit(self._encode_image_fn)
-
-    def _preset_name(self) -> str:
-        if self.expand_timesteps:
-            return "wan2.2-ti2v-5b"
-        if self.boundary_ratio is not None:
-            return "wan2.2-i2v-a14b" if self.i2v else "wan2.2-t2v-a14b"
-        if self.i2v:
-            return "wan2.1-i2v-14b"
-        return "wan2.1-t2v-1.3b" if self.transformer_config.inner_dim <= 1536 else "wan2.1-t2v-14b"
 
     # ---- jitted stages ------------------------------------------------------------------------------------
 
@@ -199,11 +180,10 @@ class WanPipeline:
         condition,
         cos,
         sin,
-        sigmas,
-        timesteps,
+        schedule,
         guidance,
-        *,
         progress,
+        *,
         cfg,
         mode,
         noise_shape,
@@ -263,10 +243,9 @@ class WanPipeline:
                 lambda: run_expert(experts[1], x, t, guidance[1]),
             )
 
-        if self.scheduler_class == "UniPCMultistepScheduler":
-            out = unipc_loop(velocity, latents, sigmas, timesteps, self.scheduler, progress=progress)
-        else:
-            out = euler_loop(velocity, latents, sigmas, timesteps, progress=progress)
+        out = sample(
+            self.sampler, self.scheduler, lambda x, t, _: velocity(x, t), latents, schedule, progress=progress
+        )
         return model_input(out) if mode == "ti2v" else out
 
     def _num_train_timesteps(self) -> int:
@@ -278,11 +257,6 @@ class WanPipeline:
         ids, mask = self.tokenizer([prompt_clean(p) for p in prompts], max_len)
         with context(self.placement):
             return self._encode_text(self._params["t5"], put(self.placement, ids), put(self.placement, mask))
-
-    def _schedule(self, steps: int):
-        if self.scheduler_class == "UniPCMultistepScheduler":
-            return unipc_schedule(self.scheduler, steps)
-        return schedule_from_steps(self.scheduler, steps)
 
     def _image_condition(self, image, batch, height, width, frames, lat_frames):
         """(condition, image_embeds) for image-to-video; condition is channels-last."""
@@ -317,148 +291,83 @@ class WanPipeline:
         mask = jnp.zeros((batch, lat_frames, h, w, self.temporal), jnp.float32).at[:, 0].set(1.0)
         return jnp.concatenate([mask, latent], axis=-1), image_embeds
 
-    def generate(
-        self,
-        prompt,
-        *,
-        negative_prompt=None,
-        height=None,
-        width=None,
-        num_frames=None,
-        num_inference_steps=None,
-        guidance_scale=None,
-        guidance_scale_2=None,
-        max_sequence_length=None,
-        seed=0,
-        latents=None,
-        image=None,
-        num_outputs_per_prompt=1,
-        output_type="pil",
-        output_path=None,
-        progress=False,
-        fps=None,
-        true_cfg_scale=None,
-    ) -> GenerationResult:
-        t_start = time.perf_counter()
-        p = self.preset
-        prompts = prompts_of(prompt)
-        if true_cfg_scale is not None:
-            raise InputError(
-                "true_cfg_scale is FLUX's; Wan runs classifier-free guidance with guidance_scale"
-            )
-        height = positive_int(p["height"] if height is None else height, "height")
-        width = positive_int(p["width"] if width is None else width, "width")
-        frames = positive_int(p["num_frames"] if num_frames is None else num_frames, "num_frames")
+    def check(self, request: Request) -> None:
+        super().check(request)
+        frames = request.num_frames
         if (frames - 1) % self.temporal:
             lo = (frames - 1) // self.temporal * self.temporal + 1
             raise InputError(
                 f"num_frames {frames} must be {self.temporal}k+1 for the Wan VAE; use {lo} or {lo + self.temporal}"
             )
-        multiple = self.size_multiple
-        for name, v in (("height", height), ("width", width)):
-            if v % multiple:
-                lo, hi = v // multiple * multiple, (v // multiple + 1) * multiple
-                raise InputError(
-                    f"{name} {v} is not divisible by {multiple}, as this Wan model needs; use {lo or hi} or {hi}"
-                )
-        steps = positive_int(
-            p["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
-            "num_inference_steps",
-        )
-        guidance = finite_nonneg(
-            p["guidance_scale"] if guidance_scale is None else guidance_scale, "guidance_scale"
-        )
-        if guidance_scale_2 is not None and self.boundary_ratio is None:
-            raise InputError(
-                "guidance_scale_2 needs a two-expert model (Wan2.2 A14B: boundary_ratio and transformer_2)"
-            )
-        default_2 = p.get("guidance_scale_2", guidance) if guidance_scale is None else guidance
-        guidance_2 = finite_nonneg(
-            default_2 if guidance_scale_2 is None else guidance_scale_2, "guidance_scale_2"
-        )
-        max_len = positive_int(
-            p.get("max_sequence_length", 512) if max_sequence_length is None else max_sequence_length,
-            "max_sequence_length",
-        )
-        n_per = positive_int(num_outputs_per_prompt, "num_outputs_per_prompt")
-        check_outputs(output_type, output_path, VIDEO_SUFFIXES, "frames")
-        fps = positive_int(p.get("fps", 16) if fps is None else fps, "fps")
-        if self.i2v and image is None:
+        if self.i2v and request.image is None:
             raise InputError("this is an image-to-video model: pass image= (CLI: --image PATH)")
-        if image is not None and not (self.i2v or self.expand_timesteps):
-            raise InputError("this Wan model is text-to-video only and takes no conditioning image")
-        cfg = guidance > 1.0  # as diffusers: classifier-free guidance only above 1
-        negative = p.get("negative_prompt", "") if negative_prompt is None else negative_prompt
-        negatives = negatives_for(negative, prompts) if cfg else None
+        post_patch_grid(self.transformer_config, *self._latent_grid(request))  # validates the patch divides
 
-        batch = len(prompts) * n_per
-        seeds = seeds_of(seed, batch)
-        lat_frames = (frames - 1) // self.temporal + 1
-        h, w = height // self.spatial, width // self.spatial
-        post_patch_grid(self.transformer_config, lat_frames, h, w)  # validates the patch divides
+    def _latent_grid(self, request: Request) -> tuple[int, int, int]:
+        """(latent frames, latent height, latent width)."""
+        f = (request.num_frames - 1) // self.temporal + 1
+        return f, request.height // self.spatial, request.width // self.spatial
 
-        timings = {}
-        t0 = time.perf_counter()
+    def _guidance(self, request: Request) -> tuple[float, float]:
+        """(guidance_scale, guidance_scale_2): the second follows the first when only the first is given."""
+        g = request.guidance_scale
+        if "guidance_scale_2" in request.given:
+            return g, request.guidance_scale_2
+        if "guidance_scale" in request.given:
+            return g, g
+        return g, self.preset.get("guidance_scale_2", g)
+
+    def encode(self, request: Request):
+        """(text embeddings, channels-last image condition or None, image embeddings or None, mode)."""
+        cfg = request.guidance_scale > 1.0  # as diffusers: classifier-free guidance only above 1
+        negatives = request.negative_prompts
+        if negatives is None:
+            negatives = tuple(negatives_for(self.preset.get("negative_prompt", ""), list(request.prompts)))
+        texts = [
+            t
+            for t in (list(negatives) if cfg else []) + list(request.prompts)
+            for _ in range(request.num_outputs_per_prompt)
+        ]
         # One encoder call, [negatives; prompts] with each text repeated per output (host-side, as in FLUX).
-        embeds = self.encode_prompts([t for t in (negatives or []) + prompts for _ in range(n_per)], max_len)
-        condition, image_embeds, mode = None, None, "t2v"
-        if image is not None:
-            condition, image_embeds = self._image_condition(image, batch, height, width, frames, lat_frames)
-            mode = "ti2v" if self.expand_timesteps else "i2v"
-        jax.block_until_ready(embeds)
-        timings["text_encoding"] = time.perf_counter() - t0
+        embeds = self.encode_prompts(texts, request.max_sequence_length or 512)
+        if request.image is None:
+            return embeds, None, None, "t2v"
+        f, _, _ = self._latent_grid(request)
+        condition, image_embeds = self._image_condition(
+            request.image, request.batch, request.height, request.width, request.num_frames, f
+        )
+        return embeds, condition, image_embeds, "ti2v" if self.expand_timesteps else "i2v"
 
-        init, noise_shape = self._initial_latents(latents, seeds, batch, lat_frames, h, w)
+    def denoise_stage(self, request: Request, cond, progress) -> Stage:
+        embeds, condition, image_embeds, mode = cond
+        f, h, w = self._latent_grid(request)
+        init, noise_shape = self._initial_latents(
+            request.latents, list(request.seeds), request.batch, f, h, w
+        )
         init = put(self.placement, init, None if noise_shape else (sh.BATCH,) + (None,) * 4)
-        sigmas, timesteps = self._schedule(steps)
-        cos, sin = _rope_tables(self.transformer_config, lat_frames, h, w)
-        t0 = time.perf_counter()
-        from jdiff.pipelines.flux import _progress_bar
-        from jdiff.sampling.loop import set_progress_hook
+        schedule = self.sampler.schedule(self.scheduler, request.steps)
+        cos, sin = _rope_tables(self.transformer_config, f, h, w)
+        args = (
+            self._params["transformer"],
+            self._params.get("transformer_2"),
+            init,
+            embeds,
+            image_embeds,
+            condition,
+            cos,
+            sin,
+            schedule,
+            np.asarray(self._guidance(request), np.float32),
+            progress,
+        )
+        kwargs = dict(cfg=request.guidance_scale > 1.0, mode=mode, noise_shape=noise_shape)
+        return Stage(self._denoise, args, kwargs, key=(init.shape, embeds.shape, request.steps))
 
-        bar = _progress_bar(steps) if progress else None
-        try:
-            with context(self.placement):
-                args = (
-                    self._params["transformer"],
-                    self._params.get("transformer_2"),
-                    init,
-                    embeds,
-                    image_embeds,
-                    condition,
-                    cos,
-                    sin,
-                    sigmas,
-                    timesteps,
-                    np.asarray([guidance, guidance_2], np.float32),
-                )
-                kwargs = dict(progress=bar is not None, cfg=cfg, mode=mode, noise_shape=noise_shape)
-                final = run_while_preparing(
-                    self._denoise,
-                    args,
-                    kwargs,
-                    following=None if output_type == "latent" else self._decode,
-                    following_args=lambda spec: (self._params["vae"], spec),
-                    done=self._decoders,
-                    key=(init.shape, embeds.shape, steps, *kwargs.values()),
-                )
-                final = jax.block_until_ready(final)
-        finally:
-            if bar is not None:
-                set_progress_hook(None)
-                bar.close()
-        timings["denoising"] = time.perf_counter() - t0
-        result = GenerationResult(latents=gather(final).transpose(0, 4, 1, 2, 3), timings=timings)
-        if output_type != "latent":
-            t0 = time.perf_counter()
-            with context(self.placement):
-                frames_np = gather(self._decode(self._params["vae"], final))
-            timings["decoding"] = time.perf_counter() - t0
-            result.frames = frames_np if output_type == "np" else [to_pil(f) for f in frames_np]
-            if output_path is not None and jax.process_index() == 0:  # one writer in multi-host runs
-                result.paths = save_video(frames_np, output_path, fps=fps)
-        timings["total"] = time.perf_counter() - t_start
-        return result
+    def decode_stage(self, request: Request) -> Stage:
+        return Stage(self._decode, (self._params["vae"],))
+
+    def latents_out(self, final: np.ndarray) -> np.ndarray:
+        return final.transpose(0, 4, 1, 2, 3)  # channels-last -> diffusers' [B, C, F, H, W]
 
     def _initial_latents(self, latents, seeds, batch, f, h, w):
         """(init, noise_shape) for `_denoise_fn`: the seeds' noise keys and (F, h, w, C), or the caller's
@@ -472,9 +381,32 @@ class WanPipeline:
                 f"latents have shape {arr.shape}; for {batch} output(s) at this size Wan expects {(batch, c, f, h, w)} "
                 "(diffusers' [B, C, F, H, W] layout)"
             )
-        if not np.isfinite(arr).all():
-            raise InputError("latents contain NaN or infinite values")
         return np.ascontiguousarray(arr.transpose(0, 2, 3, 4, 1)), None
 
 
-__all__ = ["WanPipeline", "prompt_clean"]
+def _preset(index: dict, transformer) -> str:
+    """Which preset a Wan directory gets: by its pipeline class, experts and size."""
+    if index.get("expand_timesteps"):
+        return "wan2.2-ti2v-5b"
+    i2v = index.get("_class_name") == "WanImageToVideoPipeline"
+    if index.get("boundary_ratio") is not None:
+        return "wan2.2-i2v-a14b" if i2v else "wan2.2-t2v-a14b"
+    if i2v:
+        return "wan2.1-i2v-14b"
+    return "wan2.1-t2v-1.3b" if transformer.inner_dim <= 1536 else "wan2.1-t2v-14b"
+
+
+FAMILY = Family(
+    name="wan",
+    pipeline_classes=("WanPipeline", "WanImageToVideoPipeline"),
+    pipeline=WanPipeline,
+    components={
+        "WanTransformer3DModel": "jdiff.models.wan.plan",
+        "AutoencoderKLWan": "jdiff.models.wan_vae.plan",
+        "UMT5EncoderModel": "jdiff.models.t5.umt5_plan",
+        "CLIPVisionModel": "jdiff.models.clip.vision_plan",
+    },
+    preset=_preset,
+)
+
+__all__ = ["FAMILY", "WanPipeline", "prompt_clean"]

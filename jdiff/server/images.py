@@ -41,7 +41,7 @@ async def generations(request: Request):
 @router.post("/v1/images/edits")
 async def edits(request: Request):
     ctx = context(request)
-    if not getattr(ctx.pipeline, "accepts_image", False) or ctx.pipeline.is_video:
+    if not ctx.pipeline.accepts_image or ctx.pipeline.is_video:
         raise ApiError(
             400,
             f"model {ctx.name} does not support image edits (it takes no conditioning image); "

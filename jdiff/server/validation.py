@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import inspect
 import io
 import math
 import re
@@ -58,8 +57,8 @@ def _seed(value: int | None, n: int) -> int:
 
 
 def size_multiple(pipeline) -> int:
-    """What the model's height and width must be divisible by."""
-    return getattr(pipeline, "size_multiple", None) or 2 * pipeline.vae_scale_factor
+    """What the model's height and width must be divisible by (the pipeline declares it)."""
+    return pipeline.size_multiple
 
 
 def parse_size(size: str | None, pipeline, max_pixels: int) -> tuple[int, int]:
@@ -88,12 +87,8 @@ def parse_size(size: str | None, pipeline, max_pixels: int) -> tuple[int, int]:
 
 
 def takes(pipeline, name: str) -> bool:
-    """Whether the pipeline's `generate` accepts keyword `name` (extension fields are model-specific)."""
-    try:
-        params = inspect.signature(pipeline.generate).parameters
-    except (AttributeError, TypeError, ValueError):
-        return True
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    """Whether the pipeline declares the optional request field `name` (`Pipeline.accepts`)."""
+    return name in pipeline.accepts
 
 
 def _extension(params: dict, pipeline, name: str, value: float | None) -> None:
@@ -201,7 +196,7 @@ def video_params(body: VideoBody, pipeline, *, max_pixels: int) -> tuple[dict, d
     }
     _extension(params, pipeline, "guidance_scale_2", body.guidance_scale_2)
     if body.input_reference is not None:
-        if not getattr(pipeline, "accepts_image", False):
+        if not pipeline.accepts_image:
             raise ApiError(400, "this model takes no input_reference image; send a text prompt only")
         params["image"] = decode_image(body.input_reference, "input_reference")
     meta = {"size": f"{width}x{height}", "seconds": None if body.seconds is None else str(body.seconds)}

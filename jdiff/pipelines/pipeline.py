@@ -1,0 +1,218 @@
+"""The skeleton every family's pipeline fills in: one `generate` for all of them.
+
+    generate = parse the request -> check (family) -> encode (family) -> denoise -> decode -> save
+
+`Pipeline.generate` owns the order, the timings, the progress bar, the overlap of decoder preparation with the
+denoising loop, gathering results from every process, output types and saving. A family implements a few
+hooks and declares what it takes:
+
+    class MyPipeline(Pipeline):
+        family = "My model"                 # for messages
+        is_video = False
+        accepts = frozenset({"negative_prompt", "guidance_scale"})   # optional request fields it takes
+
+        def __init__(self, model, *, dtype, placement=None): ...   # load; set self.preset, self.size_multiple
+        def check(self, request): ...                              # family-specific rules (optional)
+        def encode(self, request): ...                             # -> conditioning (device arrays)
+        def denoise_stage(self, request, cond) -> Stage: ...       # the jitted sampling loop and its inputs
+        def decode_stage(self, request) -> Stage: ...              # the jitted decoder (its latents arg last)
+
+Fields a family does not declare are refused with one message naming them (`jdiff.pipelines.request`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import jax
+import numpy as np
+
+from jdiff.errors import InputError
+from jdiff.parallel.placement import context, gather
+from jdiff.pipelines import request as requests
+from jdiff.pipelines.base import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    GenerationResult,
+    check_output_path,
+    run_while_preparing,
+    save_images,
+    save_video,
+    to_pil,
+)
+from jdiff.pipelines.request import Request
+from jdiff.sampling import progress as progress_registry
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A jitted stage and how to call it.
+
+    Attributes:
+        fn: the jitted function.
+        args: positional arguments (for a decoder: all but the latents, which `generate` appends).
+        kwargs: static keyword arguments.
+        key: what identifies its compiled program besides the arguments' shapes (decoder preparation runs
+            once per key).
+    """
+
+    fn: Callable
+    args: tuple = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    key: tuple = ()
+
+
+class Pipeline:
+    """Base of every family's pipeline (see the module docstring for the hooks)."""
+
+    family: ClassVar[str] = "this model"
+    is_video: ClassVar[bool] = False
+    accepts: frozenset[str] = frozenset()
+    # field -> the message refusing it, where the family can say why (e.g. "needs a two-expert model").
+    refusals: dict[str, str] = {}  # noqa: RUF012 - read-only by convention, overridden per family
+
+    # Set by the family's __init__.
+    preset: dict[str, Any]
+    size_multiple: int
+    placement: Any = None
+
+    @property
+    def accepts_image(self) -> bool:
+        """Whether requests may carry a conditioning image (the server's edit and image-to-video routes)."""
+        return "image" in self.accepts
+
+    # ---- hooks --------------------------------------------------------------------------------------------
+
+    def check(self, request: Request) -> None:
+        """Family-specific checks beyond the generic ones (raise InputError). Default: sizes divide."""
+        for name, v in (("height", request.height), ("width", request.width)):
+            if v % self.size_multiple:
+                lo, hi = (
+                    v // self.size_multiple * self.size_multiple,
+                    (v // self.size_multiple + 1) * self.size_multiple,
+                )
+                raise InputError(
+                    f"{name} {v} is not divisible by {self.size_multiple}, as {self.family} needs; "
+                    f"use {lo or hi} or {hi}"
+                )
+
+    def encode(self, request: Request) -> Any:
+        raise NotImplementedError
+
+    def denoise_stage(self, request: Request, cond: Any, progress) -> Stage:
+        """The jitted sampling loop for `request`; `progress` (an int32 token, or None) goes to its `sample`."""
+        raise NotImplementedError
+
+    def decode_stage(self, request: Request) -> Stage:
+        raise NotImplementedError
+
+    def latents_out(self, final: np.ndarray) -> np.ndarray:
+        """The final latents in diffusers' pipeline layout (default: as the loop keeps them)."""
+        return final
+
+    # ---- the one generate ---------------------------------------------------------------------------------
+
+    def parse(self, prompt, **fields) -> Request:
+        """The request for `generate(prompt, **fields)`, checked generically and by the family."""
+        request = requests.parse(
+            prompt,
+            fields,
+            accepts=self.accepts,
+            preset=self.preset,
+            family=self.family,
+            reasons=self.refusals,
+        )
+        if request.output_path is not None:
+            check_output_path(request.output_path, VIDEO_SUFFIXES if self.is_video else IMAGE_SUFFIXES)
+        self.check(request)
+        return request
+
+    def generate(self, prompt, **fields) -> GenerationResult:
+        """Generates from `prompt` (str or list[str]); keyword arguments as INTERFACE.md lists them."""
+        t_start = time.perf_counter()
+        request = self.parse(prompt, **fields)
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        cond = self.encode(request)
+        jax.block_until_ready(cond)
+        timings["text_encoding"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        with contextlib.ExitStack() as stack:
+            token = None
+            if request.progress:
+                bar = stack.enter_context(_progress_bar(request.steps))
+                token = np.int32(stack.enter_context(progress_registry.track(bar)))
+            denoise = self.denoise_stage(request, cond, token)
+            decode = None if request.output_type == "latent" else self.decode_stage(request)
+            with context(self.placement):
+                final = run_while_preparing(
+                    denoise.fn,
+                    denoise.args,
+                    denoise.kwargs,
+                    following=None if decode is None else decode.fn,
+                    following_args=lambda spec: (*decode.args, spec),
+                    following_kwargs={} if decode is None else decode.kwargs,
+                    done=self._decoders,
+                    key=(
+                        *denoise.key,
+                        token is not None,
+                        *denoise.kwargs.values(),
+                        *(() if decode is None else decode.key),
+                    ),
+                )
+                final = jax.block_until_ready(final)
+        timings["denoising"] = time.perf_counter() - t0
+
+        result = GenerationResult(latents=self.latents_out(gather(final)), timings=timings)
+        if decode is not None:
+            t0 = time.perf_counter()
+            with context(self.placement):
+                decoded = gather(decode.fn(*decode.args, final, **decode.kwargs))
+            timings["decoding"] = time.perf_counter() - t0
+            self._deliver(result, decoded, request)
+        timings["total"] = time.perf_counter() - t_start
+        return result
+
+    def _deliver(self, result: GenerationResult, decoded: np.ndarray, request: Request) -> None:
+        """Output types and saving (process 0 alone writes in a multi-process run)."""
+        if self.is_video:
+            result.frames = decoded if request.output_type == "np" else [to_pil(f) for f in decoded]
+        else:
+            result.images = decoded if request.output_type == "np" else to_pil(decoded)
+        if request.output_path is not None and jax.process_index() == 0:
+            if self.is_video:
+                result.paths = save_video(decoded, request.output_path, fps=request.fps or 16)
+            else:
+                result.paths = save_images(decoded, request.output_path)
+
+    @property
+    def _decoders(self) -> set:
+        """The decoder programs prepared so far (one per key; `run_while_preparing`)."""
+        if "_decoder_keys" not in self.__dict__:
+            self._decoder_keys: set = set()
+        return self._decoder_keys
+
+
+@contextlib.contextmanager
+def _progress_bar(steps: int):
+    """A tqdm bar, as a hook taking each finished step's index (process 0 draws it in multi-process runs)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, desc="denoising", unit="step", leave=False, disable=jax.process_index() != 0)
+    done = [0]
+
+    def hook(i: int) -> None:
+        if i + 1 > done[0]:
+            bar.update(i + 1 - done[0])
+            done[0] = i + 1
+
+    try:
+        yield hook
+    finally:
+        bar.close()

@@ -1,0 +1,241 @@
+"""A generation request, parsed once for every family: the INTERFACE.md fields, defaults from the preset,
+the checks that need no model, and a clear refusal of fields the family does not take.
+
+`Pipeline.generate(prompt, **fields)` builds a `Request` with `parse`; the family's hooks only ever see a
+`Request`, never raw keyword arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from jdiff.errors import InputError
+
+OUTPUT_TYPES = ("pil", "np", "latent")
+
+# Fields every family takes; the others are declared per family (`Pipeline.accepts`).
+COMMON = frozenset(
+    {
+        "height",
+        "width",
+        "num_inference_steps",
+        "seed",
+        "latents",
+        "num_outputs_per_prompt",
+        "output_type",
+        "output_path",
+        "progress",
+    }
+)
+# Fields a family may declare, with what they are for (the refusal names it).
+OPTIONAL = {
+    "negative_prompt": "a negative prompt",
+    "num_frames": "a frame count (video models)",
+    "guidance_scale": "a guidance scale",
+    "guidance_scale_2": "a second guidance scale (two-expert models)",
+    "true_cfg_scale": "a true classifier-free guidance scale",
+    "max_sequence_length": "a text length",
+    "image": "a conditioning image (image-to-video / edit models)",
+    "fps": "a frame rate (video models)",
+}
+FIELDS = COMMON | frozenset(OPTIONAL)
+
+
+@dataclass(frozen=True)
+class Request:
+    """One `generate` call, validated; sizes, steps and guidance resolved against the family's preset.
+
+    Attributes:
+        prompts: one per prompt (a single string becomes one).
+        negative_prompts: one per prompt, or None when none was given.
+        height, width, num_frames: the output size (num_frames 1 for image models).
+        steps: denoising steps.
+        guidance_scale, guidance_scale_2, true_cfg_scale: as given or from the preset (None: not used).
+        max_sequence_length: the text encoder's token budget.
+        seeds: one per output (`seeds_of`).
+        latents: the caller's initial noise (diffusers' layout), or None to draw it from the seeds.
+        image: the conditioning image as given (a path, PIL image or array), or None.
+        num_outputs_per_prompt: outputs per prompt.
+        output_type: "pil", "np" or "latent".
+        output_path: where to save, or None.
+        fps: frames per second of saved videos.
+        progress: show a progress bar.
+        given: the names of the fields the caller set (not None).
+    """
+
+    prompts: tuple[str, ...]
+    negative_prompts: tuple[str, ...] | None
+    height: int
+    width: int
+    num_frames: int
+    steps: int
+    guidance_scale: float | None
+    guidance_scale_2: float | None
+    true_cfg_scale: float | None
+    max_sequence_length: int | None
+    seeds: tuple[int, ...]
+    latents: np.ndarray | None
+    image: Any
+    num_outputs_per_prompt: int
+    output_type: str
+    output_path: Path | None
+    fps: int | None
+    progress: bool
+    given: frozenset[str] = field(default_factory=frozenset)
+
+    @property
+    def batch(self) -> int:
+        """Outputs in this request: prompts x outputs per prompt."""
+        return len(self.prompts) * self.num_outputs_per_prompt
+
+    def texts(self, negatives: bool) -> list[str]:
+        """Every text the encoder sees, each repeated per output: [negatives; prompts] with `negatives`."""
+        order = (list(self.negative_prompts or ()) if negatives else []) + list(self.prompts)
+        return [t for t in order for _ in range(self.num_outputs_per_prompt)]
+
+
+def parse(
+    prompt,
+    fields: dict[str, Any],
+    *,
+    accepts: frozenset[str],
+    preset: dict,
+    family: str,
+    reasons: dict[str, str] | None = None,
+) -> Request:
+    """Checks and resolves `generate`'s keyword arguments into a `Request`.
+
+    Args:
+        prompt: a string or a list of strings.
+        fields: the keyword arguments (None means "not given").
+        accepts: the optional fields this family takes (`OPTIONAL` keys).
+        preset: the family's defaults (height, width, num_inference_steps, guidance_scale, ...).
+        family: the family's name, for messages.
+        reasons: field -> the message refusing it, where the family can say more than "takes no X".
+
+    Raises:
+        InputError: an unknown field, a field the family does not take, or a bad value.
+    """
+    unknown = sorted(set(fields) - FIELDS)
+    if unknown:
+        raise InputError(f"generate() got unknown argument(s) {unknown}; known: {sorted(FIELDS)}")
+    if "num_frames" not in accepts and fields.get("num_frames") == 1:
+        fields = {**fields, "num_frames": None}  # one frame is what an image model makes anyway
+    given = frozenset(k for k, v in fields.items() if v is not None and k != "progress")
+    refused = sorted(k for k in given - COMMON if k not in accepts)
+    for name in refused:
+        if reasons and name in reasons:
+            raise InputError(reasons[name])
+    if refused:
+        what = "; ".join(f"{k} ({OPTIONAL[k]})" for k in refused)
+        raise InputError(f"{family} takes no {what}; leave {', '.join(refused)} out")
+
+    def pick(name: str, default=None):
+        value = fields.get(name)
+        return preset.get(name, default) if value is None else value
+
+    prompts = prompts_of(prompt)
+    n_per = positive_int(pick("num_outputs_per_prompt", 1), "num_outputs_per_prompt")
+    negative = fields.get("negative_prompt")
+    negatives = None if negative is None else tuple(negatives_for(negative, prompts))
+    output_type = fields.get("output_type") or "pil"
+    if output_type not in OUTPUT_TYPES:
+        raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    output_path = fields.get("output_path")
+    if output_path is not None and output_type == "latent":
+        raise InputError("output_path needs decoded outputs; use output_type 'pil' or 'np'")
+    latents = fields.get("latents")
+    if latents is not None:
+        latents = np.asarray(latents, np.float32)
+        if not np.isfinite(latents).all():
+            raise InputError("latents contain NaN or infinite values")
+    max_len = pick("max_sequence_length")
+    fps = pick("fps")
+
+    def scale(name: str) -> float | None:
+        value = pick(name)
+        return None if value is None else finite_nonneg(value, name)
+
+    return Request(
+        prompts=tuple(prompts),
+        negative_prompts=negatives,
+        height=positive_int(pick("height"), "height"),
+        width=positive_int(pick("width"), "width"),
+        num_frames=positive_int(pick("num_frames", 1), "num_frames"),
+        steps=positive_int(pick("num_inference_steps"), "num_inference_steps"),
+        guidance_scale=scale("guidance_scale"),
+        guidance_scale_2=scale("guidance_scale_2"),
+        true_cfg_scale=scale("true_cfg_scale"),
+        max_sequence_length=None if max_len is None else positive_int(max_len, "max_sequence_length"),
+        seeds=tuple(seeds_of(0 if fields.get("seed") is None else fields["seed"], len(prompts) * n_per)),
+        latents=latents,
+        image=fields.get("image"),
+        num_outputs_per_prompt=n_per,
+        output_type=output_type,
+        output_path=None if output_path is None else Path(output_path),
+        fps=None if fps is None else positive_int(fps, "fps"),
+        progress=bool(fields.get("progress")),
+        given=given,
+    )
+
+
+def prompts_of(prompt, name: str = "prompt") -> list[str]:
+    """A string or a non-empty list of strings, as a list."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not isinstance(prompt, list | tuple) or not prompt or not all(isinstance(p, str) for p in prompt):
+        raise InputError(
+            f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}"
+        )
+    return list(prompt)
+
+
+def positive_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise InputError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def finite_nonneg(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def seeds_of(seed, batch: int) -> list[int]:
+    """One seed per output: an int seed s gives s, s + 1, ...; a list gives one per output, in order.
+
+    Each output's noise depends only on its own seed, so a request draws the same image alone or batched.
+    """
+    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
+        seeds = [int(seed) + i for i in range(batch)]
+    elif isinstance(seed, list | tuple) and all(
+        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seed
+    ):
+        seeds = [int(s) for s in seed]
+        if len(seeds) != batch:
+            raise InputError(f"{len(seeds)} seeds for {batch} outputs; give one integer or one per output")
+    else:
+        raise InputError(f"seed must be an integer or a list of integers, got {seed!r}")
+    if any(not 0 <= s < 2**63 for s in seeds):
+        raise InputError(f"seeds must be in [0, 2**63), got {seeds}")
+    return seeds
+
+
+def negatives_for(negative_prompt, prompts: list[str]) -> list[str]:
+    """One negative prompt per prompt (a single one is shared by all)."""
+    negatives = prompts_of(negative_prompt, "negative_prompt")
+    if len(negatives) not in (1, len(prompts)):
+        raise InputError(
+            f"{len(negatives)} negative prompts for {len(prompts)} prompts; give 1 or {len(prompts)}"
+        )
+    return negatives * (len(prompts) // len(negatives))
