@@ -20,8 +20,9 @@ from jdiff.layers.attention import default_implementation
 from jdiff.models.flux.config import FluxConfig
 from jdiff.models.flux.transformer import FluxTransformer2DModel
 from jdiff.pipelines.flux import _rope_tables
-from jdiff.sampling.flow_match import FlowMatchEulerConfig, calculate_shift, default_sigmas, schedule
-from jdiff.sampling.loop import euler_loop
+from jdiff.sampling.flow_match import FlowMatchEulerConfig, calculate_shift, default_sigmas
+from jdiff.sampling.loop import sample
+from jdiff.sampling.table import SAMPLERS
 
 FLUX_DEV = FluxConfig(guidance_embeds=True)
 TFLOP_1024 = 74.4
@@ -79,14 +80,15 @@ def main() -> None:
         return m(x.astype(jnp.bfloat16), txt, pooled, tstep, (cos, sin), guidance=g)
 
     @compiler_options.jit
-    def loop(params, x, txt, pooled, sigmas, timesteps, g):
+    def loop(params, x, txt, pooled, schedule, g):
         m = nnx.merge(graphdef, params)
 
         def velocity(z, tt):
             tb = jnp.full((b,), tt / 1000, jnp.float32)
             return m(z.astype(jnp.bfloat16), txt, pooled, tb, (cos, sin), guidance=g)
 
-        return euler_loop(velocity, x, sigmas, timesteps)
+        euler = SAMPLERS["FlowMatchEulerDiscreteScheduler"]
+        return sample(euler, sched, lambda z, tt, _: velocity(z, tt), x, schedule)
 
     t0 = time.perf_counter()
     step.lower(params, x, txt, pooled, jnp.full((b,), 0.5), g).compile()
@@ -100,13 +102,15 @@ def main() -> None:
     step_ms = 1e3 * float(np.median(times))
 
     sched = FlowMatchEulerConfig(shift=3.0, use_dynamic_shifting=True)
-    sigmas, timesteps = schedule(sched, default_sigmas(args.steps), mu=calculate_shift(s))
+    schedule = SAMPLERS["FlowMatchEulerDiscreteScheduler"].schedule(
+        sched, args.steps, mu=calculate_shift(s), sigmas=default_sigmas(args.steps)
+    )
     t0 = time.perf_counter()
-    loop.lower(params, x, txt, pooled, sigmas, timesteps, g).compile()
+    loop.lower(params, x, txt, pooled, schedule, g).compile()
     compile_loop = time.perf_counter() - t0
-    jax.block_until_ready(loop(params, x, txt, pooled, sigmas, timesteps, g))
+    jax.block_until_ready(loop(params, x, txt, pooled, schedule, g))
     t0 = time.perf_counter()
-    final = jax.block_until_ready(loop(params, x, txt, pooled, sigmas, timesteps, g))
+    final = jax.block_until_ready(loop(params, x, txt, pooled, schedule, g))
     loop_s = time.perf_counter() - t0
     flops = TFLOP_1024 if args.size == 1024 else None  # ANCHORS.md counts 1024^2 only
     stats = jax.devices()[0].memory_stats() or {}

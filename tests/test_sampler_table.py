@@ -1,11 +1,9 @@
 """The sampler table: lookup and config errors, a new solver in one function pair plus one row, the loop with
 the DDPM-family hooks, the compatibility wrappers, and that samplers import no model."""
 
-import ast
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from pathlib import Path
 
 import diffusers
 import jax
@@ -14,15 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-import jdiff.sampling
 from jdiff.errors import InputError
 from jdiff.sampling import progress
 from jdiff.sampling.config import check_types
-from jdiff.sampling.flow_match import default_sigmas, schedule, schedule_from_steps
-from jdiff.sampling.loop import euler_loop, sample, set_progress_hook
+from jdiff.sampling.loop import sample
 from jdiff.sampling.sampler import Sampler, Schedule
 from jdiff.sampling.table import SAMPLERS, sampler_for
-from jdiff.sampling.unipc import unipc_loop, unipc_schedule
 
 RNG = np.random.default_rng(0)
 X0 = RNG.standard_normal((2, 5, 4)).astype(np.float32)
@@ -198,70 +193,3 @@ def test_the_ddpm_family_fits_the_loop(monkeypatch):
         x = ref.step(eps, t, x).prev_sample
     assert ref.init_noise_sigma > 10  # the scaling matters: skipping it would miss by far
     np.testing.assert_allclose(np.asarray(got), x.numpy(), rtol=1e-4, atol=1e-4)
-
-
-# ---- compatibility wrappers (the pipelines' current calls) -----------------------------------------------------
-
-
-def test_compat_wrappers_are_the_table():
-    euler, ecfg = sampler_for("FlowMatchEulerDiscreteScheduler", {"shift": 3.0})
-    unipc, ucfg = sampler_for("UniPCMultistepScheduler", WAN_UNIPC)
-    pairs = [
-        (schedule(ecfg, default_sigmas(4)), euler.schedule(ecfg, 4, sigmas=default_sigmas(4))),
-        (schedule_from_steps(ecfg, 4), euler.schedule(ecfg, 4)),
-        (unipc_schedule(ucfg, 4), unipc.schedule(ucfg, 4)),
-    ]
-    for (sigmas, timesteps), sched in pairs:
-        np.testing.assert_array_equal(sigmas, sched.sigmas)
-        np.testing.assert_array_equal(timesteps, sched.timesteps)
-
-    sched = euler.schedule(ecfg, 4)
-    want = sample(euler, ecfg, _model, X0, sched)
-    np.testing.assert_array_equal(euler_loop(_model, X0, sched.sigmas, sched.timesteps), want)
-    extra = RNG.standard_normal((4, 4)).astype(np.float32)
-    np.testing.assert_array_equal(
-        euler_loop(_model, X0, sched.sigmas, sched.timesteps, per_step=extra),
-        sample(euler, ecfg, _model, X0, sched, per_step=extra),
-    )
-    sched = unipc.schedule(ucfg, 4)
-    want = sample(unipc, ucfg, _model, X0, sched)
-    np.testing.assert_array_equal(unipc_loop(_model, X0, sched.sigmas, sched.timesteps, ucfg), want)
-
-
-def test_set_progress_hook_still_reports():
-    sampler, cfg = sampler_for("FlowMatchEulerDiscreteScheduler", {})
-    sched = sampler.schedule(cfg, 3)
-    seen = []
-    set_progress_hook(seen.append)
-    try:
-        euler_loop(_model, X0, sched.sigmas, sched.timesteps, progress=True)
-        jax.effects_barrier()
-    finally:
-        set_progress_hook(None)
-    euler_loop(_model, X0, sched.sigmas, sched.timesteps, progress=True)  # removed: no-op
-    jax.effects_barrier()
-    assert sorted(seen) == [0, 1, 2]
-
-
-def test_noise_lives_in_sampling_and_base_reexports_it():
-    from jdiff.pipelines import base
-    from jdiff.sampling import noise
-
-    assert base.noise_keys is noise.noise_keys and base.noise_from_keys is noise.noise_from_keys
-
-
-# ---- samplers import no model ----------------------------------------------------------------------------------
-
-
-def test_samplers_import_no_model():
-    forbidden = ("jdiff.models", "jdiff.layers", "jdiff.pipelines")
-    found = []
-    for path in Path(jdiff.sampling.__file__).parent.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports too
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            found += [f"{path.name}: {n}" for n in names if n.startswith(forbidden)]
-    assert found == []

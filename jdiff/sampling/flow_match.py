@@ -185,17 +185,3 @@ def euler_step(
 
 
 # ---- compatibility: the pipelines' current calls, until they call `sample()` with the table --------------
-
-
-def schedule(
-    cfg: FlowMatchEulerConfig, sigmas: np.ndarray, *, mu: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(sigmas [N + 1], timesteps [N]) of `euler_schedule(cfg, len(sigmas), sigmas=sigmas, mu=mu)` (FLUX)."""
-    s = euler_schedule(cfg, len(sigmas), sigmas=sigmas, mu=mu)
-    return s.sigmas, s.timesteps
-
-
-def schedule_from_steps(cfg: FlowMatchEulerConfig, num_steps: int, *, mu: float | None = None):
-    """(sigmas [N + 1], timesteps [N]) of `euler_schedule(cfg, num_steps, mu=mu)` (Wan)."""
-    s = euler_schedule(cfg, num_steps, mu=mu)
-    return s.sigmas, s.timesteps

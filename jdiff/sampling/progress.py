@@ -22,13 +22,11 @@ from jaxtyping import Array, Int
 
 Hook = Callable[[int], None]
 
-# Token 0 is `set_progress_hook`'s, the one process-wide hook the pipelines install today.
-LEGACY_TOKEN = 0
 _MAX_TOKEN = 2**31 - 1  # tokens travel as int32
 
 _lock = threading.Lock()
 _hooks: dict[int, Hook] = {}
-_last = LEGACY_TOKEN
+_last = 0  # tokens start at 1
 
 
 @contextlib.contextmanager
@@ -69,12 +67,3 @@ def emit(token, step) -> None:
 def tick(token: Int[Array, ""], step: Int[Array, ""]) -> None:
     """Traced: reports `step` to `token`'s hook without making the device wait for the host."""
     jax.debug.callback(emit, token, step)
-
-
-def set_legacy_hook(hook: Hook | None) -> None:
-    """Installs (None: removes) the hook of `LEGACY_TOKEN`; see `loop.set_progress_hook`."""
-    with _lock:
-        if hook is None:
-            _hooks.pop(LEGACY_TOKEN, None)
-        else:
-            _hooks[LEGACY_TOKEN] = hook

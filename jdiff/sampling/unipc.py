@@ -16,7 +16,6 @@ a data prediction x0 = x - sigma * v, and the UniP/UniC updates are diffusers' B
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,6 @@ from jaxtyping import Array, Float, Int
 from jdiff.errors import InputError
 from jdiff.sampling.config import FIX_IN, check_types, refuse_unsupported
 from jdiff.sampling.flow_match import shift_sigmas
-from jdiff.sampling.loop import legacy_progress, sample
 from jdiff.sampling.sampler import Schedule
 
 # diffusers renames these to bh2 in its constructor.
@@ -323,45 +321,3 @@ def unipc_step(
 
 
 # ---- compatibility: the Wan pipeline's current calls, until it calls `sample()` with the table ------------
-
-
-def unipc_schedule(
-    cfg: UniPCConfig, num_steps: int, *, mu: float | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(sigmas [N + 1], timesteps [N]) of `unipc_flow_schedule(cfg, num_steps, mu=mu)`."""
-    s = unipc_flow_schedule(cfg, num_steps, mu=mu)
-    return s.sigmas, s.timesteps
-
-
-def unipc_loop(
-    velocity: Callable[[jax.Array, jax.Array], jax.Array],
-    latents: Float[Array, "*x"],
-    sigmas: Float[Array, " n1"],
-    timesteps: Float[Array, " n"],
-    cfg: UniPCConfig,
-    *,
-    progress: bool = False,
-) -> Float[Array, "*x"]:
-    """`sample()` with the UniPC row on a (sigmas, timesteps) schedule and a velocity(x, t) model.
-
-    Args:
-        velocity: model prediction v(x, t) for latents x at model timestep t (a scalar array).
-        latents: initial noise (float32 recommended: the state stays in its dtype between steps).
-        sigmas: [N + 1] schedule from `unipc_schedule`.
-        timesteps: [N] model timesteps from `unipc_schedule`.
-        cfg: the scheduler config (static).
-        progress: tick `set_progress_hook`'s hook after each step (a static choice: compiled in or not).
-
-    Returns:
-        The final latents.
-    """
-    from jdiff.sampling.table import SAMPLERS  # the table imports this module
-
-    return sample(
-        SAMPLERS["UniPCMultistepScheduler"],
-        cfg,
-        lambda x, t, _: velocity(x, t),
-        latents,
-        Schedule(timesteps=timesteps, sigmas=sigmas),
-        progress=legacy_progress(progress),
-    )
