@@ -17,8 +17,6 @@ from jdiff.weights.config import read_json
 from jdiff.weights.loading import ComponentSpec, load_component
 from jdiff.weights.safetensors import open_weights
 
-TOKENIZER_CLASSES = ("Tokenizer", "TokenizerFast")
-
 
 @dataclass
 class ModelDir:

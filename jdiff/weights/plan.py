@@ -40,11 +40,6 @@ def _torch_kernel_perm(ndim: int) -> tuple[int, ...]:
     return (*range(2, ndim), 1, 0)
 
 
-def _concat_out(*shapes: Shape) -> Shape:
-    # Linear weights [out_i, in] concatenated on out, then transposed to [in, sum(out_i)].
-    return (shapes[0][1], sum(s[0] for s in shapes))
-
-
 TRANSFORMS: dict[str, Transform] = {
     "identity": Transform(lambda x: x, lambda s: s),
     # torch.nn.Linear / ConvNd weight -> flax kernel.
@@ -52,12 +47,6 @@ TRANSFORMS: dict[str, Transform] = {
         lambda x: np.transpose(x, _torch_kernel_perm(x.ndim)),
         lambda s: tuple(s[i] for i in _torch_kernel_perm(len(s))),
     ),
-    # Several Linear weights fused into one kernel along the output axis (e.g. q, k, v -> qkv).
-    "concat_out": Transform(
-        lambda *xs: np.concatenate([np.transpose(x) for x in xs], axis=1),
-        _concat_out,
-    ),
-    "concat": Transform(lambda *xs: np.concatenate(xs, axis=0), lambda *s: (sum(x[0] for x in s), *s[0][1:])),
 }
 
 
