@@ -5,10 +5,9 @@ Every workload also has a toy variant (`--tiny`): the same code path with smalle
 
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
-
-import numpy as np
 
 GIB = 2**30
 ENGINES = ("jdiff", "diffusers", "diffusers-compile")
@@ -183,4 +182,4 @@ def timed_calls(call, warmup: int, repeats: int):
 
 
 def _median_ms(times: list[float]) -> float:
-    return 1e3 * float(np.median(times))
+    return 1e3 * float(statistics.median(times))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,21 +12,41 @@ from typing import Any
 import numpy as np
 
 from jdiff.errors import InputError
+from jdiff.io.outputs import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    check_output_file,
+    check_suffix,
+    check_video_writer,
+    write_atomic,
+)
 
-IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-VIDEO_SUFFIXES = {".mp4": "mp4"}
 OUTPUT_TYPES = ("pil", "np", "latent")
+log = logging.getLogger("jdiff")
 
 
 @dataclass
 class GenerationResult:
-    """What `DiffGenerator.generate` returns (INTERFACE.md)."""
+    """What `DiffGenerator.generate` returns.
 
-    images: Any = None  # list[PIL.Image] or np.ndarray [B, H, W, 3] in [0, 1]
-    frames: Any = None  # video models
-    latents: np.ndarray | None = None  # final latents in diffusers' pipeline layout
+    Attributes:
+        images: image models: a list of PIL images (output_type "pil") or floats [B, H, W, 3] in [0, 1] ("np").
+        frames: video models: per video a list of PIL frames, or floats [B, F, H, W, 3].
+        latents: the final latents in diffusers' pipeline layout.
+        timings: seconds per stage and in total.
+        paths: the files written (when `output_path` was given).
+        seeds: the seed of each output, in output order: drawing output i again alone takes `seed=seeds[i]`.
+        warnings: what the request asked for that was ignored or is likely to give poor results (also logged
+            once per process through the `jdiff` logger).
+    """
+
+    images: Any = None
+    frames: Any = None
+    latents: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def prompts_of(prompt, name: str = "prompt") -> list[str]:
@@ -165,13 +185,26 @@ def check_size(height: int, width: int, multiple: int, model: str) -> None:
 
 
 def check_outputs(output_type: str, output_path, suffixes: dict[str, str], what: str) -> None:
-    """Validates output_type and, when saving, the output path's suffix (`what`: "images" or "frames")."""
+    """Validates output_type and, when saving, the output path (`what`: "images" or "frames").
+
+    Called while validating a request, before any model runs: the suffix, the directory (created if needed
+    and written to) and, for mp4, the writer are checked by the process that will write (process 0).
+    """
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     if output_path is not None:
         if output_type == "latent":
             raise InputError(f"output_path needs decoded {what}; use output_type 'pil' or 'np'")
         check_output_path(output_path, suffixes)
+        if _writes_outputs():
+            check_output_file(output_path, suffixes)
+
+
+def _writes_outputs() -> bool:
+    """Whether this process writes output files: process 0 of a multi-host run, or the only one."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def negatives_for(negative_prompt, prompts: list[str]) -> list[str]:
@@ -196,10 +229,7 @@ def to_pil(images: np.ndarray) -> list:
 
 
 def check_output_path(path: str | os.PathLike, kinds: dict[str, str] = IMAGE_SUFFIXES) -> Path:
-    p = Path(path)
-    if p.suffix.lower() not in kinds:
-        raise InputError(f"output {p} has suffix {p.suffix!r}; use one of {sorted(kinds)}")
-    return p
+    return check_suffix(path, kinds)
 
 
 def output_paths(path: Path, n: int) -> list[Path]:
@@ -208,42 +238,41 @@ def output_paths(path: Path, n: int) -> list[Path]:
 
 
 def save_images(images: np.ndarray, path: str | os.PathLike) -> list[str]:
-    """Saves float images [B, H, W, 3] to `path` (format from its suffix), each through a temp file + rename."""
+    """Saves float images [B, H, W, 3] to `path` (format from its suffix), each through a temp file + rename.
+
+    Raises:
+        OutputError: a file could not be written (one line naming it).
+    """
     path = check_output_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for im, p in zip(to_pil(images), output_paths(path, len(images)), strict=True):
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                im.save(f, format=IMAGE_SUFFIXES[p.suffix.lower()])
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        out.append(str(p))
+        fmt = IMAGE_SUFFIXES[p.suffix.lower()]
+        out.append(write_atomic(p, lambda tmp, im=im, fmt=fmt: im.save(tmp, format=fmt)))
     return out
 
 
 def save_video(videos: np.ndarray, path: str | os.PathLike, *, fps: int) -> list[str]:
     """Saves float videos [B, F, H, W, 3] as H.264 mp4 (imageio-ffmpeg's bundled ffmpeg), each through a
-    temporary file and a rename."""
+    temporary file and a rename.
+
+    Raises:
+        OutputError: no ffmpeg, or a file could not be written.
+    """
     import imageio.v2 as imageio
 
     path = check_output_path(path, VIDEO_SUFFIXES)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_video_writer()  # checked before the work too; a direct call gets the same one-line error
     out = []
     for video, p in zip(videos, output_paths(path, len(videos)), strict=True):
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".mp4", dir=p.parent)
-        os.close(fd)
-        try:
-            # macro_block_size=1: keep sizes that are not multiples of 16 exactly (Wan sizes are, tiny ones not).
-            imageio.mimwrite(
-                tmp, list(to_uint8(video)), fps=fps, codec="libx264", macro_block_size=1, quality=8
+        frames = list(to_uint8(video))
+        # format="FFMPEG": without ffmpeg, imageio would otherwise pick another plugin for .mp4 and fail late.
+        # macro_block_size=1: keep sizes that are not multiples of 16 exactly (Wan sizes are, tiny ones not).
+        out.append(
+            write_atomic(
+                p,
+                lambda tmp, frames=frames: imageio.mimwrite(
+                    tmp, frames, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1, quality=8
+                ),
             )
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        out.append(str(p))
+        )
     return out
