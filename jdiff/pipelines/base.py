@@ -174,6 +174,35 @@ def run_while_preparing(stage, args: tuple, kwargs: dict, *, following, followin
     return out
 
 
+def progress_bar(steps: int):
+    """A tqdm bar over the denoising steps, labelled "compiling" until the first step completes.
+
+    The first step's wait includes compiling (or loading) the denoising program: counted as a step, it made
+    the first estimate of the time left read minutes. When the first step completes the bar is relabelled
+    "denoising" and its clock restarts with that step counted as done before the start, so the rate and the
+    time left come from the steps alone.
+    """
+    from tqdm.auto import tqdm
+
+    from jdiff.sampling.loop import set_progress_hook
+
+    bar = tqdm(total=steps, desc="compiling", unit="step", leave=False)
+    done = [0]
+
+    def hook(i: int) -> None:
+        if done[0] == 0:  # the first step is done, so is the compilation
+            bar.set_description("denoising", refresh=False)
+            bar.reset(total=steps)
+            bar.initial = bar.n = bar.last_print_n = done[0] = 1
+            bar.refresh()
+        if i + 1 > done[0]:
+            bar.update(i + 1 - done[0])
+            done[0] = i + 1
+
+    set_progress_hook(hook)
+    return bar
+
+
 def check_size(height: int, width: int, multiple: int, model: str) -> None:
     for name, v in (("height", height), ("width", width)):
         positive_int(v, name)

@@ -35,6 +35,7 @@ from jdiff.pipelines.base import (
     noise_from_keys,
     noise_keys,
     positive_int,
+    progress_bar,
     prompts_of,
     run_while_preparing,
     save_images,
@@ -272,7 +273,7 @@ class FluxPipeline:
         g = np.full((batch,), guidance, np.float32) if self.transformer_config.guidance_embeds else None
 
         t0 = time.perf_counter()
-        bar = _progress_bar(steps) if progress else None
+        bar = progress_bar(steps) if progress else None
         try:
             with context(self.placement):
                 args = (
@@ -338,21 +339,6 @@ def _steps_first(m: jax.Array, n: int) -> jax.Array:
     """A modulation leaf computed for step-major rows, [*layers, n * Bm, K] -> [n, *layers, Bm, K]."""
     m = m.reshape(*m.shape[:-2], n, -1, m.shape[-1])
     return jnp.moveaxis(m, -3, 0)
-
-
-def _progress_bar(steps: int):
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=steps, desc="denoising", unit="step", leave=False)
-    done = [0]
-
-    def hook(i: int) -> None:
-        if i + 1 > done[0]:
-            bar.update(i + 1 - done[0])
-            done[0] = i + 1
-
-    set_progress_hook(hook)
-    return bar
 
 
 __all__ = ["FluxPipeline", "pack_latents", "unpack_latents_nhwc"]

@@ -413,10 +413,10 @@ class WanPipeline:
         sigmas, timesteps = self._schedule(steps)
         cos, sin = _rope_tables(self.transformer_config, lat_frames, h, w)
         t0 = time.perf_counter()
-        from jdiff.pipelines.flux import _progress_bar
+        from jdiff.pipelines.base import progress_bar
         from jdiff.sampling.loop import set_progress_hook
 
-        bar = _progress_bar(steps) if progress else None
+        bar = progress_bar(steps) if progress else None
         try:
             with context(self.placement):
                 args = (
