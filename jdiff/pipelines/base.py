@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from jdiff.io.outputs import (
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 log = logging.getLogger("jdiff")
+_logged: set[str] = set()  # warnings logged so far in this process
+_logged_lock = threading.Lock()
 
 
 @dataclass
@@ -47,6 +50,61 @@ class GenerationResult:
     paths: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+def warn(warnings: list[str], message: str) -> None:
+    """Adds `message` to a request's warnings and logs it (logger `jdiff`) the first time this process sees it.
+
+    For what a request asked that is ignored, or likely to come out badly; the request still runs.
+    """
+    if message not in warnings:
+        warnings.append(message)
+    with _logged_lock:
+        first = message not in _logged
+        _logged.add(message)
+    if first:
+        log.warning(message)
+
+
+def check_trained_size(warnings: list[str], height: int, width: int, preset: dict) -> None:
+    """Warns when (height, width) is far from the size the model was trained at, the preset's default.
+
+    Far means: the side of the square with the same pixel count is more than 2x or less than half the
+    preset's, or one side is more than twice the preset's longer side or less than half its shorter side
+    (1024x1024 FLUX.1: 512x512 to 2048x2048 pass, 256x256 or 512x2304 warn). A preset with
+    `trained_size_only` (the embedded model, trained at 64x64 alone) warns at any other size.
+    """
+    ph, pw = preset["height"], preset["width"]
+    if (height, width) == (ph, pw):
+        return
+    if preset.get("trained_size_only"):
+        warn(
+            warnings,
+            f"this model was trained at {pw}x{ph} only; at {width}x{height} its shapes come out stretched, cut "
+            f"or repeated: use {pw}x{ph}",
+        )
+        return
+    scale = math.sqrt(height * width / (ph * pw))
+    if not 0.5 <= scale <= 2 or max(height, width) > 2 * max(ph, pw) or min(height, width) < min(ph, pw) / 2:
+        warn(
+            warnings,
+            f"{width}x{height} is far from the {pw}x{ph} this model was trained at (more than 2x or less than "
+            "half per side); expect distorted or repeated content",
+        )
+
+
+def warn_truncated(
+    warnings: list[str], tokenizer, texts: list[str], max_length: int, encoder: str, hint: str = ""
+) -> None:
+    """Warns for each text longer than `max_length` tokens of `tokenizer` (the encoder reads no further)."""
+    for text, n in zip(texts, tokenizer.lengths(texts), strict=True):
+        if n > max_length:
+            preview = text if len(text) <= 40 else text[:37] + "..."
+            warn(
+                warnings,
+                f"{encoder} reads at most {max_length} tokens and the prompt {preview!r} has {n}: the last "
+                f"{n - max_length} are ignored; shorten it{hint}",
+            )
 
 
 def prompts_of(prompt, name: str = "prompt") -> list[str]:

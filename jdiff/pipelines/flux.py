@@ -30,6 +30,7 @@ from jdiff.pipelines.base import (
     GenerationResult,
     check_outputs,
     check_size,
+    check_trained_size,
     finite_nonneg,
     negatives_for,
     noise_from_keys,
@@ -41,11 +42,15 @@ from jdiff.pipelines.base import (
     save_images,
     seeds_of,
     to_pil,
+    warn,
+    warn_truncated,
 )
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import FlowMatchEulerConfig, calculate_shift, default_sigmas, schedule
 from jdiff.sampling.loop import euler_loop, set_progress_hook
+
+T5_HINT = " or raise max_sequence_length (at most 512)"
 
 
 def pack_latents(latents: jax.Array) -> jax.Array:
@@ -96,8 +101,13 @@ class FluxPipeline:
                 f"transformer in_channels {tc.in_channels} != 4 x VAE latent_channels {vc.latent_channels}; "
                 "the transformer and VAE come from different models"
             )
-        self.preset = load_preset("flux-dev" if tc.guidance_embeds else "flux-schnell", model.root)
         self.vae_scale_factor = 2 ** (len(vc.block_out_channels) - 1)
+        self.preset = load_preset(
+            "flux-dev" if tc.guidance_embeds else "flux-schnell",
+            model.root,
+            sample_size=vc.sample_size,  # a small custom model's own size, not 1024x1024
+            multiple=2 * self.vae_scale_factor,
+        )
         self.latent_channels = vc.latent_channels
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self._decoders: set = set()  # decoder programs prepared (`run_while_preparing`)
@@ -217,6 +227,7 @@ class FluxPipeline:
         t_start = time.perf_counter()
         p = self.preset
         prompts = prompts_of(prompt)
+        warned: list[str] = []  # result.warnings (`base.warn`)
         if num_frames not in (None, 1):
             raise InputError("FLUX.1 makes images: num_frames must be omitted (or 1)")
         if image is not None:
@@ -228,6 +239,7 @@ class FluxPipeline:
         height = p["height"] if height is None else height
         width = p["width"] if width is None else width
         check_size(height, width, 2 * self.vae_scale_factor, "FLUX.1 (VAE factor x 2x2 patches)")
+        check_trained_size(warned, height, width, p)
         steps = positive_int(
             p["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
             "num_inference_steps",
@@ -246,12 +258,22 @@ class FluxPipeline:
         check_outputs(output_type, output_path, IMAGE_SUFFIXES, "images")
         cfg = negative_prompt is not None and true_cfg > 1
         negatives = negatives_for(negative_prompt, prompts) if cfg else None
+        self._warn_ignored(
+            warned,
+            None if guidance_scale is None else guidance,
+            None if true_cfg_scale is None else true_cfg,
+            negative_prompt,
+        )
 
         timings = {}
         t0 = time.perf_counter()
         # One encoder call for the whole batch, [negatives; prompts] with each text repeated per output: host-side
         # repeats and concatenations, where device-side ones would compile small programs on every start.
         texts = [t for t in (negatives or []) + prompts for _ in range(n_per)]
+        warn_truncated(
+            warned, self.tokenizer, (negatives or []) + prompts, self.tokenizer.model_max_length, "CLIP"
+        )
+        warn_truncated(warned, self.tokenizer_2, (negatives or []) + prompts, max_len, "T5", T5_HINT)
         embeds, pooled = self.encode_prompts(texts, max_len)
         jax.block_until_ready((embeds, pooled))
         timings["text_encoding"] = time.perf_counter() - t0
@@ -305,7 +327,7 @@ class FluxPipeline:
                 bar.close()
         timings["denoising"] = time.perf_counter() - t0
 
-        result = GenerationResult(latents=gather(final), timings=timings)
+        result = GenerationResult(latents=gather(final), timings=timings, seeds=seeds, warnings=warned)
         if output_type != "latent":
             t0 = time.perf_counter()
             with context(self.placement):
@@ -316,6 +338,25 @@ class FluxPipeline:
                 result.paths = save_images(images, output_path)
         timings["total"] = time.perf_counter() - t_start
         return result
+
+    def _warn_ignored(self, warned, guidance, true_cfg, negative_prompt) -> None:
+        """Warnings for what a request gives and FLUX ignores (`guidance`, `true_cfg`: None when not given)."""
+        if not self.transformer_config.guidance_embeds and guidance not in (
+            None,
+            self.preset["guidance_scale"],
+        ):
+            warn(
+                warned,
+                f"guidance_scale {guidance:g} is ignored: this model has no guidance embedding (as FLUX.1-schnell); "
+                "true CFG (a negative prompt with true_cfg_scale > 1) is what guides it",
+            )
+        if negative_prompt is not None and (true_cfg or 1.0) <= 1:
+            warn(
+                warned,
+                "negative_prompt is ignored: FLUX uses it only with true_cfg_scale > 1 (--true-cfg-scale)",
+            )
+        if negative_prompt is None and (true_cfg or 1.0) > 1:
+            warn(warned, "true_cfg_scale is ignored without a negative_prompt (true CFG needs one)")
 
     def _initial_latents(self, latents, seeds: list[int], batch: int, h: int, w: int):
         """(init, noise_shape) for `_denoise_fn`: the seeds' noise keys and (C, h, w), or the caller's

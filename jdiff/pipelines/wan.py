@@ -35,6 +35,7 @@ from jdiff.pipelines.base import (
     VIDEO_SUFFIXES,
     GenerationResult,
     check_outputs,
+    check_trained_size,
     finite_nonneg,
     negatives_for,
     noise_from_keys,
@@ -45,6 +46,8 @@ from jdiff.pipelines.base import (
     save_video,
     seeds_of,
     to_pil,
+    warn,
+    warn_truncated,
 )
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.presets import load_preset
@@ -342,6 +345,7 @@ class WanPipeline:
         t_start = time.perf_counter()
         p = self.preset
         prompts = prompts_of(prompt)
+        warned: list[str] = []  # result.warnings (`base.warn`)
         if true_cfg_scale is not None:
             raise InputError(
                 "true_cfg_scale is FLUX's; Wan runs classifier-free guidance with guidance_scale"
@@ -361,6 +365,7 @@ class WanPipeline:
                 raise InputError(
                     f"{name} {v} is not divisible by {multiple}, as this Wan model needs; use {lo or hi} or {hi}"
                 )
+        check_trained_size(warned, height, width, p)
         steps = positive_int(
             p["num_inference_steps"] if num_inference_steps is None else num_inference_steps,
             "num_inference_steps",
@@ -390,6 +395,8 @@ class WanPipeline:
         cfg = guidance > 1.0  # as diffusers: classifier-free guidance only above 1
         negative = p.get("negative_prompt", "") if negative_prompt is None else negative_prompt
         negatives = negatives_for(negative, prompts) if cfg else None
+        if negative_prompt is not None and not cfg:
+            warn(warned, "negative_prompt is ignored: Wan uses it only with guidance_scale > 1")
 
         batch = len(prompts) * n_per
         seeds = seeds_of(seed, batch)
@@ -400,6 +407,8 @@ class WanPipeline:
         timings = {}
         t0 = time.perf_counter()
         # One encoder call, [negatives; prompts] with each text repeated per output (host-side, as in FLUX).
+        cleaned = [prompt_clean(t) for t in (negatives or []) + prompts]
+        warn_truncated(warned, self.tokenizer, cleaned, max_len, "UMT5", " or raise max_sequence_length")
         embeds = self.encode_prompts([t for t in (negatives or []) + prompts for _ in range(n_per)], max_len)
         condition, image_embeds, mode = None, None, "t2v"
         if image is not None:
@@ -448,7 +457,9 @@ class WanPipeline:
                 set_progress_hook(None)
                 bar.close()
         timings["denoising"] = time.perf_counter() - t0
-        result = GenerationResult(latents=gather(final).transpose(0, 4, 1, 2, 3), timings=timings)
+        result = GenerationResult(
+            latents=gather(final).transpose(0, 4, 1, 2, 3), timings=timings, seeds=seeds, warnings=warned
+        )
         if output_type != "latent":
             t0 = time.perf_counter()
             with context(self.placement):
