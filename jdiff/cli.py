@@ -1,17 +1,30 @@
-"""The `jdiff` command line: `generate`, `convert` and `serve` (INTERFACE.md).
+"""The `jdiff` command line: `generate`, `convert`, `serve` and `bench`.
 
-Exit codes: 0 success; 2 invalid input or usage (one line on stderr, no traceback); 1 anything else.
+Exit codes: 0 success; 2 invalid input or usage, an output that cannot be written included (one line on
+stderr, no traceback); 1 anything else.
+
+Start-up: this module imports only the standard library and `jdiff.errors`, so `--help` and `--version` answer
+at once; jax, flax and the models are imported by the command that needs them. What can be checked without
+them (the output's directory, suffix and writer) is checked before the model loads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
 import math
+import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from jdiff.errors import InputError
+
+PRESET = "the model's preset"
+SIZES = "1024 for FLUX.1, 64 for the embedded model, a small model's own sample size"
+DTYPE_HELP = "weights and activations (default: bfloat16 on GPU/TPU, float32 on CPU)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -19,54 +32,115 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"jdiff: error: {message} (see `{self.prog} --help`)\n")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to every option whose help does not already say its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        unset = default is None or default is False or default == argparse.SUPPRESS
+        if "default" in text or unset or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _version() -> str:
+    from jdiff import __version__
+
+    return __version__
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="jdiff", description="JAX diffusion inference: generate images, convert weights.")
+    p = _Parser(
+        prog="jdiff",
+        description="JAX diffusion inference: generate images and videos, convert weights, serve, benchmark.",
+        formatter_class=_Formatter,
+    )
+    p.add_argument("--version", action="version", version=f"jdiff {_version()}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    g = sub.add_parser("generate", help="generate images from a prompt")
+    g = sub.add_parser("generate", help="generate images from a prompt", formatter_class=_Formatter)
     g.add_argument(
         "--model", default=None, help="diffusers-format or converted directory (default: embedded)"
     )
-    g.add_argument("--prompt", required=True)
-    g.add_argument("--negative-prompt", default=None)
+    g.add_argument("--prompt", required=True, help="what to draw")
     g.add_argument(
-        "--true-cfg-scale", type=float, default=None, help="FLUX: true CFG scale with a negative prompt"
+        "--negative-prompt",
+        default=None,
+        help="what to avoid: FLUX needs --true-cfg-scale > 1 for it, Wan a guidance scale > 1 (default: none; "
+        "Wan: its preset's)",
     )
-    g.add_argument("--height", type=int, default=None)
-    g.add_argument("--width", type=int, default=None)
-    g.add_argument("--num-frames", type=int, default=None)
-    g.add_argument("--steps", type=int, default=None, help="number of denoising steps")
-    g.add_argument("--guidance-scale", type=float, default=None)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument(
+        "--true-cfg-scale",
+        type=float,
+        default=None,
+        help="FLUX: true classifier-free guidance with --negative-prompt, on above 1 (default: 1, off)",
+    )
+    g.add_argument("--height", type=int, default=None, help=f"pixels (default: {PRESET}; {SIZES})")
+    g.add_argument("--width", type=int, default=None, help=f"pixels (default: {PRESET}; {SIZES})")
+    g.add_argument("--num-frames", type=int, default=None, help=f"video models, 4k+1 (default: {PRESET})")
+    g.add_argument("--steps", type=int, default=None, help=f"denoising steps (default: {PRESET})")
+    g.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=None,
+        help=f"FLUX.1-dev's embedded guidance, Wan's CFG scale; FLUX.1-schnell has none (default: {PRESET})",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="output i of n uses seed + i; the same seed draws the same image"
+    )
     g.add_argument("--num-outputs", type=int, default=1, help="outputs per prompt")
     g.add_argument("--image", default=None, help="conditioning image (image-to-video / edit models)")
     g.add_argument(
         "--output",
         default=None,
-        help="output file: .png .jpg .webp, or .mp4 for video (default: outputs/<prompt>)",
+        help="output file: .png .jpg .jpeg .webp, or .mp4 for video; several outputs add -0, -1, ... "
+        "(default: outputs/<prompt>-<seed>.png or .mp4)",
     )
-    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    g.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1")
-    g.add_argument("--sequence-parallel", choices=["ulysses", "ring"], default="ulysses")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=DTYPE_HELP)
+    g.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1 (default: one device)")
+    g.add_argument(
+        "--sequence-parallel",
+        choices=["ulysses", "ring"],
+        default="ulysses",
+        help="attention over the mesh's context axis",
+    )
     g.add_argument("--no-progress", action="store_true", help="hide the denoising progress bar")
     _multihost_flags(g)
 
-    c = sub.add_parser("convert", help="convert a diffusers-format directory to a jdiff checkpoint")
-    c.add_argument("src")
-    c.add_argument("dst")
-    c.add_argument("--dtype", choices=["float32", "bfloat16"], default="bfloat16")
+    c = sub.add_parser(
+        "convert",
+        help="convert a diffusers-format directory to a jdiff checkpoint",
+        formatter_class=_Formatter,
+    )
+    c.add_argument("src", help="the diffusers-format directory (holding model_index.json)")
+    c.add_argument("dst", help="a new directory for the checkpoint (must not exist)")
+    c.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16"],
+        default="bfloat16",
+        help="stored weight dtype; bfloat16 halves the size and moves outputs by a few 1/255 steps, float32 "
+        "keeps them exact",
+    )
     c.add_argument(
         "--dry-run", action="store_true", help="check keys and shapes from headers only; write nothing"
     )
-    s = sub.add_parser("serve", help="serve the model over an OpenAI-style HTTP API")
+    s = sub.add_parser(
+        "serve", help="serve the model over an OpenAI-style HTTP API", formatter_class=_Formatter
+    )
     s.add_argument(
         "--model", default=None, help="diffusers-format or converted directory (default: embedded)"
     )
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=30000)
-    s.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    s.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1")
-    s.add_argument("--sequence-parallel", choices=["ulysses", "ring"], default="ulysses")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=30000, help="port to listen on")
+    s.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=DTYPE_HELP)
+    s.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1 (default: one device)")
+    s.add_argument(
+        "--sequence-parallel",
+        choices=["ulysses", "ring"],
+        default="ulysses",
+        help="attention over the mesh's context axis",
+    )
     s.add_argument("--max-batch", type=int, default=4, help="most outputs per generate call (1: no batching)")
     s.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long a request may wait to fill its batch"
@@ -79,19 +153,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=600.0, help="seconds before a request gets a 504")
     s.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width x height accepted")
     s.add_argument("--max-queue", type=int, default=256, help="requests that may wait; more get a 429")
-    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+    s.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], default="info", help="server log level"
+    )
     _multihost_flags(s)
 
     b = sub.add_parser(
-        "bench", help="benchmark jdiff (and diffusers with --compare diffusers) at real sizes", add_help=False
+        "bench",
+        help="benchmark jdiff (and diffusers with --compare diffusers) at real sizes; `jdiff bench --help`",
+        add_help=False,
     )
     b.add_argument("bench_args", nargs=argparse.REMAINDER, help="see `jdiff bench --help`")
     return p
 
 
 def _default_output(prompt: str, seed: int, suffix: str) -> Path:
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "output"
-    return Path("outputs") / f"{slug}-{seed}{suffix}"
+    from jdiff.io.outputs import default_output_name
+
+    return default_output_name(prompt, seed, suffix)
 
 
 def _multihost_flags(parser: argparse.ArgumentParser) -> None:
@@ -103,7 +182,47 @@ def _multihost_flags(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--process-id", type=int, default=None, help="(or JDIFF_PROCESS_ID)")
 
 
+def _model_makes_video(model: str | None) -> bool | None:
+    """Whether the model directory holds a video pipeline, from its model_index.json alone (no jax needed);
+    None when it cannot be read (loading it will say why)."""
+    if model is None:
+        return False  # the embedded model draws images
+    try:
+        name = json.loads((Path(model) / "model_index.json").read_text()).get("_class_name", "")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(name).startswith("Wan")
+
+
+def _writes_outputs(args) -> bool:
+    """Process 0 writes the outputs; in a multi-host run the others skip the output checks."""
+    pid = args.process_id if args.process_id is not None else os.environ.get("JDIFF_PROCESS_ID")
+    return pid in (None, "", 0, "0")
+
+
+def _check_output(args) -> Path | None:
+    """The output path, checked before the model loads: suffix, writable directory, mp4 writer.
+
+    None when the model directory cannot be read yet (its loading error comes first; `generate` checks again).
+    """
+    from jdiff.io.outputs import IMAGE_SUFFIXES, VIDEO_SUFFIXES, check_output_file
+
+    video = _model_makes_video(args.model)
+    if video is None:
+        return Path(args.output) if args.output else None
+    output = (
+        Path(args.output)
+        if args.output
+        else _default_output(args.prompt, args.seed, ".mp4" if video else ".png")
+    )
+    if _writes_outputs(args):
+        check_output_file(output, VIDEO_SUFFIXES if video else IMAGE_SUFFIXES)
+    return output
+
+
 def _generate(args) -> int:
+    output = _check_output(args)  # before jax is even imported: a bad path costs nothing
+
     import jdiff
     from jdiff.parallel import distributed
 
@@ -118,7 +237,8 @@ def _generate(args) -> int:
         args.model, dtype=args.dtype, mesh=args.mesh, sequence_parallel=args.sequence_parallel
     )
     suffix = ".mp4" if gen.pipeline.is_video else ".png"
-    output = Path(args.output) if args.output else _default_output(args.prompt, args.seed, suffix)
+    if output is None:
+        output = Path(args.output) if args.output else _default_output(args.prompt, args.seed, suffix)
     extra = {} if args.true_cfg_scale is None else {"true_cfg_scale": args.true_cfg_scale}
     if args.image is not None:
         extra["image"] = args.image
@@ -157,7 +277,7 @@ def _convert(args) -> int:
             return 2
         print(f"ok: every tensor of {args.src} maps onto jdiff's parameters")
         return 0
-    dst = convert(args.src, args.dst, dtype=args.dtype)
+    dst = convert(args.src, args.dst, dtype=args.dtype, report=lambda line: print(line, flush=True))
     print(dst)
     return 0
 
@@ -233,15 +353,50 @@ def _serve(args) -> int:
     return 0 if started else 1
 
 
+def _quiet_libraries() -> None:
+    """Keeps library chatter off a normal run's terminal (jdiff's own warnings still print).
+
+    - transformers' "PyTorch was not found ..." advisory (printed when it is imported without torch);
+    - jax's "os.fork() was called ..." RuntimeWarning: imageio-ffmpeg starts ffmpeg as a subprocess to write
+      mp4 files, which is a fork followed at once by exec, the safe case that warning cannot tell apart.
+    """
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+
+
+class _WarningLines(logging.Handler):
+    """jdiff's warnings (logger `jdiff`) as `jdiff: warning: ...` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"jdiff: {record.levelname.lower()}: {record.getMessage()}", file=sys.stderr, flush=True)
+
+
+def _run(command, args) -> int:
+    """Runs a command with jdiff's warnings printed as one line each (and only there, not twice)."""
+    log = logging.getLogger("jdiff")
+    handler = _WarningLines(logging.WARNING)
+    log.addHandler(handler)
+    propagate, log.propagate = log.propagate, False
+    try:
+        return command(args)
+    finally:
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # its own parser: every option after `bench` is the benchmark's
-        from jdiff.bench import main as bench
-
-        return bench(argv[1:])
-    args = _parser().parse_args(argv)
+    _quiet_libraries()
     try:
-        return {"generate": _generate, "convert": _convert, "serve": _serve}[args.command](args)
+        if argv[:1] == ["bench"]:  # its own parser: every option after `bench` is the benchmark's
+            from jdiff.bench import main as bench
+
+            return bench(argv[1:])
+        args = _parser().parse_args(argv)
+        if args.command == "serve":  # the server logs jdiff's warnings with everything else
+            return _serve(args)
+        return _run({"generate": _generate, "convert": _convert}[args.command], args)
     except InputError as e:
         print(f"jdiff: error: {e}", file=sys.stderr)
         _stop_other_processes(str(e), 2)

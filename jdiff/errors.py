@@ -19,3 +19,11 @@ class ConversionError(InputError):
         shown = "; ".join(self.problems[:20])
         more = f" (and {len(self.problems) - 20} more)" if len(self.problems) > 20 else ""
         super().__init__(f"{component}: {len(self.problems)} weight problem(s): {shown}{more}")
+
+
+class OutputError(InputError):
+    """An output that cannot be written: its directory, permissions, free space, or a missing writer (ffmpeg).
+
+    An `InputError`, so the CLI prints it as one line (exit 2); the server, which chooses its own output paths,
+    reports it as its own failure.
+    """

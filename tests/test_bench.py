@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import pytest
 
@@ -19,7 +20,9 @@ def test_bench_tiny_with_diffusers(tmp_path, capsys):
     assert set(by_engine) == {"jdiff", "diffusers", "diffusers-compile"}
     assert all(r.get("finite") and r["ms"] > 0 for r in results), results
     table = capsys.readouterr().out
-    assert "| FLUX.1-dev transformer step, 1024x1024 | jdiff |" in table
+    # The rows name what ran: a toy config at 64x64, not FLUX.1-dev at 1024x1024.
+    assert "| tiny FLUX transformer step (toy config), 64x64 | jdiff |" in table
+    assert "1024x1024" not in table and "FLUX.1-dev" not in table
 
 
 def _positive(x) -> bool:
@@ -48,7 +51,8 @@ def test_bench_tiny_flux_pipeline_cold_and_warm(tmp_path, capsys):
     assert j["trace_counts"] == {"encode": 1, "denoise": 1, "decode": 1}, j
     assert set(j["stage_compile_s"]) >= {"text_encoding", "denoising", "decoding"}, j
     out = capsys.readouterr().out
-    assert "| FLUX.1-dev text-to-image, 1024x1024, 28 steps | jdiff |" in out
+    assert "| tiny FLUX text-to-image (toy config), 64x64, 2 steps | jdiff |" in out
+    assert "1024x1024" not in out
     assert "| workload | engine | cold start s | warm start s |" in out
 
 
@@ -72,3 +76,32 @@ def test_warm_needs_a_pipeline_workload():
     with pytest.raises(SystemExit) as e:
         main(["bench", "--engine", "jdiff", "--workload", "flux_step", "--warm"])
     assert e.value.code == 2
+
+
+def test_every_tiny_workload_is_labelled_as_what_runs():
+    for name, wl in bench.WORKLOADS.items():
+        assert wl.label(tiny=True).startswith("tiny ") and wl.label(tiny=False) == wl.title, name
+        _, _, sizes = bench._resolve(name, tiny=True)
+        side = sizes.get("height") or sizes["h"] * (16 if name == "flux_step" else 8)
+        assert f"{side}x{side}" in wl.label(tiny=True), (name, sizes)
+
+
+@pytest.mark.parametrize("argv", [["--compare", "diffusers"], ["--engines", "diffusers-compile"]])
+def test_an_engine_that_cannot_import_exits_2_with_a_hint(tmp_path, monkeypatch, capsys, argv):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as where torch is not installed
+    assert main(["bench", "--tiny", "--only", "flux_step", *argv, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jdiff: error:") and err.count("\n") == 1, err
+    assert "need torch" in err and "pip install torch diffusers" in err
+    assert not (tmp_path / "compare.json").exists()  # nothing ran
+
+
+def test_a_run_that_could_not_run_exits_1(tmp_path, capsys):
+    # A budget below the 10 s a run needs skips it: the table says so and the exit code is not 0.
+    assert main(["bench", "--tiny", "--only", "flux_step", "--budget", "1", "--out", str(tmp_path)]) == 1
+    captured = capsys.readouterr()
+    assert (
+        "| tiny FLUX transformer step (toy config), 64x64 | jdiff | failed: skipped: budget spent |"
+        in captured.out
+    )
+    assert "1 of 1 run(s) failed or were skipped" in captured.err

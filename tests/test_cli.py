@@ -70,3 +70,94 @@ def test_compilation_cache_dir(tmp_path, monkeypatch):
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
+
+
+HEAVY = ("jax", "flax", "transformers", "torch", "numpy", "diffusers", "PIL")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["generate", "--help"],
+        ["convert", "--help"],
+        ["serve", "--help"],
+        ["bench", "--help"],
+    ],
+)
+def test_help_and_version_import_nothing_heavy(argv):
+    """`jdiff --help` answers at once: no jax, torch or numpy behind it (its time: benchmarks/cli_startup.py)."""
+    code = (
+        "import sys\nfrom jdiff.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit as e:\n    assert e.code in (0, None), e.code\n"
+        f"print('IMPORTED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "IMPORTED []", proc.stdout[-500:]
+
+
+def test_version(capsys):
+    import jdiff
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"jdiff {jdiff.__version__}"
+
+
+def test_help_shows_defaults(capsys):
+    for argv, shown in (
+        (
+            ["generate", "--help"],
+            ["(default: 0)", "(default: 1)", "(default: ulysses)", "(default: the model's"],
+        ),
+        (["convert", "--help"], ["(default: bfloat16)"]),
+        (["serve", "--help"], ["(default: 30000)", "(default: 127.0.0.1)", "(default: 4)"]),
+    ):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for fragment in shown:
+            assert fragment in text, (argv, fragment)
+
+
+def test_a_normal_run_prints_no_library_warnings(tmp_path):
+    """stderr of `jdiff generate` is jdiff's own timing line only, even where transformers has no torch to
+    find (its advisory) and after a child process is started (as ffmpeg is for mp4: jax's fork warning)."""
+    out = tmp_path / "a.png"
+    code = (
+        "import os, subprocess, sys\n"
+        "sys.modules['torch'] = None  # as on a machine without torch\n"
+        "from jdiff.cli import main\n"
+        f"rc = main(['generate', '--prompt', 'a red circle', '--steps', '2', '--output', {str(out)!r}])\n"
+        "subprocess.run(['true'], preexec_fn=os.setpgrp)  # as imageio-ffmpeg starts ffmpeg\n"
+        "sys.exit(rc)\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JDIFF_CACHE_DIR": ""}  # no cache: transformers is imported
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("text_encoding "), proc.stderr
+    assert proc.stdout.strip() == str(out)
+
+
+def test_progress_bar_has_a_compiling_phase():
+    """The first step's wait is compilation: it is labelled so and left out of the rate and time left."""
+    from jdiff.pipelines import pipeline
+
+    now = [0.0]
+    with pipeline.progress_bar(10) as hook:
+        bar = hook.bar
+        bar._time = lambda: now[0]  # a fake clock: 100 s of compiling, then 1 s per step
+        bar.last_print_t = bar.start_t = 0.0
+        assert bar.desc.startswith("compiling") and bar.n == 0
+        for step in range(3):
+            now[0] = 100.0 + step
+            hook(step)
+        assert bar.desc.startswith("denoising") and bar.n == 3
+        left = bar.format_dict["total"] - bar.format_dict["n"]
+        rate = (bar.format_dict["n"] - bar.format_dict["initial"]) / bar.format_dict["elapsed"]
+        assert rate == pytest.approx(1.0)  # without the restart: 3 steps / 102 s
+        assert left / rate == pytest.approx(7.0)

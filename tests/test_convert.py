@@ -1,8 +1,11 @@
 """`jdiff convert`: header-only dry runs (tiny and real-size layouts) and atomic orbax checkpoints."""
 
 import json
+import os
+import re
 import shutil
 import time
+from types import SimpleNamespace
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,8 +14,10 @@ from safetensors.numpy import load_file, save_file
 
 import jdiff
 from jdiff.cli import main
-from jdiff.convert.run import convert, dry_run
-from jdiff.errors import ConversionError, InputError
+from jdiff.convert.run import convert, dry_run, estimated_bytes
+from jdiff.errors import ConversionError, InputError, OutputError
+from jdiff.pipelines.model_dir import ModelDir
+from jdiff.registry import open_model
 from tests.utils import meta_state_shapes, write_sparse_safetensors
 
 KW = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=16, output_type="np", seed=4)
@@ -116,3 +121,51 @@ def test_real_size_flux_dev_dry_run(tiny_flux_dir, tmp_path):
     assert report.problems == []
     assert any("FluxTransformer2DModel: 1" in line and "all mapped" in line for line in report.lines)
     assert elapsed < 60  # seconds, not minutes, on a 2-core CI box (it reads ~30 headers)
+
+
+def test_convert_prints_each_component_and_respects_the_umask(tiny_flux_dir, tmp_path, capsys):
+    old = os.umask(0o027)
+    try:
+        assert main(["convert", str(tiny_flux_dir), str(tmp_path / "ckpt")]) == 0
+    finally:
+        os.umask(old)
+    lines = capsys.readouterr().out.splitlines()
+    assert "transformer: FluxTransformer2DModel -> bfloat16" in lines, lines
+    assert "vae: AutoencoderKL -> bfloat16" in lines, lines
+    assert any(re.fullmatch(r"tokenizer: CLIPTokenizer\w* \(copied\)", line) for line in lines), lines
+    assert lines[-1] == str(tmp_path / "ckpt")
+    dst = tmp_path / "ckpt"
+    assert dst.stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0700
+    for path in dst.rglob("*"):
+        want = 0o750 if path.is_dir() else 0o640
+        assert path.stat().st_mode & 0o777 == want, (path, oct(path.stat().st_mode))
+
+
+@pytest.fixture
+def no_tensor_read(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a component was loaded before the destination was checked")
+
+    monkeypatch.setattr(ModelDir, "load", refuse)
+
+
+def test_unwritable_destination_fails_before_reading_tensors(tiny_flux_dir, tmp_path, no_tensor_read, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["convert", str(tiny_flux_dir), str(blocker / "ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("jdiff: error: cannot write the converted model") and err.count("\n") == 1, err
+    assert "is a file, not a directory" in err
+
+
+def test_full_disk_fails_before_reading_tensors(tiny_flux_dir, tmp_path, monkeypatch, no_tensor_read):
+    need = estimated_bytes(open_model(tiny_flux_dir), 2)
+    assert need > 100_000  # the tiny model's weights and tokenizers, in bytes
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: SimpleNamespace(total=10**12, used=0, free=need // 2)
+    )
+    with pytest.raises(OutputError, match="GiB free; the converted model needs about"):
+        convert(tiny_flux_dir, tmp_path / "ckpt")
+    assert not (tmp_path / "ckpt").exists()
+    # float32 needs about twice the room of bfloat16 for the same tensors.
+    assert estimated_bytes(open_model(tiny_flux_dir), 4) > 1.5 * need

@@ -30,7 +30,7 @@ from PIL import Image
 
 import jdiff
 from jdiff.cli import _parser, _warmup_sizes, main
-from jdiff.errors import InputError
+from jdiff.errors import InputError, OutputError
 from jdiff.pipelines.request import OPTIONAL
 from jdiff.server import create_app, serve
 from jdiff.server.batcher import Batcher, ImageRequest, ShuttingDown, batch_buckets
@@ -104,6 +104,16 @@ def test_generates_images_of_the_asked_size(url):
         assert base64.b64decode(r.json()["data"][0]["b64_json"]).startswith(magic)
     r = post(url, {"prompt": "a green triangle"})  # no seed: one is drawn and returned
     assert isinstance(r.json()["data"][0]["seed"], int)
+
+
+def test_warnings_reach_the_response(url):
+    """What the model ignores or may draw badly comes back as `warnings`; a clean request has none."""
+    r = post(url, {"prompt": "a red square", "guidance_scale": 5, "size": "96x64", "seed": 1})
+    assert r.status_code == 200, r.text
+    warnings = r.json()["warnings"]
+    assert any(w.startswith("guidance_scale 5 is ignored") for w in warnings), warnings
+    assert any("trained at 64x64 only" in w for w in warnings), warnings
+    assert "warnings" not in post(url, {"prompt": "a red square", "seed": 1}).json()
 
 
 def test_concurrent_requests_batch_and_match_alone(url):
@@ -347,6 +357,26 @@ def test_job_store_lifecycle(tmp_path):
     with pytest.raises(ShuttingDown):
         store.submit({"prompt": "late"})
     release.set()
+    batcher.stop(5)
+
+
+def test_jobs_carry_warnings_and_output_errors_are_the_servers(tmp_path):
+    def runner(params, path):
+        if params["prompt"] == "disk full":
+            raise OutputError(f"cannot write {path}: No space left on device")
+        path.write_bytes(b"video")
+        return ["negative_prompt is ignored"]
+
+    batcher = Batcher(lambda *a, **k: None, max_batch=1)
+    store = JobStore(runner, batcher.submit_task, tmp_path)
+    batcher.start()
+    ok, full = store.submit({"prompt": "cat"}), store.submit({"prompt": "disk full"})
+    deadline = time.monotonic() + 5
+    while not (ok.done and full.done) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ok.status == COMPLETED and ok.to_json()["warnings"] == ["negative_prompt is ignored"]
+    assert full.status == FAILED and full.error["code"] == "server_error", full.error
+    assert "No space left" in full.error["message"]
     batcher.stop(5)
 
 

@@ -180,3 +180,19 @@ def test_unwritable_tokenizer_cache_is_skipped(tmp_path, monkeypatch):
     tok = T.load_tokenizer(embedded_model_path() / "tokenizer", _read)
     ids, mask = tok(["a red circle"], 77)
     assert ids.shape == mask.shape == (1, 77) and mask.sum() > 2
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_lengths_count_what_truncation_drops(tmp_path, monkeypatch, wrapped):
+    """`lengths` gives each prompt's untruncated token count (special tokens included), as transformers
+    counts it, so the pipelines can say how many tokens a max_length drops; then a call truncates as before."""
+    monkeypatch.setenv("JDIFF_CACHE_DIR", "")
+    root = embedded_model_path()
+    for folder in (root / "tokenizer", root / "tokenizer_2"):
+        ref = AutoTokenizer.from_pretrained(str(folder))
+        tok = T.TransformersTokenizer(ref) if wrapped else T.load_tokenizer(folder, _read)
+        want = [len(ids) for ids in ref(PROMPTS, truncation=False)["input_ids"]]
+        assert tok.lengths(PROMPTS) == want
+        assert want[-1] > 200  # "word " * 200 is longer than any max_length below
+        ids, mask = tok(PROMPTS, 12)  # truncation and padding are back on for calls
+        assert ids.shape == (len(PROMPTS), 12) and mask[-1].sum() == 12

@@ -3,21 +3,28 @@
 Files: `workloads` (configs, sizes, repeat counts), `jdiff_engine` / `diffusers_engine` (single-model
 workloads), `jdiff_pipeline` / `diffusers_pipeline` (end-to-end FLUX.1), `driver` (subprocesses, tables, CLI).
 The underscored names are re-exported for `benchmarks/` scripts that reuse the random real-size models.
+
+Names are imported on first use, so `jdiff bench --help` (and each worker's start) imports neither jax nor
+torch before it needs them.
 """
 
-from jdiff.bench.diffusers_engine import _torch_random, _torch_setup
-from jdiff.bench.driver import main
-from jdiff.bench.jdiff_engine import _jdiff_random, _jdiff_setup
-from jdiff.bench.workloads import ENGINES, WORKLOADS, Workload, _resolve
+from importlib import import_module
 
-__all__ = [
-    "ENGINES",
-    "WORKLOADS",
-    "Workload",
-    "_jdiff_random",
-    "_jdiff_setup",
-    "_resolve",
-    "_torch_random",
-    "_torch_setup",
-    "main",
-]
+_EXPORTS = {
+    "main": "jdiff.bench.driver",
+    "ENGINES": "jdiff.bench.workloads",
+    "WORKLOADS": "jdiff.bench.workloads",
+    "Workload": "jdiff.bench.workloads",
+    "_resolve": "jdiff.bench.workloads",
+    "_jdiff_random": "jdiff.bench.jdiff_engine",
+    "_jdiff_setup": "jdiff.bench.jdiff_engine",
+    "_torch_random": "jdiff.bench.diffusers_engine",
+    "_torch_setup": "jdiff.bench.diffusers_engine",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'jdiff.bench' has no attribute {name!r}")

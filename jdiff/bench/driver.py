@@ -24,12 +24,16 @@ Usage:
   jdiff bench --engine jdiff --workload flux_step [--tiny]
       one measurement; prints one JSON line. For flux_pipeline, `--warm` is the warm phase (needs
       JDIFF_CACHE_DIR pointing at the cache its cold phase filled).
---tiny: toy configs and sizes, for a CPU smoke test of both engines.
+--tiny: toy configs and sizes, for a CPU smoke test of both engines; the table names what ran ("tiny FLUX
+transformer step (toy config), 64x64"), not the real workload.
+Exit codes: 0 every run done; 1 a run failed or the budget ran out; 2 an asked engine cannot be imported here
+(torch, diffusers), or bad arguments.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -93,7 +97,7 @@ def table(results: list[dict], tiny: bool) -> str:
     for r in results:
         wl = WORKLOADS[r["workload"]]
         if "error" in r:
-            lines.append(f"| {wl.title} | {r['engine']} | failed: {r['error']} | | | | | |")
+            lines.append(f"| {wl.label(tiny)} | {r['engine']} | failed: {r['error']} | | | | | |")
             continue
         ratios = []
         for ref in ("diffusers", "diffusers-compile"):
@@ -102,13 +106,13 @@ def table(results: list[dict], tiny: bool) -> str:
             ratios.append(f"{other['ms'] / r['ms']:.2f}" if ok else "-")
         tflops = wl.tflop / r["ms"] * 1e3 if wl.tflop and not tiny else None
         lines.append(
-            f"| {wl.title} | {r['engine']} | {r['ms']:.1f} | {ratios[0]} | {ratios[1]} | {_fmt(tflops, '.0f')} | "
+            f"| {wl.label(tiny)} | {r['engine']} | {r['ms']:.1f} | {ratios[0]} | {ratios[1]} | {_fmt(tflops, '.0f')} | "
             f"{_fmt(r.get('compile_s'), '.1f')} | {_fmt(r.get('peak_gib'), '.1f')} |"
         )
     return "\n".join(lines)
 
 
-def startup_table(results: list[dict]) -> str:
+def startup_table(results: list[dict], tiny: bool = False) -> str:
     """Markdown table of the end-to-end workloads' start-up (pipeline construction + first call, weights
     excluded): cold on empty compilation caches, warm in a second process on the caches the cold one filled."""
     lines = [
@@ -121,7 +125,7 @@ def startup_table(results: list[dict]) -> str:
             continue
         xla = f"{_fmt(r.get('xla_compile_s'), '.1f')} / {_fmt(r.get('warm_xla_compile_s'), '.1f')}"
         lines.append(
-            f"| {WORKLOADS[r['workload']].title} | {r['engine']} | {_fmt(r.get('start_s'), '.1f')} | "
+            f"| {WORKLOADS[r['workload']].label(tiny)} | {r['engine']} | {_fmt(r.get('start_s'), '.1f')} | "
             f"{_fmt(r.get('warm_start_s'), '.1f')} | {r['ms'] / 1e3:.2f} | {xla} | "
             f"{_fmt(r.get('warm_cache_hits'), 'd')} |"
         )
@@ -179,11 +183,47 @@ def _measure(name: str, engine: str, tiny: bool, deadline: float, log) -> dict:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def driver(args) -> None:
+# What each engine needs beyond jdiff's own dependencies.
+ENGINE_MODULES = {
+    "jdiff": (),
+    "diffusers": ("torch", "diffusers"),
+    "diffusers-compile": ("torch", "diffusers"),
+}
+
+
+def missing_modules(engines) -> list[str]:
+    """The modules the asked engines need and this Python cannot import (found without importing them)."""
+    missing = []
+    for name in sorted({m for e in engines for m in ENGINE_MODULES[e]}):
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            missing.append(name)
+    return missing
+
+
+def driver(args) -> int:
+    """Runs the plan; 0 when every asked (workload, engine) ran, 1 when any failed or was skipped, 2 when an
+    asked engine cannot run here at all (before anything runs)."""
+    names = args.only.split(",") if args.only else list(WORKLOADS)
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        print(f"jdiff: error: unknown workload(s) {unknown}; known: {sorted(WORKLOADS)}", file=sys.stderr)
+        return 2
+    engines = args.engines or (ENGINES if args.compare == "diffusers" else ["jdiff"])
+    missing = missing_modules(engines)
+    if missing:
+        asked = ", ".join(e for e in engines if set(ENGINE_MODULES[e]) & set(missing))
+        print(
+            f"jdiff: error: the {asked} engine(s) need {' and '.join(missing)}, which this Python cannot import; "
+            "pip install torch diffusers (or run jdiff alone: drop --compare / --engines)",
+            file=sys.stderr,
+        )
+        return 2
     out_dir = Path(args.out or os.environ.get("OUT") or ".")
     out_dir.mkdir(parents=True, exist_ok=True)
-    names = args.only.split(",") if args.only else list(WORKLOADS)
-    engines = args.engines or (ENGINES if args.compare == "diffusers" else ["jdiff"])
     plan = [(n, e) for n in names for e in WORKLOADS[n].engines if e in engines]
     if not args.only:  # torch.compile takes minutes: last, so that a spent budget costs only it
         plan.sort(key=lambda ne: ne[1] == "diffusers-compile")
@@ -202,15 +242,37 @@ def driver(args) -> None:
         (out_dir / "compare.json").write_text(json.dumps(results, indent=1))
     log.close()
     print(table(results, args.tiny))
-    startup = startup_table(results)
+    startup = startup_table(results, args.tiny)
     if startup:
         print("\n" + startup)
+    failed = [f"{r['workload']} / {r['engine']}" for r in results if "error" in r]
+    if failed:
+        print(
+            f"jdiff: error: {len(failed)} of {len(results)} run(s) failed or were skipped ({', '.join(failed)}); "
+            f"the reasons are in the table and {out_dir / 'compare.log'}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """The docstring as written, and "(default: X)" after every option that has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.default is None
+            or action.default is False
+            or "default" in text
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
-        prog="jdiff bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    ap = argparse.ArgumentParser(prog="jdiff bench", description=__doc__, formatter_class=_Formatter)
     ap.add_argument("--engine", choices=ENGINES, help="worker mode: measure one engine on one workload")
     ap.add_argument("--workload", choices=list(WORKLOADS))
     ap.add_argument(
@@ -235,6 +297,5 @@ def main(argv: list[str] | None = None) -> int:
         if args.warm and not (args.engine == "jdiff" and WORKLOADS[args.workload].pipeline):
             ap.error("--warm is the warm-start phase of jdiff on a pipeline workload (flux_pipeline)")
         worker(args)
-    else:
-        driver(args)
-    return 0
+        return 0
+    return driver(args)

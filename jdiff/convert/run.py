@@ -6,16 +6,20 @@ host memory is about the largest component in the target dtype.
 
 from __future__ import annotations
 
+import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax.numpy as jnp
+import numpy as np
 
-from jdiff.errors import ConversionError, InputError
+from jdiff.errors import ConversionError, InputError, OutputError
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.registry import open_model
 from jdiff.weights import checkpoint
+from jdiff.weights.safetensors import open_weights
 
 
 @dataclass
@@ -50,16 +54,38 @@ def dry_run(src: str | Path) -> Report:
     return report
 
 
-def convert(src: str | Path, dst: str | Path, *, dtype: str = "bfloat16") -> Path:
-    """Converts `src` to a jdiff checkpoint at `dst`, atomically (a failure leaves nothing at `dst`)."""
+def convert(
+    src: str | Path, dst: str | Path, *, dtype: str = "bfloat16", report: Callable[[str], None] | None = None
+) -> Path:
+    """Converts `src` to a jdiff checkpoint at `dst`, atomically (a failure leaves nothing at `dst`).
+
+    Before any tensor is read: every key and shape is checked from the headers, `dst` must not exist, its
+    parent must be writable, and the file system must have room for the converted weights.
+
+    Args:
+        src: the diffusers-format directory.
+        dst: where the checkpoint goes (a new directory).
+        dtype: "bfloat16" (the default: half the size of float32; images then differ from a float32 run by
+            up to a few 1/255 steps) or "float32" (exact).
+        report: called with one line per component as it is written, e.g.
+            "transformer: FluxTransformer2DModel -> bfloat16".
+
+    Raises:
+        InputError: bad dtype, problems in `src`, an existing `dst`. OutputError: `dst` cannot be written or
+            the disk is too full.
+    """
     dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
     if dtype not in dtypes:
         raise InputError(f"--dtype must be one of {sorted(dtypes)}, got {dtype!r}")
-    report = dry_run(src)  # fail fast, naming every problem, before any tensor is read
-    if report.problems:
-        raise ConversionError(str(src), report.problems)
+    report = report or (lambda line: None)
+    checked = dry_run(src)  # fail fast, naming every problem, before any tensor is read
+    if checked.problems:
+        raise ConversionError(str(src), checked.problems)
     model = open_model(src)
     dst = Path(dst)
+    if dst.exists():
+        raise InputError(f"{dst} already exists; choose a new destination or remove it first")
+    check_free_space(dst, estimated_bytes(model, np.dtype(dtypes[dtype]).itemsize))
 
     def build(tmp: Path) -> None:
         shutil.copy2(model.root / "model_index.json", tmp / "model_index.json")
@@ -67,17 +93,55 @@ def convert(src: str | Path, dst: str | Path, *, dtype: str = "bfloat16") -> Pat
             if (model.root / extra).is_file():
                 shutil.copy2(model.root / extra, tmp / extra)
         models = set(_model_components(model))
-        for name in model.components():
+        for name, (_, cls) in model.components().items():
             folder = model.folder(name)
             if name not in models:
                 shutil.copytree(folder, tmp / name)
+                report(f"{name}: {cls} (copied)")
                 continue
             (tmp / name).mkdir()
             shutil.copy2(folder / "config.json", tmp / name / "config.json")
             _, module = model.load(name, dtype=dtypes[dtype])
             checkpoint.save_params(module, tmp / name)
             del module
+            report(f"{name}: {cls} -> {dtype}")
         checkpoint.write_marker(tmp, dtypes[dtype])
 
     checkpoint.write_atomically(dst, build)
     return dst
+
+
+def estimated_bytes(model: ModelDir, float_bytes: int) -> int:
+    """About what the converted `model` takes on disk: every floating tensor at `float_bytes` per element,
+    other tensors as stored, and the copied folders (tokenizers, scheduler) as they are."""
+    models = set(_model_components(model))
+    total = 0
+    for name in model.components():
+        folder = model.folder(name)
+        if name not in models:
+            total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+            continue
+        weights = open_weights(folder)
+        for key in weights.keys():
+            info = weights.info(key)
+            size = math.prod(info.shape)
+            total += size * (info.dtype.itemsize if info.dtype.kind in "biu" else float_bytes)
+    return total
+
+
+def check_free_space(dst: Path, need: int) -> None:
+    """Fails when the file system that will hold `dst` has less than `need` bytes (+5%) free."""
+    where = dst.absolute().parent
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError:
+        return  # cannot tell: the write itself will say
+    need = int(need * 1.05)
+    if free < need:
+        gib = 2**30
+        raise OutputError(
+            f"{where} has {free / gib:.2f} GiB free; the converted model needs about {need / gib:.2f} GiB; "
+            "free some space or choose another destination (or --dtype bfloat16, half of float32)"
+        )

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextvars
+import logging
 import math
 import os
-import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,70 +14,98 @@ from typing import Any
 import numpy as np
 
 from jdiff.errors import InputError
+from jdiff.io.outputs import (
+    IMAGE_SUFFIXES,
+    VIDEO_SUFFIXES,
+    check_output_file,
+    check_suffix,
+    check_video_writer,
+    write_atomic,
+)
 
-# Initial noise moved to sampling; re-exported while the pipelines still import it from here.
-from jdiff.sampling.noise import noise_from_keys, noise_keys  # noqa: F401
-
-IMAGE_SUFFIXES = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-VIDEO_SUFFIXES = {".mp4": "mp4"}
 OUTPUT_TYPES = ("pil", "np", "latent")
+log = logging.getLogger("jdiff")
+_logged: set[str] = set()  # warnings logged so far in this process
+_logged_lock = threading.Lock()
 
 
 @dataclass
 class GenerationResult:
-    """What `DiffGenerator.generate` returns (INTERFACE.md)."""
+    """What `DiffGenerator.generate` returns.
 
-    images: Any = None  # list[PIL.Image] or np.ndarray [B, H, W, 3] in [0, 1]
-    frames: Any = None  # video models
-    latents: np.ndarray | None = None  # final latents in diffusers' pipeline layout
+    Attributes:
+        images: image models: a list of PIL images (output_type "pil") or floats [B, H, W, 3] in [0, 1] ("np").
+        frames: video models: per video a list of PIL frames, or floats [B, F, H, W, 3].
+        latents: the final latents in diffusers' pipeline layout.
+        timings: seconds per stage and in total.
+        paths: the files written (when `output_path` was given).
+        seeds: the seed of each output, in output order: drawing output i again alone takes `seed=seeds[i]`.
+        warnings: what the request asked for that was ignored or is likely to give poor results (also logged
+            once per process through the `jdiff` logger).
+    """
+
+    images: Any = None
+    frames: Any = None
+    latents: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
     paths: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def prompts_of(prompt, name: str = "prompt") -> list[str]:
-    if isinstance(prompt, str):
-        prompt = [prompt]
-    if not isinstance(prompt, list | tuple) or not prompt or not all(isinstance(p, str) for p in prompt):
-        raise InputError(
-            f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}"
-        )
-    return list(prompt)
+def warn(warnings: list[str], message: str) -> None:
+    """Adds `message` to a request's warnings and logs it (logger `jdiff`) the first time this process sees it.
 
-
-def positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise InputError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def finite_nonneg(value, name: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise InputError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
-    return v
-
-
-def seeds_of(seed, batch: int) -> list[int]:
-    """One seed per output: an int seed s gives s, s + 1, ...; a list gives one per output, in order.
-
-    Each output's noise depends only on its own seed, so a request draws the same image alone or batched.
+    For what a request asked that is ignored, or likely to come out badly; the request still runs.
     """
-    if isinstance(seed, int | np.integer) and not isinstance(seed, bool):
-        seeds = [int(seed) + i for i in range(batch)]
-    elif isinstance(seed, list | tuple) and all(
-        isinstance(s, int | np.integer) and not isinstance(s, bool) for s in seed
-    ):
-        seeds = [int(s) for s in seed]
-        if len(seeds) != batch:
-            raise InputError(f"{len(seeds)} seeds for {batch} outputs; give one integer or one per output")
-    else:
-        raise InputError(f"seed must be an integer or a list of integers, got {seed!r}")
-    if any(not 0 <= s < 2**63 for s in seeds):
-        raise InputError(f"seeds must be in [0, 2**63), got {seeds}")
-    return seeds
+    if message not in warnings:
+        warnings.append(message)
+    with _logged_lock:
+        first = message not in _logged
+        _logged.add(message)
+    if first:
+        log.warning(message)
+
+
+def check_trained_size(warnings: list[str], height: int, width: int, preset: dict) -> None:
+    """Warns when (height, width) is far from the size the model was trained at, the preset's default.
+
+    Far means: the side of the square with the same pixel count is more than 2x or less than half the
+    preset's, or one side is more than twice the preset's longer side or less than half its shorter side
+    (1024x1024 FLUX.1: 512x512 to 2048x2048 pass, 256x256 or 512x2304 warn). A preset with
+    `trained_size_only` (the embedded model, trained at 64x64 alone) warns at any other size.
+    """
+    ph, pw = preset["height"], preset["width"]
+    if (height, width) == (ph, pw):
+        return
+    if preset.get("trained_size_only"):
+        warn(
+            warnings,
+            f"this model was trained at {pw}x{ph} only; at {width}x{height} its shapes come out stretched, cut "
+            f"or repeated: use {pw}x{ph}",
+        )
+        return
+    scale = math.sqrt(height * width / (ph * pw))
+    if not 0.5 <= scale <= 2 or max(height, width) > 2 * max(ph, pw) or min(height, width) < min(ph, pw) / 2:
+        warn(
+            warnings,
+            f"{width}x{height} is far from the {pw}x{ph} this model was trained at (more than 2x or less than "
+            "half per side); expect distorted or repeated content",
+        )
+
+
+def warn_truncated(
+    warnings: list[str], tokenizer, texts: list[str], max_length: int, encoder: str, hint: str = ""
+) -> None:
+    """Warns for each text longer than `max_length` tokens of `tokenizer` (the encoder reads no further)."""
+    for text, n in zip(texts, tokenizer.lengths(texts), strict=True):
+        if n > max_length:
+            preview = text if len(text) <= 40 else text[:37] + "..."
+            warn(
+                warnings,
+                f"{encoder} reads at most {max_length} tokens and the prompt {preview!r} has {n}: the last "
+                f"{n - max_length} are ignored; shorten it{hint}",
+            )
 
 
 _preparer = None
@@ -139,34 +168,27 @@ def run_while_preparing(
     return out
 
 
-def check_size(height: int, width: int, multiple: int, model: str) -> None:
-    for name, v in (("height", height), ("width", width)):
-        positive_int(v, name)
-        if v % multiple:
-            lo, hi = v // multiple * multiple, (v // multiple + 1) * multiple
-            raise InputError(
-                f"{name} {v} is not divisible by {multiple}, as {model} needs; use {lo or hi} or {hi}"
-            )
-
-
 def check_outputs(output_type: str, output_path, suffixes: dict[str, str], what: str) -> None:
-    """Validates output_type and, when saving, the output path's suffix (`what`: "images" or "frames")."""
+    """Validates output_type and, when saving, the output path (`what`: "images" or "frames").
+
+    Called while validating a request, before any model runs: the suffix, the directory (created if needed
+    and written to) and, for mp4, the writer are checked by the process that will write (process 0).
+    """
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     if output_path is not None:
         if output_type == "latent":
             raise InputError(f"output_path needs decoded {what}; use output_type 'pil' or 'np'")
         check_output_path(output_path, suffixes)
+        if _writes_outputs():
+            check_output_file(output_path, suffixes)
 
 
-def negatives_for(negative_prompt, prompts: list[str]) -> list[str]:
-    """One negative prompt per prompt (a single one is shared by all)."""
-    negatives = prompts_of(negative_prompt, "negative_prompt")
-    if len(negatives) not in (1, len(prompts)):
-        raise InputError(
-            f"{len(negatives)} negative prompts for {len(prompts)} prompts; give 1 or {len(prompts)}"
-        )
-    return negatives * (len(prompts) // len(negatives))
+def _writes_outputs() -> bool:
+    """Whether this process writes output files: process 0 of a multi-host run, or the only one."""
+    import jax
+
+    return jax.process_index() == 0
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -181,10 +203,7 @@ def to_pil(images: np.ndarray) -> list:
 
 
 def check_output_path(path: str | os.PathLike, kinds: dict[str, str] = IMAGE_SUFFIXES) -> Path:
-    p = Path(path)
-    if p.suffix.lower() not in kinds:
-        raise InputError(f"output {p} has suffix {p.suffix!r}; use one of {sorted(kinds)}")
-    return p
+    return check_suffix(path, kinds)
 
 
 def output_paths(path: Path, n: int) -> list[Path]:
@@ -193,42 +212,41 @@ def output_paths(path: Path, n: int) -> list[Path]:
 
 
 def save_images(images: np.ndarray, path: str | os.PathLike) -> list[str]:
-    """Saves float images [B, H, W, 3] to `path` (format from its suffix), each through a temp file + rename."""
+    """Saves float images [B, H, W, 3] to `path` (format from its suffix), each through a temp file + rename.
+
+    Raises:
+        OutputError: a file could not be written (one line naming it).
+    """
     path = check_output_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     out = []
     for im, p in zip(to_pil(images), output_paths(path, len(images)), strict=True):
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                im.save(f, format=IMAGE_SUFFIXES[p.suffix.lower()])
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        out.append(str(p))
+        fmt = IMAGE_SUFFIXES[p.suffix.lower()]
+        out.append(write_atomic(p, lambda tmp, im=im, fmt=fmt: im.save(tmp, format=fmt)))
     return out
 
 
 def save_video(videos: np.ndarray, path: str | os.PathLike, *, fps: int) -> list[str]:
     """Saves float videos [B, F, H, W, 3] as H.264 mp4 (imageio-ffmpeg's bundled ffmpeg), each through a
-    temporary file and a rename."""
+    temporary file and a rename.
+
+    Raises:
+        OutputError: no ffmpeg, or a file could not be written.
+    """
     import imageio.v2 as imageio
 
     path = check_output_path(path, VIDEO_SUFFIXES)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_video_writer()  # checked before the work too; a direct call gets the same one-line error
     out = []
     for video, p in zip(videos, output_paths(path, len(videos)), strict=True):
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=".mp4", dir=p.parent)
-        os.close(fd)
-        try:
-            # macro_block_size=1: keep sizes that are not multiples of 16 exactly (Wan sizes are, tiny ones not).
-            imageio.mimwrite(
-                tmp, list(to_uint8(video)), fps=fps, codec="libx264", macro_block_size=1, quality=8
+        frames = list(to_uint8(video))
+        # format="FFMPEG": without ffmpeg, imageio would otherwise pick another plugin for .mp4 and fail late.
+        # macro_block_size=1: keep sizes that are not multiples of 16 exactly (Wan sizes are, tiny ones not).
+        out.append(
+            write_atomic(
+                p,
+                lambda tmp, frames=frames: imageio.mimwrite(
+                    tmp, frames, format="FFMPEG", fps=fps, codec="libx264", macro_block_size=1, quality=8
+                ),
             )
-            os.replace(tmp, p)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        out.append(str(p))
+        )
     return out

@@ -23,6 +23,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
@@ -91,8 +92,13 @@ class FluxPipeline(Pipeline):
                 f"transformer in_channels {tc.in_channels} != 4 x VAE latent_channels {vc.latent_channels}; "
                 "the transformer and VAE come from different models"
             )
-        self.preset = load_preset(FAMILY.preset(model.index, tc), model.root)
         self.vae_scale_factor = 2 ** (len(vc.block_out_channels) - 1)
+        self.preset = load_preset(
+            FAMILY.preset(model.index, tc),
+            model.root,
+            sample_size=vc.sample_size,  # a small custom model's own size, not 1024x1024
+            multiple=2 * self.vae_scale_factor,
+        )
         self.size_multiple = 2 * self.vae_scale_factor  # VAE factor x 2x2 patches
         self.latent_channels = vc.latent_channels
         self.trace_counts: collections.Counter[str] = collections.Counter()
@@ -193,6 +199,26 @@ class FluxPipeline(Pipeline):
         super().check(request)
         if request.max_sequence_length > 512:
             raise InputError(f"max_sequence_length {request.max_sequence_length} exceeds T5's 512 tokens")
+        # What a request gives and FLUX ignores: said, not silently dropped.
+        given, w = request.given, request.warnings
+        unguided = not self.transformer_config.guidance_embeds
+        if (
+            unguided
+            and "guidance_scale" in given
+            and request.guidance_scale != self.preset.get("guidance_scale")
+        ):
+            warn(
+                w,
+                f"guidance_scale {request.guidance_scale:g} is ignored: this model has no guidance embedding "
+                "(as FLUX.1-schnell); true CFG (a negative prompt with true_cfg_scale > 1) is what guides it",
+            )
+        true_cfg = request.true_cfg_scale or 1.0
+        if request.negative_prompts is not None and true_cfg <= 1:
+            warn(
+                w, "negative_prompt is ignored: FLUX uses it only with true_cfg_scale > 1 (--true-cfg-scale)"
+            )
+        if request.negative_prompts is None and true_cfg > 1:
+            warn(w, "true_cfg_scale is ignored without a negative_prompt (true CFG needs one)")
 
     def _true_cfg(self, request: Request) -> bool:
         return request.negative_prompts is not None and (request.true_cfg_scale or 1.0) > 1
@@ -200,9 +226,14 @@ class FluxPipeline(Pipeline):
     def encode(self, request: Request) -> tuple[jax.Array, jax.Array]:
         # One encoder call for the whole batch, [negatives; prompts] with each text repeated per output: host-side
         # repeats and concatenations, where device-side ones would compile small programs on every start.
-        return self.encode_prompts(
-            request.texts(negatives=self._true_cfg(request)), request.max_sequence_length
+        cfg = self._true_cfg(request)
+        distinct = (list(request.negative_prompts) if cfg else []) + list(request.prompts)
+        w, max_len = request.warnings, request.max_sequence_length
+        warn_truncated(w, self.tokenizer, distinct, self.tokenizer.model_max_length, "CLIP")
+        warn_truncated(
+            w, self.tokenizer_2, distinct, max_len, "T5", " or raise max_sequence_length (at most 512)"
         )
+        return self.encode_prompts(request.texts(negatives=cfg), max_len)
 
     def denoise_stage(self, request: Request, cond, progress) -> Stage:
         embeds, pooled = cond

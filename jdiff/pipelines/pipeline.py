@@ -38,7 +38,8 @@ from jdiff.pipelines.base import (
     IMAGE_SUFFIXES,
     VIDEO_SUFFIXES,
     GenerationResult,
-    check_output_path,
+    check_outputs,
+    check_trained_size,
     run_while_preparing,
     save_images,
     save_video,
@@ -126,9 +127,13 @@ class Pipeline:
             family=self.family,
             reasons=self.refusals,
         )
-        if request.output_path is not None:
-            check_output_path(request.output_path, VIDEO_SUFFIXES if self.is_video else IMAGE_SUFFIXES)
+        # The output's suffix, directory and writer (mp4: ffmpeg) before any model runs.
+        suffixes = VIDEO_SUFFIXES if self.is_video else IMAGE_SUFFIXES
+        check_outputs(
+            request.output_type, request.output_path, suffixes, "frames" if self.is_video else "images"
+        )
         self.check(request)
+        check_trained_size(request.warnings, request.height, request.width, self.preset)
         return request
 
     def generate(self, prompt, **fields) -> GenerationResult:
@@ -146,7 +151,7 @@ class Pipeline:
         with contextlib.ExitStack() as stack:
             token = None
             if request.progress:
-                bar = stack.enter_context(_progress_bar(request.steps))
+                bar = stack.enter_context(progress_bar(request.steps))
                 token = np.int32(stack.enter_context(progress_registry.track(bar)))
             denoise = self.denoise_stage(request, cond, token)
             decode = None if request.output_type == "latent" else self.decode_stage(request)
@@ -169,7 +174,12 @@ class Pipeline:
                 final = jax.block_until_ready(final)
         timings["denoising"] = time.perf_counter() - t0
 
-        result = GenerationResult(latents=self.latents_out(gather(final)), timings=timings)
+        result = GenerationResult(
+            latents=self.latents_out(gather(final)),
+            timings=timings,
+            seeds=list(request.seeds),
+            warnings=request.warnings,
+        )
         if decode is not None:
             t0 = time.perf_counter()
             with context(self.placement):
@@ -200,18 +210,31 @@ class Pipeline:
 
 
 @contextlib.contextmanager
-def _progress_bar(steps: int):
-    """A tqdm bar, as a hook taking each finished step's index (process 0 draws it in multi-process runs)."""
+def progress_bar(steps: int):
+    """A tqdm bar over the denoising steps, as a hook taking each finished step's index; labelled
+    "compiling" until the first step completes (process 0 draws it in multi-process runs).
+
+    The first step's wait includes compiling (or loading) the denoising program: counted as a step, it made
+    the first estimate of the time left read minutes. When the first step completes the bar is relabelled
+    "denoising" and its clock restarts with that step counted as done before the start, so the rate and the
+    time left come from the steps alone.
+    """
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=steps, desc="denoising", unit="step", leave=False, disable=jax.process_index() != 0)
+    bar = tqdm(total=steps, desc="compiling", unit="step", leave=False, disable=jax.process_index() != 0)
     done = [0]
 
     def hook(i: int) -> None:
+        if done[0] == 0:  # the first step is done, so is the compilation
+            bar.set_description("denoising", refresh=False)
+            bar.reset(total=steps)
+            bar.initial = bar.n = bar.last_print_n = done[0] = 1
+            bar.refresh()
         if i + 1 > done[0]:
             bar.update(i + 1 - done[0])
             done[0] = i + 1
 
+    hook.bar = bar  # for tests
     try:
         yield hook
     finally:

@@ -66,6 +66,8 @@ class Request:
         fps: frames per second of saved videos.
         progress: show a progress bar.
         given: the names of the fields the caller set (not None).
+        warnings: what the request asks that is ignored or likely to come out badly (`base.warn` adds to
+            it; it becomes `GenerationResult.warnings`).
     """
 
     prompts: tuple[str, ...]
@@ -87,6 +89,7 @@ class Request:
     fps: int | None
     progress: bool
     given: frozenset[str] = field(default_factory=frozenset)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def batch(self) -> int:

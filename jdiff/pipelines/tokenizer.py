@@ -67,6 +67,13 @@ class PromptTokenizer:
         mask = np.array([e.attention_mask for e in encodings], np.int32).reshape(ids.shape)
         return ids, mask
 
+    def lengths(self, prompts: list[str]) -> list[int]:
+        """How many tokens each prompt encodes to, special tokens included, before any truncation: a prompt
+        longer than a call's `max_length` loses its last tokens (the pipelines warn)."""
+        self.backend.no_truncation()  # `__call__` sets truncation and padding again each time
+        self.backend.no_padding()
+        return [len(e.ids) for e in self.backend.encode_batch(list(prompts), add_special_tokens=True)]
+
 
 class TransformersTokenizer:
     """The same call over a transformers tokenizer with no Rust backend (a slow-only class)."""
@@ -88,6 +95,10 @@ class TransformersTokenizer:
             return_tensors="np",
         )
         return np.asarray(out["input_ids"], np.int32), np.asarray(out["attention_mask"], np.int32)
+
+    def lengths(self, prompts: list[str]) -> list[int]:
+        """How many tokens each prompt encodes to, special tokens included, before any truncation."""
+        return [len(ids) for ids in self.tokenizer(list(prompts), truncation=False)["input_ids"]]
 
 
 def cache_dir() -> Path | None:

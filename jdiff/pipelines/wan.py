@@ -29,6 +29,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
@@ -301,6 +302,8 @@ class WanPipeline(Pipeline):
             )
         if self.i2v and request.image is None:
             raise InputError("this is an image-to-video model: pass image= (CLI: --image PATH)")
+        if request.negative_prompts is not None and request.guidance_scale <= 1.0:
+            warn(request.warnings, "negative_prompt is ignored: Wan uses it only with guidance_scale > 1")
         post_patch_grid(self.transformer_config, *self._latent_grid(request))  # validates the patch divides
 
     def _latent_grid(self, request: Request) -> tuple[int, int, int]:
@@ -323,13 +326,15 @@ class WanPipeline(Pipeline):
         negatives = request.negative_prompts
         if negatives is None:
             negatives = tuple(negatives_for(self.preset.get("negative_prompt", ""), list(request.prompts)))
-        texts = [
-            t
-            for t in (list(negatives) if cfg else []) + list(request.prompts)
-            for _ in range(request.num_outputs_per_prompt)
-        ]
+        distinct = (list(negatives) if cfg else []) + list(request.prompts)
+        max_len = request.max_sequence_length or 512
+        cleaned = [prompt_clean(t) for t in distinct]
+        warn_truncated(
+            request.warnings, self.tokenizer, cleaned, max_len, "UMT5", " or raise max_sequence_length"
+        )
         # One encoder call, [negatives; prompts] with each text repeated per output (host-side, as in FLUX).
-        embeds = self.encode_prompts(texts, request.max_sequence_length or 512)
+        texts = [t for t in distinct for _ in range(request.num_outputs_per_prompt)]
+        embeds = self.encode_prompts(texts, max_len)
         if request.image is None:
             return embeds, None, None, "t2v"
         f, _, _ = self._latent_grid(request)

@@ -64,8 +64,9 @@ def create_app(
         gen.generate, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000, max_queue=max_queue
     )
 
-    def run_video(params: dict, path: Path) -> None:
-        gen.generate(params.pop("prompt"), output_type="np", output_path=path, **params)
+    def run_video(params: dict, path: Path) -> list[str]:
+        result = gen.generate(params.pop("prompt"), output_type="np", output_path=path, **params)
+        return list(getattr(result, "warnings", None) or [])
 
     jobs = JobStore(run_video, batcher.submit_task) if pipeline.is_video else None
 

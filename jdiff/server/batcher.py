@@ -67,6 +67,7 @@ class ImageResult:
     queue_s: float  # from arrival to the start of its generate call
     generate_s: float  # the whole generate call it was part of
     batch_outputs: int  # real outputs in that call (without padding)
+    warnings: list[str] = field(default_factory=list)  # the generate call's (`GenerationResult.warnings`)
 
 
 @dataclass(eq=False)
@@ -281,13 +282,16 @@ class Batcher:
         t0 = time.perf_counter()
         out = self._generate(prompts, seed=seeds, output_type="np", **reqs[0].params)
         images = np.asarray(out.images)
+        warnings = list(getattr(out, "warnings", None) or [])
         dt = time.perf_counter() - t0
         self.counts["batches"] += 1
         self.counts["outputs"] += real
         self.counts["requests"] += len(reqs)
         results, i = [], 0
         for r in reqs:
-            results.append(ImageResult(images[i : i + r.n], seeds[i : i + r.n], t0 - r.enqueued, dt, real))
+            results.append(
+                ImageResult(images[i : i + r.n], seeds[i : i + r.n], t0 - r.enqueued, dt, real, warnings)
+            )
             i += r.n
         return results
 

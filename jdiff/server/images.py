@@ -94,6 +94,8 @@ async def _run(
         "output_format": body.output_format,
         "size": f"{w}x{h}",
     }
+    if result.warnings:  # what the request asked that the model ignored or may draw badly
+        content["warnings"] = result.warnings
     return JSONResponse(
         content, headers={"Server-Timing": timing, "X-Batch-Outputs": str(result.batch_outputs)}
     )

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from jdiff.errors import InputError
+from jdiff.errors import InputError, OutputError
 
 log = logging.getLogger("jdiff.server")
 
@@ -59,8 +59,10 @@ class JobStore:
     """Creates, runs and keeps asynchronous jobs.
 
     Args:
-        runner: `runner(params, path)` makes the output file at `path`; it runs on the device worker.
-            An `InputError` it raises fails the job as the user's error, anything else as the server's.
+        runner: `runner(params, path)` makes the output file at `path`; it runs on the device worker and
+            may return a list of warnings, shown in the job's JSON. An `InputError` it raises fails the job
+            as the user's error, an `OutputError` (the server's own directory) or anything else as the
+            server's.
         schedule: `schedule(fn)` queues `fn` for the device worker and returns a `Future`; it may raise
             (queue full, shutting down), which `submit` passes on with no job created.
         directory: where output files go; default a fresh temporary directory, removed by `close`.
@@ -125,9 +127,14 @@ class JobStore:
         path = self.directory / f"{job.id}{self.suffix}"
         t0 = time.perf_counter()
         try:
-            self._runner(dict(job.params), path)
+            warnings = self._runner(dict(job.params), path)
             if not path.is_file():
                 raise RuntimeError(f"the pipeline wrote no output file at {path}")
+            if isinstance(warnings, list) and warnings:
+                job.meta["warnings"] = list(warnings)
+        except OutputError as e:  # the server picked the path: its failure, not the request's
+            log.error("job %s: %s", job.id, e)
+            self._finish(job, error={"code": "server_error", "message": str(e)})
         except InputError as e:
             self._finish(job, error={"code": "invalid_request_error", "message": str(e)})
         except Exception as e:

@@ -13,6 +13,7 @@ shapes, dtypes (and, with a mesh, shardings) and no transform.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jdiff.errors import InputError
+from jdiff.errors import InputError, OutputError
+from jdiff.io.outputs import check_writable_dir, dir_mode, file_mode
 
 MARKER = "jdiff_checkpoint.json"
 PARAMS = "params"
@@ -88,18 +90,45 @@ def restore_params(
 
 
 def write_atomically(dst: Path, build) -> None:
-    """Calls `build(tmp_dir)` and renames the result to `dst`; on any failure nothing is left at `dst`."""
+    """Calls `build(tmp_dir)` and renames the result to `dst`; on any failure nothing is left at `dst`.
+
+    The result gets the modes the umask asks for (`mkdtemp` alone makes the directory 0700).
+
+    Raises:
+        InputError: `dst` exists. OutputError: its parent cannot be written, or writing failed.
+    """
     dst = Path(dst)
     if dst.exists():
         raise InputError(f"{dst} already exists; choose a new destination or remove it first")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    check_writable_dir(dst.parent, f"the converted model {dst}")
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
+    except OSError as e:
+        raise OutputError(f"cannot write the converted model {dst}: {e.strerror or e}") from None
     try:
         build(tmp)
+        apply_umask(tmp)
         tmp.rename(dst)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        where = f" ({e.filename})" if e.filename else ""
+        raise OutputError(
+            f"converting to {dst} failed: {e.strerror or e}{where}; nothing was written there"
+        ) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def apply_umask(root: Path) -> None:
+    """Gives `root` and everything under it the modes a fresh `mkdir` / `open` would under the umask."""
+    fmode, dmode = file_mode(), dir_mode()
+    os.chmod(root, dmode)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(parent, name), dmode)
+        for name in files:
+            os.chmod(os.path.join(parent, name), fmode)
 
 
 def write_marker(folder: Path, dtype) -> None:

@@ -1,0 +1,1 @@
+"""Writing output files (images, videos, converted checkpoints): checks before the work, atomic writes."""
