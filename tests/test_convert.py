@@ -169,3 +169,32 @@ def test_full_disk_fails_before_reading_tensors(tiny_flux_dir, tmp_path, monkeyp
     assert not (tmp_path / "ckpt").exists()
     # float32 needs about twice the room of bfloat16 for the same tensors.
     assert estimated_bytes(open_model(tiny_flux_dir), 4) > 1.5 * need
+
+
+def test_dry_run_names_every_problem_at_once(tiny_flux_dir, tmp_path, capsys):
+    """A component jdiff does not map (a UNet in a FLUX directory), two missing folders and a broken
+    transformer are all reported by one dry run, and `jdiff convert` refuses before writing anything."""
+    import json
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_flux_dir, bad)
+    index = json.loads((bad / "model_index.json").read_text())
+    index["unet"] = ["diffusers", "UNet2DConditionModel"]
+    (bad / "unet").mkdir()
+    (bad / "model_index.json").write_text(json.dumps(index))
+    shutil.rmtree(bad / "vae")
+    shutil.rmtree(bad / "tokenizer_2")
+    (bad / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
+    problems = dry_run(bad).problems
+    assert any(
+        p.startswith("unet: a UNet2DConditionModel, which jdiff's flux family does not map") for p in problems
+    )
+    assert any(p.startswith("vae: component folder") and p.endswith("is missing") for p in problems)
+    assert any(p.startswith("tokenizer_2: component folder") for p in problems)
+    assert any(p.startswith("transformer:") for p in problems)
+    assert main(["convert", str(bad), str(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+    assert main(["convert", "--dry-run", str(bad), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr()
+    assert "unet" in err.out + err.err and "UNet2DConditionModel" in err.out + err.err

@@ -7,6 +7,7 @@ host memory is about the largest component in the target dtype.
 from __future__ import annotations
 
 import math
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,26 +33,62 @@ def _model_components(model: ModelDir) -> list[str]:
     return [name for name, (_, cls) in model.components().items() if cls in model.family.components]
 
 
+# Components copied as they are: tokenizers, schedulers, image processors (jdiff reads them from the copy).
+_COPIED = re.compile(r".*(Tokenizer|TokenizerFast|Scheduler|ImageProcessor|Processor|FeatureExtractor)")
+
+
 def dry_run(src: str | Path) -> Report:
-    """Checks every model component's keys and shapes against its plan, from headers only."""
+    """Checks every component against jdiff's family for `src`, from configs and headers only.
+
+    Every problem is collected (a component jdiff does not map, a missing folder, every key and shape
+    problem of every model component) and reported at once, with one line per component.
+    """
     model = open_model(src)
     if model.is_checkpoint:
         raise InputError(f"{src} is already a jdiff checkpoint; convert its diffusers-format source instead")
     report = Report()
+    family = model.family
     for name, (_, cls) in model.components().items():
-        if cls not in model.family.components:
-            model.folder(name)  # tokenizers and schedulers must at least be present
-            report.lines.append(f"{name:16s} {cls}: copied as is")
+        if not (model.root / name).is_dir():
+            report.problems.append(f"{name}: component folder {model.root / name} is missing")
+            report.lines.append(f"{name:16s} {cls}: missing")
+            continue
+        if cls not in family.components:
+            if _COPIED.fullmatch(cls):
+                report.lines.append(f"{name:16s} {cls}: copied as is")
+            else:
+                report.problems.append(
+                    f"{name}: a {cls}, which jdiff's {family.name} family does not map "
+                    f"(it maps {sorted(family.components)})"
+                )
+                report.lines.append(f"{name:16s} {cls}: not mapped")
             continue
         try:
             assignments = model.check(name)
-        except ConversionError as e:
-            report.problems.extend(f"{name}: {p}" for p in e.problems)
-            report.lines.append(f"{name:16s} {cls}: {len(e.problems)} problem(s)")
+        except (ConversionError, InputError) as e:
+            problems = e.problems if isinstance(e, ConversionError) else [str(e)]
+            report.problems.extend(f"{name}: {p}" for p in problems)
+            report.lines.append(f"{name:16s} {cls}: {len(problems)} problem(s)")
             continue
         n_src = sum(len(keys) for a in assignments for keys in a.sources)
-        report.lines.append(f"{name:16s} {cls}: {n_src} tensors -> {len(assignments)} parameters, all mapped")
+        line = f"{name:16s} {cls}: {n_src} tensors -> {len(assignments)} parameters, all mapped"
+        unread = _unread_config_keys(model, name)
+        if unread:
+            line += f"; config keys jdiff does not read: {', '.join(unread)}"
+        report.lines.append(line)
     return report
+
+
+def _unread_config_keys(model: ModelDir, name: str) -> list[str]:
+    """The keys of a component's config.json that its jdiff config class has no field for (bookkeeping keys,
+    `_...`, aside): what a variant of the model may set that jdiff would not honour."""
+    import dataclasses
+
+    from jdiff.weights.config import read_json
+
+    fields = {f.name for f in dataclasses.fields(model.spec(name).config_cls)}
+    config = read_json(model.root / name / "config.json")
+    return sorted(k for k in config if k not in fields and not k.startswith("_"))
 
 
 def convert(
