@@ -42,8 +42,8 @@ PRESET = {
     "num_inference_steps": 20,
     "guidance_scale": 0.0,
     "max_sequence_length": 32,
-    # At other sizes it draws stretched, cut or repeated shapes (shape accuracy 48-90% against 90% at 64x64,
-    # 21 captions, one seed): jdiff warns there.
+    # At other sizes it draws resized, cut-off or repeated shapes (shape accuracy 50-88% against 92% at 64x64,
+    # `--phase eval --size WxH`, docs/devlog.md): jdiff warns there.
     "trained_size_only": True,
 }
 
