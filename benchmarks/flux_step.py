@@ -1,7 +1,7 @@
 """FLUX.1-dev transformer at real size with random bf16 weights: one step, and a 28-step jitted denoise loop.
 
 Usage: python benchmarks/flux_step.py [--size 1024] [--steps 28] [--unroll]
-Prints compile time, median step time and TFLOP/s against ANCHORS.md's 74.4 TFLOP per 1024^2 step.
+Prints compile time, median step time and TFLOP/s, counting 74.4 TFLOP per 1024^2 step (2 FLOPs per multiply-add).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def main() -> None:
     t0 = time.perf_counter()
     final = jax.block_until_ready(loop(params, x, txt, pooled, schedule, g))
     loop_s = time.perf_counter() - t0
-    flops = TFLOP_1024 if args.size == 1024 else None  # ANCHORS.md counts 1024^2 only
+    flops = TFLOP_1024 if args.size == 1024 else None  # counted for 1024^2 only
     stats = jax.devices()[0].memory_stats() or {}
     res = {
         "device": jax.devices()[0].device_kind,

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 # (M tokens, K in, N out): FLUX 1024^2 (4608 joint / 4096 image tokens, D 3072, F 12288), Wan-1.3B (32760
-# tokens, D 1536, F 8960), and the square reference ANCHORS.md quotes.
+# tokens, D 1536, F 8960), and a square reference shape.
 SHAPES = {
     "flux qkv": (4608, 3072, 3072),
     "flux qkv fused": (4608, 3072, 9216),

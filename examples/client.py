@@ -21,7 +21,10 @@ from pathlib import Path
 
 
 def call(url: str, body: dict | None = None, timeout: float = 600) -> bytes:
-    """POSTs `body` as JSON (GET when None); returns the response bytes, exits with the server's message."""
+    """POSTs `body` as JSON (GET when None); returns the response bytes.
+
+    Exits with one line (code 1) when the server answers with an error, cannot be reached, or is too slow.
+    """
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
     try:
@@ -32,7 +35,11 @@ def call(url: str, body: dict | None = None, timeout: float = 600) -> bytes:
             message = json.loads(e.read())["error"]["message"]
         except (ValueError, KeyError, TypeError):
             message = e.reason
-        sys.exit(f"server said {e.code}: {message}")
+        sys.exit(f"client: server said {e.code}: {message}")
+    except urllib.error.URLError as e:  # nothing listening, unknown host, refused
+        sys.exit(f"client: cannot reach {url}: {e.reason}; is `jdiff serve` running there (see --url)?")
+    except (TimeoutError, OSError) as e:
+        sys.exit(f"client: {url} did not answer within {timeout:g} s ({e}); the server may still be working")
 
 
 def images(args) -> None:
@@ -47,6 +54,8 @@ def images(args) -> None:
         path = args.out / f"image-{item['seed']}.{'jpg' if args.format == 'jpeg' else args.format}"
         path.write_bytes(base64.b64decode(item["b64_json"]))
         print(path)
+    for warning in result.get("warnings", []):  # what the model ignored, or may have drawn badly
+        print(f"client: server warning: {warning}", file=sys.stderr)
     print(f"{len(result['data'])} image(s) in {time.perf_counter() - t0:.2f}s", file=sys.stderr)
 
 
@@ -61,7 +70,7 @@ def video(args) -> None:
         time.sleep(args.poll)
         job = json.loads(call(f"{args.url}/v1/videos/{job['id']}"))
     if job["status"] != "completed":
-        sys.exit(f"job {job['id']} {job['status']}: {job['error']['message']}")
+        sys.exit(f"client: job {job['id']} {job['status']}: {job['error']['message']}")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{job['id']}.mp4"
     path.write_bytes(call(f"{args.url}/v1/videos/{job['id']}/content"))
@@ -69,7 +78,9 @@ def video(args) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     p.add_argument("--url", default="http://127.0.0.1:30000")
     p.add_argument("--prompt", required=True)
     p.add_argument("--negative-prompt", dest="negative_prompt")

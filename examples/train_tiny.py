@@ -1,13 +1,21 @@
 """Reproduces jdiff's embedded default model from scratch: a small FLUX.1 trained on the shapes world.
 
-    python examples/train_tiny.py --out runs/tiny --phase train    # JAX only: GPU, TPU or (slowly) CPU
+    python examples/train_tiny.py --out runs/tiny --phase train    # JAX only: a GPU or TPU (hours on a CPU)
     python examples/train_tiny.py --out runs/tiny --phase export   # needs torch + diffusers: diffusers format
     python examples/train_tiny.py --out runs/tiny                  # both
+    python examples/train_tiny.py --out runs/quick --quick         # every phase in minutes on a CPU
+    python examples/train_tiny.py --phase eval                     # re-measure the shipped model's accuracy
 
 `train` writes runs/tiny/train/ (jdiff parameters as .npz, latent statistics); `export` writes
 runs/tiny/model/, a diffusers-format FluxPipeline directory (bf16 safetensors, configs, tokenizers, scheduler,
 and jdiff_preset.json), evaluates it with jdiff on the CPU and prints the accuracies. The shipped model is
-that directory, copied to jdiff/assets/tiny-flux/.
+that directory, copied to jdiff/assets/tiny-flux/. `eval` judges any such directory (`--model`; default the
+shipped one): 48 captions x 2 seeds, each image read back by a pixel-statistics judge (jdiff/tiny/evaluate.py),
+at the model's size or `--size WxH`.
+
+`--quick` runs the same code on a toy budget (20 VAE steps, 400 flow steps, batches of 8, a 24-image
+evaluation): it shows that training, export and evaluation work on this machine, not the shipped quality
+(its accuracy stays near chance: 1/7 colour, 1/3 shape). The defaults are what trained the shipped model.
 """
 
 from __future__ import annotations
@@ -34,8 +42,8 @@ PRESET = {
     "num_inference_steps": 20,
     "guidance_scale": 0.0,
     "max_sequence_length": 32,
-    # At other sizes it draws stretched, cut or repeated shapes (shape accuracy 48-90% against 90% at 64x64,
-    # 21 captions, one seed): jdiff warns there.
+    # At other sizes it draws resized, cut-off or repeated shapes (shape accuracy 50-88% against 92% at 64x64,
+    # `--phase eval --size WxH`, docs/devlog.md): jdiff warns there.
     "trained_size_only": True,
 }
 
@@ -44,7 +52,7 @@ def _flat(module: nnx.Module) -> dict[str, np.ndarray]:
     return {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(nnx.state(module))}
 
 
-def _train(name, module, objective, tx, steps: int, seed: int, aux, chunk: int = 500):
+def _train(name, module, objective, tx, steps: int, seed: int, aux, chunk: int):
     """Takes `steps` optimizer steps, `chunk` per dispatch, printing the mean loss of each chunk."""
     graphdef, params = nnx.split(module)
     opt_state = tx.init(params)
@@ -60,7 +68,15 @@ def _train(name, module, objective, tx, steps: int, seed: int, aux, chunk: int =
     return nnx.merge(graphdef, params)
 
 
-def run_train(out: Path, seed: int, vae_steps: int, flow_steps: int, batch: int) -> None:
+def run_train(
+    out: Path,
+    seed: int,
+    vae_steps: int,
+    flow_steps: int,
+    batch: int,
+    chunk: int = 500,
+    stats_images: int = 2048,
+) -> None:
     work = out / "train"
     work.mkdir(parents=True, exist_ok=True)
     captions = shapes.all_captions()
@@ -71,17 +87,26 @@ def run_train(out: Path, seed: int, vae_steps: int, flow_steps: int, batch: int)
     table = T.caption_table(clip, t5, clip_tok, t5_tok, [c.text for c in captions])
     print(f"devices {jax.devices()}; {len(captions)} captions", flush=True)
 
+    t0 = time.time()
     vae = _train(
-        "vae", vae, T.vae_objective(batch // 2, 1e-4), T.optimizer(1e-3, vae_steps), vae_steps, seed + 1, carr
+        "vae",
+        vae,
+        T.vae_objective(batch // 2, 1e-4),
+        T.optimizer(1e-3, vae_steps),
+        vae_steps,
+        seed + 1,
+        carr,
+        chunk,
     )
-    shift, scale = T.latent_stats(vae, carr, jax.random.key(seed + 3))
+    shift, scale = T.latent_stats(vae, carr, jax.random.key(seed + 3), n=stats_images)
     print(f"latent shift {shift:.4f} scale {scale:.4f}", flush=True)
     vae_graphdef, vae_params = nnx.split(vae)
     aux = (carr, vae_params, table, T.rope(cfgs.transformer), jnp.asarray([shift, scale], jnp.float32))
     objective = T.flow_objective(batch, vae_graphdef)
     transformer = _train(
-        "flow", transformer, objective, T.optimizer(5e-4, flow_steps), flow_steps, seed + 2, aux
+        "flow", transformer, objective, T.optimizer(5e-4, flow_steps), flow_steps, seed + 2, aux, chunk
     )
+    print(f"trained in {time.time() - t0:.0f}s", flush=True)
 
     for name, module in (
         ("transformer", transformer),
@@ -146,33 +171,62 @@ def run_export(out: Path) -> Path:
     return model_dir
 
 
-def run_eval(model_dir: Path) -> dict:
+def run_eval(
+    model_dir: Path | None,
+    captions: int = 48,
+    seeds: tuple[int, ...] = (0, 1),
+    size: tuple[int, int] | None = None,
+) -> dict:
+    """Accuracy of colour, shape and background over `captions` fixed captions x `seeds` (None: the shipped
+    model), at the model's own size or `size` (height, width)."""
     import jdiff
     from jdiff.tiny.evaluate import eval_captions, evaluate
 
     gen = jdiff.DiffGenerator.from_pretrained(model_dir, dtype="float32")
+    kw = {} if size is None else {"height": size[0], "width": size[1]}
     scores = evaluate(
-        lambda prompts, seed: gen.generate(prompts, seed=seed, output_type="np").images,
-        eval_captions(),
-        [0, 1],
+        lambda prompts, seed: gen.generate(prompts, seed=seed, output_type="np", **kw).images,
+        eval_captions(captions),
+        list(seeds),
     )
     print(f"accuracy {scores}", flush=True)
     return scores
 
 
+QUICK = dict(vae_steps=20, flow_steps=400, batch=8, chunk=20, stats_images=256)
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--phase", choices=["train", "export", "all"], default="all")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=4000)
-    ap.add_argument("--flow-steps", type=int, default=30000)
-    ap.add_argument("--batch", type=int, default=128)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    ap.add_argument("--out", type=Path, help="run folder for train/ and model/ (phases train, export, all)")
+    ap.add_argument("--phase", choices=["train", "export", "all", "eval"], default="all", help="what to run")
+    ap.add_argument("--model", type=Path, help="eval: the model directory to judge (none: the shipped one)")
+    ap.add_argument("--seed", type=int, default=0, help="initialisation and data seed")
+    ap.add_argument("--vae-steps", type=int, default=4000, help="VAE optimizer steps")
+    ap.add_argument(
+        "--flow-steps", type=int, default=30000, help="transformer (rectified flow) optimizer steps"
+    )
+    ap.add_argument("--batch", type=int, default=128, help="images per flow step (the VAE takes half)")
+    ap.add_argument("--size", help="eval: WxH to draw at (default: the model's own, 64x64)")
+    ap.add_argument(
+        "--quick", action="store_true", help=f"a toy budget that runs in minutes on a CPU: {QUICK}"
+    )
     args = ap.parse_args()
+    if args.phase != "eval" and args.out is None:
+        ap.error(f"--phase {args.phase} needs --out (the run folder)")
+    budget = dict(vae_steps=args.vae_steps, flow_steps=args.flow_steps, batch=args.batch)
+    if args.quick:
+        budget = QUICK
+    if args.phase == "eval":
+        size = tuple(int(v) for v in reversed(args.size.split("x"))) if args.size else None  # (h, w)
+        run_eval(args.model, *((24, (0,)) if args.quick else (48, (0, 1))), size=size)
+        return
     if args.phase in ("train", "all"):
-        run_train(args.out, args.seed, args.vae_steps, args.flow_steps, args.batch)
+        run_train(args.out, args.seed, **budget)
     if args.phase in ("export", "all"):
-        run_eval(run_export(args.out))
+        run_eval(run_export(args.out), *((24, (0,)) if args.quick else ()))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The Python API: `DiffGenerator.from_pretrained(...).generate(...)` (INTERFACE.md)."""
+"""The Python API: `DiffGenerator.from_pretrained(...).generate(...)`."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ class DiffGenerator:
         return cls(pipeline, model_path=model.root, dtype=dtype)
 
     def generate(self, prompt, **kwargs) -> GenerationResult:
-        """Generates from `prompt` (str or list[str]); keyword arguments as INTERFACE.md lists them.
+        """Generates from `prompt` (str or list[str]); keyword arguments as the README lists them.
 
         Unset sampling arguments (size, steps, guidance) come from the model family's preset.
         """

@@ -115,6 +115,7 @@ def test_help_shows_defaults(capsys):
         ),
         (["convert", "--help"], ["(default: bfloat16)"]),
         (["serve", "--help"], ["(default: 30000)", "(default: 127.0.0.1)", "(default: 4)"]),
+        (["bench", "--help"], ["(default: 520.0)", "Exit codes:"]),
     ):
         with pytest.raises(SystemExit):
             main(argv)

@@ -126,15 +126,15 @@ def test_real_size_flux_dev_dry_run(tiny_flux_dir, tmp_path):
 def test_convert_prints_each_component_and_respects_the_umask(tiny_flux_dir, tmp_path, capsys):
     old = os.umask(0o027)
     try:
-        assert main(["convert", str(tiny_flux_dir), str(tmp_path / "ckpt")]) == 0
+        assert main(["convert", str(tiny_flux_dir), str(tmp_path / "new" / "ckpt")]) == 0  # parent made
     finally:
         os.umask(old)
     lines = capsys.readouterr().out.splitlines()
     assert "transformer: FluxTransformer2DModel -> bfloat16" in lines, lines
     assert "vae: AutoencoderKL -> bfloat16" in lines, lines
     assert any(re.fullmatch(r"tokenizer: CLIPTokenizer\w* \(copied\)", line) for line in lines), lines
-    assert lines[-1] == str(tmp_path / "ckpt")
-    dst = tmp_path / "ckpt"
+    assert lines[-1] == str(tmp_path / "new" / "ckpt")
+    dst = tmp_path / "new" / "ckpt"
     assert dst.stat().st_mode & 0o777 == 0o750  # not mkdtemp's 0700
     for path in dst.rglob("*"):
         want = 0o750 if path.is_dir() else 0o640

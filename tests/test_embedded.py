@@ -90,3 +90,24 @@ def test_training_steps_reduce_the_loss():
 def test_embedded_model_is_small():
     size = sum(f.stat().st_size for f in Path(embedded_model_path()).rglob("*") if f.is_file())
     assert size < 10 * 2**20
+
+
+def test_flow_training_step_where_inference_would_pick_the_pallas_kernel(monkeypatch):
+    """On an NVIDIA GPU inference picks the fused norm+rope Pallas kernel, which has no gradient rule; the
+    training step must trace the XLA path (it failed there before). Simulated on the CPU (interpret mode)."""
+    from jdiff.kernels import norm_rope
+
+    monkeypatch.setattr(norm_rope, "_default_implementation", lambda x: "pallas")
+    caps = T.as_arrays(shapes.caption_arrays(shapes.all_captions()))
+    clip_tok, t5_tok = T.build_tokenizers(Path(__import__("tempfile").mkdtemp()))
+    cfgs = T.tiny_configs(len(clip_tok), len(t5_tok))
+    transformer, vae, clip, t5 = T.models(cfgs, seed=0)
+    table = T.caption_table(clip, t5, clip_tok, t5_tok, [c.text for c in shapes.all_captions()])
+    vae_graphdef, vae_params = nnx.split(vae)
+    aux = (caps, vae_params, table, T.rope(cfgs.transformer), jax.numpy.asarray([0.0, 1.0]))
+    graphdef, params = nnx.split(transformer)
+    tx = T.optimizer(1e-3, steps=2, warmup=1)
+    run = T.trainer(T.flow_objective(2, vae_graphdef), graphdef, tx)
+    _, _, losses = run(params, tx.init(params), jax.random.key(0), 0, aux, num=1)
+    assert np.isfinite(np.asarray(losses)).all()
+    assert norm_rope.IMPLEMENTATION is None  # the override is only for the training step's trace

@@ -66,7 +66,7 @@ def test_embedded_model_warns_off_its_size(gen):
     assert gen.pipeline.preset["trained_size_only"] is True
     w = gen.generate("a red circle", height=64, width=96, **FAST).warnings
     assert w == [
-        "this model was trained at 64x64 only; at 96x64 its shapes come out stretched, cut or repeated: use 64x64"
+        "this model was trained at 64x64 only; at 96x64 its shapes come out resized, cut off or repeated: use 64x64"
     ]
     assert gen.generate("a red circle", **FAST).warnings == []  # 64x64, its default
 

@@ -261,12 +261,8 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if (
-            action.default is None
-            or action.default is False
-            or "default" in text
-            or not action.option_strings
-        ):
+        unset = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if unset or "default" in text or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
 

@@ -81,8 +81,8 @@ def check_trained_size(warnings: list[str], height: int, width: int, preset: dic
     if preset.get("trained_size_only"):
         warn(
             warnings,
-            f"this model was trained at {pw}x{ph} only; at {width}x{height} its shapes come out stretched, cut "
-            f"or repeated: use {pw}x{ph}",
+            f"this model was trained at {pw}x{ph} only; at {width}x{height} its shapes come out resized, cut "
+            f"off or repeated: use {pw}x{ph}",
         )
         return
     scale = math.sqrt(height * width / (ph * pw))
@@ -171,8 +171,9 @@ def run_while_preparing(
 def check_outputs(output_type: str, output_path, suffixes: dict[str, str], what: str) -> None:
     """Validates output_type and, when saving, the output path (`what`: "images" or "frames").
 
-    Called while validating a request, before any model runs: the suffix, the directory (created if needed
-    and written to) and, for mp4, the writer are checked by the process that will write (process 0).
+    Called while validating a request, before any model runs: the suffix, that files can be created in the
+    directory (`jdiff.io.outputs.check_output_file`) and, for mp4, the writer, by the process that will write
+    them (process 0).
     """
     if output_type not in OUTPUT_TYPES:
         raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")

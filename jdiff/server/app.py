@@ -1,4 +1,4 @@
-"""The HTTP API of `jdiff serve`: OpenAI-style, like SGLang Diffusion's (INTERFACE.md).
+"""The HTTP API of `jdiff serve`: OpenAI-style, like SGLang Diffusion's (the README lists the fields).
 
 - `GET /health`, `GET /v1/models` (here)
 - `POST /v1/images/generations`, `POST /v1/images/edits` (`images.py`; edits for pipelines that take a

@@ -1,4 +1,4 @@
-"""HTTP errors: every one is `{"error": {"message": ..., "type": ...}}` (INTERFACE.md), whatever raised it.
+"""HTTP errors: every one is `{"error": {"message": ..., "type": ...}}`, whatever raised it.
 
 Statuses: 400 for bad input (FastAPI's 422 included), 404, 405, 409, 413 for an oversized body, 429 for a
 full queue, 503 while shutting down, 504 past the server's timeout, 500 for bugs.

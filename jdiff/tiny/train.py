@@ -19,6 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jdiff.kernels import norm_rope
 from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
 from jdiff.models.autoencoder_kl.vae import AutoencoderKL
 from jdiff.models.clip.config import CLIPTextConfig
@@ -157,9 +158,19 @@ def trainer(loss_fn, graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
     donated, so they are updated in place).
 
     `loss_fn(module, key, aux) -> loss`; step i uses the key `fold_in(key, first_step + i)`.
+
+    The step is traced with the XLA formulation of the QK norm + RoPE: the fused Pallas kernel that inference
+    picks on NVIDIA GPUs has no gradient rule, so training on a GPU failed at the first flow step.
     """
 
     def run(params, opt_state, key, first_step, aux, num):
+        previous, norm_rope.IMPLEMENTATION = norm_rope.IMPLEMENTATION, "xla"  # read while tracing
+        try:
+            return steps(params, opt_state, key, first_step, aux, num)
+        finally:
+            norm_rope.IMPLEMENTATION = previous
+
+    def steps(params, opt_state, key, first_step, aux, num):
         def one(carry, i):
             params, opt_state = carry
 

@@ -102,6 +102,7 @@ def write_atomically(dst: Path, build) -> None:
         raise InputError(f"{dst} already exists; choose a new destination or remove it first")
     check_writable_dir(dst.parent, f"the converted model {dst}")
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.partial-", dir=dst.parent))
     except OSError as e:
         raise OutputError(f"cannot write the converted model {dst}: {e.strerror or e}") from None
