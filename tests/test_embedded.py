@@ -110,4 +110,4 @@ def test_flow_training_step_where_inference_would_pick_the_pallas_kernel(monkeyp
     run = T.trainer(T.flow_objective(2, vae_graphdef), graphdef, tx)
     _, _, losses = run(params, tx.init(params), jax.random.key(0), 0, aux, num=1)
     assert np.isfinite(np.asarray(losses)).all()
-    assert norm_rope.IMPLEMENTATION is None  # the override is only for the training step's trace
+    assert norm_rope._FORCED.get() is None  # the override is only for the training step's trace

@@ -164,11 +164,8 @@ def trainer(loss_fn, graphdef: nnx.GraphDef, tx: optax.GradientTransformation):
     """
 
     def run(params, opt_state, key, first_step, aux, num):
-        previous, norm_rope.IMPLEMENTATION = norm_rope.IMPLEMENTATION, "xla"  # read while tracing
-        try:
+        with norm_rope.forced("xla"):  # read while tracing
             return steps(params, opt_state, key, first_step, aux, num)
-        finally:
-            norm_rope.IMPLEMENTATION = previous
 
     def steps(params, opt_state, key, first_step, aux, num):
         def one(carry, i):
