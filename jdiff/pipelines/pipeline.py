@@ -137,7 +137,7 @@ class Pipeline:
         return request
 
     def generate(self, prompt, **fields) -> GenerationResult:
-        """Generates from `prompt` (str or list[str]); keyword arguments as INTERFACE.md lists them."""
+        """Generates from `prompt` (str or list[str]); keyword arguments as the README documents them."""
         t_start = time.perf_counter()
         request = self.parse(prompt, **fields)
         timings: dict[str, float] = {}

@@ -1,4 +1,4 @@
-"""A generation request, parsed once for every family: the INTERFACE.md fields, defaults from the preset,
+"""A generation request, parsed once for every family: the documented `generate` fields, defaults from the preset,
 the checks that need no model, and a clear refusal of fields the family does not take.
 
 `Pipeline.generate(prompt, **fields)` builds a `Request` with `parse`; the family's hooks only ever see a
