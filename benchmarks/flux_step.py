@@ -24,7 +24,7 @@ from jdiff.sampling.flow_match import FlowMatchEulerConfig, calculate_shift, def
 from jdiff.sampling.loop import sample
 from jdiff.sampling.table import SAMPLERS
 
-FLUX_DEV = FluxConfig(guidance_embeds=True)
+FLUX_DEV = FluxConfig.dev()
 TFLOP_1024 = 74.4
 
 

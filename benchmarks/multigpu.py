@@ -32,38 +32,17 @@ def _model(name: str, tiny: bool):
         from jdiff.models.flux.config import FluxConfig
         from jdiff.models.flux.transformer import FluxTransformer2DModel
 
-        cfg = FluxConfig(guidance_embeds=True)
-        if tiny:
-            cfg = FluxConfig(
-                num_layers=1,
-                num_single_layers=1,
-                attention_head_dim=16,
-                num_attention_heads=8,
-                joint_attention_dim=32,
-                pooled_projection_dim=16,
-                guidance_embeds=True,
-                axes_dims_rope=(4, 6, 6),
-            )
+        # 8 heads in the toy: head-sharded meshes of up to 8 devices divide them.
+        cfg = FluxConfig.tiny(num_attention_heads=8) if tiny else FluxConfig.dev()
         return cfg, FluxTransformer2DModel
     from jdiff.models.wan.config import WanTransformerConfig
     from jdiff.models.wan.transformer import WanTransformer3DModel
 
-    cfg = WanTransformerConfig(num_attention_heads=40, attention_head_dim=128, ffn_dim=13824, num_layers=40)
-    if name == "wan1.3b":
-        cfg = WanTransformerConfig(
-            num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, num_layers=30
-        )
     if tiny:
-        cfg = WanTransformerConfig(
-            num_attention_heads=8,
-            attention_head_dim=12,
-            ffn_dim=32,
-            num_layers=2,
-            text_dim=32,
-            freq_dim=256,
-            in_channels=16,
-            out_channels=16,
-        )
+        return WanTransformerConfig.tiny(
+            num_attention_heads=8, text_dim=32, freq_dim=256, in_channels=16, out_channels=16
+        ), WanTransformer3DModel
+    cfg = WanTransformerConfig.t2v_1_3b() if name == "wan1.3b" else WanTransformerConfig.t2v_14b()
     return cfg, WanTransformer3DModel
 
 

@@ -90,7 +90,13 @@ def _parser() -> argparse.ArgumentParser:
         "--seed", type=int, default=0, help="output i of n uses seed + i; the same seed draws the same image"
     )
     g.add_argument("--num-outputs", type=int, default=1, help="outputs per prompt")
-    g.add_argument("--image", default=None, help="conditioning image (image-to-video / edit models)")
+    g.add_argument(
+        "--image",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="input image (image-to-video, edit and reference-image models); repeat for several",
+    )
     g.add_argument(
         "--output",
         default=None,
@@ -240,8 +246,8 @@ def _generate(args) -> int:
     if output is None:
         output = Path(args.output) if args.output else _default_output(args.prompt, args.seed, suffix)
     extra = {} if args.true_cfg_scale is None else {"true_cfg_scale": args.true_cfg_scale}
-    if args.image is not None:
-        extra["image"] = args.image
+    if args.image:
+        extra["image"] = args.image[0] if len(args.image) == 1 else args.image
     result = gen.generate(
         args.prompt,
         negative_prompt=args.negative_prompt,

@@ -9,55 +9,45 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
+from jdiff.models.clip.config import CLIPTextConfig
+from jdiff.models.flux.config import FluxConfig
+from jdiff.models.t5.config import T5Config
+from jdiff.models.wan.config import WanTransformerConfig
+from jdiff.models.wan_vae.config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAEConfig
+from jdiff.weights.config import to_dict
+
 GIB = 2**30
 ENGINES = ("jdiff", "diffusers", "diffusers-compile")
 
-FLUX_DEV = dict(
-    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
-    num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)  # fmt: skip
-WAN_13B = dict(
-    patch_size=(1, 2, 2), num_attention_heads=12, attention_head_dim=128, in_channels=16, out_channels=16,
-    text_dim=4096, freq_dim=256, ffn_dim=8960, num_layers=30, cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
-)  # fmt: skip
-FLUX_VAE = dict(
-    in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    act_fn="silu", latent_channels=16, norm_num_groups=32, use_quant_conv=False, use_post_quant_conv=False,
-)  # fmt: skip
-WAN_VAE: dict = {}  # diffusers' AutoencoderKLWan defaults are the Wan2.1 VAE
-# FLUX.1-dev's text_encoder/config.json (CLIP-L/14 text tower; eos_token_id 2 is its legacy argmax pooling).
-CLIP_L = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, layer_norm_eps=1e-5,
-    bos_token_id=0, eos_token_id=2, pad_token_id=1,
-)  # fmt: skip
-# FLUX.1-dev's text_encoder_2/config.json (T5-v1.1-XXL encoder, 4.7B parameters).
-T5_XXL = dict(
-    vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
-    layer_norm_epsilon=1e-6,
-)  # fmt: skip
+# The real configs are the models' named presets, as reference config.json dicts (diffusers / transformers
+# constructor keywords).
+FLUX_DEV = to_dict(FluxConfig.dev())
+WAN_13B = to_dict(WanTransformerConfig.t2v_1_3b())
+FLUX_VAE = to_dict(AutoencoderKLConfig.flux())
+WAN_VAE = to_dict(WanVAEConfig.wan21())
+CLIP_L = to_dict(CLIPTextConfig.large())
+T5_XXL = to_dict(T5Config.xxl())
 # FLUX.1-dev's scheduler/scheduler_config.json.
 FLUX_DEV_SCHEDULER = dict(
     num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
     base_image_seq_len=256, max_image_seq_len=4096,
 )  # fmt: skip
-# The pipeline's VAE needs the latent scaling of FLUX.1's vae/config.json (the decode-only workload does not).
 FLUX_PIPELINE = dict(
     transformer=FLUX_DEV,
     text_encoder=CLIP_L,
     text_encoder_2=T5_XXL,
-    vae={**FLUX_VAE, "scaling_factor": 0.3611, "shift_factor": 0.1159},
+    vae=FLUX_VAE,
     scheduler=FLUX_DEV_SCHEDULER,
 )
-FLUX_TINY = dict(
-    num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
-    pooled_projection_dim=16, axes_dims_rope=(4, 6, 6),
+FLUX_TINY = to_dict(FluxConfig.tiny())
+# Four levels, as the real VAE: the 8x downsampling the FLUX pipeline's sizes assume.
+FLUX_VAE_TINY = to_dict(
+    AutoencoderKLConfig.tiny(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(32, 32, 32, 32), norm_num_groups=8, latent_channels=16,
+    )
 )  # fmt: skip
-FLUX_VAE_TINY = dict(block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=8)
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 
 
@@ -106,8 +96,8 @@ WORKLOADS = {
         282.7,
         warmup=2,
         repeats=5,
-        tiny_config=dict(
-            num_attention_heads=2, attention_head_dim=12, text_dim=32, freq_dim=16, ffn_dim=32, num_layers=2
+        tiny_config=to_dict(
+            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
         ),
         tiny_sizes=dict(f=3, h=4, w=4, text=8),
         tiny_title="tiny Wan transformer forward (toy config), 32x32x9",
@@ -130,7 +120,9 @@ WORKLOADS = {
         None,
         warmup=1,
         repeats=3,
-        tiny_config=dict(base_dim=8),
+        tiny_config=to_dict(
+            WanVAEConfig.tiny(z_dim=16, latents_mean=WAN21_LATENTS_MEAN, latents_std=WAN21_LATENTS_STD)
+        ),
         tiny_sizes=dict(f=3, h=4, w=4),
         tiny_title="tiny Wan VAE decode (toy config), 3 latent frames -> 9 x 32x32",
     ),

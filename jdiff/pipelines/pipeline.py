@@ -73,6 +73,7 @@ class Pipeline:
     family: ClassVar[str] = "this model"
     is_video: ClassVar[bool] = False
     accepts: frozenset[str] = frozenset()
+    max_images: ClassVar[int] = 1  # how many images `image=` takes, where `accepts` has "image"
     # field -> the message refusing it, where the family can say why (e.g. "needs a two-expert model").
     refusals: dict[str, str] = {}  # noqa: RUF012 - read-only by convention, overridden per family
 
@@ -126,6 +127,7 @@ class Pipeline:
             preset=self.preset,
             family=self.family,
             reasons=self.refusals,
+            max_images=self.max_images,
         )
         # The output's suffix, directory and writer (mp4: ffmpeg) before any model runs.
         suffixes = VIDEO_SUFFIXES if self.is_video else IMAGE_SUFFIXES

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from jdiff.errors import InputError
+from jdiff.io.images import read_images
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 
@@ -40,7 +41,7 @@ OPTIONAL = {
     "guidance_scale_2": "a second guidance scale (two-expert models)",
     "true_cfg_scale": "a true classifier-free guidance scale",
     "max_sequence_length": "a text length",
-    "image": "a conditioning image (image-to-video / edit models)",
+    "image": "an input image (image-to-video, edit and reference-image models)",
     "fps": "a frame rate (video models)",
 }
 FIELDS = COMMON | frozenset(OPTIONAL)
@@ -59,7 +60,7 @@ class Request:
         max_sequence_length: the text encoder's token budget.
         seeds: one per output (`seeds_of`).
         latents: the caller's initial noise (diffusers' layout), or None to draw it from the seeds.
-        image: the conditioning image as given (a path, PIL image or array), or None.
+        images: the input images as RGB PIL images (`jdiff.io.images.read_images`), or None.
         num_outputs_per_prompt: outputs per prompt.
         output_type: "pil", "np" or "latent".
         output_path: where to save, or None.
@@ -82,7 +83,7 @@ class Request:
     max_sequence_length: int | None
     seeds: tuple[int, ...]
     latents: np.ndarray | None
-    image: Any
+    images: tuple | None
     num_outputs_per_prompt: int
     output_type: str
     output_path: Path | None
@@ -110,6 +111,7 @@ def parse(
     preset: dict,
     family: str,
     reasons: dict[str, str] | None = None,
+    max_images: int = 1,
 ) -> Request:
     """Checks and resolves `generate`'s keyword arguments into a `Request`.
 
@@ -120,6 +122,7 @@ def parse(
         preset: the family's defaults (height, width, num_inference_steps, guidance_scale, ...).
         family: the family's name, for messages.
         reasons: field -> the message refusing it, where the family can say more than "takes no X".
+        max_images: how many images `image=` may hold, for a family that accepts it.
 
     Raises:
         InputError: an unknown field, a field the family does not take, or a bad value.
@@ -177,7 +180,7 @@ def parse(
         max_sequence_length=None if max_len is None else positive_int(max_len, "max_sequence_length"),
         seeds=tuple(seeds_of(0 if fields.get("seed") is None else fields["seed"], len(prompts) * n_per)),
         latents=latents,
-        image=fields.get("image"),
+        images=None if fields.get("image") is None else read_images(fields["image"], most=max_images),
         num_outputs_per_prompt=n_per,
         output_type=output_type,
         output_path=None if output_path is None else Path(output_path),

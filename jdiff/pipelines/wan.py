@@ -55,21 +55,6 @@ def prompt_clean(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
 
 
-def _load_image(image):
-    from PIL import Image
-
-    if isinstance(image, str):
-        try:
-            return Image.open(image).convert("RGB")
-        except OSError as e:
-            raise InputError(f"cannot read the conditioning image {image!r}: {e}") from None
-    if isinstance(image, np.ndarray):
-        return Image.fromarray(image.astype(np.uint8)).convert("RGB")
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    raise InputError(f"image must be a path, a PIL image or a uint8 array, got {type(image).__name__}")
-
-
 class WanPipeline(Pipeline):
     """Wan text-to-video and image-to-video from a diffusers-format directory (or a jdiff checkpoint)."""
 
@@ -259,13 +244,12 @@ class WanPipeline(Pipeline):
         with context(self.placement):
             return self._encode_text(self._params["t5"], put(self.placement, ids), put(self.placement, mask))
 
-    def _image_condition(self, image, batch, height, width, frames, lat_frames):
+    def _image_condition(self, pil, batch, height, width, frames, lat_frames):
         """(condition, image_embeds) for image-to-video; condition is channels-last."""
         from PIL import Image
 
         from jdiff.models.clip.vision_encoder import preprocess_images
 
-        pil = _load_image(image)
         resized = pil.resize((width, height), resample=Image.LANCZOS)
         pixels = np.asarray(resized, np.float32) / 127.5 - 1.0  # [H, W, 3] in [-1, 1]
         if self.expand_timesteps:
@@ -300,7 +284,7 @@ class WanPipeline(Pipeline):
             raise InputError(
                 f"num_frames {frames} must be {self.temporal}k+1 for the Wan VAE; use {lo} or {lo + self.temporal}"
             )
-        if self.i2v and request.image is None:
+        if self.i2v and request.images is None:
             raise InputError("this is an image-to-video model: pass image= (CLI: --image PATH)")
         if request.negative_prompts is not None and request.guidance_scale <= 1.0:
             warn(request.warnings, "negative_prompt is ignored: Wan uses it only with guidance_scale > 1")
@@ -335,11 +319,11 @@ class WanPipeline(Pipeline):
         # One encoder call, [negatives; prompts] with each text repeated per output (host-side, as in FLUX).
         texts = [t for t in distinct for _ in range(request.num_outputs_per_prompt)]
         embeds = self.encode_prompts(texts, max_len)
-        if request.image is None:
+        if request.images is None:
             return embeds, None, None, "t2v"
         f, _, _ = self._latent_grid(request)
         condition, image_embeds = self._image_condition(
-            request.image, request.batch, request.height, request.width, request.num_frames, f
+            request.images[0], request.batch, request.height, request.width, request.num_frames, f
         )
         return embeds, condition, image_embeds, "ti2v" if self.expand_timesteps else "i2v"
 

@@ -46,54 +46,24 @@ class TinyConfigs:
 
 
 def tiny_configs(clip_vocab: int, t5_vocab: int) -> TinyConfigs:
+    """The embedded model's configs: the toy presets, widened (their values are the shipped weights' shapes)."""
     return TinyConfigs(
-        transformer=FluxConfig(
-            patch_size=1,
-            in_channels=16,
-            num_layers=2,
-            num_single_layers=4,
-            attention_head_dim=32,
-            num_attention_heads=4,
-            joint_attention_dim=64,
-            pooled_projection_dim=64,
-            guidance_embeds=False,
-            axes_dims_rope=(8, 12, 12),
+        transformer=FluxConfig.tiny(
+            in_channels=16, num_layers=2, num_single_layers=4, attention_head_dim=32, num_attention_heads=4,
+            joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=False, axes_dims_rope=(8, 12, 12),
         ),
-        vae=AutoencoderKLConfig(
-            down_block_types=("DownEncoderBlock2D",) * 3,
-            up_block_types=("UpDecoderBlock2D",) * 3,
-            block_out_channels=(32, 64, 64),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=16,
-            sample_size=SIZE,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            scaling_factor=1.0,  # set from the trained encoder's latent statistics
-            shift_factor=0.0,
+        vae=AutoencoderKLConfig.tiny(
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(32, 64, 64), norm_num_groups=16, sample_size=SIZE,
+            scaling_factor=1.0, shift_factor=0.0,  # set from the trained encoder's latent statistics
         ),
-        clip=CLIPTextConfig(
-            vocab_size=clip_vocab,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            eos_token_id=2,  # legacy: pool at argmax(ids), the end-of-text token (the highest id)
-        ),
-        t5=T5Config(
-            vocab_size=t5_vocab,
-            d_model=64,
-            d_kv=16,
-            d_ff=128,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=32,
+        # Legacy eos_token_id 2 (the preset's): pool at argmax(ids), the end-of-text token (the highest id).
+        clip=CLIPTextConfig.tiny(vocab_size=clip_vocab, hidden_size=64, intermediate_size=128),
+        t5=T5Config.tiny(
+            vocab_size=t5_vocab, d_model=64, d_kv=16, d_ff=128, num_layers=2, relative_attention_max_distance=32,
             feed_forward_proj="gated-gelu",
         ),
-    )
+    )  # fmt: skip
 
 
 def build_tokenizers(folder: Path):

@@ -43,3 +43,8 @@ def read_json(path: str | Path) -> dict[str, Any]:
 
 def to_dict(cfg) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def preset(cls: type[C], fields: dict[str, Any], overrides: dict[str, Any]) -> C:
+    """A named preset of a config class: `fields` with `overrides` on top, validated like a config.json."""
+    return from_dict(cls, {**fields, **overrides})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jdiff.errors import InputError
+from jdiff.weights.config import preset
 
 DOWN_BLOCK = "DownEncoderBlock2D"
 UP_BLOCK = "UpDecoderBlock2D"
@@ -38,6 +39,30 @@ class AutoencoderKLConfig:
     use_quant_conv: bool = True
     use_post_quant_conv: bool = True
     mid_block_add_attention: bool = True
+
+    # Named presets: the released vae/config.json files, and a toy size.
+    @classmethod
+    def flux(cls) -> AutoencoderKLConfig:
+        """FLUX.1's VAE: 16 latent channels, 8x downsampling, latent scale and shift."""
+        return cls(
+            down_block_types=(DOWN_BLOCK,) * 4, up_block_types=(UP_BLOCK,) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, sample_size=1024,
+            scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
+        )  # fmt: skip
+
+    @classmethod
+    def tiny(cls, **overrides) -> AutoencoderKLConfig:
+        """A toy FLUX VAE: two levels of 8 and 16 channels, 4 latent channels (4x downsampling); `overrides`
+        replace fields."""
+        return preset(
+            cls,
+            dict(
+                down_block_types=(DOWN_BLOCK,) * 2, up_block_types=(UP_BLOCK,) * 2, block_out_channels=(8, 16),
+                latent_channels=4, norm_num_groups=4, scaling_factor=0.3611, shift_factor=0.1159,
+                use_quant_conv=False, use_post_quant_conv=False,
+            ),
+            overrides,
+        )  # fmt: skip
 
     @property
     def downsample_factor(self) -> int:

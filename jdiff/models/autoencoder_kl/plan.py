@@ -13,7 +13,8 @@ current diffusers (`AutoencoderKL.from_pretrained(...).save_pretrained(...)`).
 
 from __future__ import annotations
 
-from jdiff.models.autoencoder_kl import AutoencoderKL, AutoencoderKLConfig
+from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
+from jdiff.models.autoencoder_kl.vae import AutoencoderKL
 from jdiff.weights.loading import ComponentSpec
 from jdiff.weights.plan import Plan
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jdiff.errors import InputError
+from jdiff.weights.config import preset
 
 SUPPORTED_ACTS = ("quick_gelu", "gelu")
 
@@ -27,6 +28,23 @@ class CLIPTextConfig:
     # 2 is the legacy value (configs written before transformers PR #24773): pooling then takes the
     # position of the largest token id instead of the first `eos_token_id`; see `CLIPTextTransformer`.
     eos_token_id: int = 49407
+
+    # Named presets: the released text_encoder/config.json files, and a toy size.
+    @classmethod
+    def large(cls) -> CLIPTextConfig:
+        """CLIP ViT-L/14's text tower as FLUX.1 ships it (legacy eos_token_id 2: argmax pooling)."""
+        return cls(hidden_size=768, intermediate_size=3072, num_attention_heads=12, eos_token_id=2)
+
+    @classmethod
+    def tiny(cls, **overrides) -> CLIPTextConfig:
+        """A toy text tower: vocabulary 1000, 2 layers, 4 heads of 8, legacy pooling; `overrides` replace
+        fields."""
+        return preset(
+            cls,
+            dict(vocab_size=1000, hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                 eos_token_id=2),
+            overrides,
+        )  # fmt: skip
 
     @property
     def head_dim(self) -> int:

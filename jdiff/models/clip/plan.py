@@ -13,7 +13,8 @@ Reference quirks:
     the weights; positions are recomputed, so it is ignored.
 """
 
-from jdiff.models.clip import CLIPTextConfig, CLIPTextModel
+from jdiff.models.clip.config import CLIPTextConfig
+from jdiff.models.clip.text_encoder import CLIPTextModel
 from jdiff.weights.loading import ComponentSpec
 from jdiff.weights.plan import Plan
 

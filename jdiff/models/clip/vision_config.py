@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from jdiff.errors import InputError
 from jdiff.models.clip.config import SUPPORTED_ACTS
+from jdiff.weights.config import preset
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,25 @@ class CLIPVisionConfig:
     patch_size: int = 32
     hidden_act: str = "quick_gelu"
     layer_norm_eps: float = 1e-5
+
+    # Named presets: the released image_encoder/config.json, and a toy size.
+    @classmethod
+    def vit_h_14(cls) -> CLIPVisionConfig:
+        """open-clip ViT-H/14 as Wan2.1-I2V-14B ships it."""
+        return cls(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=16, patch_size=14,
+            hidden_act="gelu",
+        )  # fmt: skip
+
+    @classmethod
+    def tiny(cls, **overrides) -> CLIPVisionConfig:
+        """A toy ViT: 32x32 images in 8x8 patches, 3 layers, 4 heads of 8; `overrides` replace fields."""
+        return preset(
+            cls,
+            dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=3,
+                 num_attention_heads=4, hidden_act="gelu"),
+            overrides,
+        )  # fmt: skip
 
     @property
     def head_dim(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jdiff.errors import InputError
+from jdiff.weights.config import preset
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,29 @@ class FluxConfig:
     pooled_projection_dim: int = 768
     guidance_embeds: bool = False
     axes_dims_rope: tuple[int, ...] = (16, 56, 56)
+
+    # Named presets: the released transformer/config.json files, and a toy size for tests and `--tiny`.
+    @classmethod
+    def dev(cls) -> FluxConfig:
+        """FLUX.1-dev (guidance-distilled, 11.9B parameters)."""
+        return cls(guidance_embeds=True)
+
+    @classmethod
+    def schnell(cls) -> FluxConfig:
+        """FLUX.1-schnell (timestep-distilled, no guidance embedding)."""
+        return cls(guidance_embeds=False)
+
+    @classmethod
+    def tiny(cls, **overrides) -> FluxConfig:
+        """A toy FLUX.1-dev: 1 + 1 blocks, 2 heads of 16, rope axes (4, 6, 6); `overrides` replace fields."""
+        return preset(
+            cls,
+            dict(
+                num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+                joint_attention_dim=32, pooled_projection_dim=16, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+            ),
+            overrides,
+        )  # fmt: skip
 
     @property
     def inner_dim(self) -> int:

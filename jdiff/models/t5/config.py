@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from jdiff.errors import InputError
+from jdiff.weights.config import preset
 
 # transformers ACT2FN names we implement (see `encoder.ACTIVATIONS`); T5-family checkpoints use only these.
 ACTIVATION_NAMES = ("relu", "gelu", "gelu_new", "gelu_pytorch_tanh", "silu")
@@ -30,6 +31,25 @@ class T5Config:
     layer_norm_epsilon: float = 1e-6
     feed_forward_proj: str = "relu"
     is_decoder: bool = False
+
+    # Named presets: the released text encoder config.json files, and a toy size.
+    @classmethod
+    def xxl(cls) -> T5Config:
+        """T5-v1.1-XXL's encoder as FLUX.1 ships it (text_encoder_2, 4.7B parameters)."""
+        return cls(
+            vocab_size=32128, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        )  # fmt: skip
+
+    @classmethod
+    def tiny(cls, **overrides) -> T5Config:
+        """A toy encoder: 3 layers, 4 heads of 8, d_ff 37, 8 buckets; `overrides` replace fields."""
+        return preset(
+            cls,
+            dict(vocab_size=1000, d_model=32, d_kv=8, d_ff=37, num_layers=3, num_heads=4,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=16),
+            overrides,
+        )  # fmt: skip
 
     # Facts of the model class, not config.json keys (`from_dict` never reads class variables).
     model_name: ClassVar[str] = "T5"
@@ -95,6 +115,25 @@ class UMT5Config(T5Config):
     num_layers: int = 8
     num_heads: int = 6
     feed_forward_proj: str = "gated-gelu"
+
+    # Named presets: the released text encoder config.json files, and a toy size.
+    @classmethod
+    def xxl(cls) -> UMT5Config:
+        """UMT5-XXL's encoder as the Wan2.1 / Wan2.2 checkpoints ship it (text_encoder)."""
+        return cls(
+            vocab_size=256384, d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        )  # fmt: skip
+
+    @classmethod
+    def tiny(cls, **overrides) -> UMT5Config:
+        """A toy encoder: 3 layers, 4 heads of 8, d_ff 37, 8 buckets; `overrides` replace fields."""
+        return preset(
+            cls,
+            dict(vocab_size=1000, d_model=32, d_kv=8, d_ff=37, num_layers=3, num_heads=4,
+                 relative_attention_num_buckets=8, relative_attention_max_distance=16),
+            overrides,
+        )  # fmt: skip
 
     model_name: ClassVar[str] = "UMT5"
     per_layer_relative_attention_bias: ClassVar[bool] = True

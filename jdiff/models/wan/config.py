@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jdiff.errors import InputError
+from jdiff.weights.config import preset
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,45 @@ class WanTransformerConfig:
     added_kv_proj_dim: int | None = None
     rope_max_seq_len: int = 1024
     pos_embed_seq_len: int | None = None
+
+    # Named presets: the released transformer/config.json files (diffusers' convert_wan_to_diffusers.py), and
+    # a toy size. Wan2.2-T2V-A14B's two experts are both `t2v_14b`, Wan2.2-I2V-A14B's both `i2v_a14b`.
+    @classmethod
+    def t2v_1_3b(cls) -> WanTransformerConfig:
+        """Wan2.1-T2V-1.3B."""
+        return cls(num_attention_heads=12, num_layers=30, ffn_dim=8960)
+
+    @classmethod
+    def t2v_14b(cls) -> WanTransformerConfig:
+        """Wan2.1-T2V-14B (and each expert of Wan2.2-T2V-A14B)."""
+        return cls()
+
+    @classmethod
+    def i2v_14b(cls) -> WanTransformerConfig:
+        """Wan2.1-I2V-14B-480P / 720P: image latents concatenated, CLIP image tokens cross-attended."""
+        return cls(in_channels=36, image_dim=1280, added_kv_proj_dim=5120)
+
+    @classmethod
+    def i2v_a14b(cls) -> WanTransformerConfig:
+        """Each expert of Wan2.2-I2V-A14B: image latents concatenated, no image encoder."""
+        return cls(in_channels=36)
+
+    @classmethod
+    def ti2v_5b(cls) -> WanTransformerConfig:
+        """Wan2.2-TI2V-5B (48-channel latents of the Wan2.2 VAE)."""
+        return cls(num_attention_heads=24, num_layers=30, ffn_dim=14336, in_channels=48, out_channels=48)
+
+    @classmethod
+    def tiny(cls, **overrides) -> WanTransformerConfig:
+        """A toy Wan2.1: 2 layers, 2 heads of 12, 4 latent channels; `overrides` replace fields."""
+        return preset(
+            cls,
+            dict(
+                num_attention_heads=2, attention_head_dim=12, in_channels=4, out_channels=4, text_dim=16,
+                ffn_dim=32, num_layers=2, rope_max_seq_len=32,
+            ),
+            overrides,
+        )  # fmt: skip
 
     @property
     def inner_dim(self) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jdiff.errors import InputError
+from jdiff.weights.config import preset
 
 # diffusers' constructor defaults: the Wan2.1 latent statistics.
 WAN21_LATENTS_MEAN = (
@@ -53,6 +54,31 @@ class WanVAEConfig:
     patch_size: int | None = None
     scale_factor_temporal: int | None = 4
     scale_factor_spatial: int | None = 8
+
+    # Named presets: the released vae/config.json files, and a toy size.
+    @classmethod
+    def wan21(cls) -> WanVAEConfig:
+        """The Wan2.1 VAE (also Wan2.2-A14B's): 16 latent channels, 4x temporal, 8x8 spatial."""
+        return cls()
+
+    @classmethod
+    def wan22(cls) -> WanVAEConfig:
+        """The Wan2.2-TI2V-5B VAE: 2x2 patchify, residual blocks, 48 latent channels, 16x16 spatial."""
+        return cls(
+            base_dim=160, decoder_base_dim=256, z_dim=48, is_residual=True, in_channels=12, out_channels=12,
+            patch_size=2, scale_factor_spatial=16, latents_mean=(0.0,) * 48, latents_std=(1.0,) * 48,
+        )  # fmt: skip
+
+    @classmethod
+    def tiny(cls, **overrides) -> WanVAEConfig:
+        """A toy Wan2.1 VAE: base_dim 8, 4 latent channels, the real temporal pattern; `overrides` replace
+        fields."""
+        return preset(
+            cls,
+            dict(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, latents_mean=(0.0,) * 4,
+                 latents_std=(1.0,) * 4),
+            overrides,
+        )  # fmt: skip
 
     @property
     def decoder_dim(self) -> int:

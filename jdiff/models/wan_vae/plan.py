@@ -13,7 +13,8 @@ diffusers' single-file loader renames them. Use the diffusers-format `vae/` fold
 
 from __future__ import annotations
 
-from jdiff.models.wan_vae import AutoencoderKLWan, WanVAEConfig
+from jdiff.models.wan_vae.config import WanVAEConfig
+from jdiff.models.wan_vae.vae import AutoencoderKLWan
 from jdiff.weights.loading import ComponentSpec
 from jdiff.weights.plan import Plan, Rule
 

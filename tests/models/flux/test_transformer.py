@@ -8,28 +8,18 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel as TorchFlux
 
-from jdiff.errors import ConversionError, InputError
+from jdiff.errors import InputError
 from jdiff.kernels import norm_rope
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.models.flux.config import FluxConfig
 from jdiff.models.flux.plan import SPEC
 from jdiff.weights.config import from_dict
-from jdiff.weights.loading import check, load_component, param_shapes
+from jdiff.weights.loading import param_shapes
 from jdiff.weights.safetensors import open_weights
-from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
+from tests import parity
+from tests.utils import rel_err
 
-FLUX_DEV = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=[16, 56, 56],
-)
+FLUX_DEV = parity.kwargs(FluxConfig.dev())
 
 
 def _ids(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,27 +53,14 @@ def _randomized(module, scale: float):
     ],
 )
 def test_parity(tmp_path, heads, head_dim, axes, guidance, hw, kernel):
-    cfg = dict(
-        patch_size=1,
-        in_channels=8,
-        num_layers=2,
-        num_single_layers=3,
-        attention_head_dim=head_dim,
-        num_attention_heads=heads,
-        joint_attention_dim=24,
-        pooled_projection_dim=20,
-        guidance_embeds=guidance,
-        axes_dims_rope=list(axes),
-    )
-    ref = TorchFlux(**cfg).eval()
-    with torch.no_grad():
-        # Weights well away from diffusers' inits, at a scale that keeps activations O(1): at larger scales
-        # the float32 sinusoid of t * 1000 (one ulp of the angle ~ 6e-5) alone differs by ~1e-5 between XLA and
-        # torch, and deep random nets amplify it.
-        for p in ref.parameters():
-            p.normal_(0, 0.05)
-    ref.save_pretrained(tmp_path)
-    _, model = load_component(SPEC, tmp_path)
+    cfg = FluxConfig.tiny(
+        in_channels=8, num_layers=2, num_single_layers=3, attention_head_dim=head_dim, num_attention_heads=heads,
+        joint_attention_dim=24, pooled_projection_dim=20, guidance_embeds=guidance, axes_dims_rope=axes,
+    )  # fmt: skip
+    # At weight scales above 0.05 the float32 sinusoid of t * 1000 (one ulp of the angle ~ 6e-5) alone differs
+    # by ~1e-5 between XLA and torch, and deep random nets amplify it.
+    ref = parity.randomized(TorchFlux(**parity.kwargs(cfg)), 0.05)
+    _, model = parity.load(ref, SPEC, tmp_path)
 
     b, t, (h, w) = 2, (32 if kernel else 7), hw  # 32 text tokens: both streams' kernels share one buffer
     rng = np.random.default_rng(0)
@@ -113,31 +90,25 @@ def test_parity(tmp_path, heads, head_dim, axes, guidance, hw, kernel):
             rope,
             guidance=jnp.asarray(g) if guidance else None,
         )
-    assert rel_err(got, want) < 1e-5
+    parity.assert_close(got, want)
 
 
 def test_real_size_shapes_and_keys(tmp_path):
     cfg = from_dict(FluxConfig, {"_class_name": "FluxTransformer2DModel", **FLUX_DEV})
-    shapes = param_shapes(SPEC.abstract(cfg)[1])
+    assert cfg == FluxConfig.dev()
+    shapes = parity.check_coverage(
+        SPEC,
+        cfg,
+        parity.real_layout(lambda: TorchFlux(**FLUX_DEV).to(torch.bfloat16)),
+        tmp_path,
+        component="transformer",
+        missing="single_transformer_blocks.37.attn.norm_k.weight",
+        unexpected=("transformer_blocks.0.attn.to_q.lora_A.weight", (16, 3072)),
+    )
     assert shapes["transformer_blocks.attn.to_q.kernel"] == (19, 3072, 3072)
     assert shapes["single_transformer_blocks.proj_out.kernel"] == (38, 15360, 3072)
     assert shapes["proj_out.kernel"] == (3072, 64)
-    n_params = sum(int(np.prod(s)) for s in shapes.values())
-    assert 11.8e9 < n_params < 12.0e9  # FLUX.1-dev has 11.9B parameters
-
-    ref_shapes = meta_state_shapes(lambda: TorchFlux(**FLUX_DEV).to(torch.bfloat16))
-    write_sparse_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", ref_shapes)
-    assignments = check(SPEC, cfg, open_weights(tmp_path), component="transformer")
-    assert len(assignments) == len(shapes)
-
-    broken = dict(ref_shapes)
-    del broken["single_transformer_blocks.37.attn.norm_k.weight"]
-    broken["transformer_blocks.0.attn.to_q.lora_A.weight"] = ((16, 3072), "BF16")
-    write_sparse_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", broken)
-    with pytest.raises(ConversionError) as e:
-        check(SPEC, cfg, open_weights(tmp_path), component="transformer")
-    assert "single_transformer_blocks.37.attn.norm_k.weight" in str(e.value)
-    assert "transformer_blocks.0.attn.to_q.lora_A.weight" in str(e.value)
+    assert 11.8e9 < parity.n_params(shapes) < 12.0e9  # FLUX.1-dev has 11.9B parameters
 
 
 def test_bad_config():
@@ -153,12 +124,9 @@ def test_modulation_rows_are_independent():
 
     from jdiff.models.flux.transformer import FluxTransformer2DModel
 
-    cfg = from_dict(
-        FluxConfig,
-        {**FLUX_DEV, "num_layers": 2, "num_single_layers": 3, "attention_head_dim": 16,
-         "num_attention_heads": 2, "joint_attention_dim": 32, "pooled_projection_dim": 24,
-         "axes_dims_rope": [4, 6, 6], "in_channels": 8},
-    )  # fmt: skip
+    cfg = FluxConfig.tiny(
+        num_layers=2, num_single_layers=3, joint_attention_dim=32, pooled_projection_dim=24, in_channels=8
+    )
     # Zero-initialised biases and modulation would hide a mixed-up row: give every parameter a value.
     model = _randomized(FluxTransformer2DModel(cfg, rngs=nnx.Rngs(0)), 0.2)
     b, t, h, w = 2, 3, 2, 3

@@ -10,7 +10,7 @@ import transformers
 from transformers.models.t5.modeling_t5 import T5Attention
 
 from jdiff.errors import ConversionError, InputError
-from jdiff.models.t5 import T5Config
+from jdiff.models.t5.config import T5Config
 from jdiff.models.t5.encoder import relative_position_buckets
 from jdiff.models.t5.plan import SPEC
 from jdiff.weights.config import from_dict

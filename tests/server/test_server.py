@@ -36,7 +36,7 @@ from jdiff.server import create_app, serve
 from jdiff.server.batcher import Batcher, ImageRequest, ShuttingDown, batch_buckets
 from jdiff.server.jobs import COMPLETED, FAILED, IN_PROGRESS, QUEUED, JobStore
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAX_BATCH = 2  # two compiled batch sizes (1, 2) keep the start-up short on 2 cores
 
 

@@ -12,7 +12,7 @@ from flax import nnx
 from safetensors.torch import load_file, save_file
 
 from jdiff.errors import ConversionError, InputError
-from jdiff.models.clip import CLIPTextConfig
+from jdiff.models.clip.config import CLIPTextConfig
 from jdiff.models.clip.plan import SPEC
 from jdiff.weights import loading
 from jdiff.weights.config import from_dict

@@ -9,7 +9,8 @@ import torch
 import transformers
 
 from jdiff.errors import ConversionError, InputError
-from jdiff.models.t5 import T5Config, UMT5Config, UMT5EncoderModel
+from jdiff.models.t5.config import T5Config, UMT5Config
+from jdiff.models.t5.encoder import UMT5EncoderModel
 from jdiff.models.t5.umt5_plan import SPEC
 from jdiff.weights.config import from_dict
 from jdiff.weights.loading import check, load_component, param_shapes

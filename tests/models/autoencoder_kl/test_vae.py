@@ -12,7 +12,7 @@ from diffusers import AutoencoderKL as TorchAutoencoderKL
 from flax import nnx
 
 from jdiff.errors import ConversionError, InputError
-from jdiff.models.autoencoder_kl import AutoencoderKLConfig
+from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
 from jdiff.models.autoencoder_kl.plan import SPEC
 from jdiff.weights.config import from_dict
 from jdiff.weights.loading import check, load_component

@@ -13,7 +13,7 @@ from diffusers import AutoencoderKLWan as TorchAutoencoderKLWan
 from flax import nnx
 
 from jdiff.errors import ConversionError, InputError
-from jdiff.models.wan_vae import WanVAEConfig
+from jdiff.models.wan_vae.config import WanVAEConfig
 from jdiff.models.wan_vae.plan import SPEC
 from jdiff.weights.config import from_dict
 from jdiff.weights.loading import check, load_component

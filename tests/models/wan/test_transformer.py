@@ -9,8 +9,9 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from flax import nnx
 
 from jdiff.errors import ConversionError, InputError
-from jdiff.models.wan import WanTransformerConfig, wan_rope_tables
+from jdiff.models.wan.config import WanTransformerConfig
 from jdiff.models.wan.plan import SPEC
+from jdiff.models.wan.rope import wan_rope_tables
 from jdiff.weights.config import from_dict
 from jdiff.weights.loading import check, load_component, param_shapes
 from jdiff.weights.plan import export

@@ -17,7 +17,7 @@ from jdiff.io import outputs
 from jdiff.io.outputs import IMAGE_SUFFIXES, check_output_file, default_output_name
 from jdiff.pipelines.base import save_images, save_video
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -82,25 +82,20 @@ def test_real_size_flux_dev_dry_run(tiny_flux_dir, tmp_path):
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
-    from tests.models.test_flux import FLUX_DEV
+    from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
+    from jdiff.models.clip.config import CLIPTextConfig as ClipPreset
+    from jdiff.models.flux.config import FluxConfig
+    from jdiff.models.t5.config import T5Config as T5Preset
+    from tests.parity import kwargs
 
     real = tmp_path / "flux-dev"
     for name in ("scheduler", "tokenizer", "tokenizer_2"):
         shutil.copytree(tiny_flux_dir / name, real / name)
     shutil.copy2(tiny_flux_dir / "model_index.json", real / "model_index.json")
-    clip = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12)
-    t5 = dict(d_model=4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu")
-    vae = dict(
-        latent_channels=16,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
+    flux, vae = kwargs(FluxConfig.dev()), kwargs(AutoencoderKLConfig.flux())
+    clip, t5 = kwargs(ClipPreset.large()), kwargs(T5Preset.xxl())
     builders = {
-        "transformer": (lambda: FluxTransformer2DModel(**FLUX_DEV), "diffusion_pytorch_model", None),
+        "transformer": (lambda: FluxTransformer2DModel(**flux), "diffusion_pytorch_model", None),
         "vae": (lambda: AutoencoderKL(**vae), "diffusion_pytorch_model", None),
         "text_encoder": (lambda: CLIPTextModel(CLIPTextConfig(**clip)), "model", "text_model."),
         "text_encoder_2": (lambda: T5EncoderModel(T5Config(**t5)), "model", None),
@@ -112,7 +107,7 @@ def test_real_size_flux_dev_dry_run(tiny_flux_dir, tmp_path):
             shapes = {prefix + k: v for k, v in shapes.items()}
         shapes.pop("encoder.embed_tokens.weight", None)  # tied to shared.weight; not saved
         write_sparse_safetensors(real / name / f"{stem}.safetensors", shapes)
-    cfgs = {"transformer": FLUX_DEV, "vae": vae, "text_encoder": clip, "text_encoder_2": t5}
+    cfgs = {"transformer": flux, "vae": vae, "text_encoder": clip, "text_encoder_2": t5}
     for name, cfg in cfgs.items():
         (real / name / "config.json").write_text(json.dumps(dict(cfg)))
     start = time.perf_counter()
