@@ -8,7 +8,12 @@ from pathlib import Path
 
 import torch
 
+from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
+from jdiff.models.clip.config import CLIPTextConfig
+from jdiff.models.flux.config import FluxConfig
+from jdiff.models.t5.config import T5Config
 from jdiff.tiny.tokenizers import clip_tokenizer, t5_tokenizer
+from tests.parity import kwargs
 
 CLIP_VOCAB = 1000
 T5_VOCAB = 1000
@@ -18,70 +23,31 @@ WORDS = ("a", "red", "blue", "circle", "square", "on", "background")
 def tiny_flux_pipeline(*, guidance_embeds: bool = True, seed: int = 0):
     """A diffusers FluxPipeline with tiny random components (dev-like with guidance, schnell-like without)."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig as TorchCLIPTextConfig
+    from transformers import CLIPTextModel, T5EncoderModel
+    from transformers import T5Config as TorchT5Config
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=16,
-        num_layers=2,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=guidance_embeds,
-        axes_dims_rope=[4, 6, 6],
-    )
+        **kwargs(
+            FluxConfig.tiny(
+                in_channels=16, num_layers=2, num_single_layers=2, pooled_projection_dim=32,
+                guidance_embeds=guidance_embeds,
+            )
+        )
+    )  # fmt: skip
     with torch.no_grad():
         for p in transformer.parameters():
             p.normal_(0, 0.05)
+    # The legacy eos id of openai/clip-vit-large-patch14 (the preset's): pooled at argmax(input_ids), which is
+    # the end-of-text token because it has the highest id in the vocabulary (here as there).
+    clip_cfg = CLIPTextConfig.tiny(vocab_size=CLIP_VOCAB)
     clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=CLIP_VOCAB,
-            hidden_size=32,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            # The legacy eos id of openai/clip-vit-large-patch14: pooled at argmax(input_ids), which is the
-            # end-of-text token because it has the highest id in the vocabulary (here as there).
-            eos_token_id=2,
-            bos_token_id=0,
-            pad_token_id=1,
-            hidden_act="quick_gelu",
-        )
+        TorchCLIPTextConfig(**kwargs(clip_cfg, projection_dim=32, bos_token_id=0, pad_token_id=1))
     )
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=T5_VOCAB,
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            relative_attention_max_distance=16,
-            feed_forward_proj="gated-gelu",
-            decoder_start_token_id=0,
-        )
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(8, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        sample_size=32,
-    )
+    t5_cfg = T5Config.tiny(vocab_size=T5_VOCAB, num_layers=2, feed_forward_proj="gated-gelu")
+    t5 = T5EncoderModel(TorchT5Config(**kwargs(t5_cfg, decoder_start_token_id=0)))
+    vae = AutoencoderKL(**kwargs(AutoencoderKLConfig.tiny(sample_size=32)))
     scheduler = FlowMatchEulerDiscreteScheduler(
         **(
             dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15)

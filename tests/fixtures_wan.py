@@ -7,7 +7,11 @@ from pathlib import Path
 
 import torch
 
+from jdiff.models.t5.config import UMT5Config as Preset
+from jdiff.models.wan.config import WanTransformerConfig
+from jdiff.models.wan_vae.config import WanVAEConfig
 from jdiff.tiny.tokenizers import t5_tokenizer
+from tests.parity import kwargs
 
 VOCAB = 400
 WORDS = ("a", "cat", "dog", "running", "red", "blue", "in", "the", "snow")
@@ -25,19 +29,11 @@ def _transformer(in_channels: int, out_channels: int, **extra):
     from diffusers import WanTransformer3DModel
 
     model = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=12,
-        in_channels=in_channels,
-        out_channels=out_channels,
-        text_dim=32,
-        freq_dim=256,
-        ffn_dim=32,
-        num_layers=2,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-        **extra,
+        **kwargs(
+            WanTransformerConfig.tiny(
+                text_dim=32, in_channels=in_channels, out_channels=out_channels, **extra
+            )
+        )
     )
     with torch.no_grad():
         for p in model.parameters():
@@ -48,22 +44,14 @@ def _transformer(in_channels: int, out_channels: int, **extra):
 def _vae(wan22: bool):
     from diffusers import AutoencoderKLWan
 
-    cfg = dict(
-        base_dim=8,
-        z_dim=4 if wan22 else 16,
-        dim_mult=[1, 2, 2, 2],
-        num_res_blocks=1,
-        temperal_downsample=[False, True, True],
-    )
+    # Wan2.1 layout with 16 latent channels, or the Wan2.2 layout (patchify, residual blocks, own decoder width).
+    cfg = WanVAEConfig.tiny(z_dim=16)
     if wan22:
-        cfg.update(
-            decoder_base_dim=12,
-            is_residual=True,
-            patch_size=2,
-            in_channels=12,
-            out_channels=12,
+        cfg = WanVAEConfig.tiny(
+            decoder_base_dim=12, is_residual=True, patch_size=2, in_channels=12, out_channels=12,
             scale_factor_spatial=16,
-        )
+        )  # fmt: skip
+    cfg = {k: v for k, v in kwargs(cfg).items() if k not in ("latents_mean", "latents_std")}
     vae = AutoencoderKLWan(**cfg, **_stats(cfg["z_dim"]))
     with torch.no_grad():
         for name, p in vae.named_parameters():
@@ -76,18 +64,7 @@ def _vae(wan22: bool):
 def _text_encoder():
     from transformers import UMT5Config, UMT5EncoderModel
 
-    cfg = UMT5Config(
-        vocab_size=VOCAB,
-        d_model=32,
-        d_kv=8,
-        d_ff=37,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=16,
-        feed_forward_proj="gated-gelu",
-        decoder_start_token_id=0,
-    )
+    cfg = UMT5Config(**kwargs(Preset.tiny(vocab_size=VOCAB, num_layers=2), decoder_start_token_id=0))
     return UMT5EncoderModel(cfg).eval()
 
 

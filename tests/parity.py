@@ -34,12 +34,14 @@ def kwargs(cfg, **extra) -> dict[str, Any]:
     return {**to_dict(cfg), **extra}
 
 
-def randomized(ref, std: float = 0.05, seed: int = 0):
+def randomized(ref, std: float = 0.05, seed: int = 0, *, norms_near_one: bool = False):
     """`ref` in eval mode with every parameter drawn from normal(0, std).
 
     Nothing stays at an init that would hide a wrong mapping (zero biases, unit norm weights, zero-initialised
     output layers). 0.05 keeps deep random nets' activations O(1); larger scales amplify the ~1e-5 float32
-    differences of sinusoidal embeddings between XLA and torch.
+    differences of sinusoidal embeddings between XLA and torch. `norms_near_one` adds 1 to the scales of every
+    `*Norm` module (GroupNorm, LayerNorm, RMSNorm), for nets whose attention logits must stay O(1) so that a
+    wrong softmax scale shows.
     """
     import torch
 
@@ -47,12 +49,25 @@ def randomized(ref, std: float = 0.05, seed: int = 0):
     with torch.no_grad():
         for p in ref.parameters():
             p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).to(p.dtype) * std)
+        if norms_near_one:
+            for m in ref.modules():
+                if type(m).__name__.endswith("Norm") and getattr(m, "weight", None) is not None:
+                    m.weight += 1.0
     return ref.eval()
 
 
-def load(ref, spec, folder: str | Path, *, dtype=jnp.float32, **options):
-    """`ref.save_pretrained(folder)`, then jdiff's loader on that folder: (config, module)."""
+def load(ref, spec, folder: str | Path, *, dtype=jnp.float32, prefix: str = "", **options):
+    """`ref.save_pretrained(folder)`, then jdiff's loader on that folder: (config, module).
+
+    `prefix` is put before every saved key, the layout of released checkpoints that carry one (FLUX.1's CLIP
+    `text_model.`, Wan's image encoder `vision_model.`); the tensors stay the ones `save_pretrained` wrote.
+    """
     ref.save_pretrained(folder)
+    if prefix:
+        from safetensors.numpy import load_file, save_file
+
+        for path in Path(folder).glob("*.safetensors"):
+            save_file({prefix + k: v for k, v in load_file(path).items()}, path)
     return load_component(spec, folder, dtype=dtype, **options)
 
 
@@ -107,7 +122,9 @@ def check_coverage(
     write_sparse_safetensors(folder / filename, broken)
     with pytest.raises(ConversionError) as e:
         check(spec, cfg, open_weights(folder), component=component)
-    assert missing in str(e.value) and unexpected[0] in str(e.value), str(e.value)
+    msg = str(e.value)
+    assert f"missing source key {missing!r}" in msg and f"unexpected source key {unexpected[0]!r}" in msg, msg
+    assert len(e.value.problems) == 2, msg
     return shapes
 
 

@@ -23,7 +23,6 @@ from jdiff.io.outputs import (
     write_atomic,
 )
 
-OUTPUT_TYPES = ("pil", "np", "latent")
 log = logging.getLogger("jdiff")
 _logged: set[str] = set()  # warnings logged so far in this process
 _logged_lock = threading.Lock()
@@ -169,14 +168,13 @@ def run_while_preparing(
 
 
 def check_outputs(output_type: str, output_path, suffixes: dict[str, str], what: str) -> None:
-    """Validates output_type and, when saving, the output path (`what`: "images" or "frames").
+    """When saving, validates the output path for `output_type` (`what`: "images" or "frames"); the type
+    itself was checked with the request (`request.parse`).
 
     Called while validating a request, before any model runs: the suffix, that files can be created in the
     directory (`jdiff.io.outputs.check_output_file`) and, for mp4, the writer, by the process that will write
     them (process 0).
     """
-    if output_type not in OUTPUT_TYPES:
-        raise InputError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
     if output_path is not None:
         if output_type == "latent":
             raise InputError(f"output_path needs decoded {what}; use output_type 'pil' or 'np'")

@@ -71,12 +71,13 @@ class WanVAEConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> WanVAEConfig:
-        """A toy Wan2.1 VAE: base_dim 8, 4 latent channels, the real temporal pattern; `overrides` replace
-        fields."""
+        """A toy Wan2.1 VAE: base_dim 8, 4 latent channels, the real temporal pattern, identity latent
+        statistics (as many as z_dim); `overrides` replace fields."""
+        z = overrides.get("z_dim", 4)
         return preset(
             cls,
-            dict(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, latents_mean=(0.0,) * 4,
-                 latents_std=(1.0,) * 4),
+            dict(base_dim=8, z_dim=4, dim_mult=(1, 2, 2, 2), num_res_blocks=1, latents_mean=(0.0,) * z,
+                 latents_std=(1.0,) * z),
             overrides,
         )  # fmt: skip
 

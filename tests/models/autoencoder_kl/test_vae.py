@@ -11,35 +11,14 @@ import torch
 from diffusers import AutoencoderKL as TorchAutoencoderKL
 from flax import nnx
 
-from jdiff.errors import ConversionError, InputError
+from jdiff.errors import InputError
 from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
 from jdiff.models.autoencoder_kl.plan import SPEC
 from jdiff.weights.config import from_dict
-from jdiff.weights.loading import check, load_component
-from jdiff.weights.safetensors import open_weights
-from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
+from jdiff.weights.loading import load_component
+from tests import parity
 
-FLUX_VAE = {
-    "_class_name": "AutoencoderKL",
-    "act_fn": "silu",
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "force_upcast": True,
-    "in_channels": 3,
-    "latent_channels": 16,
-    "latents_mean": None,
-    "latents_std": None,
-    "layers_per_block": 2,
-    "mid_block_add_attention": True,
-    "norm_num_groups": 32,
-    "out_channels": 3,
-    "sample_size": 1024,
-    "scaling_factor": 0.3611,
-    "shift_factor": 0.1159,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "use_post_quant_conv": False,
-    "use_quant_conv": False,
-}
+FLUX_VAE = {"_class_name": "AutoencoderKL", **parity.kwargs(AutoencoderKLConfig.flux())}
 
 
 def _tiny(channels, **kw):
@@ -82,22 +61,14 @@ VARIANTS = {
 
 
 def _reference(config, tmp_path, *, clamp=False):
-    ref = TorchAutoencoderKL(**config).eval()
+    ref = parity.randomized(TorchAutoencoderKL(**config), 0.1, norms_near_one=True)
     with torch.no_grad():
-        # Away from the default inits (unit norms, zero biases): a swapped or untransposed tensor must show.
-        # Norm scales stay near 1 so that attention logits are O(1) and a wrong softmax scale shows too.
-        for p in ref.parameters():
-            p.normal_(std=0.1)
-        for m in ref.modules():
-            if isinstance(m, torch.nn.GroupNorm):
-                m.weight += 1.0
         if clamp:
             # Drive two log-variance channels past both clamp bounds.
             z = config["latent_channels"]
             head = ref.quant_conv if ref.quant_conv is not None else ref.encoder.conv_out
             head.bias[z] = 100.0
             head.bias[z + 1] = -100.0
-    ref.save_pretrained(tmp_path)
     return ref
 
 
@@ -105,7 +76,7 @@ def _reference(config, tmp_path, *, clamp=False):
 def test_parity_with_diffusers(name, tmp_path):
     config, shape = VARIANTS[name]
     ref = _reference(config, tmp_path, clamp=name == "sd_2lvl")
-    cfg, model = load_component(SPEC, tmp_path)
+    cfg, model = parity.load(ref, SPEC, tmp_path)
     assert cfg.block_out_channels == tuple(config["block_out_channels"])
 
     rng = np.random.default_rng(0)
@@ -114,8 +85,8 @@ def test_parity_with_diffusers(name, tmp_path):
         dist = ref.encode(torch.from_numpy(x)).latent_dist
         want_mean, want_logvar = dist.mean.numpy(), dist.logvar.numpy()
     mean, logvar = nnx.jit(lambda m, v: m.encode(v))(model, jnp.asarray(x.transpose(0, 2, 3, 1)))
-    assert rel_err(np.asarray(mean).transpose(0, 3, 1, 2), want_mean) < 1e-5
-    assert rel_err(np.asarray(logvar).transpose(0, 3, 1, 2), want_logvar) < 1e-5
+    parity.assert_close(np.asarray(mean).transpose(0, 3, 1, 2), want_mean, what="mean")
+    parity.assert_close(np.asarray(logvar).transpose(0, 3, 1, 2), want_logvar, what="logvar")
     if name == "sd_2lvl":
         assert float(logvar.max()) == 20.0 and float(logvar.min()) == -30.0
 
@@ -124,12 +95,11 @@ def test_parity_with_diffusers(name, tmp_path):
         want = ref.decode(torch.from_numpy(z)).sample.numpy()
     got = nnx.jit(lambda m, v: m.decode(v))(model, jnp.asarray(z.transpose(0, 2, 3, 1)))
     assert got.shape == (shape[0], shape[2], shape[3], config.get("out_channels", 3))
-    assert rel_err(np.asarray(got).transpose(0, 3, 1, 2), want) < 1e-5
+    parity.assert_close(np.asarray(got).transpose(0, 3, 1, 2), want, what="decode")
 
 
 def test_activations_keep_dtype(tmp_path):
-    _reference(VARIANTS["sd_2lvl"][0], tmp_path)
-    _, model = load_component(SPEC, tmp_path, dtype=jnp.bfloat16)
+    _, model = parity.load(_reference(VARIANTS["sd_2lvl"][0], tmp_path), SPEC, tmp_path, dtype=jnp.bfloat16)
     x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.bfloat16)
     mean, logvar = nnx.eval_shape(lambda m, v: m.encode(v), model, x)
     assert mean.dtype == logvar.dtype == jnp.bfloat16
@@ -148,22 +118,15 @@ def test_flux_real_size_shapes_and_keys(tmp_path):
     assert out.shape == (1, 64, 96, 3)
 
     config = {k: v for k, v in FLUX_VAE.items() if not k.startswith("_")}
-    shapes = meta_state_shapes(lambda: TorchAutoencoderKL(**config))
-    write_sparse_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", shapes)
-    assignments = check(SPEC, cfg, open_weights(tmp_path), component="vae")
-    assert len(assignments) == len(shapes)
-
-    broken = dict(shapes)
-    del broken["decoder.up_blocks.3.resnets.2.conv2.weight"]
-    broken["encoder.mid_block.attentions.0.query.weight"] = ((512, 512), "F32")
-    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
-    write_sparse_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", broken)
-    with pytest.raises(ConversionError) as e:
-        check(SPEC, cfg, open_weights(tmp_path), component="vae")
-    msg = str(e.value)
-    assert "missing source key 'decoder.up_blocks.3.resnets.2.conv2.weight'" in msg
-    assert "unexpected source key 'encoder.mid_block.attentions.0.query.weight'" in msg
-    assert len(e.value.problems) == 2
+    parity.check_coverage(
+        SPEC,
+        cfg,
+        parity.real_layout(lambda: TorchAutoencoderKL(**config)),
+        tmp_path,
+        component="vae",
+        missing="decoder.up_blocks.3.resnets.2.conv2.weight",
+        unexpected=("encoder.mid_block.attentions.0.query.weight", (512, 512)),
+    )
 
 
 @pytest.mark.parametrize(

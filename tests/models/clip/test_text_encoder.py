@@ -9,7 +9,6 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from safetensors.torch import load_file, save_file
 
 from jdiff.errors import ConversionError, InputError
 from jdiff.models.clip.config import CLIPTextConfig
@@ -17,6 +16,7 @@ from jdiff.models.clip.plan import SPEC
 from jdiff.weights import loading
 from jdiff.weights.config import from_dict
 from jdiff.weights.safetensors import open_weights
+from tests import parity
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 VOCAB = 1000
@@ -58,15 +58,6 @@ def _tiny(**kw) -> transformers.CLIPTextConfig:
     return transformers.CLIPTextConfig(**{**base, **kw})
 
 
-def _save_shipped_layout(ref: transformers.CLIPTextModel, folder) -> None:
-    """`save_pretrained`, then the keys as FLUX.1 ships them (`text_model.` prefix, see jdiff/models/clip/plan.py):
-    transformers 5 writes a freshly built CLIPTextModel without it, and adds it back only when re-saving a
-    model loaded from a prefixed file. The tensors are the ones `save_pretrained` wrote."""
-    ref.save_pretrained(folder)
-    path = str(folder / "model.safetensors")
-    save_file({f"text_model.{k}": v for k, v in load_file(path).items()}, path)
-
-
 def _token_ids(end: int, length: int, rng: np.random.Generator) -> np.ndarray:
     """Prompts of different lengths: bos, words, the end-of-text id `end`, then padding as the CLIP tokenizers
     do it (row 0 pads with `end` itself, as FLUX's CLIP tokenizer does: pooling must take the first one)."""
@@ -96,22 +87,21 @@ def test_parity_with_transformers(tmp_path, hidden_act, eos, heads, layers, leng
     with torch.no_grad():
         for p in ref.parameters():  # move norms and zero biases away from their initial values
             p.add_(0.1 * torch.randn_like(p))
-    _save_shipped_layout(ref, tmp_path)
-
-    cfg, model = loading.load_component(SPEC, tmp_path)
+    # The keys as FLUX.1 ships them (`text_model.` prefix, see jdiff/models/clip/plan.py): transformers 5
+    # writes a freshly built CLIPTextModel without it.
+    cfg, model = parity.load(ref, SPEC, tmp_path, prefix="text_model.")
     assert cfg.eos_token_id == eos and cfg.hidden_act == hidden_act
     ids = _token_ids(eos if eos != LEGACY_EOS else LEGACY_END, length, np.random.default_rng(layers))
     with torch.no_grad():
         want = ref(input_ids=torch.from_numpy(ids))
     hidden, pooled = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(ids, jnp.int32))
-    assert rel_err(hidden, want.last_hidden_state.numpy()) <= 1e-5
-    assert rel_err(pooled, want.pooler_output.numpy()) <= 1e-5
+    parity.assert_close(hidden, want.last_hidden_state, what="hidden states")
+    parity.assert_close(pooled, want.pooler_output, what="pooled")
 
 
 def test_bfloat16_follows_the_weights(tmp_path):
     ref = transformers.CLIPTextModel(_tiny(eos_token_id=NEW_EOS)).eval()
-    _save_shipped_layout(ref, tmp_path)
-    _, model = loading.load_component(SPEC, tmp_path, dtype=jnp.bfloat16)
+    _, model = parity.load(ref, SPEC, tmp_path, dtype=jnp.bfloat16, prefix="text_model.")
     ids = _token_ids(NEW_EOS, 16, np.random.default_rng(0))
     hidden, pooled = model(jnp.asarray(ids, jnp.int32))
     assert hidden.dtype == pooled.dtype == jnp.bfloat16
@@ -188,14 +178,13 @@ def test_unprefixed_layout_loads(tmp_path):
 
 def test_parity_unprefixed_save(tmp_path):
     ref = transformers.CLIPTextModel(_tiny()).eval()
-    ref.save_pretrained(tmp_path)  # transformers 5 layout: no `text_model.` prefix
-    _, model = loading.load_component(SPEC, tmp_path)
+    _, model = parity.load(ref, SPEC, tmp_path)  # transformers 5 layout: no `text_model.` prefix
     ids = _token_ids(2, 16, np.random.default_rng(1))
     with torch.no_grad():
         want = ref(torch.from_numpy(ids).long())
     hidden, pooled = model(jnp.asarray(ids))
-    assert rel_err(hidden, want.last_hidden_state.numpy()) <= 1e-5
-    assert rel_err(pooled, want.pooler_output.numpy()) <= 1e-5
+    parity.assert_close(hidden, want.last_hidden_state, what="hidden states")
+    parity.assert_close(pooled, want.pooler_output, what="pooled")
 
 
 @pytest.mark.parametrize(
@@ -227,3 +216,7 @@ def test_too_long_prompt():
     model = SPEC.module_cls(cfg, rngs=nnx.Rngs(0))
     with pytest.raises(InputError, match=r"length <= 4 \(max_position_embeddings\), got shape \(1, 5\)"):
         model(jnp.zeros((1, 5), jnp.int32))
+
+
+def test_preset_is_the_released_config():
+    assert from_dict(CLIPTextConfig, CLIP_L) == CLIPTextConfig.large()

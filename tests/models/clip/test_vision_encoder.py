@@ -11,7 +11,6 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from safetensors.torch import load_file, save_file
 
 from jdiff.errors import ConversionError, InputError
 from jdiff.models.clip.vision_config import CLIPVisionConfig
@@ -20,6 +19,7 @@ from jdiff.models.clip.vision_plan import SPEC
 from jdiff.weights import loading
 from jdiff.weights.config import from_dict
 from jdiff.weights.safetensors import open_weights
+from tests import parity
 from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
 
 # image_encoder/config.json of Wan2.1-I2V-14B-480P/720P-Diffusers (open-clip ViT-H/14).
@@ -51,6 +51,7 @@ WAN_PREPROCESSOR = dict(
     rescale_factor=0.00392156862745098,
     size={"shortest_edge": 224},
 )
+SHIPPED = "vision_model."  # the key prefix of Wan's image_encoder/model.safetensors
 Q = "vision_model.encoder.layers.self_attn.q_proj.kernel"
 
 
@@ -67,17 +68,13 @@ def _tiny(**kw) -> transformers.CLIPVisionConfig:
     return transformers.CLIPVisionConfig(**{**base, **kw})
 
 
-def _reference(folder, config, *, prefixed: bool) -> transformers.CLIPVisionModel:
-    """A randomised tiny reference saved with `save_pretrained`; `prefixed` renames the keys to the layout Wan
-    ships (`vision_model.` prefix, see jdiff/models/clip/vision_plan.py), keeping the tensors it wrote."""
+def _reference(config) -> transformers.CLIPVisionModel:
+    """A randomised tiny reference (loaded with `prefix=SHIPPED` for the layout Wan ships, see
+    jdiff/models/clip/vision_plan.py)."""
     ref = transformers.CLIPVisionModel(config).eval()
     with torch.no_grad():
         for p in ref.parameters():  # move norms and zero biases away from their initial values
             p.add_(0.1 * torch.randn_like(p))
-    ref.save_pretrained(folder)
-    if prefixed:
-        path = str(folder / "model.safetensors")
-        save_file({f"vision_model.{k}": v for k, v in load_file(path).items()}, path)
     return ref
 
 
@@ -99,18 +96,18 @@ def _penultimate(ref, pixels: np.ndarray) -> np.ndarray:
 )
 def test_parity_with_transformers(tmp_path, hidden_act, layers, heads, prefixed):
     config = _tiny(hidden_act=hidden_act, num_hidden_layers=layers, num_attention_heads=heads)
-    ref = _reference(tmp_path, config, prefixed=prefixed)
-    cfg, model = loading.load_component(SPEC, tmp_path)
+    ref = _reference(config)
+    cfg, model = parity.load(ref, SPEC, tmp_path, prefix=SHIPPED if prefixed else "")
     assert (cfg.num_hidden_layers, cfg.hidden_act) == (layers, hidden_act)
     pixels = np.random.default_rng(layers).standard_normal((2, 32, 32, 3)).astype(np.float32)
     got = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(pixels))
     assert got.shape == (2, 1 + 16, 32) and got.dtype == jnp.float32
-    assert rel_err(got, _penultimate(ref, pixels)) <= 1e-5
+    parity.assert_close(got, _penultimate(ref, pixels))
 
 
 def test_bfloat16_follows_the_weights(tmp_path):
-    ref = _reference(tmp_path, _tiny(), prefixed=True)
-    _, model = loading.load_component(SPEC, tmp_path, dtype=jnp.bfloat16)
+    ref = _reference(_tiny())
+    _, model = parity.load(ref, SPEC, tmp_path, dtype=jnp.bfloat16, prefix=SHIPPED)
     pixels = np.random.default_rng(0).standard_normal((1, 32, 32, 3)).astype(np.float32)
     got = nnx.jit(lambda m, x: m(x))(model, jnp.asarray(pixels))
     assert got.dtype == jnp.bfloat16
@@ -253,3 +250,7 @@ def test_preprocess_bad_input():
         preprocess_images(np.zeros((224, 224, 3), np.float32))
     with pytest.raises(InputError, match="crop_size 300 exceeds the resized image"):
         preprocess_images(np.zeros((224, 224, 3), np.uint8), crop_size=300)
+
+
+def test_preset_is_the_released_config():
+    assert from_dict(CLIPVisionConfig, VIT_H) == CLIPVisionConfig.vit_h_14()

@@ -16,35 +16,16 @@ from jdiff.models.t5.plan import SPEC
 from jdiff.weights.config import from_dict
 from jdiff.weights.loading import check, load_component
 from jdiff.weights.safetensors import open_weights
-from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
+from tests import parity
+from tests.utils import rel_err, write_sparse_safetensors
 
-TINY = dict(
-    vocab_size=1000,
-    d_model=32,
-    d_kv=8,
-    d_ff=37,
-    num_layers=3,
-    num_heads=4,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-)
+TINY = parity.kwargs(T5Config.tiny())
 # text_encoder_2/config.json of FLUX.1-dev / schnell.
-XXL = dict(
-    vocab_size=32128,
-    d_model=4096,
-    d_kv=64,
-    d_ff=10240,
-    num_layers=24,
-    num_heads=64,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu",
-)
+XXL = parity.kwargs(T5Config.xxl())
 
 
 def _reference(tmp_path, **overrides):
     ref = transformers.T5EncoderModel(transformers.T5Config(**{**TINY, **overrides})).eval()
-    ref.save_pretrained(tmp_path)
     return ref
 
 
@@ -67,7 +48,7 @@ def _reference_out(ref, ids, mask) -> np.ndarray:
 @pytest.mark.parametrize("length", [7, 40])  # 40 > max_distance: log buckets and the clamped last bucket
 def test_parity(tmp_path, feed_forward_proj, length):
     ref = _reference(tmp_path, feed_forward_proj=feed_forward_proj)
-    cfg, model = load_component(SPEC, tmp_path)
+    cfg, model = parity.load(ref, SPEC, tmp_path)
     assert cfg.is_gated_act == feed_forward_proj.startswith("gated")
     ids, mask = _padded_inputs(length, cfg.vocab_size)
     got = jax.jit(lambda m, i, a: m(i, a))(model, jnp.asarray(ids), jnp.asarray(mask))
@@ -77,7 +58,7 @@ def test_parity(tmp_path, feed_forward_proj, length):
 
 def test_no_mask_is_all_ones(tmp_path):
     ref = _reference(tmp_path, feed_forward_proj="gated-gelu")
-    _, model = load_component(SPEC, tmp_path)
+    _, model = parity.load(ref, SPEC, tmp_path)
     ids, _ = _padded_inputs(9, 1000)
     full = np.ones_like(ids)
     got = model(jnp.asarray(ids), None)
@@ -87,7 +68,7 @@ def test_no_mask_is_all_ones(tmp_path):
 def test_wo_float32_under_float16_only(tmp_path):
     ref = _reference(tmp_path, feed_forward_proj="gated-gelu")
     # transformers keeps wo in float32 for float16 (its `_keep_in_fp32_modules`), not for bfloat16.
-    _, fp16 = load_component(SPEC, tmp_path, dtype=jnp.float16)
+    _, fp16 = parity.load(ref, SPEC, tmp_path, dtype=jnp.float16)
     assert fp16.encoder.block.layer[1].DenseReluDense.wo.kernel[...].dtype == jnp.float32
     assert fp16.encoder.block.layer[1].DenseReluDense.wi_0.kernel[...].dtype == jnp.float16
     _, model = load_component(SPEC, tmp_path, dtype=jnp.bfloat16)
@@ -111,12 +92,11 @@ def test_buckets_match_transformers(num_buckets, max_distance):
 
 
 def _xxl_weights(tmp_path, drop=(), extra=None) -> None:
-    config = transformers.T5Config(**XXL)
-    shapes = meta_state_shapes(lambda: transformers.T5EncoderModel(config))
     # save_pretrained writes a tied weight once, under its source name.
     tied = set(transformers.T5EncoderModel._tied_weights_keys)
     assert tied == {"encoder.embed_tokens.weight"}
-    tensors = {k: v for k, v in shapes.items() if k not in tied and k not in drop}
+    build = lambda: transformers.T5EncoderModel(transformers.T5Config(**XXL))
+    tensors = parity.real_layout(build, skip=(*tied, *drop))
     tensors.update(extra or {})
     write_sparse_safetensors(tmp_path / "model.safetensors", tensors)
 
@@ -173,5 +153,5 @@ def test_bad_config(override, match):
 def test_activation_parse_follows_transformers():
     for proj in ["relu", "gated-gelu", "gated-silu", "gelu", "gated-gelu_new"]:
         ours = from_dict(T5Config, {**TINY, "feed_forward_proj": proj})
-        theirs = transformers.T5Config(**TINY, feed_forward_proj=proj)
+        theirs = transformers.T5Config(**{**TINY, "feed_forward_proj": proj})
         assert (ours.dense_act_fn, ours.is_gated_act) == (theirs.dense_act_fn, theirs.is_gated_act)

@@ -15,30 +15,12 @@ from jdiff.models.t5.umt5_plan import SPEC
 from jdiff.weights.config import from_dict
 from jdiff.weights.loading import check, load_component, param_shapes
 from jdiff.weights.safetensors import open_weights
-from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
+from tests import parity
+from tests.utils import rel_err, write_sparse_safetensors
 
-TINY = dict(
-    vocab_size=1000,
-    d_model=32,
-    d_kv=8,
-    d_ff=37,
-    num_layers=3,
-    num_heads=4,
-    relative_attention_num_buckets=8,
-    relative_attention_max_distance=16,
-)
+TINY = parity.kwargs(UMT5Config.tiny())
 # text_encoder/config.json of the Wan2.1 / Wan2.2 diffusers checkpoints (UMT5-XXL encoder).
-XXL = dict(
-    vocab_size=256384,
-    d_model=4096,
-    d_kv=64,
-    d_ff=10240,
-    num_layers=24,
-    num_heads=64,
-    relative_attention_num_buckets=32,
-    relative_attention_max_distance=128,
-    feed_forward_proj="gated-gelu",
-)
+XXL = parity.kwargs(UMT5Config.xxl())
 BIAS = "encoder.block.layer.0.SelfAttention.relative_attention_bias.embedding"
 
 
@@ -47,7 +29,6 @@ def _reference(tmp_path, **overrides):
     with torch.no_grad():
         for p in ref.parameters():  # move norms away from ones, and the per-layer bias tables apart
             p.add_(0.05 * torch.randn_like(p))
-    ref.save_pretrained(tmp_path)
     return ref
 
 
@@ -70,7 +51,7 @@ def _reference_out(ref, ids, mask) -> np.ndarray:
 @pytest.mark.parametrize("length", [7, 40])  # 40 > max_distance: log buckets and the clamped last bucket
 def test_parity(tmp_path, feed_forward_proj, length):
     ref = _reference(tmp_path, feed_forward_proj=feed_forward_proj)
-    cfg, model = load_component(SPEC, tmp_path)
+    cfg, model = parity.load(ref, SPEC, tmp_path)
     assert isinstance(cfg, UMT5Config) and isinstance(model, UMT5EncoderModel)
     # One table per layer, loaded from each block's own key.
     tables = np.asarray(model.encoder.block.layer[0].SelfAttention.relative_attention_bias.embedding[...])
@@ -85,7 +66,7 @@ def test_parity(tmp_path, feed_forward_proj, length):
 
 def test_no_mask_is_all_ones(tmp_path):
     ref = _reference(tmp_path)
-    _, model = load_component(SPEC, tmp_path)
+    _, model = parity.load(ref, SPEC, tmp_path)
     ids, _ = _padded_inputs(9, 1000)
     got = model(jnp.asarray(ids), None)
     assert rel_err(got, _reference_out(ref, ids, np.ones_like(ids))) <= 1e-5
@@ -94,7 +75,7 @@ def test_no_mask_is_all_ones(tmp_path):
 def test_bfloat16_follows_the_weights(tmp_path):
     ref = _reference(tmp_path)
     # transformers keeps wo in float32 for float16 (its `_keep_in_fp32_modules`), not for bfloat16.
-    _, fp16 = load_component(SPEC, tmp_path, dtype=jnp.float16)
+    _, fp16 = parity.load(ref, SPEC, tmp_path, dtype=jnp.float16)
     assert fp16.encoder.block.layer[1].DenseReluDense.wo.kernel[...].dtype == jnp.float32
     _, model = load_component(SPEC, tmp_path, dtype=jnp.bfloat16)
     assert model.encoder.block.layer[1].DenseReluDense.wo.kernel[...].dtype == jnp.bfloat16
@@ -105,12 +86,11 @@ def test_bfloat16_follows_the_weights(tmp_path):
 
 
 def _xxl_weights(tmp_path, drop=(), extra=None) -> None:
-    config = transformers.UMT5Config(**XXL)
-    shapes = meta_state_shapes(lambda: transformers.UMT5EncoderModel(config))
     # save_pretrained writes a tied weight once, under its source name (`shared.weight`).
     tied = set(transformers.UMT5EncoderModel._tied_weights_keys)
     assert tied == {"encoder.embed_tokens.weight"}
-    tensors = {k: v for k, v in shapes.items() if k not in tied and k not in drop}
+    build = lambda: transformers.UMT5EncoderModel(transformers.UMT5Config(**XXL))
+    tensors = parity.real_layout(build, skip=(*tied, *drop))
     tensors.update(extra or {})
     write_sparse_safetensors(tmp_path / "model.safetensors", tensors)
 

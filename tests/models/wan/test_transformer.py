@@ -13,50 +13,19 @@ from jdiff.models.wan.config import WanTransformerConfig
 from jdiff.models.wan.plan import SPEC
 from jdiff.models.wan.rope import wan_rope_tables
 from jdiff.weights.config import from_dict
-from jdiff.weights.loading import check, load_component, param_shapes
+from jdiff.weights.loading import check, param_shapes
 from jdiff.weights.plan import export
 from jdiff.weights.safetensors import open_weights
-from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
+from tests import parity
+from tests.utils import write_sparse_safetensors
 
-# The released diffusers configs (diffusers `scripts/convert_wan_to_diffusers.py`); rope_max_seq_len is the
-# default 1024 in all of them. Wan2.2-T2V-A14B's two experts are both WAN21_T2V_14B.
-_COMMON = dict(
-    patch_size=[1, 2, 2],
-    attention_head_dim=128,
-    text_dim=4096,
-    freq_dim=256,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    eps=1e-6,
-    image_dim=None,
-    added_kv_proj_dim=None,
-)
-WAN21_T2V_1_3B = dict(
-    _COMMON, num_attention_heads=12, num_layers=30, ffn_dim=8960, in_channels=16, out_channels=16
-)
-WAN21_T2V_14B = dict(
-    _COMMON, num_attention_heads=40, num_layers=40, ffn_dim=13824, in_channels=16, out_channels=16
-)
-WAN21_I2V_14B = dict(WAN21_T2V_14B, in_channels=36, image_dim=1280, added_kv_proj_dim=5120)
-WAN22_I2V_A14B = dict(WAN21_T2V_14B, in_channels=36)
-WAN22_TI2V_5B = dict(
-    _COMMON, num_attention_heads=24, num_layers=30, ffn_dim=14336, in_channels=48, out_channels=48
-)
-
-TINY = dict(
-    patch_size=[1, 2, 2],
-    num_attention_heads=2,
-    attention_head_dim=12,
-    in_channels=4,
-    out_channels=4,
-    text_dim=16,
-    freq_dim=256,
-    ffn_dim=32,
-    num_layers=2,
-    cross_attn_norm=True,
-    qk_norm="rms_norm_across_heads",
-    rope_max_seq_len=32,
-)
+# The released diffusers configs (diffusers `scripts/convert_wan_to_diffusers.py`): the config's presets.
+WAN21_T2V_1_3B = parity.kwargs(WanTransformerConfig.t2v_1_3b())
+WAN21_T2V_14B = parity.kwargs(WanTransformerConfig.t2v_14b())
+WAN21_I2V_14B = parity.kwargs(WanTransformerConfig.i2v_14b())
+WAN22_I2V_A14B = parity.kwargs(WanTransformerConfig.i2v_a14b())
+WAN22_TI2V_5B = parity.kwargs(WanTransformerConfig.ti2v_5b())
+TINY = parity.kwargs(WanTransformerConfig.tiny())
 
 
 # One compile is faster than running the model op by op on CPU.
@@ -64,14 +33,9 @@ _call = nnx.jit(lambda model, *args: model(*args))
 
 
 def _reference(tmp_path, cfg: dict) -> TorchWan:
-    ref = TorchWan(**cfg).eval()
-    with torch.no_grad():
-        # Weights well away from diffusers' inits (zero biases, unit norms), at a scale that keeps activations
-        # O(1): the float32 sinusoid of t ~ 1000 already differs by ~1e-5 between XLA and torch.
-        for p in ref.parameters():
-            p.normal_(0, 0.05)
-    ref.save_pretrained(tmp_path)
-    return ref
+    """The randomised reference, saved and read back by jdiff's loader: (reference, jdiff config, jdiff model)."""
+    ref = parity.randomized(TorchWan(**cfg))
+    return (ref, *parity.load(ref, SPEC, tmp_path))
 
 
 @pytest.mark.parametrize(
@@ -97,8 +61,7 @@ def test_parity(tmp_path, variant, latent):
         cfg.update(pos_embed_seq_len=2 * n_img)
     if variant == "ti2v_per_token_timestep":
         cfg.update(in_channels=6, out_channels=6)
-    ref = _reference(tmp_path, cfg)
-    jcfg, model = load_component(SPEC, tmp_path)
+    ref, jcfg, model = _reference(tmp_path, cfg)
 
     f, h, w = latent
     rng = np.random.default_rng(0)
@@ -132,7 +95,7 @@ def test_parity(tmp_path, variant, latent):
         None if img is None else jnp.asarray(img),
     )
     assert got.shape == (b, f, h, w, cfg["out_channels"] or cfg["in_channels"])
-    assert rel_err(got, want.transpose(0, 2, 3, 4, 1)) < 1e-5
+    parity.assert_close(got, want.transpose(0, 2, 3, 4, 1))
 
 
 @pytest.mark.parametrize(
@@ -169,7 +132,7 @@ def test_real_size_shapes_and_keys(tmp_path, name, config, n_params):
     total = sum(int(np.prod(s)) for s in shapes.values())
     assert abs(total / n_params - 1) < 0.01, total
 
-    ref_shapes = meta_state_shapes(lambda: TorchWan(**config).to(torch.bfloat16))
+    ref_shapes = parity.real_layout(lambda: TorchWan(**config).to(torch.bfloat16))
     write_sparse_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", ref_shapes)
     assert len(check(SPEC, cfg, open_weights(tmp_path), component="transformer")) == len(shapes)
 
@@ -187,8 +150,7 @@ def test_real_size_shapes_and_keys(tmp_path, name, config, n_params):
 
 
 def test_export_round_trips(tmp_path):
-    ref = _reference(tmp_path, dict(TINY, image_dim=20, added_kv_proj_dim=24, pos_embed_seq_len=4))
-    _, model = load_component(SPEC, tmp_path)
+    ref, _, model = _reference(tmp_path, dict(TINY, image_dim=20, added_kv_proj_dim=24, pos_embed_seq_len=4))
     params = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
     exported = export(SPEC.plan, params)
     want = ref.state_dict()
@@ -198,8 +160,8 @@ def test_export_round_trips(tmp_path):
 
 
 def test_fp32_islands_under_bf16(tmp_path):
-    _reference(tmp_path, dict(TINY, image_dim=20, added_kv_proj_dim=24))
-    _, model = load_component(SPEC, tmp_path, dtype=jnp.bfloat16)
+    ref = parity.randomized(TorchWan(**dict(TINY, image_dim=20, added_kv_proj_dim=24)))
+    _, model = parity.load(ref, SPEC, tmp_path, dtype=jnp.bfloat16)
     assert model.condition_embedder.time_embedder.linear_1.kernel.dtype == jnp.float32
     assert model.scale_shift_table.dtype == model.blocks.scale_shift_table.dtype == jnp.float32
     assert model.blocks.norm2.scale.dtype == jnp.float32

@@ -12,13 +12,12 @@ import torch
 from diffusers import AutoencoderKLWan as TorchAutoencoderKLWan
 from flax import nnx
 
-from jdiff.errors import ConversionError, InputError
+from jdiff.errors import InputError
 from jdiff.models.wan_vae.config import WanVAEConfig
 from jdiff.models.wan_vae.plan import SPEC
 from jdiff.weights.config import from_dict
-from jdiff.weights.loading import check, load_component
-from jdiff.weights.safetensors import open_weights
-from tests.utils import meta_state_shapes, rel_err, write_sparse_safetensors
+from jdiff.weights.loading import load_component
+from tests import parity
 
 # `Wan-AI/Wan2.1-T2V-1.3B-Diffusers/vae/config.json` (latent statistics left to diffusers' defaults, which
 # are the Wan2.1 ones).
@@ -121,7 +120,6 @@ def _reference(config, tmp_path):
                 p.normal_(std=0.1)
         ref.decoder.conv_out.weight.mul_(0.2)
         ref.decoder.conv_out.bias[0] = 1.0
-    ref.save_pretrained(tmp_path)
     return ref
 
 
@@ -137,7 +135,7 @@ def _from_jax(x):  # [B, T, H, W, C] -> [B, C, T, H, W]
 def test_parity_with_diffusers(name, tmp_path):
     config, (b, h, w), frame_counts, latent_counts = VARIANTS[name]
     ref = _reference(config, tmp_path)
-    cfg, model = load_component(SPEC, tmp_path)
+    cfg, model = parity.load(ref, SPEC, tmp_path)
     assert cfg.is_residual == config.get("is_residual", False)
     encode = _jit(model, "encode", fast=name == "wan21")
     decode = _jit(model, "decode", fast=name == "wan21")
@@ -149,8 +147,8 @@ def test_parity_with_diffusers(name, tmp_path):
             dist = ref.encode(_to_torch(x)).latent_dist
         mean, logvar = encode(jnp.asarray(x))
         assert mean.shape == (b, 1 + (frames - 1) // 4, h // cfg.spatial_factor, w // cfg.spatial_factor, 4)
-        assert rel_err(_from_jax(mean), dist.mean.numpy()) < 1e-5
-        assert rel_err(_from_jax(logvar), dist.logvar.numpy()) < 1e-5
+        parity.assert_close(_from_jax(mean), dist.mean, what="mean")
+        parity.assert_close(_from_jax(logvar), dist.logvar, what="logvar")
 
     for t in latent_counts:
         z = rng.standard_normal((b, t, h // cfg.spatial_factor, w // cfg.spatial_factor, 4)).astype(
@@ -162,7 +160,7 @@ def test_parity_with_diffusers(name, tmp_path):
         assert 0.01 < np.mean(np.abs(want) >= 1.0) < 1 / 3
         got = decode(jnp.asarray(z))
         assert got.shape == (b, 1 + 4 * (t - 1), h, w, 3)
-        assert rel_err(_from_jax(got), want) < 1e-5
+        parity.assert_close(_from_jax(got), want, what="decode")
 
 
 def _walk(jaxpr):
@@ -216,8 +214,7 @@ def test_frames_are_processed_in_chunks(name):
 
 
 def test_activations_keep_dtype(tmp_path):
-    _reference(VARIANTS["wan22"][0], tmp_path)
-    _, model = load_component(SPEC, tmp_path, dtype=jnp.bfloat16)
+    _, model = parity.load(_reference(VARIANTS["wan22"][0], tmp_path), SPEC, tmp_path, dtype=jnp.bfloat16)
     x = jax.ShapeDtypeStruct((1, 5, 32, 32, 3), jnp.bfloat16)
     mean, logvar = nnx.eval_shape(lambda m, v: m.encode(v), model, x)
     assert mean.dtype == logvar.dtype == jnp.bfloat16 and mean.shape == (1, 2, 2, 2, 4)
@@ -246,22 +243,15 @@ def test_real_size_shapes_and_keys(config, spatial, z, missing, unexpected, tmp_
     assert out.shape == (1, 5, 2 * spatial, 3 * spatial, 3)
 
     torch_config = {k: v for k, v in config.items() if not k.startswith("_") and k != "clip_output"}
-    shapes = meta_state_shapes(lambda: TorchAutoencoderKLWan(**torch_config))
-    write_sparse_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", shapes)
-    assignments = check(SPEC, cfg, open_weights(tmp_path), component="vae")
-    assert len(assignments) == len(shapes)
-
-    broken = dict(shapes)
-    del broken[missing]
-    broken[unexpected] = ((z, 1, 1, 1), "F32")
-    (tmp_path / "diffusion_pytorch_model.safetensors").unlink()
-    write_sparse_safetensors(tmp_path / "diffusion_pytorch_model.safetensors", broken)
-    with pytest.raises(ConversionError) as e:
-        check(SPEC, cfg, open_weights(tmp_path), component="vae")
-    msg = str(e.value)
-    assert f"missing source key {missing!r}" in msg
-    assert f"unexpected source key {unexpected!r}" in msg
-    assert len(e.value.problems) == 2
+    parity.check_coverage(
+        SPEC,
+        cfg,
+        parity.real_layout(lambda: TorchAutoencoderKLWan(**torch_config)),
+        tmp_path,
+        component="vae",
+        missing=missing,
+        unexpected=(unexpected, (z, 1, 1, 1)),
+    )
 
 
 _TINY21 = VARIANTS["wan21"][0]
@@ -306,3 +296,8 @@ def test_config_from_dict():
     assert cfg.decoder_dim == 256 and cfg.patch == 2 and len(cfg.latents_mean) == 48
     wan21 = from_dict(WanVAEConfig, WAN21_VAE)
     assert wan21.decoder_dim == 96 and wan21.patch == 1 and wan21.latents_std[-1] == 1.9160
+
+
+def test_presets_are_the_released_configs():
+    assert from_dict(WanVAEConfig, WAN21_VAE) == WanVAEConfig.wan21()
+    assert from_dict(WanVAEConfig, WAN22_VAE) == WanVAEConfig.wan22()
