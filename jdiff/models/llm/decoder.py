@@ -173,6 +173,13 @@ def hidden_state_indices(hidden_layers: Sequence[int] | None, num_layers: int) -
     return tuple(out)
 
 
+def concat_hidden_states(hidden: Float[Array, "j b l d"]) -> Float[Array, "b l jd"]:
+    """[J, B, L, D] -> [B, L, J * D], each token's requested layers side by side: FLUX.2's prompt embedding
+    (`torch.stack(hidden_states[k] for k in layers, dim=1).permute(0, 2, 1, 3).reshape(B, L, J * D)`)."""
+    j, b, length, d = hidden.shape
+    return hidden.transpose(1, 2, 0, 3).reshape(b, length, j * d)
+
+
 class Decoder(nnx.Module):
     """transformers' `LlamaModel`-style decoder (`embed_tokens`, `layers`, `norm`) returning hidden states."""
 
