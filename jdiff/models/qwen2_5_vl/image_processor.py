@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -56,9 +57,24 @@ class Qwen2VLImageProcessorConfig:
         object.__setattr__(self, "image_std", tuple(self.image_std))
 
     @classmethod
-    def read(cls, path) -> Qwen2VLImageProcessorConfig:
-        """From a `preprocessor_config.json` (e.g. a Qwen-Image-Edit directory's `processor/`)."""
-        return from_dict(cls, read_json(path))
+    def from_folder(cls, folder) -> Qwen2VLImageProcessorConfig:
+        """From a processor folder (a Qwen-Image-Edit directory's `processor/`): its `preprocessor_config.json`,
+        or, as transformers 5 saves processors, the `image_processor` entry of `processor_config.json`.
+
+        Raises:
+            InputError: neither file is there, or the values are not supported.
+        """
+        folder = Path(folder)
+        if (folder / "preprocessor_config.json").is_file():
+            return from_dict(cls, read_json(folder / "preprocessor_config.json"))
+        if (folder / "processor_config.json").is_file():
+            raw = read_json(folder / "processor_config.json")
+            if isinstance(raw.get("image_processor"), dict):
+                return from_dict(cls, raw["image_processor"])
+        raise InputError(
+            f"{folder} has no preprocessor_config.json (nor a processor_config.json with an image_processor "
+            "entry); is the processor folder complete?"
+        )
 
     def validate(self) -> None:
         if not 0 < self.min_pixels <= self.max_pixels:

@@ -1,6 +1,8 @@
 """Qwen2.5-VL image preprocessing: pixel_values and image_grid_thw equal to transformers' PIL image processor
 for non-square images (resized down, up, and to the default max_pixels), without torchvision."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -41,3 +43,15 @@ def test_smart_resize_and_errors():
         preprocess([np.zeros((4, 4, 3))])
     with pytest.raises(InputError, match="min_pixels"):
         from_dict(Qwen2VLImageProcessorConfig, {"min_pixels": 100, "max_pixels": 10})
+
+
+def test_from_folder_both_files(tmp_path):
+    raw = {"min_pixels": 3136, "max_pixels": 12845056, "patch_size": 14, "merge_size": 2,
+           "image_processor_type": "Qwen2VLImageProcessor"}  # fmt: skip
+    want = Qwen2VLImageProcessorConfig(min_pixels=3136, max_pixels=12845056)
+    with pytest.raises(InputError, match="no preprocessor_config.json"):
+        Qwen2VLImageProcessorConfig.from_folder(tmp_path)
+    (tmp_path / "processor_config.json").write_text(json.dumps({"image_processor": raw}))  # transformers 5
+    assert Qwen2VLImageProcessorConfig.from_folder(tmp_path) == want
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps(raw))  # the published layout
+    assert Qwen2VLImageProcessorConfig.from_folder(tmp_path) == want
