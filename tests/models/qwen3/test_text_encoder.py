@@ -65,7 +65,7 @@ def test_selected_layers_skip_the_rest(tmp_path):
     _, model = parity.load(ref, SPEC, tmp_path)
     ids, mask = _inputs(9, cfg.vocab_size, "right")
     want = _want(ref, ids, mask)
-    for layers in [(-2,), (1, 3, 2), (0, -1), (4,)]:
+    for layers in [(-2,), (3, 1, 0, -1)]:
         got = _run(model, jnp.asarray(ids), jnp.asarray(mask), layers)
         assert got.shape[0] == len(layers)
         for j, i in enumerate(layers):
