@@ -7,13 +7,17 @@ M merged image tokens (P / 4).
 Attribute paths follow transformers 5 (`model.language_model.*`, `model.visual.*`); the plan reads the
 published layout (`model.*`, `visual.*`) too.
 
-How the pipelines call it (host work first, then one jitted call; `hidden_layers` static):
+How the pipelines call it:
 
     cfg, enc = load_component(SPEC, folder)
-    pixel_values, grid = image_processor.preprocess(images, processor_cfg)    # edit pipelines only
-    layout = prepare_images(ids, grid, cfg)            # checks the image-pad token count; None without images
-    h = jax.jit(lambda m, i, a, pv, lay: m(i, a, pixel_values=pv, layout=lay, hidden_layers=(-1,)))(
-        enc, ids, mask, pixel_values, layout)[0]                                                  # [B, L, D]
+    processor = Qwen2VLImageProcessorConfig.from_folder(model_dir / "processor")          # edit pipelines
+    texts = expand_image_tokens(texts, image_grid(images, processor), cfg)  # each <|image_pad|> -> its count
+    ids, mask = tokenize(texts)                                              # the pipeline's tokenizer
+    h = encode(enc, cfg, ids, mask, images=images, processor=processor)[0]                     # [B, L, D]
+
+`encode` does the host work (preprocessing, token checks, the vision layout) and one jitted call; the parts
+are public for pipelines that jit more around them (`preprocess`, `prepare_images`, `rope_index`, and the
+module's `__call__`).
 
 RoPE positions: without `position_ids` every row counts 0..L-1, images included. That is what transformers
 5.x computes when the caller passes no `mm_token_type_ids`, which is how diffusers' Qwen-Image pipelines call
@@ -26,7 +30,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from functools import partial
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -35,6 +41,7 @@ from jaxtyping import Array, Bool, Float, Int
 from jdiff.errors import InputError
 from jdiff.models.llm.decoder import Decoder
 from jdiff.models.qwen2_5_vl.config import Qwen2_5_VLConfig
+from jdiff.models.qwen2_5_vl.image_processor import Qwen2VLImageProcessorConfig, preprocess, smart_resize
 from jdiff.models.qwen2_5_vl.vision import Qwen2_5_VisionTransformer, VisionLayout, _check_grid, vision_layout
 
 
@@ -46,6 +53,37 @@ def _image_runs(ids: np.ndarray, image_token_id: int) -> list[tuple[bool, int, i
         runs.append((is_image, start, start + n))
         start += n
     return runs
+
+
+IMAGE_PAD = "<|image_pad|>"
+
+
+def image_grid(images, processor: Qwen2VLImageProcessorConfig | None = None) -> np.ndarray:
+    """image_grid_thw [num_images, 3] that `preprocess` will give for PIL `images`, without preprocessing."""
+    p = processor or Qwen2VLImageProcessorConfig()
+    factor = p.patch_size * p.merge_size
+    sizes = [smart_resize(im.height, im.width, factor, p.min_pixels, p.max_pixels) for im in images]
+    return np.asarray([(1, h // p.patch_size, w // p.patch_size) for h, w in sizes], np.int64)
+
+
+def expand_image_tokens(
+    texts: Sequence[str], image_grid_thw: np.ndarray, cfg: Qwen2_5_VLConfig, image_token: str = IMAGE_PAD
+) -> list[str]:
+    """Each `image_token` of `texts` (in order, across texts) repeated once per merged token of its image
+    (t * h * w / merge^2), as transformers' Qwen2.5-VL processor rewrites prompts before tokenizing.
+
+    Raises:
+        InputError: the number of image tokens in the texts differs from the number of images.
+    """
+    grid = np.asarray(image_grid_thw).reshape(-1, 3)
+    found = sum(t.count(image_token) for t in texts)
+    if found != len(grid):
+        raise InputError(
+            f"Qwen2.5-VL: the prompts hold {found} {image_token} tokens for {len(grid)} images; put one per image"
+        )
+    counts = iter((grid.prod(-1) // cfg.vision_config.spatial_merge_size**2).tolist())
+    return ["".join(part if i == 0 else image_token * next(counts) + part
+                    for i, part in enumerate(t.split(image_token))) for t in texts]  # fmt: skip
 
 
 def prepare_images(input_ids: np.ndarray, image_grid_thw: np.ndarray, cfg: Qwen2_5_VLConfig) -> VisionLayout:
@@ -165,3 +203,58 @@ class Qwen2_5_VLTextEncoder(nnx.Module):
             k = jnp.clip(jnp.cumsum(is_image.reshape(-1)) - 1, 0, features.shape[0] - 1)
             x = jnp.where(is_image[..., None], features[k].reshape(x.shape), x)
         return lm(x, attention_mask, position_ids, hidden_layers=hidden_layers)
+
+
+@partial(jax.jit, static_argnames=("hidden_layers",))
+def _encode(model, input_ids, attention_mask, pixel_values, layout, position_ids, hidden_layers):
+    return model(
+        input_ids,
+        attention_mask,
+        pixel_values=pixel_values,
+        layout=layout,
+        position_ids=position_ids,
+        hidden_layers=hidden_layers,
+    )
+
+
+def encode(
+    model: Qwen2_5_VLTextEncoder,
+    cfg: Qwen2_5_VLConfig,
+    input_ids,
+    attention_mask=None,
+    *,
+    images=None,
+    processor: Qwen2VLImageProcessorConfig | None = None,
+    multimodal_positions: bool = False,
+    hidden_layers: Sequence[int] | None = (-1,),
+) -> jax.Array:
+    """Prompt (+ images) -> hidden states: host preprocessing, then one jitted call (compiled once per shape).
+
+    Args:
+        model, cfg: the loaded encoder and its config.
+        input_ids: [B, L] token ids (numpy or jax); with images, image pads already expanded
+            (`expand_image_tokens` before tokenizing).
+        attention_mask: [B, L], nonzero for real tokens; None: no padding.
+        images: PIL images, in the order their image tokens appear across the batch; None: text only.
+        processor: the image processor's config (`Qwen2VLImageProcessorConfig.from_folder`); None: defaults.
+        multimodal_positions: use `rope_index` positions (the trained layout) instead of 0..L-1 (what
+            diffusers' pipelines get from transformers 5; see the module doc).
+        hidden_layers: indices into transformers' hidden_states list; default: the last (after the final norm).
+
+    Returns:
+        [J, B, L, D] hidden states.
+
+    Raises:
+        InputError: image tokens that do not match the images, or unsupported images.
+    """
+    ids = np.asarray(input_ids)
+    mask = None if attention_mask is None else np.asarray(attention_mask)
+    pixel_values = layout = grid = None
+    if images:
+        pixel_values, grid = preprocess(images, processor)
+        layout = prepare_images(ids, grid, cfg)
+        pixel_values = jnp.asarray(pixel_values)
+    positions = jnp.asarray(rope_index(ids, mask, grid, cfg)) if multimodal_positions else None
+    hidden = None if hidden_layers is None else tuple(hidden_layers)
+    mask = None if mask is None else jnp.asarray(mask)
+    return _encode(model, jnp.asarray(ids), mask, pixel_values, layout, positions, hidden)

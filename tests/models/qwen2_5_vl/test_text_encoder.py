@@ -4,6 +4,7 @@ attention, the 2x2 merger, image-pad replacement, plain and multimodal RoPE posi
 config layouts; real-size (Qwen2.5-VL-7B, Qwen-Image's text encoder) key coverage in both key layouts."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,13 @@ from jdiff.errors import InputError
 from jdiff.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from jdiff.models.qwen2_5_vl.image_processor import Qwen2VLImageProcessorConfig, preprocess
 from jdiff.models.qwen2_5_vl.plan import SPEC
-from jdiff.models.qwen2_5_vl.text_encoder import prepare_images, rope_index
+from jdiff.models.qwen2_5_vl.text_encoder import (
+    encode,
+    expand_image_tokens,
+    image_grid,
+    prepare_images,
+    rope_index,
+)
 from jdiff.weights.config import from_dict, read_json
 from jdiff.weights.loading import check
 from jdiff.weights.safetensors import open_weights
@@ -142,12 +149,20 @@ def test_with_images(loaded, rows, side, mrope):
     cfg, ref, model = loaded
     pixel_values, grid = preprocess(_images(), PROCESSOR)
     ids, mask = _prompt(cfg, rows, grid, side)
-    layout = prepare_images(ids, grid, cfg)
-    positions = jnp.asarray(rope_index(ids, mask, grid, cfg)) if mrope else None
-    got = _encode_all(
-        model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(pixel_values), layout, positions
-    )
+    got = encode(model, cfg, ids, mask, images=_images(), processor=PROCESSOR, multimodal_positions=mrope,
+                 hidden_layers=None)  # fmt: skip
     _compare(got, _reference_hidden(ref, ids, mask, pixel_values, grid, mrope), mask, side)
+
+
+def test_expand_image_tokens(loaded):
+    cfg = loaded[0]
+    grid = image_grid(_images(), PROCESSOR)
+    np.testing.assert_array_equal(grid, preprocess(_images(), PROCESSOR)[1])
+    texts = ["a <|vision_start|><|image_pad|><|vision_end|> b", "<|image_pad|>c"]
+    assert expand_image_tokens(texts, grid, cfg) == [
+        "a <|vision_start|>" + "<|image_pad|>" * 15 + "<|vision_end|> b", "<|image_pad|>" * 21 + "c"]  # fmt: skip
+    with pytest.raises(InputError, match=re.escape("hold 1 <|image_pad|> tokens for 2 images")):
+        expand_image_tokens(texts[:1], grid, cfg)
 
 
 def test_rope_index_matches_transformers(loaded):
