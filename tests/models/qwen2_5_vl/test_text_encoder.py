@@ -3,6 +3,7 @@ save_pretrained + the jdiff loader, text only and with images of two different s
 attention, the 2x2 merger, image-pad replacement, plain and multimodal RoPE positions), with padding; both
 config layouts; real-size (Qwen2.5-VL-7B, Qwen-Image's text encoder) key coverage in both key layouts."""
 
+import dataclasses
 import json
 import re
 
@@ -228,6 +229,9 @@ def test_config_layouts(tmp_path):
     hash(Qwen2_5_VLConfig.qwen_image_7b())
     with pytest.raises(InputError, match="mrope_section"):
         Qwen2_5_VLConfig.tiny(rope_scaling={"type": "mrope", "mrope_section": [1, 1, 1]})
+    vision = dataclasses.replace(cfg.vision_config, window_size=4)
+    with pytest.raises(InputError, match="window_size 4 should be at least"):
+        Qwen2_5_VLConfig.tiny(vision_config=vision)
     with pytest.raises(InputError, match="out_hidden_size"):
         Qwen2_5_VLConfig.tiny(hidden_size=144, mrope_section=(2, 3, 3))
 
