@@ -113,3 +113,13 @@ def test_real_size_legacy_layout(tmp_path):
     assert by_target["model.language_model.layers.mlp.up_proj.kernel"].sources[3] == (
         "language_model.model.layers.3.mlp.up_proj.weight",
     )
+
+
+def test_real_size_base_model_layout(tmp_path):
+    # transformers' Mistral3Model (no LM head) saves `language_model.*`, `vision_tower.*`, `multi_modal_projector.*`.
+    cfg = Mistral3Config.small_24b()
+    tensors = parity.real_layout(lambda: transformers.Mistral3Model(_ref_config(cfg, REAL_VISION)))
+    assert "language_model.norm.weight" in tensors
+    write_sparse_safetensors(tmp_path / "model.safetensors", tensors)
+    assignments = {a.target: a for a in check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")}
+    assert assignments["model.language_model.norm.scale"].sources == (("language_model.norm.weight",),)

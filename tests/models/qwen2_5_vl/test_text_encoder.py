@@ -263,3 +263,13 @@ def test_real_size_key_coverage(tmp_path, published):
     assignments = {a.target: a for a in check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")}
     assert assignments["model.visual.merger.mlp.0.kernel"].sources == (("visual.merger.mlp.0.weight",),)
     assert assignments["model.language_model.norm.scale"].sources == (("model.norm.weight",),)
+
+
+def test_real_size_base_model_layout(tmp_path):
+    # transformers' Qwen2_5_VLModel (no LM head) saves `language_model.*` and `visual.*`.
+    cfg = Qwen2_5_VLConfig.qwen_image_7b()
+    tensors = parity.real_layout(lambda: transformers.Qwen2_5_VLModel(_ref_config(cfg)))
+    assert "language_model.norm.weight" in tensors and "visual.patch_embed.proj.weight" in tensors
+    write_sparse_safetensors(tmp_path / "model.safetensors", tensors)
+    assignments = {a.target: a for a in check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")}
+    assert assignments["model.language_model.norm.scale"].sources == (("language_model.norm.weight",),)
