@@ -1,8 +1,8 @@
-"""The LLM encoders on a mesh of 8 fake CPU devices: parameters laid out by the rules (q/k/v heads over
-`tensor`, width over `fsdp`), loaded by slices, and the same hidden states as on one device."""
+"""An LLM encoder on a mesh of 8 fake CPU devices (Qwen2.5-VL with images: the shared decoder and the vision
+tower): parameters laid out by the rules (heads over `tensor`, width over `fsdp`), loaded by slices, and the
+same hidden states as on one device."""
 
 import jax
-import numpy as np
 import pytest
 import transformers
 from jax.sharding import PartitionSpec as P
@@ -11,9 +11,6 @@ from jdiff import sharding as sh
 from jdiff.models.qwen2_5_vl import text_encoder as qwen_vl
 from jdiff.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from jdiff.models.qwen2_5_vl.plan import SPEC as QWEN_VL_SPEC
-from jdiff.models.qwen3.config import Qwen3Config
-from jdiff.models.qwen3.plan import SPEC as QWEN3_SPEC
-from jdiff.models.qwen3.text_encoder import encode
 from jdiff.parallel.mesh import make_mesh
 from jdiff.parallel.placement import Placement
 from jdiff.weights.loading import load_component
@@ -28,27 +25,6 @@ def _sharded(spec, cfg, folder, placement):
     return load_component(spec, folder, shardings=placement.shardings(state))[1]
 
 
-def test_qwen3_sharded_matches_one_device(tmp_path):
-    cfg = Qwen3Config.tiny()
-    parity.randomized(
-        transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**parity.kwargs(cfg)))
-    ).save_pretrained(tmp_path)
-    ids = np.random.default_rng(0).integers(1, 1000, (4, 10))
-    mask = np.ones_like(ids)
-    mask[1, 7:] = 0
-    want = encode(load_component(QWEN3_SPEC, tmp_path)[1], ids, mask, hidden_layers=(-2, -1))
-    placement = Placement(make_mesh("tensor=2,fsdp=4"))
-    model = _sharded(QWEN3_SPEC, cfg, tmp_path, placement)
-    attn = model.model.layers.self_attn
-    assert attn.q_proj.kernel[...].sharding.spec == P(None, "fsdp", "tensor")
-    assert attn.o_proj.kernel[...].sharding.spec == P(None, "tensor", "fsdp")
-    with placement.context():
-        batch = (sh.BATCH, sh.LENGTH)
-        got = encode(model, placement.put(ids, batch), placement.put(mask, batch), hidden_layers=(-2, -1))
-    assert len(got.sharding.device_set) == 8
-    parity.assert_close(got, want)
-
-
 def test_qwen2_5_vl_sharded_matches_one_device(tmp_path):
     cfg = Qwen2_5_VLConfig.tiny()
     ref = parity.randomized(transformers.Qwen2_5_VLForConditionalGeneration(_ref_config(cfg)))
@@ -60,6 +36,11 @@ def test_qwen2_5_vl_sharded_matches_one_device(tmp_path):
     placement = Placement(make_mesh("tensor=2,fsdp=4"))
     model = _sharded(QWEN_VL_SPEC, cfg, tmp_path, placement)
     assert model.model.visual.blocks.attn.qkv.kernel[...].sharding.spec == P(None, "fsdp", "tensor")
+    attn = model.model.language_model.layers.self_attn
+    assert attn.k_proj.kernel[...].sharding.spec == P(None, "fsdp", "tensor")
+    assert attn.o_proj.kernel[...].sharding.spec == P(None, "tensor", "fsdp")
     with placement.context():
-        got = qwen_vl.encode(model, cfg, ids, mask, **kw)
+        batch = (sh.BATCH, sh.LENGTH)
+        got = qwen_vl.encode(model, cfg, placement.put(ids, batch), placement.put(mask, batch), **kw)
+    assert len(got.sharding.device_set) == 8
     parity.assert_close(got, want)
