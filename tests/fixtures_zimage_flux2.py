@@ -1,0 +1,83 @@
+"""Tiny, complete Z-Image and FLUX.2 diffusers pipelines built offline (random weights; a byte-level Qwen2
+tokenizer with the Qwen3 chat template's user/assistant part, built from a fixed vocabulary)."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+
+# The part of Qwen3's chat template that user-only messages reach (system turns, tools and history elided).
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}{%- endif %}"
+)
+SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
+
+
+def qwen_tokenizer(folder: Path, padding_side: str = "right"):
+    """A Qwen2TokenizerFast over single bytes (no merges) with Qwen's special tokens, saved to `folder`."""
+    from tokenizers import Tokenizer, decoders, pre_tokenizers
+    from tokenizers.models import BPE
+    from transformers import Qwen2TokenizerFast
+
+    chars = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tk = Tokenizer(BPE({c: i for i, c in enumerate(chars)}, [], fuse_unk=False))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tk.decoder = decoders.ByteLevel()
+    tok = Qwen2TokenizerFast(tokenizer_object=tk, pad_token="<|endoftext|>", eos_token="<|im_end|>",
+                             additional_special_tokens=list(SPECIAL[1:]), padding_side=padding_side)  # fmt: skip
+    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    tok.model_max_length = 512
+    tok.save_pretrained(folder)
+    return Qwen2TokenizerFast.from_pretrained(folder)
+
+
+def _randomize(module, std: float = 0.05):
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0, std)
+    return module.eval()
+
+
+def tiny_qwen3(cls_name: str = "Qwen3Model", hidden: int = 32, layers: int = 3):
+    import transformers
+
+    from jdiff.models.qwen3.config import Qwen3Config
+    from tests import parity
+
+    cfg = Qwen3Config.tiny(hidden_size=hidden, num_hidden_layers=layers)
+    return _randomize(getattr(transformers, cls_name)(transformers.Qwen3Config(**parity.kwargs(cfg))), 0.1)
+
+
+def tiny_z_image_pipeline(seed: int = 0):
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        ZImagePipeline,
+        ZImageTransformer2DModel,
+    )
+
+    from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
+    from jdiff.models.z_image.config import ZImageConfig
+    from tests import parity
+
+    torch.manual_seed(seed)
+    transformer = _randomize(
+        ZImageTransformer2DModel(**parity.kwargs(ZImageConfig.tiny(cap_feat_dim=32))), 0.1
+    )
+    vae = AutoencoderKL(**parity.kwargs(AutoencoderKLConfig.tiny(sample_size=32))).eval()
+    return ZImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False
+        ),
+        vae=vae,
+        text_encoder=tiny_qwen3(),
+        tokenizer=qwen_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer"),
+        transformer=transformer,
+    )
