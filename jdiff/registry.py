@@ -16,6 +16,8 @@ FAMILY_MODULES = (
     "jdiff.pipelines.flux",
     "jdiff.pipelines.wan",
     "jdiff.pipelines.z_image",
+    "jdiff.pipelines.flux2",
+    "jdiff.pipelines.flux2_klein",
 )
 
 

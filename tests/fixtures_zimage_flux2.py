@@ -81,3 +81,39 @@ def tiny_z_image_pipeline(seed: int = 0):
         tokenizer=qwen_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer"),
         transformer=transformer,
     )
+
+
+def tiny_flux2_vae():
+    from diffusers import AutoencoderKLFlux2
+
+    from jdiff.models.flux2.vae_config import AutoencoderKLFlux2Config
+    from tests import parity
+
+    keys = ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast")
+    kwargs = {k: v for k, v in parity.kwargs(AutoencoderKLFlux2Config.tiny()).items() if k not in keys}
+    vae = _randomize(AutoencoderKLFlux2(**kwargs), 0.1)
+    with torch.no_grad():
+        vae.bn.running_mean.normal_(0, 0.3)
+        vae.bn.running_var.uniform_(0.5, 2.0)
+    return vae
+
+
+def tiny_flux2_klein_pipeline(*, is_distilled: bool = True, seed: int = 0):
+    """A diffusers Flux2KleinPipeline with tiny random components: Qwen3 of 28 layers (klein reads 9, 18, 27)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2KleinPipeline, Flux2Transformer2DModel
+
+    from jdiff.models.flux2.config import Flux2Config
+    from tests import parity
+
+    torch.manual_seed(seed)
+    transformer = _randomize(
+        Flux2Transformer2DModel(**parity.kwargs(Flux2Config.tiny(joint_attention_dim=48))), 0.1
+    )
+    return Flux2KleinPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=tiny_flux2_vae(),
+        text_encoder=tiny_qwen3("Qwen3ForCausalLM", hidden=16, layers=28),
+        tokenizer=qwen_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer"),
+        transformer=transformer,
+        is_distilled=is_distilled,
+    )
