@@ -117,3 +117,24 @@ def tiny_flux2_klein_pipeline(*, is_distilled: bool = True, seed: int = 0):
         transformer=transformer,
         is_distilled=is_distilled,
     )
+
+
+def real_size_dir(tiny_dir: Path, dst: Path, builders: dict) -> Path:
+    """`tiny_dir`'s model index, scheduler and tokenizer with header-only real-size components: `builders`
+    maps a component to (build on meta, its config.json dict, file stem)."""
+    import json
+    import shutil
+
+    from tests.utils import meta_state_shapes, write_sparse_safetensors
+
+    dst.mkdir(parents=True)
+    shutil.copy2(tiny_dir / "model_index.json", dst / "model_index.json")
+    for name in ("scheduler", "tokenizer"):
+        shutil.copytree(tiny_dir / name, dst / name)
+    for name, (build, config, stem) in builders.items():
+        (dst / name).mkdir()
+        shapes = meta_state_shapes(lambda b=build: b().to(torch.bfloat16))
+        shapes.pop("lm_head.weight", None)  # Qwen3-4B ties it to the embeddings: not saved
+        write_sparse_safetensors(dst / name / f"{stem}.safetensors", shapes)
+        (dst / name / "config.json").write_text(json.dumps(config))
+    return dst

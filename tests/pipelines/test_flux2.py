@@ -41,3 +41,74 @@ def test_parity_with_diffusers(klein, with_images):
     assert rel_err(got.latents, ref_lat.numpy()) <= 1e-3
     assert np.abs(got.images - ref).max() <= 5e-3
     assert ((ref > 0.01) & (ref < 0.99)).mean() > 0.5
+
+
+def test_real_size_klein_4b_dry_run(klein, tmp_path, capsys):
+    """`jdiff convert --dry-run` over FLUX.2-klein-4B's real layout (headers only), then with a key removed."""
+    import transformers
+    from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
+
+    from jdiff.cli import main
+    from jdiff.models.flux2.config import Flux2Config
+    from jdiff.models.flux2.vae_config import AutoencoderKLFlux2Config
+    from jdiff.models.qwen3.config import Qwen3Config
+    from tests.fixtures_zimage_flux2 import real_size_dir
+    from tests.parity import kwargs
+    from tests.utils import write_sparse_safetensors
+
+    _, path, _ = klein
+    dit, qwen = kwargs(Flux2Config.klein_4b()), kwargs(Qwen3Config.qwen3_4b())
+    vae = {k: v for k, v in kwargs(AutoencoderKLFlux2Config.flux2()).items() if k not in ("scaling_factor", "shift_factor", "latents_mean", "latents_std", "force_upcast")}  # fmt: skip
+    real = real_size_dir(
+        path,
+        tmp_path / "klein-4b",
+        {
+            "transformer": (lambda: Flux2Transformer2DModel(**dit), dit, "diffusion_pytorch_model"),
+            "text_encoder": (lambda: transformers.Qwen3ForCausalLM(transformers.Qwen3Config(**qwen)), qwen, "model"),
+            "vae": (lambda: AutoencoderKLFlux2(**vae), vae, "diffusion_pytorch_model"),
+        },
+    )  # fmt: skip
+    assert main(["convert", str(real), str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Flux2Transformer2DModel" in out and "Qwen3ForCausalLM" in out and "problem" not in out
+
+    from jdiff.weights.safetensors import open_weights
+
+    f = real / "transformer" / "diffusion_pytorch_model.safetensors"
+    weights = open_weights(real / "transformer")
+    layout = {k: (weights.info(k).shape, "BF16") for k in weights.keys()}
+    del layout["single_transformer_blocks.19.attn.to_qkv_mlp_proj.weight"]
+    f.unlink()
+    write_sparse_safetensors(f, layout)
+    assert main(["convert", str(real), str(tmp_path / "out"), "--dry-run"]) == 2
+    assert (
+        "missing source key 'single_transformer_blocks.19.attn.to_qkv_mlp_proj.weight'"
+        in capsys.readouterr().out
+    )
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_repeated_image(klein, tmp_path, capsys):
+    """`jdiff generate --image A --image B`: two references; the output takes the first one's size."""
+    from jdiff.cli import main
+
+    _, path, _ = klein
+    files = []
+    for i, image in enumerate(_images()):
+        files += ["--image", str(tmp_path / f"ref{i}.png")]
+        image.save(tmp_path / f"ref{i}.png")
+    out = tmp_path / "out.png"
+    args = [
+        "generate",
+        "--model",
+        str(path),
+        "--prompt",
+        "a red circle",
+        "--steps",
+        "2",
+        *files,
+        "--output",
+        str(out),
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    assert Image.open(out).size == (80, 64)  # the first reference, 80x64, already a multiple of 4

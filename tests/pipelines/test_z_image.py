@@ -57,3 +57,57 @@ def test_preset_and_refusals(z_image):
     assert pipe.preset["num_inference_steps"] == 9 and pipe.preset["guidance_scale"] == 0.0
     with pytest.raises(jdiff.InputError, match="no conditioning image"):
         gen.generate("a red circle", image=np.zeros((8, 8, 3)), **KW)
+
+
+def test_real_size_dry_run(z_image, tmp_path, capsys):
+    """`jdiff convert --dry-run` over Z-Image-Turbo's real layout (headers only: 6B DiT, Qwen3-4B), then with
+    a key removed: named, nothing written."""
+    import json
+
+    import transformers
+    from diffusers import AutoencoderKL, ZImageTransformer2DModel
+
+    from jdiff.cli import main
+    from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
+    from jdiff.models.qwen3.config import Qwen3Config
+    from jdiff.models.z_image.config import ZImageConfig
+    from tests.fixtures_zimage_flux2 import real_size_dir
+    from tests.parity import kwargs
+
+    _, path, _ = z_image
+    dit, qwen, vae = (
+        kwargs(ZImageConfig.turbo()),
+        kwargs(Qwen3Config.qwen3_4b()),
+        kwargs(AutoencoderKLConfig.flux()),
+    )
+    real = real_size_dir(
+        path,
+        tmp_path / "z-image-turbo",
+        {
+            "transformer": (lambda: ZImageTransformer2DModel(**dit), dit, "diffusion_pytorch_model"),
+            "text_encoder": (lambda: transformers.Qwen3Model(transformers.Qwen3Config(**qwen)), qwen, "model"),
+            "vae": (lambda: AutoencoderKL(**vae), vae, "diffusion_pytorch_model"),
+        },
+    )  # fmt: skip
+    assert json.loads((real / "model_index.json").read_text())["text_encoder"][1] == "Qwen3Model"
+    assert main(["convert", str(real), str(tmp_path / "out"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "ZImageTransformer2DModel" in out and "problem" not in out
+    (real / "text_encoder" / "model.safetensors").unlink()
+    layout = {k: v for k, v in _qwen_layout(qwen).items() if k != "layers.35.mlp.down_proj.weight"}
+    from tests.utils import write_sparse_safetensors
+
+    write_sparse_safetensors(real / "text_encoder" / "model.safetensors", layout)
+    assert main(["convert", str(real), str(tmp_path / "out"), "--dry-run"]) == 2
+    assert "layers.35.mlp.down_proj.weight" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
+
+
+def _qwen_layout(qwen: dict) -> dict:
+    import transformers
+
+    from tests.utils import meta_state_shapes
+
+    return meta_state_shapes(
+        lambda: transformers.Qwen3Model(transformers.Qwen3Config(**qwen)).to(torch.bfloat16)
+    )
