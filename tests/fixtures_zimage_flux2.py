@@ -20,22 +20,45 @@ QWEN3_CHAT_TEMPLATE = (
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>")
 
 
-def qwen_tokenizer(folder: Path, padding_side: str = "right"):
-    """A Qwen2TokenizerFast over single bytes (no merges) with Qwen's special tokens, saved to `folder`."""
+# A Mistral-style template over diffusers' FLUX.2-dev messages (content as a list of typed parts).
+MISTRAL_CHAT_TEMPLATE = (
+    "{{- bos_token }}{%- for message in messages %}"
+    "{%- if message['role'] == 'system' %}{{- '[SYSTEM_PROMPT]' + message['content'][0]['text'] + '[/SYSTEM_PROMPT]' }}"
+    "{%- elif message['role'] == 'user' %}{{- '[INST]' + message['content'][0]['text'] + '[/INST]' }}"
+    "{%- endif %}{%- endfor %}"
+)
+MISTRAL_SPECIAL = ("<pad>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]")
+
+
+def byte_tokenizer(folder: Path, specials, template: str, *, padding_side: str = "right", **tokens):
+    """A fast tokenizer over single bytes (no merges) with `specials` and a chat template, saved to `folder`
+    (`tokens`: pad_token, eos_token, bos_token ... by content)."""
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
-    from transformers import Qwen2TokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     chars = sorted(pre_tokenizers.ByteLevel.alphabet())
     tk = Tokenizer(BPE({c: i for i, c in enumerate(chars)}, [], fuse_unk=False))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
-    tok = Qwen2TokenizerFast(tokenizer_object=tk, pad_token="<|endoftext|>", eos_token="<|im_end|>",
-                             additional_special_tokens=list(SPECIAL[1:]), padding_side=padding_side)  # fmt: skip
-    tok.chat_template = QWEN3_CHAT_TEMPLATE
+    named = set(tokens.values())
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, additional_special_tokens=[t for t in specials if t not in named],
+                                  padding_side=padding_side, **tokens)  # fmt: skip
+    tok.chat_template = template
     tok.model_max_length = 512
     tok.save_pretrained(folder)
-    return Qwen2TokenizerFast.from_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+def qwen_tokenizer(folder: Path, padding_side: str = "right"):
+    """Qwen's special tokens and the Qwen3 chat template's user/assistant part over single bytes."""
+    return byte_tokenizer(folder, SPECIAL, QWEN3_CHAT_TEMPLATE, padding_side=padding_side,
+                          pad_token="<|endoftext|>", eos_token="<|im_end|>")  # fmt: skip
+
+
+def mistral_tokenizer(folder: Path):
+    return byte_tokenizer(folder, MISTRAL_SPECIAL, MISTRAL_CHAT_TEMPLATE, pad_token="<pad>", bos_token="<s>",
+                          eos_token="</s>")  # fmt: skip
 
 
 def _randomize(module, std: float = 0.05):
@@ -138,3 +161,31 @@ def real_size_dir(tiny_dir: Path, dst: Path, builders: dict) -> Path:
         write_sparse_safetensors(dst / name / f"{stem}.safetensors", shapes)
         (dst / name / "config.json").write_text(json.dumps(config))
     return dst
+
+
+def tiny_flux2_pipeline(seed: int = 0):
+    """A diffusers Flux2Pipeline (dev-like: guidance embedding) with tiny random components: a Mistral-3 of 31
+    layers (FLUX.2-dev reads 10, 20, 30) with a one-layer Pixtral tower."""
+    import transformers
+    from diffusers import FlowMatchEulerDiscreteScheduler, Flux2Pipeline, Flux2Transformer2DModel
+
+    from jdiff.models.flux2.config import Flux2Config
+    from jdiff.models.mistral3.config import Mistral3Config
+    from tests import parity
+
+    torch.manual_seed(seed)
+    dit = Flux2Config.tiny(joint_attention_dim=48, guidance_embeds=True)
+    transformer = _randomize(Flux2Transformer2DModel(**parity.kwargs(dit)), 0.1)
+    vision = dict(hidden_size=16, intermediate_size=20, num_hidden_layers=1, num_attention_heads=2, head_dim=8,
+                  image_size=28, patch_size=14)  # fmt: skip
+    lm = Mistral3Config.tiny(hidden_size=16, num_hidden_layers=31, sliding_window=None)
+    text_encoder = transformers.Mistral3ForConditionalGeneration(
+        transformers.Mistral3Config(**parity.kwargs(lm, vision_config=vision))
+    )
+    return Flux2Pipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=tiny_flux2_vae(),
+        text_encoder=_randomize(text_encoder, 0.1),
+        tokenizer=mistral_tokenizer(Path(tempfile.mkdtemp()) / "tokenizer"),
+        transformer=transformer,
+    )

@@ -38,6 +38,20 @@ def read_template(folder: Path) -> str:
     return template
 
 
+def special_tokens(folder: Path) -> dict[str, str]:
+    """The named special tokens (bos_token, eos_token, ...) of tokenizer_config.json, which transformers
+    passes to the template (Mistral's starts with `{{ bos_token }}`)."""
+    config = folder / "tokenizer_config.json"
+    data = read_json(config) if config.is_file() else {}
+    out = {}
+    for key in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token", "cls_token", "mask_token"):
+        value = data.get(key)
+        value = value.get("content") if isinstance(value, dict) else value
+        if isinstance(value, str):
+            out[key] = value
+    return out
+
+
 @lru_cache(maxsize=8)
 def _compiled(template: str):
     from jinja2.exceptions import TemplateError

@@ -12,7 +12,8 @@ images (`image=[...]`, any sizes): each one capped at 1024^2 pixels (Lanczos), c
 VAE-encoded (the posterior's mode), packed 2x2 and batch-normalised, and appended after the generated tokens
 with its own time coordinate (10, 20, ...). Without a height/width the output takes the first reference
 image's size. Latents are packed [B, h/2, w/2, K] during sampling; `latents=` takes diffusers' [B, K, h/2, w/2]
-and `result.latents` is diffusers' `output_type="latent"` (un-normalised, unpacked [B, C, h, w]).
+and `result.latents` is the reference pipeline's `output_type="latent"`: dev's packed normalised tokens
+[B, S, K]; klein's un-normalised unpacked [B, C, h, w].
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
-from jdiff.models.flux2.vae import unpatchify
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines.base import warn_truncated
-from jdiff.pipelines.chat_template import read_template, render
+from jdiff.pipelines.chat_template import read_template, render, special_tokens
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
@@ -116,6 +116,7 @@ class Flux2Pipeline(Pipeline):
         self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)
         self.tokenizer = model.tokenizer("tokenizer")
         self.chat_template = read_template(model.folder("tokenizer"))
+        self.special_tokens = special_tokens(model.folder("tokenizer"))
         tc, vc = self.transformer_config, self.vae_config
         if tc.in_channels != 4 * vc.latent_channels:
             raise InputError(
@@ -153,6 +154,7 @@ class Flux2Pipeline(Pipeline):
                     {"role": "user", "content": [{"type": "text", "text": p.replace("[IMG]", "")}]},
                 ],
                 add_generation_prompt=False,
+                **self.special_tokens,
             )
             for p in prompts
         ]
@@ -313,10 +315,8 @@ class Flux2Pipeline(Pipeline):
         return Stage(self._decode, (self._params["vae"],), {}, key=self.size(request))
 
     def latents_out(self, final: np.ndarray) -> np.ndarray:
-        """diffusers' `output_type="latent"`: un-normalised with the batch-norm statistics, unpacked, NCHW."""
-        mean, var, eps = self._bn
-        packed = final * np.sqrt(var + eps) + mean  # [B, h/2, w/2, K]
-        return np.asarray(unpatchify(jnp.asarray(packed))).transpose(0, 3, 1, 2)
+        """diffusers' Flux2Pipeline `output_type="latent"`: the packed, normalised tokens [B, S, K]."""
+        return final.reshape(final.shape[0], -1, final.shape[-1])
 
 
 FAMILY = Family(

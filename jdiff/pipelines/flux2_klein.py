@@ -44,6 +44,18 @@ class Flux2KleinPipeline(Flux2Pipeline):
     def _cfg(self, request: Request) -> bool:
         return (request.guidance_scale or 0.0) > 1 and not self.is_distilled
 
+    def latents_out(self, final: np.ndarray) -> np.ndarray:
+        """diffusers' Flux2KleinPipeline `output_type="latent"`: un-normalised with the batch-norm statistics
+        and unpacked, [B, C, h, w]."""
+        mean, var, eps = self._bn
+        packed = final * np.sqrt(var + eps) + mean  # [B, h/2, w/2, K]
+        b, h2, w2, k = packed.shape
+        return (
+            packed.reshape(b, h2, w2, k // 4, 2, 2)
+            .transpose(0, 3, 1, 4, 2, 5)
+            .reshape(b, k // 4, 2 * h2, 2 * w2)
+        )
+
     def check(self, request: Request) -> None:
         super().check(request)
         if self.is_distilled and "guidance_scale" in request.given and (request.guidance_scale or 0.0) > 1:

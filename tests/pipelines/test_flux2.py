@@ -112,3 +112,32 @@ def test_cli_repeated_image(klein, tmp_path, capsys):
     ]
     assert main(args) == 0, capsys.readouterr().err
     assert Image.open(out).size == (80, 64)  # the first reference, 80x64, already a multiple of 4
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    from tests.fixtures_zimage_flux2 import tiny_flux2_pipeline
+
+    pipe = tiny_flux2_pipeline()
+    path = tmp_path_factory.mktemp("flux2-dev")
+    pipe.save_pretrained(path)
+    return pipe, path, jdiff.DiffGenerator.from_pretrained(path, dtype="float32")
+
+
+@pytest.mark.parametrize("with_images", [False, True])
+def test_dev_parity_with_diffusers(dev, with_images):
+    """FLUX.2-dev-like: Mistral-3 layers 10/20/30 after the system turn (256 tokens: the byte-level system
+    message alone is ~170), the guidance embedding."""
+    pipe, _, gen = dev
+    prompts = ["a red circle", "a blue square on a red background"]
+    lat = torch.randn(2, 16, H // 4, W // 4, generator=torch.Generator().manual_seed(2))
+    kw = dict(
+        KW, max_sequence_length=256, latents=lat, guidance_scale=3.0, image=_images() if with_images else None
+    )
+    ref = pipe(prompt=list(prompts), output_type="np", **kw).images
+    ref_lat = pipe(prompt=list(prompts), output_type="latent", **kw).images
+    kw["latents"] = lat.numpy()
+    got = gen.generate(prompts, output_type="np", **kw)
+    assert rel_err(got.latents, ref_lat.numpy()) <= 1e-3
+    assert np.abs(got.images - ref).max() <= 5e-3
+    assert ((ref > 0.01) & (ref < 0.99)).mean() > 0.5
