@@ -30,34 +30,37 @@ MISTRAL_CHAT_TEMPLATE = (
 MISTRAL_SPECIAL = ("<pad>", "<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]")
 
 
-def byte_tokenizer(folder: Path, specials, template: str, *, padding_side: str = "right", **tokens):
+def byte_tokenizer(
+    folder: Path, cls_name: str, specials, template: str, *, padding_side: str = "right", **tokens
+):
     """A fast tokenizer over single bytes (no merges) with `specials` and a chat template, saved to `folder`
     (`tokens`: pad_token, eos_token, bos_token ... by content)."""
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
-    from transformers import PreTrainedTokenizerFast
+    import transformers
 
+    cls = getattr(transformers, cls_name)
     chars = sorted(pre_tokenizers.ByteLevel.alphabet())
     tk = Tokenizer(BPE({c: i for i, c in enumerate(chars)}, [], fuse_unk=False))
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tk.decoder = decoders.ByteLevel()
     named = set(tokens.values())
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, additional_special_tokens=[t for t in specials if t not in named],
+    tok = cls(tokenizer_object=tk, additional_special_tokens=[t for t in specials if t not in named],
                                   padding_side=padding_side, **tokens)  # fmt: skip
     tok.chat_template = template
     tok.model_max_length = 512
     tok.save_pretrained(folder)
-    return PreTrainedTokenizerFast.from_pretrained(folder)
+    return cls.from_pretrained(folder)
 
 
 def qwen_tokenizer(folder: Path, padding_side: str = "right"):
     """Qwen's special tokens and the Qwen3 chat template's user/assistant part over single bytes."""
-    return byte_tokenizer(folder, SPECIAL, QWEN3_CHAT_TEMPLATE, padding_side=padding_side,
+    return byte_tokenizer(folder, "Qwen2TokenizerFast", SPECIAL, QWEN3_CHAT_TEMPLATE, padding_side=padding_side,
                           pad_token="<|endoftext|>", eos_token="<|im_end|>")  # fmt: skip
 
 
 def mistral_tokenizer(folder: Path):
-    return byte_tokenizer(folder, MISTRAL_SPECIAL, MISTRAL_CHAT_TEMPLATE, pad_token="<pad>", bos_token="<s>",
+    return byte_tokenizer(folder, "LlamaTokenizerFast", MISTRAL_SPECIAL, MISTRAL_CHAT_TEMPLATE, pad_token="<pad>", bos_token="<s>",
                           eos_token="</s>")  # fmt: skip
 
 

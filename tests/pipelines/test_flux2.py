@@ -30,6 +30,8 @@ def _images():
 @pytest.mark.parametrize("with_images", [False, True])
 def test_parity_with_diffusers(klein, with_images):
     pipe, _, gen = klein
+    if not (with_images or gen.pipeline.is_distilled):
+        pytest.skip("the base model's text path is covered with reference images (CPU time)")
     prompts = ["a red circle", "a blue square on a red background"]
     lat = torch.randn(2, 16, H // 4, W // 4, generator=torch.Generator().manual_seed(1))
     kw = dict(latents=lat, guidance_scale=3.0, image=_images() if with_images else None, **KW)
@@ -45,6 +47,8 @@ def test_parity_with_diffusers(klein, with_images):
 
 def test_real_size_klein_4b_dry_run(klein, tmp_path, capsys):
     """`jdiff convert --dry-run` over FLUX.2-klein-4B's real layout (headers only), then with a key removed."""
+    if not klein[2].pipeline.is_distilled:
+        pytest.skip("one klein variant suffices")
     import transformers
     from diffusers import AutoencoderKLFlux2, Flux2Transformer2DModel
 
@@ -90,6 +94,8 @@ def test_real_size_klein_4b_dry_run(klein, tmp_path, capsys):
 
 def test_cli_repeated_image(klein, tmp_path, capsys):
     """`jdiff generate --image A --image B`: two references; the output takes the first one's size."""
+    if not klein[2].pipeline.is_distilled:
+        pytest.skip("one klein variant suffices")
     from jdiff.cli import main
 
     _, path, _ = klein
@@ -124,7 +130,7 @@ def dev(tmp_path_factory):
     return pipe, path, jdiff.DiffGenerator.from_pretrained(path, dtype="float32")
 
 
-@pytest.mark.parametrize("with_images", [False, True])
+@pytest.mark.parametrize("with_images", [True])
 def test_dev_parity_with_diffusers(dev, with_images):
     """FLUX.2-dev-like: Mistral-3 layers 10/20/30 after the system turn (256 tokens: the byte-level system
     message alone is ~170), the guidance embedding."""
@@ -141,3 +147,16 @@ def test_dev_parity_with_diffusers(dev, with_images):
     assert rel_err(got.latents, ref_lat.numpy()) <= 1e-3
     assert np.abs(got.images - ref).max() <= 5e-3
     assert ((ref > 0.01) & (ref < 0.99)).mean() > 0.5
+
+
+def test_convert_round_trip(klein, tmp_path):
+    """`jdiff convert` (float32) then generation from the checkpoint: the same images as from the directory."""
+    if not klein[2].pipeline.is_distilled:
+        pytest.skip("one klein variant suffices")
+    from jdiff.convert.run import convert
+
+    _, path, gen = klein
+    dst = convert(path, tmp_path / "ckpt", dtype="float32")
+    kw = dict(KW, num_inference_steps=2, output_type="np", seed=3, image=_images()[:1])
+    got = jdiff.DiffGenerator.from_pretrained(dst, dtype="float32").generate("a red circle", **kw)
+    np.testing.assert_array_equal(got.images, gen.generate("a red circle", **kw).images)
