@@ -90,7 +90,9 @@ class ZImagePipeline(Pipeline):
         for name, module in (("transformer", transformer), ("text", text_encoder), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
         self._encode = compiler_options.jit(self._encode_fn, static_argnames=("length",))
-        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
+        self._denoise = compiler_options.jit(
+            self._denoise_fn, static_argnames=("cfg", "noise_shape", "masked")
+        )
         self._decode = compiler_options.jit(self._decode_fn)
 
     # ---- jitted stages ------------------------------------------------------------------------------------
@@ -100,7 +102,9 @@ class ZImagePipeline(Pipeline):
         (hidden,) = nnx.merge(self._defs["text"], params)(ids, mask, hidden_layers=(-2,))
         return real_tokens_first(hidden, mask)[:, :length].astype(self.dtype)
 
-    def _denoise_fn(self, params, init, caps, cap_lens, rope, schedule, scale, progress, *, cfg, noise_shape):
+    def _denoise_fn(
+        self, params, init, caps, cap_lens, rope, schedule, scale, progress, *, cfg, noise_shape, masked
+    ):
         """The whole sampling loop; with `cfg`, caps hold [negatives; prompts] (diffusers' CFG form)."""
         self.trace_counts["denoise"] += 1
         model = nnx.merge(self._defs["transformer"], params)
@@ -114,9 +118,8 @@ class ZImagePipeline(Pipeline):
 
         def velocity(x, t, mod):
             xb = jnp.concatenate([x, x]) if cfg else x
-            out = model.predict(patchify(xb.astype(self.dtype)), caps, cap_lens, mod, rope).astype(
-                jnp.float32
-            )
+            out = model.predict(patchify(xb.astype(self.dtype)), caps, cap_lens, mod, rope, masked=masked)
+            out = out.astype(jnp.float32)
             if cfg:
                 neg, pos = jnp.split(out, 2)
                 out = pos + scale * (pos - neg)
@@ -190,7 +193,8 @@ class ZImagePipeline(Pipeline):
         rope = rope_tables(self.transformer_config, [int(n) for n in lens], caps.shape[1], h // 2, w // 2)
         scale = np.float32(request.guidance_scale or 0.0)
         args = (self._params["transformer"], init, caps, lens, rope, schedule, scale, progress)
-        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape)
+        masked = any(padded(int(n)) != caps.shape[1] for n in lens)  # no mask when every row fills T
+        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape, masked=masked)
         return Stage(self._denoise, args, kwargs, key=(np.shape(init), caps.shape, request.steps, h, w))
 
     def decode_stage(self, request: Request) -> Stage:

@@ -308,8 +308,15 @@ class ZImageTransformer2DModel(nnx.Module):
         cap_lens: Int[Array, " b"],
         modulation: ZImageModulation,
         rope: tuple[jax.Array, jax.Array, jax.Array, jax.Array],
+        *,
+        masked: bool = True,
     ) -> Float[Array, "b s c"]:
-        """The output per image token (`patchify` order), given the evaluation's `modulation`."""
+        """The output per image token (`patchify` order), given the evaluation's `modulation`.
+
+        `masked=False` (static) when every row's caption, padded to 32, fills all T positions (one prompt, or
+        prompts of similar length): attention then runs without a mask, on the unmasked (and sequence-parallel)
+        kernels.
+        """
         img_cos, img_sin, cap_cos, cap_sin = rope
         b, s, _ = tokens.shape
         p, t = img_cos.shape[1], cap_feats.shape[1]
@@ -327,13 +334,13 @@ class ZImageTransformer2DModel(nnx.Module):
         n = cap_lens.astype(jnp.int32)[:, None]
         cap_valid = j < -(-n // SEQ_MULTI_OF) * SEQ_MULTI_OF  # [B, T]: the row's padded caption
         cap = jnp.where((j >= n)[..., None], self.cap_pad_token[...].astype(cap.dtype), cap)
-        cap = scan(self.context_refiner, cap, (cap_cos, cap_sin), cap_valid)
+        cap = scan(self.context_refiner, cap, (cap_cos, cap_sin), cap_valid if masked else None)
 
         unified = jnp.concatenate([x, cap], axis=1)
         u_rope = tuple(
             jnp.concatenate([a, jnp.broadcast_to(c, (b, *c.shape))], axis=1)
             for a, c in ((img_cos, cap_cos), (img_sin, cap_sin))
         )
-        mask = jnp.concatenate([jnp.ones((b, p), bool), cap_valid], axis=1)
+        mask = jnp.concatenate([jnp.ones((b, p), bool), cap_valid], axis=1) if masked else None
         unified = scan(self.layers, unified, u_rope, mask, per_layer=modulation.layers)
         return self.final_layer(unified[:, :s], modulation.out)

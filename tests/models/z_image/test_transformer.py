@@ -88,3 +88,28 @@ def test_bad_config_and_sizes():
         from_dict(ZImageConfig, {**turbo, "all_patch_size": [2, 4], "all_f_patch_size": [1, 1]})
     with pytest.raises(InputError, match="axes_lens"):
         rope_tables(ZImageConfig.tiny(), [600], 640, 4, 4)
+
+
+def test_unmasked_path_equals_masked_when_rows_fill_the_captions():
+    """`masked=False` (the pipeline's choice when every row's padded caption fills T) is the same model."""
+    import jax
+    from flax import nnx
+
+    from jdiff.models.z_image.transformer import ZImageTransformer2DModel, patchify
+
+    cfg = ZImageConfig.tiny()
+    model = ZImageTransformer2DModel(cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    leaves, tree = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(1), len(leaves))
+    model = nnx.merge(graphdef, jax.tree.unflatten(tree, [0.1 * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]))  # fmt: skip
+    rng = np.random.default_rng(0)
+    cap_lens = (40, 50)  # both pad to 64 = T
+    x = patchify(jnp.asarray(rng.standard_normal((2, 4, 6, 10)), jnp.float32))
+    caps = jnp.asarray(rng.standard_normal((2, 64, cfg.cap_feat_dim)), jnp.float32)
+    rope = tuple(jnp.asarray(a) for a in rope_tables(cfg, cap_lens, 64, 3, 5))
+    mod = model.modulation(jnp.asarray([0.3, 0.8]))
+    lens = jnp.asarray(cap_lens, jnp.int32)
+    want = model.predict(x, caps, lens, mod, rope)
+    got = model.predict(x, caps, lens, mod, rope, masked=False)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)
