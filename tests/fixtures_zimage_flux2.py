@@ -35,9 +35,9 @@ def byte_tokenizer(
 ):
     """A fast tokenizer over single bytes (no merges) with `specials` and a chat template, saved to `folder`
     (`tokens`: pad_token, eos_token, bos_token ... by content)."""
+    import transformers
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import BPE
-    import transformers
 
     cls = getattr(transformers, cls_name)
     chars = sorted(pre_tokenizers.ByteLevel.alphabet())
