@@ -15,6 +15,9 @@ from jdiff.errors import InputError
 FAMILY_MODULES = (
     "jdiff.pipelines.flux",
     "jdiff.pipelines.wan",
+    "jdiff.pipelines.z_image",
+    "jdiff.pipelines.flux2",
+    "jdiff.pipelines.flux2_klein",
 )
 
 

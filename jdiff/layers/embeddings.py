@@ -37,11 +37,15 @@ def timestep_embedding(
 
 
 class TimestepEmbedding(nnx.Module):
-    """diffusers `TimestepEmbedding`: linear_1 -> SiLU -> linear_2."""
+    """diffusers `TimestepEmbedding`: linear_1 -> SiLU -> linear_2 (`use_bias=False`: its `sample_proj_bias`)."""
 
-    def __init__(self, in_channels: int, time_embed_dim: int, *, rngs: nnx.Rngs):
-        self.linear_1 = Linear(in_channels, time_embed_dim, axes=(None, sh.EMBED), rngs=rngs)
-        self.linear_2 = Linear(time_embed_dim, time_embed_dim, axes=(None, sh.EMBED), rngs=rngs)
+    def __init__(self, in_channels: int, time_embed_dim: int, *, use_bias: bool = True, rngs: nnx.Rngs):
+        self.linear_1 = Linear(
+            in_channels, time_embed_dim, axes=(None, sh.EMBED), use_bias=use_bias, rngs=rngs
+        )
+        self.linear_2 = Linear(
+            time_embed_dim, time_embed_dim, axes=(None, sh.EMBED), use_bias=use_bias, rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.linear_2(jax.nn.silu(self.linear_1(x)))

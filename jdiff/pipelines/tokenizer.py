@@ -54,7 +54,9 @@ class PromptTokenizer:
     def model_max_length(self) -> int:
         return self.settings.model_max_length
 
-    def __call__(self, prompts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, prompts: list[str], max_length: int, *, add_special_tokens: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         s = self.settings
         self.backend.enable_truncation(
             max_length=max_length, stride=0, strategy="longest_first", direction=s.truncation_side
@@ -62,7 +64,7 @@ class PromptTokenizer:
         self.backend.enable_padding(
             length=max_length, direction=s.padding_side, pad_id=s.pad_id, pad_token=s.pad_token, pad_type_id=0
         )
-        encodings = self.backend.encode_batch(list(prompts), add_special_tokens=True)
+        encodings = self.backend.encode_batch(list(prompts), add_special_tokens=add_special_tokens)
         ids = np.array([e.ids for e in encodings], np.int32).reshape(len(encodings), max_length)
         mask = np.array([e.attention_mask for e in encodings], np.int32).reshape(ids.shape)
         return ids, mask
@@ -85,9 +87,12 @@ class TransformersTokenizer:
     def model_max_length(self) -> int:
         return int(self.tokenizer.model_max_length)
 
-    def __call__(self, prompts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, prompts: list[str], max_length: int, *, add_special_tokens: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
         out = self.tokenizer(
             list(prompts),
+            add_special_tokens=add_special_tokens,
             padding="max_length",
             max_length=max_length,
             truncation=True,

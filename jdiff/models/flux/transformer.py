@@ -43,6 +43,10 @@ def _gated(gate: jax.Array, x: jax.Array) -> jax.Array:
     return gate[:, None].astype(x.dtype) * x
 
 
+def _bias(linear: Linear) -> jax.Array | None:
+    return None if linear.bias is None else linear.bias[...]
+
+
 class FluxModulation(NamedTuple):
     """Every block's AdaLN vectors for one evaluation, [n x D] each (shift, scale, gate...; see the blocks).
 
@@ -75,9 +79,9 @@ class AdaLayerNormContinuous(nnx.Module):
     diffusers swaps the halves when converting, so a diffusers-format checkpoint needs no swap here.
     """
 
-    def __init__(self, dim: int, *, rngs: nnx.Rngs):
-        self.linear = Linear(dim, 2 * dim, axes=(None, sh.MLP), rngs=rngs)
-        self.norm = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
+    def __init__(self, dim: int, *, bias: bool = True, eps: float = 1e-6, rngs: nnx.Rngs):
+        self.linear = Linear(dim, 2 * dim, axes=(None, sh.MLP), use_bias=bias, rngs=rngs)
+        self.norm = LayerNorm(dim, eps=eps, elementwise_affine=False)
 
     def modulation(self, temb: jax.Array) -> jax.Array:
         return self.linear(jax.nn.silu(temb))
@@ -112,24 +116,32 @@ class _GeluProj(nnx.Module):
 
 
 class JointAttention(nnx.Module):
-    """FLUX attention: q/k/v with per-head RMS QK-norm; the double-stream variant adds the text projections."""
+    """FLUX attention: q/k/v with per-head RMS QK-norm; the double-stream variant adds the text projections.
 
-    def __init__(self, cfg: FluxConfig, *, joint: bool, rngs: nnx.Rngs):
+    `cfg` needs `inner_dim` and `attention_head_dim` (FLUX.2's config has them too); FLUX.2's double blocks use
+    it with `bias=False`.
+    """
+
+    def __init__(self, cfg: FluxConfig, *, joint: bool, bias: bool = True, eps: float = 1e-6, rngs: nnx.Rngs):
         d, h = cfg.inner_dim, cfg.attention_head_dim
         self.head_dim = h
-        self.to_q = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-        self.to_k = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-        self.to_v = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-        self.norm_q = RMSNorm(h, eps=1e-6)
-        self.norm_k = RMSNorm(h, eps=1e-6)
+
+        def linear(axes):
+            return Linear(d, d, axes=axes, use_bias=bias, rngs=rngs)
+
+        self.to_q = linear((sh.EMBED, sh.HEADS))
+        self.to_k = linear((sh.EMBED, sh.HEADS))
+        self.to_v = linear((sh.EMBED, sh.HEADS))
+        self.norm_q = RMSNorm(h, eps=eps)
+        self.norm_k = RMSNorm(h, eps=eps)
         if joint:
-            self.add_q_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-            self.add_k_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-            self.add_v_proj = Linear(d, d, axes=(sh.EMBED, sh.HEADS), rngs=rngs)
-            self.norm_added_q = RMSNorm(h, eps=1e-6)
-            self.norm_added_k = RMSNorm(h, eps=1e-6)
-            self.to_out = nnx.List([Linear(d, d, axes=(sh.HEADS, sh.EMBED), rngs=rngs)])
-            self.to_add_out = Linear(d, d, axes=(sh.HEADS, sh.EMBED), rngs=rngs)
+            self.add_q_proj = linear((sh.EMBED, sh.HEADS))
+            self.add_k_proj = linear((sh.EMBED, sh.HEADS))
+            self.add_v_proj = linear((sh.EMBED, sh.HEADS))
+            self.norm_added_q = RMSNorm(h, eps=eps)
+            self.norm_added_k = RMSNorm(h, eps=eps)
+            self.to_out = nnx.List([linear((sh.HEADS, sh.EMBED))])
+            self.to_add_out = linear((sh.HEADS, sh.EMBED))
 
     def _heads(self, x: jax.Array) -> jax.Array:
         return x.reshape(*x.shape[:-1], -1, self.head_dim)  # [B, L, N, H]
@@ -159,7 +171,7 @@ class JointAttention(nnx.Module):
             """Each stream's bias, RMS norm (its own weights) and the joint rope, one fused pass per stream,
             written straight into the joint sequence."""
             parts = [
-                (self._heads(proj.matmul(h)), norm.scale[...], norm.eps, proj.bias[...])
+                (self._heads(proj.matmul(h)), norm.scale[...], norm.eps, _bias(proj))
                 for h, (proj, norm) in zip(inputs, mods, strict=True)
             ]
             return joint_rms_norm_rope(parts, *rope)  # [B, L, N, H]
@@ -172,7 +184,7 @@ class JointAttention(nnx.Module):
         out = dot_product_attention(q, k, v, context_parallel=True)
         out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
         if context is None:
-            return out + self.to_v.bias[...].astype(out.dtype)
+            return out if self.to_v.bias is None else out + self.to_v.bias[...].astype(out.dtype)
         t = context.shape[1]
         return self.to_out[0](out[:, t:]), self.to_add_out(out[:, :t])
 

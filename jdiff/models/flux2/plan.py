@@ -1,0 +1,13 @@
+"""Conversion plan: diffusers `Flux2Transformer2DModel` -> jdiff `Flux2Transformer2DModel`.
+
+The module mirrors diffusers' names, so the default rules do all the work; both block lists are stacked.
+"""
+
+from jdiff.models.flux2.config import Flux2Config
+from jdiff.models.flux2.transformer import Flux2Transformer2DModel
+from jdiff.weights.loading import ComponentSpec
+from jdiff.weights.plan import Plan
+
+PLAN = Plan(stacked=("transformer_blocks", "single_transformer_blocks"))
+
+SPEC = ComponentSpec("Flux2Transformer2DModel", Flux2Config, Flux2Transformer2DModel, PLAN)

@@ -1,0 +1,1 @@
+"""Z-Image (S3-DiT single-stream transformer)."""

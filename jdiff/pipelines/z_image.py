@@ -1,0 +1,225 @@
+"""The Z-Image text-to-image pipeline (Z-Image-Turbo), stage by stage as diffusers' `ZImagePipeline` runs it:
+validate -> encode text (Qwen3) -> timesteps -> latents -> denoise -> decode.
+
+Axis letters: B batch (x2 with CFG), L tokenizer length, T caption tokens (a multiple of 32), J Qwen3 width,
+C latent channels, h/w latent height/width, H/W image height/width.
+
+Text: each prompt in the tokenizer's chat template (user turn, generation prompt, `enable_thinking=True`),
+padded to `max_sequence_length`; Qwen3's second-to-last hidden state; only the real tokens are kept (diffusers
+keeps a list of variable-length captions; here each row's real tokens come first in a [B, T] block with T
+the longest row padded to 32 and the counts beside it). The transformer is called at t = 1 - sigma and its
+output negated into the flow velocity. CFG (guidance_scale > 0, the base model's) is diffusers' form:
+pos + g (pos - neg). Latents stay in diffusers' [B, C, h, w] layout, so `latents=` and `result.latents` are
+diffusers'.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jdiff import compiler_options
+from jdiff import sharding as sh
+from jdiff.errors import InputError
+from jdiff.models.z_image.transformer import padded, patchify, rope_tables, unpatchify
+from jdiff.parallel.placement import context, put
+from jdiff.pipelines.base import warn, warn_truncated
+from jdiff.pipelines.chat_template import read_template, render
+from jdiff.pipelines.family import Family
+from jdiff.pipelines.model_dir import ModelDir
+from jdiff.pipelines.pipeline import Pipeline, Stage
+from jdiff.pipelines.request import Request
+from jdiff.presets import load_preset
+from jdiff.sampling.flow_match import calculate_shift, default_sigmas
+from jdiff.sampling.loop import sample
+from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.table import sampler_for
+
+
+def real_tokens_first(hidden: jax.Array, mask: jax.Array) -> jax.Array:
+    """Each row's real tokens moved to its front, in order ([B, L, J]; works for either padding side)."""
+    order = jnp.argsort(~mask.astype(bool), axis=1, stable=True)
+    return jnp.take_along_axis(hidden, order[..., None], axis=1)
+
+
+class ZImagePipeline(Pipeline):
+    """Z-Image(-Turbo) text-to-image from a diffusers-format directory or a converted jdiff checkpoint."""
+
+    family = "Z-Image"
+    is_video = False
+    accepts = frozenset({"negative_prompt", "guidance_scale", "max_sequence_length"})
+    refusals = {  # noqa: RUF012
+        "num_frames": "Z-Image makes images: num_frames must be omitted (or 1)",
+        "image": "Z-Image text-to-image takes no conditioning image",
+        "true_cfg_scale": "Z-Image's CFG is guidance_scale (> 0 turns it on); there is no true_cfg_scale",
+    }
+
+    def __init__(self, model: ModelDir, *, dtype, placement=None):
+        self.dtype = jnp.dtype(dtype)
+        self.placement = placement
+        sched_cls = model.components().get("scheduler", ("", ""))[1]
+        self.sampler, self.scheduler = sampler_for(sched_cls, model.scheduler_config())
+        if self.sampler.prediction(self.scheduler) != "flow":
+            raise InputError(f"Z-Image needs a flow-matching scheduler, {model.root} has {sched_cls!r}")
+        self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
+        self.text_config, text_encoder = model.load("text_encoder", dtype=dtype, placement=placement)
+        self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)
+        self.tokenizer = model.tokenizer("tokenizer")
+        self.chat_template = read_template(model.folder("tokenizer"))
+        tc, vc = self.transformer_config, self.vae_config
+        if tc.in_channels != vc.latent_channels or tc.cap_feat_dim != self.text_config.hidden_size:
+            raise InputError(
+                f"transformer in_channels {tc.in_channels} / cap_feat_dim {tc.cap_feat_dim} do not match the VAE's "
+                f"{vc.latent_channels} latent channels / the text encoder's width {self.text_config.hidden_size}; "
+                "the components come from different models"
+            )
+        self.vae_scale_factor = 2 ** (len(vc.block_out_channels) - 1)
+        self.size_multiple = 2 * self.vae_scale_factor
+        self.preset = load_preset(
+            FAMILY.preset(model.index, tc),
+            model.root,
+            sample_size=vc.sample_size,
+            multiple=self.size_multiple,
+        )
+        self.trace_counts: collections.Counter[str] = collections.Counter()
+        self._defs, self._params = {}, {}
+        for name, module in (("transformer", transformer), ("text", text_encoder), ("vae", vae)):
+            self._defs[name], self._params[name] = nnx.split(module)
+        self._encode = compiler_options.jit(self._encode_fn, static_argnames=("length",))
+        self._denoise = compiler_options.jit(
+            self._denoise_fn, static_argnames=("cfg", "noise_shape", "masked")
+        )
+        self._decode = compiler_options.jit(self._decode_fn)
+
+    # ---- jitted stages ------------------------------------------------------------------------------------
+
+    def _encode_fn(self, params, ids, mask, *, length: int):
+        self.trace_counts["encode"] += 1
+        (hidden,) = nnx.merge(self._defs["text"], params)(ids, mask, hidden_layers=(-2,))
+        return real_tokens_first(hidden, mask)[:, :length].astype(self.dtype)
+
+    def _denoise_fn(
+        self, params, init, caps, cap_lens, rope, schedule, scale, progress, *, cfg, noise_shape, masked
+    ):
+        """The whole sampling loop; with `cfg`, caps hold [negatives; prompts] (diffusers' CFG form)."""
+        self.trace_counts["denoise"] += 1
+        model = nnx.merge(self._defs["transformer"], params)
+        latents = init if noise_shape is None else noise_from_keys(init, noise_shape)
+        latents = sh.constrain(latents, (sh.BATCH, None, None, None))
+        h, w = latents.shape[2:]
+        n, bm = schedule.timesteps.shape[0], caps.shape[0]
+        # diffusers calls the transformer at t = (1000 - timestep) / 1000 = 1 - sigma.
+        modulation = model.modulation(jnp.repeat((1000 - schedule.timesteps) / 1000, bm))
+        per_step = jax.tree.map(lambda m: _steps_first(m, n), modulation)
+
+        def velocity(x, t, mod):
+            xb = jnp.concatenate([x, x]) if cfg else x
+            out = model.predict(patchify(xb.astype(self.dtype)), caps, cap_lens, mod, rope, masked=masked)
+            out = out.astype(jnp.float32)
+            if cfg:
+                neg, pos = jnp.split(out, 2)
+                out = pos + scale * (pos - neg)
+            return -unpatchify(out, h, w)
+
+        return sample(
+            self.sampler, self.scheduler, velocity, latents, schedule, per_step=per_step, progress=progress
+        )
+
+    def _decode_fn(self, vae_params, latents):
+        self.trace_counts["decode"] += 1
+        vae = nnx.merge(self._defs["vae"], vae_params)
+        z = latents.transpose(0, 2, 3, 1) / self.vae_config.scaling_factor + (
+            self.vae_config.shift_factor or 0.0
+        )
+        image = vae.decode(z.astype(self.dtype)).astype(jnp.float32)
+        return jnp.clip(image * 0.5 + 0.5, 0, 1)
+
+    # ---- the hooks of Pipeline.generate ------------------------------------------------------------------
+
+    def _cfg(self, request: Request) -> bool:
+        return (request.guidance_scale or 0.0) > 0
+
+    def check(self, request: Request) -> None:
+        super().check(request)
+        if request.negative_prompts is not None and not self._cfg(request):
+            warn(request.warnings, "negative_prompt is ignored: Z-Image uses it only with guidance_scale > 0")
+
+    def chat(self, prompts: list[str]) -> list[str]:
+        """The prompts as diffusers' ZImagePipeline formats them (user turn, generation prompt, thinking on)."""
+        messages = [[{"role": "user", "content": p}] for p in prompts]
+        return [
+            render(self.chat_template, m, add_generation_prompt=True, enable_thinking=True) for m in messages
+        ]
+
+    def encode(self, request: Request):
+        cfg = self._cfg(request)
+        negatives = list(request.negative_prompts or [""] * len(request.prompts)) if cfg else []
+        texts = [t for t in negatives + list(request.prompts) for _ in range(request.num_outputs_per_prompt)]
+        chats = self.chat(texts)
+        warn_truncated(request.warnings, self.tokenizer, chats, request.max_sequence_length, "Qwen3")
+        ids, mask = self.tokenizer(chats, request.max_sequence_length)
+        lens = mask.sum(1).astype(np.int32)
+        length = padded(int(lens.max()))
+        with context(self.placement):
+            caps = self._encode(
+                self._params["text"], put(self.placement, ids), put(self.placement, mask), length=length
+            )
+        return caps, lens
+
+    def denoise_stage(self, request: Request, cond, progress) -> Stage:
+        caps, lens = cond
+        h = 2 * (request.height // (2 * self.vae_scale_factor))
+        w = 2 * (request.width // (2 * self.vae_scale_factor))
+        c = self.transformer_config.in_channels
+        if request.latents is None:
+            init, noise_shape = noise_keys(list(request.seeds)), (c, h, w)
+        else:
+            init, noise_shape = np.asarray(request.latents, np.float32), None
+            if init.shape != (request.batch, c, h, w):
+                raise InputError(
+                    f"latents have shape {init.shape}; for {request.batch} output(s) at this size Z-Image expects "
+                    f"{(request.batch, c, h, w)} (diffusers' layout)"
+                )
+            init = put(self.placement, init, (sh.BATCH, None, None, None))
+        sc = self.scheduler
+        mu = calculate_shift(
+            (h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
+        )
+        schedule = self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
+        rope = rope_tables(self.transformer_config, [int(n) for n in lens], caps.shape[1], h // 2, w // 2)
+        scale = np.float32(request.guidance_scale or 0.0)
+        args = (self._params["transformer"], init, caps, lens, rope, schedule, scale, progress)
+        masked = any(padded(int(n)) != caps.shape[1] for n in lens)  # no mask when every row fills T
+        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape, masked=masked)
+        return Stage(self._denoise, args, kwargs, key=(np.shape(init), caps.shape, request.steps, h, w))
+
+    def decode_stage(self, request: Request) -> Stage:
+        return Stage(self._decode, (self._params["vae"],), {}, key=(request.height, request.width))
+
+
+def _steps_first(m: jax.Array, n: int) -> jax.Array:
+    """A modulation leaf computed for step-major rows, [*layers, n * Bm, K] -> [n, *layers, Bm, K]."""
+    m = m.reshape(*m.shape[:-2], n, -1, m.shape[-1])
+    return jnp.moveaxis(m, -3, 0)
+
+
+FAMILY = Family(
+    name="z-image",
+    pipeline_classes=("ZImagePipeline",),
+    pipeline=ZImagePipeline,
+    components={
+        "ZImageTransformer2DModel": "jdiff.models.z_image.plan",
+        "Qwen3Model": "jdiff.models.qwen3.plan",
+        "Qwen3ForCausalLM": "jdiff.models.qwen3.plan",
+        "AutoencoderKL": "jdiff.models.autoencoder_kl.plan",
+    },
+    # The released Z-Image-Turbo; the undistilled Z-Image has the same components (pass its steps and
+    # guidance, or a jdiff_preset.json in its directory).
+    preset=lambda index, transformer: "z-image-turbo",
+)
+
+__all__ = ["FAMILY", "ZImagePipeline"]
