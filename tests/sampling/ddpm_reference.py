@@ -1,6 +1,7 @@
 """Shared by the DDPM-solver tests: a deterministic fake model, diffusers' sampling loop, and jdiff's."""
 
 import functools
+import sys
 
 import diffusers
 import jax
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from jdiff.sampling.loop import sample
+from jdiff.sampling.noise import step_noise
 from jdiff.sampling.table import SAMPLERS, sampler_for
 
 RNG = np.random.default_rng(0)
@@ -22,14 +24,32 @@ def fake_model(x, t, xp=jnp):
     return xp.tanh(x @ w) * (1 + t / 1000) + 0.1 * xp.sin(t / 100 + x)
 
 
-def reference(name: str, config: dict, steps: int, x0=X0, *, step_kwargs=None, set_kwargs=None):
-    """diffusers' loop as its pipelines run it (init_noise_sigma, scale_model_input, step) -> (scheduler, x)."""
+def reference(name: str, config: dict, steps: int, x0=X0, *, step_kwargs=None, set_kwargs=None, keys=None):
+    """diffusers' loop as its pipelines run it (init_noise_sigma, scale_model_input, step) -> (scheduler, x).
+
+    With `keys`, the scheduler's random draws are replaced by the noise jdiff draws at each step from those
+    keys (`noise.step_noise`), so stochastic solvers compare update for update.
+    """
     ref = getattr(diffusers, name).from_config(config)
     ref.set_timesteps(steps, **(set_kwargs or {}))
+    module = sys.modules[type(ref).__module__]
+    current = [0]  # the step being run, for the noise of its draw
+
+    def our_noise(shape, **kwargs):
+        return torch.from_numpy(np.asarray(step_noise(keys, current[0], tuple(shape)[1:])))
+
     x = torch.from_numpy(x0) * ref.init_noise_sigma
-    for t in ref.timesteps:
-        out = fake_model(ref.scale_model_input(x, t), t.float(), torch)
-        x = ref.step(out, t, x, **(step_kwargs or {})).prev_sample
+    original = getattr(module, "randn_tensor", None)
+    if keys is not None:
+        module.randn_tensor = our_noise
+    try:
+        for step, t in enumerate(ref.timesteps):
+            current[0] = step
+            out = fake_model(ref.scale_model_input(x, t), t.float(), torch)
+            x = ref.step(out, t, x, **(step_kwargs or {})).prev_sample
+    finally:
+        if original is not None:
+            module.randn_tensor = original
     return ref, x.numpy()
 
 

@@ -8,7 +8,7 @@ import pytest
 from jdiff.errors import InputError
 from jdiff.sampling.noise import noise_keys
 from jdiff.sampling.table import sampler_for
-from tests.sampling.ddpm_reference import X0, ours, reference
+from tests.sampling.ddpm_reference import ours, reference
 
 # Stable Diffusion 1.5's betas; SDXL's EulerDiscreteScheduler config (leading, steps_offset 1).
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -73,6 +73,8 @@ def test_ddim_matches_diffusers(config, steps, eta):
 def test_ddim_with_eta_is_deterministic_per_seed_and_adds_the_right_noise():
     config = dict(SD, clip_sample=False, steps_offset=1)
     keys = noise_keys([3, 4])
+    _, want = reference("DDIMScheduler", config, 4, keys=keys, step_kwargs={"eta": 0.7})
+    _close(ours("DDIMScheduler", config, 4, keys=keys, eta=0.7)[1], want)
     _, a = ours("DDIMScheduler", config, 4, keys=keys, eta=1.0)
     _, b = ours("DDIMScheduler", config, 4, keys=keys, eta=1.0)
     _, c = ours("DDIMScheduler", config, 4, keys=noise_keys([5, 4]), eta=1.0)
@@ -87,45 +89,32 @@ def test_ddim_with_eta_is_deterministic_per_seed_and_adds_the_right_noise():
     assert np.isnan(nan).all()
 
 
-def test_euler_ancestral_is_deterministic_per_seed_and_matches_diffusers_given_its_noise():
-    config = dict(SD, timestep_spacing="leading", steps_offset=1)
+@pytest.mark.parametrize(
+    "name, config, steps",
+    [
+        ("EulerAncestralDiscreteScheduler", dict(SD, timestep_spacing="leading", steps_offset=1), 5),
+        ("EulerAncestralDiscreteScheduler", dict(SD, prediction_type="v_prediction"), 3),
+        ("LCMScheduler", {}, 4),
+        (
+            "LCMScheduler",
+            dict(prediction_type="v_prediction", clip_sample=True, original_inference_steps=30),
+            3,
+        ),
+    ],
+)
+def test_stochastic_solvers_match_diffusers_given_the_same_noise_and_are_deterministic_per_seed(
+    name, config, steps
+):
     keys = noise_keys([11, 12])
-    _, a = ours("EulerAncestralDiscreteScheduler", config, 5, keys=keys)
-    _, b = ours("EulerAncestralDiscreteScheduler", config, 5, keys=keys)
-    np.testing.assert_array_equal(a, b)
+    ref, want = reference(name, config, steps, keys=keys)
+    sched, got = ours(name, config, steps, keys=keys)
+    np.testing.assert_array_equal(sched.timesteps, ref.timesteps.numpy())
+    _close(got, want)
+    np.testing.assert_array_equal(ours(name, config, steps, keys=keys)[1], got)
+    _, other = ours(name, config, steps, keys=noise_keys([13, 12]))
+    assert not np.allclose(other[0], got[0]) and np.array_equal(other[1], got[1])  # one stream per sample
     with pytest.raises(ValueError, match="pass noise_keys"):
-        ours("EulerAncestralDiscreteScheduler", config, 5)
-    # The same update as diffusers when fed the noise jdiff drew for each step.
-    from jdiff.sampling.noise import step_noise
-
-    noises = [np.asarray(step_noise(keys, i, X0.shape[1:])) for i in range(5)]
-    _, want = _ancestral_with_noise(config, 5, noises)
-    _close(a, want)
-
-
-def _ancestral_with_noise(config, steps, noises):
-    import diffusers
-    import torch
-
-    from tests.sampling.ddpm_reference import fake_model
-
-    ref = diffusers.EulerAncestralDiscreteScheduler.from_config(config)
-    ref.set_timesteps(steps)
-    x = torch.from_numpy(X0) * ref.init_noise_sigma
-    for i, t in enumerate(ref.timesteps):
-        out = fake_model(ref.scale_model_input(x, t), t.float(), torch)
-        x0 = x - ref.sigmas[i] * out
-        # diffusers' step with its randn replaced by our noise: reproduce it through `generator`-free arithmetic.
-        s, s_to = ref.sigmas[i], ref.sigmas[i + 1]
-        up = (s_to**2 * (s**2 - s_to**2) / s**2) ** 0.5
-        down = (s_to**2 - up**2) ** 0.5
-        want_step = ref.step(out, t, x, generator=torch.Generator().manual_seed(0)).prev_sample
-        gen_noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
-        np.testing.assert_allclose(
-            want_step, x + (x - x0) / s * (down - s) + gen_noise * up, rtol=1e-5, atol=1e-5
-        )
-        x = x + (x - x0) / s * (down - s) + torch.from_numpy(noises[i]) * up
-    return ref, x.numpy()
+        ours(name, config, steps)
 
 
 def test_ancestral_noise_is_standard_normal():
@@ -155,6 +144,23 @@ def test_heun_two_model_calls_per_step_match_diffusers():
 
 
 @pytest.mark.parametrize(
+    "config, steps",
+    [
+        (dict(SD, skip_prk_steps=True, steps_offset=1), 6),  # Stable Diffusion 1.5's scheduler
+        (dict(SD, skip_prk_steps=True, timestep_spacing="trailing", prediction_type="v_prediction"), 5),
+        (dict(skip_prk_steps=True, timestep_spacing="linspace", set_alpha_to_one=True), 4),
+        (dict(SD, skip_prk_steps=True), 2),
+        (dict(SD, skip_prk_steps=True), 1),
+    ],
+)
+def test_pndm_plms_matches_diffusers(config, steps):
+    ref, want = reference("PNDMScheduler", config, steps)
+    sched, got = ours("PNDMScheduler", config, steps)
+    np.testing.assert_array_equal(sched.timesteps, ref.timesteps.numpy())  # N + 1 model calls
+    _close(got, want)
+
+
+@pytest.mark.parametrize(
     "name, config, match",
     [
         ("EulerDiscreteScheduler", {"beta_schedule": "cosine"}, "beta_schedule must be one of"),
@@ -165,6 +171,8 @@ def test_heun_two_model_calls_per_step_match_diffusers():
         ("DDIMScheduler", {"thresholding": True}, "thresholding=true"),
         ("DDIMScheduler", {"trained_betas": [0.1, 0.2]}, "trained_betas holds 2 values"),
         ("HeunDiscreteScheduler", {"steps_offset": 1.5}, "'steps_offset' must be an integer"),
+        ("PNDMScheduler", {}, "set skip_prk_steps=true"),
+        ("LCMScheduler", {"original_inference_steps": 0}, "original_inference_steps must be"),
     ],
 )
 def test_bad_values_are_refused_by_key(name, config, match):
