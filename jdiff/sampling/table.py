@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from jdiff.errors import InputError
-from jdiff.sampling import ddim, euler
+from jdiff.sampling import ddim, dpm, euler
 from jdiff.sampling.config import config_from_dict
 from jdiff.sampling.flow_match import FlowMatchEulerConfig, euler_schedule, euler_step
 from jdiff.sampling.sampler import PREDICTIONS, Sampler
@@ -51,6 +51,14 @@ SAMPLERS: dict[str, Sampler] = {
     ),
     "LCMScheduler": Sampler(
         ddim.LCMConfig, ddim.lcm_schedule, ddim.lcm_step, prediction=euler.prediction_type, takes_noise=True
+    ),
+    "DPMSolverMultistepScheduler": Sampler(
+        dpm.DPMSolverConfig,
+        dpm.dpm_schedule,
+        dpm.dpm_step,
+        init=dpm.dpm_init,
+        prediction=euler.prediction_type,
+        takes_noise=True,
     ),
     "PNDMScheduler": Sampler(
         ddim.PNDMConfig,
