@@ -15,11 +15,13 @@ from jdiff.sampling import ddim, dpm, euler
 from jdiff.sampling.config import config_from_dict
 from jdiff.sampling.flow_match import FlowMatchEulerConfig, euler_schedule, euler_step
 from jdiff.sampling.sampler import PREDICTIONS, Sampler
-from jdiff.sampling.unipc import UniPCConfig, unipc_flow_schedule, unipc_init, unipc_step
+from jdiff.sampling.unipc import UniPCConfig, unipc_init, unipc_prediction, unipc_schedule, unipc_step
 
 SAMPLERS: dict[str, Sampler] = {
     "FlowMatchEulerDiscreteScheduler": Sampler(FlowMatchEulerConfig, euler_schedule, euler_step),
-    "UniPCMultistepScheduler": Sampler(UniPCConfig, unipc_flow_schedule, unipc_step, init=unipc_init),
+    "UniPCMultistepScheduler": Sampler(
+        UniPCConfig, unipc_schedule, unipc_step, init=unipc_init, prediction=unipc_prediction
+    ),
     "EulerDiscreteScheduler": Sampler(
         euler.EulerConfig,
         euler.euler_schedule,

@@ -94,3 +94,36 @@ def test_the_ode_solver_needs_no_noise_keys():
 def test_dpm_bad_values_are_refused_by_key(config, match):
     with pytest.raises(InputError, match=match):
         sampler_for("DPMSolverMultistepScheduler", config)
+
+
+@pytest.mark.parametrize(
+    "config, steps",
+    [
+        (dict(SD, timestep_spacing="leading", steps_offset=1), 8),  # what SD pipelines swap in
+        ({}, 5),  # diffusers' defaults: linspace, linear betas, bh2, order 2
+        (dict(SD, solver_order=3, prediction_type="v_prediction", use_karras_sigmas=True), 7),
+        (dict(SD, prediction_type="sample", timestep_spacing="trailing", disable_corrector=[1]), 4),
+        (
+            dict(
+                SD, final_sigmas_type="sigma_min", lower_order_final=False, solver_order=3, solver_type="bh1"
+            ),
+            6,
+        ),
+    ],
+)
+def test_unipc_on_ddpm_sigmas_matches_diffusers(config, steps):
+    _check("UniPCMultistepScheduler", config, steps)
+    sampler, cfg = sampler_for("UniPCMultistepScheduler", config)
+    assert sampler.prediction(cfg) == config.get("prediction_type", "epsilon")
+
+
+def test_unipc_flow_and_ddpm_forms_are_told_apart():
+    with pytest.raises(InputError, match="needs both prediction_type='flow_prediction' and use_flow_sigmas"):
+        sampler_for("UniPCMultistepScheduler", {"use_flow_sigmas": True})
+    with pytest.raises(InputError, match="needs both"):
+        sampler_for("UniPCMultistepScheduler", {"prediction_type": "flow_prediction"})
+    with pytest.raises(InputError, match="use_karras_sigmas=true"):
+        sampler_for(
+            "UniPCMultistepScheduler",
+            {"prediction_type": "flow_prediction", "use_flow_sigmas": True, "use_karras_sigmas": True},
+        )
