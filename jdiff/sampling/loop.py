@@ -48,7 +48,8 @@ def sample(
         schedule: the sampler's schedule for this request (numpy arrays given to the caller's jit, traced here);
             the number of steps is static (its shape).
         per_step: a pytree whose leaves have a leading step axis [N, ...] (values the caller computed for every
-            step before the loop, e.g. FLUX's modulation vectors).
+            step before the loop, e.g. FLUX's modulation vectors); a solver calling the model twice per step (Heun)
+            gives both calls step i's values.
         progress: a token from `progress.track` (a traced int32), or None: no callback is compiled in.
         noise_keys: [B, 2] uint32 key data, one per sample of the leading latents axis (`noise.noise_keys`),
             for solvers that add noise during sampling: step i draws from `fold_in(key, i)`, so the same keys

@@ -10,7 +10,7 @@ from jdiff.sampling.table import sampler_for
 from tests.sampling.ddpm_reference import ours, reference
 
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-SIGMA_RTOL = 3e-6
+SIGMA_RTOL = 1e-5  # float32 alphas_cumprod differ from torch's by ulps; 1 - alphas_cumprod cancels near t = 0
 
 
 def _check(name, config, steps, *, keys=None, tol=2e-5):
