@@ -127,8 +127,10 @@ def _integer_timesteps(spacing: str, n_train: int, n: int, steps_offset: int) ->
 
 
 def _sigmas_of(alpha: np.ndarray) -> np.ndarray:
-    """Equivalent VE sigmas of alphas_cumprod values (for Schedule.sigmas; the steps read aux)."""
-    return np.sqrt((1 - alpha.astype(np.float64)) / alpha.astype(np.float64)).astype(np.float32)
+    """Equivalent VE sigmas of alphas_cumprod values (for Schedule.sigmas; the steps read aux); inf where the
+    zero-SNR rescaling leaves alphas_cumprod 0 (DDIM keeps that 0, as diffusers does)."""
+    with np.errstate(divide="ignore"):
+        return np.sqrt((1 - alpha.astype(np.float64)) / alpha.astype(np.float64)).astype(np.float32)
 
 
 def ddim_schedule(cfg: DDIMConfig, num_steps: int, *, mu=None, sigmas=None, eta: float = 0.0) -> Schedule:

@@ -36,7 +36,7 @@ def reference(name: str, config: dict, steps: int, x0=X0, *, step_kwargs=None, s
     current = [0]  # the step being run, for the noise of its draw
 
     def our_noise(shape, **kwargs):
-        return torch.from_numpy(np.asarray(step_noise(keys, current[0], tuple(shape)[1:])))
+        return torch.from_numpy(np.array(step_noise(keys, current[0], tuple(shape)[1:])))
 
     x = torch.from_numpy(x0) * ref.init_noise_sigma
     original = getattr(module, "randn_tensor", None)

@@ -10,6 +10,9 @@ from jdiff.sampling.noise import noise_keys
 from jdiff.sampling.table import sampler_for
 from tests.sampling.ddpm_reference import ours, reference
 
+# diffusers passes copy= to torch tensors' __array__ in numpy 2 (its own deprecation, not ours).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 # Stable Diffusion 1.5's betas; SDXL's EulerDiscreteScheduler config (leading, steps_offset 1).
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 SDXL_EULER = dict(**SD, timestep_spacing="leading", steps_offset=1, interpolation_type="linear")

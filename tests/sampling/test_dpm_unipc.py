@@ -9,6 +9,9 @@ from jdiff.sampling.noise import noise_keys
 from jdiff.sampling.table import sampler_for
 from tests.sampling.ddpm_reference import ours, reference
 
+# diffusers passes copy= to torch tensors' __array__ in numpy 2 (its own deprecation, not ours).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
 SD = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 SIGMA_RTOL = 1e-5  # float32 alphas_cumprod differ from torch's by ulps; 1 - alphas_cumprod cancels near t = 0
 
