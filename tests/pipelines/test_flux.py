@@ -183,10 +183,10 @@ def test_bad_model_directories(flux, tmp_path):
     euler = tmp_path / "wrong-scheduler"
     shutil.copytree(path, euler)
     index = json.loads((euler / "model_index.json").read_text())
-    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    index["scheduler"] = ["diffusers", "KDPM2DiscreteScheduler"]
     (euler / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(
-        InputError, match="scheduler .DDIMScheduler. is not supported; jdiff samples with one of"
+        InputError, match="scheduler .KDPM2DiscreteScheduler. is not supported; jdiff samples with one of"
     ):
         jdiff.DiffGenerator.from_pretrained(euler)
 

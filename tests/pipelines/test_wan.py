@@ -103,10 +103,10 @@ def test_wrong_scheduler_class(tmp_path):
 
     path = saved(tiny_wan("t2v"))
     index = json.loads((path / "model_index.json").read_text())
-    index["scheduler"] = ["diffusers", "DDIMScheduler"]
+    index["scheduler"] = ["diffusers", "KDPM2DiscreteScheduler"]
     (path / "model_index.json").write_text(json.dumps(index))
     with pytest.raises(
-        InputError, match="scheduler .DDIMScheduler. is not supported; jdiff samples with one of"
+        InputError, match="scheduler .KDPM2DiscreteScheduler. is not supported; jdiff samples with one of"
     ):
         jdiff.DiffGenerator.from_pretrained(path)
     shutil.rmtree(path)
