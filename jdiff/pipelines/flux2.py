@@ -41,7 +41,6 @@ from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import default_sigmas
 from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys, noise_keys
-from jdiff.sampling.table import sampler_for
 
 # diffusers' pipelines/flux2/system_messages.py (from black-forest-labs/flux2), FLUX.2-dev's system turn.
 SYSTEM_MESSAGE = """You are an AI that reasons about image descriptions. You give structured responses focusing on object relationships, object
@@ -107,8 +106,8 @@ class Flux2Pipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        sched_cls = model.components().get("scheduler", ("", ""))[1]
-        self.sampler, self.scheduler = sampler_for(sched_cls, model.scheduler_config())
+        sched_cls = model.scheduler_class
+        self.sampler, self.scheduler = model.sampler()
         if self.sampler.prediction(self.scheduler) != "flow":
             raise InputError(f"FLUX.2 needs a flow-matching scheduler, {model.root} has {sched_cls!r}")
         self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
