@@ -173,6 +173,12 @@ def resolve(
         actual.update(
             {plan.optional_prefix + k: k for k in sources if not k.startswith(plan.optional_prefix)}
         )
+    # A missing key is named as this file would hold it: without the optional prefix when the file lacks it.
+    bare = bool(plan.optional_prefix) and not any(k.startswith(plan.optional_prefix) for k in sources)
+
+    def as_saved(key: str) -> str:
+        return key.removeprefix(plan.optional_prefix) if bare else key
+
     for k in sources:
         for pattern, replacement in plan.source_aliases:
             m = re.fullmatch(pattern, k)
@@ -191,7 +197,7 @@ def resolve(
         used.update(actual[k] for keys in per_layer for k in keys if k in actual)
         if missing:
             more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
-            problems.append(f"missing source key {missing[0]!r}{more} for target {path!r}")
+            problems.append(f"missing source key {as_saved(missing[0])!r}{more} for target {path!r}")
             continue
         per_layer = tuple(tuple(actual[k] for k in keys) for keys in per_layer)
         tf = TRANSFORMS[rule.transform]

@@ -172,7 +172,7 @@ def test_unprefixed_layout_loads(tmp_path):
     assert q.sources[11] == ("encoder.layers.11.self_attn.q_proj.weight",)
     del tensors["final_layer_norm.weight"]
     write_sparse_safetensors(tmp_path / "model.safetensors", tensors)
-    with pytest.raises(ConversionError, match=r"missing source key 'text_model\.final_layer_norm\.weight'"):
+    with pytest.raises(ConversionError, match=r"missing source key 'final_layer_norm\.weight'"):  # named as this file saves it
         loading.check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")
 
 
