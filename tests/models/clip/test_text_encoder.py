@@ -170,9 +170,10 @@ def test_unprefixed_layout_loads(tmp_path):
     assignments = loading.check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")
     q = next(a for a in assignments if a.target == "text_model.encoder.layers.self_attn.q_proj.kernel")
     assert q.sources[11] == ("encoder.layers.11.self_attn.q_proj.weight",)
+    # The error names the key as this file would save it: without `text_model.`.
     del tensors["final_layer_norm.weight"]
     write_sparse_safetensors(tmp_path / "model.safetensors", tensors)
-    with pytest.raises(ConversionError, match=r"missing source key 'final_layer_norm\.weight'"):  # named as this file saves it
+    with pytest.raises(ConversionError, match=r"missing source key 'final_layer_norm\.weight'"):
         loading.check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")
 
 
