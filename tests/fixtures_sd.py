@@ -54,7 +54,7 @@ def tiny_sd_pipeline(*, v_prediction: bool = False, scheduler: str = "EulerDiscr
     from diffusers import StableDiffusionPipeline
 
     torch.manual_seed(seed)
-    unet = dict(cross_attention_dim=32, sample_size=8)
+    unet = dict(cross_attention_dim=32, sample_size=16)
     if v_prediction:
         unet.update(attention_head_dim=(3, 5), block_out_channels=(24, 40), use_linear_projection=True)
     sched = getattr(diffusers, scheduler)(
@@ -85,7 +85,7 @@ def tiny_sdxl_pipeline(*, seed: int = 0, force_zeros_for_empty_prompt: bool = Tr
 
     torch.manual_seed(seed)
     unet = _unet(
-        sample_size=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        sample_size=16, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(16, 24, 40),
         attention_head_dim=(1, 3, 5), transformer_layers_per_block=(1, 1, 2), use_linear_projection=True,
         cross_attention_dim=64, addition_embed_type="text_time", addition_time_embed_dim=8,
@@ -94,7 +94,9 @@ def tiny_sdxl_pipeline(*, seed: int = 0, force_zeros_for_empty_prompt: bool = Tr
     tmp = Path(tempfile.mkdtemp())
     tok = clip_tokenizer(tmp / "clip", WORDS)
     # SDXL's second tokenizer pads with "!" rather than the end-of-text token.
-    tok_2 = CLIPTokenizer(str(tmp / "clip" / "vocab.json"), str(tmp / "clip" / "merges.txt"), pad_token="!")
+    tok_2 = CLIPTokenizer(
+        str(tmp / "clip" / "vocab.json"), str(tmp / "clip" / "merges.txt"), pad_token="!", model_max_length=77
+    )
     return StableDiffusionXLPipeline(
         vae=_vae(0.13025).eval(),
         text_encoder=_clip(transformers.CLIPTextModel, num_hidden_layers=3).eval(),
