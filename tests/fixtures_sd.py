@@ -16,6 +16,11 @@ from tests import parity
 
 WORDS = ("a", "red", "blue", "circle", "square", "on", "background", "ugly")
 # SD 1.5's and SDXL's scheduler settings (scheduler/scheduler_config.json of the released models).
+# Cross-attention (and SDXL added-embedding) weights this many times normal(0, 0.05): at 1 the prompt moves
+# the tiny UNet's output by ~1e-5, below the parity tolerance, and a swapped negative/positive half would pass.
+TEXT_GAIN = 8.0
+# Tokens per prompt: short, so that the prompt (not the padding) makes most of what the UNet attends to.
+MAX_LEN = 12
 SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000)
 
 
@@ -39,10 +44,13 @@ def _unet(**overrides):
     from diffusers import UNet2DConditionModel
 
     ref = parity.randomized(UNet2DConditionModel(**parity.kwargs(UNet2DConditionConfig.tiny(**overrides))))
-    with torch.no_grad():  # norm scales near 1 (random ones make the tiny UNet's output explode)
-        for m in ref.modules():
+    with torch.no_grad():
+        for m in ref.modules():  # norm scales near 1 (random ones make the tiny UNet's output explode)
             if isinstance(m, torch.nn.GroupNorm | torch.nn.LayerNorm):
                 m.weight += 1.0
+        for name, p in ref.named_parameters():  # strong text and SDXL size conditioning, so that they show
+            if ".attn2." in name or name.startswith("add_embedding."):
+                p.mul_(TEXT_GAIN)
     return ref
 
 
@@ -67,7 +75,7 @@ def tiny_sd_pipeline(*, v_prediction: bool = False, scheduler: str = "EulerDiscr
         text_encoder=_clip(
             transformers.CLIPTextModel, hidden_act="gelu" if v_prediction else "quick_gelu"
         ).eval(),
-        tokenizer=clip_tokenizer(tmp / "clip", WORDS),
+        tokenizer=clip_tokenizer(tmp / "clip", WORDS, model_max_length=MAX_LEN),
         unet=_unet(**unet).eval(),
         scheduler=sched,
         safety_checker=None,
@@ -92,10 +100,13 @@ def tiny_sdxl_pipeline(*, seed: int = 0, force_zeros_for_empty_prompt: bool = Tr
         projection_class_embeddings_input_dim=24 + 6 * 8,
     )  # fmt: skip
     tmp = Path(tempfile.mkdtemp())
-    tok = clip_tokenizer(tmp / "clip", WORDS)
+    tok = clip_tokenizer(tmp / "clip", WORDS, model_max_length=MAX_LEN)
     # SDXL's second tokenizer pads with "!" rather than the end-of-text token.
     tok_2 = CLIPTokenizer(
-        str(tmp / "clip" / "vocab.json"), str(tmp / "clip" / "merges.txt"), pad_token="!", model_max_length=77
+        str(tmp / "clip" / "vocab.json"),
+        str(tmp / "clip" / "merges.txt"),
+        pad_token="!",
+        model_max_length=MAX_LEN,
     )
     return StableDiffusionXLPipeline(
         vae=_vae(0.13025).eval(),

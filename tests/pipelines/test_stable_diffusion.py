@@ -52,7 +52,9 @@ def _reference(pipe, prompts, lat, **kw):
 
 
 def _check(result, images, latents):
-    assert rel_err(result.latents, latents) <= 1e-3
+    # float32 runs agree to ~1e-6; a swapped CFG half or a missing guidance rescale moves the latents by > 1e-3
+    # at guidance 7.5 (tests/fixtures_sd.py makes the text matter).
+    assert rel_err(result.latents, latents) <= 1e-4
     assert np.abs(result.images - images).max() <= 5e-3
     assert (
         (images > 0.01) & (images < 0.99)
@@ -63,7 +65,7 @@ def test_parity_with_diffusers(sd):
     """CFG with a negative prompt per prompt; SD 2.x-like (v-prediction, trailing) adds guidance_rescale; SDXL
     adds original-size and crop conditioning."""
     kind, pipe, _, gen = sd
-    kw = dict(height=H, width=W, num_inference_steps=STEPS, guidance_scale=4.0)
+    kw = dict(height=H, width=W, num_inference_steps=STEPS, guidance_scale=7.5)
     if kind == "sd2":
         kw["guidance_rescale"] = 0.7
     if kind == "sdxl":
