@@ -61,6 +61,8 @@ class DiffGenerator:
         dtype: str | None = None,
         mesh: Any = None,
         sequence_parallel: str = "ulysses",
+        scheduler: str | None = None,
+        scheduler_config: dict[str, Any] | None = None,
     ) -> DiffGenerator:
         """Loads a diffusers-format directory, a `jdiff convert` output, or (None) the embedded default model.
 
@@ -69,9 +71,14 @@ class DiffGenerator:
             dtype: "float32" or "bfloat16"; default bfloat16 on GPU/TPU, float32 on CPU.
             mesh: device mesh spec, e.g. "data=2,fsdp=1,context=4,tensor=1"; None = one device.
             sequence_parallel: "ulysses" or "ring", how attention runs over the `context` mesh axis.
+            scheduler: a diffusers scheduler class name to sample with instead of the directory's (e.g.
+                "DPMSolverMultistepScheduler"); None keeps the directory's.
+            scheduler_config: scheduler config keys set on top of the directory's scheduler_config.json (e.g.
+                {"use_karras_sigmas": True}), as `X.from_config(pipe.scheduler.config, **scheduler_config)`.
 
         Raises:
-            InputError: a missing or malformed directory, unsupported model, bad dtype or mesh.
+            InputError: a missing or malformed directory, unsupported model, bad dtype or mesh, or a scheduler
+                jdiff does not run (the message lists those it does) or a config value it refuses.
         """
         from jdiff import compilation_cache
 
@@ -89,6 +96,8 @@ class DiffGenerator:
         from jdiff import registry
 
         model = registry.open_model(model_path)
+        if scheduler is not None or scheduler_config is not None:
+            model.swap_scheduler(scheduler, scheduler_config)
         pipeline = model.family.pipeline(model, dtype=DTYPES[dtype], placement=placement)
         return cls(pipeline, model_path=model.root, dtype=dtype)
 

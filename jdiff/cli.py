@@ -44,6 +44,12 @@ class _Formatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+SCHEDULER_HELP = (
+    "sample with this diffusers scheduler class instead of the model's, on its scheduler config "
+    "(e.g. DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler)"
+)
+
+
 def _version() -> str:
     from jdiff import __version__
 
@@ -111,6 +117,7 @@ def _parser() -> argparse.ArgumentParser:
         default="ulysses",
         help="attention over the mesh's context axis",
     )
+    g.add_argument("--scheduler", default=None, metavar="NAME", help=SCHEDULER_HELP)
     g.add_argument("--no-progress", action="store_true", help="hide the denoising progress bar")
     _multihost_flags(g)
 
@@ -147,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
         default="ulysses",
         help="attention over the mesh's context axis",
     )
+    s.add_argument("--scheduler", default=None, metavar="NAME", help=SCHEDULER_HELP)
     s.add_argument("--max-batch", type=int, default=4, help="most outputs per generate call (1: no batching)")
     s.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long a request may wait to fill its batch"
@@ -240,7 +248,11 @@ def _generate(args) -> int:
     args = argparse.Namespace(**distributed.broadcast(vars(args)))
 
     gen = jdiff.DiffGenerator.from_pretrained(
-        args.model, dtype=args.dtype, mesh=args.mesh, sequence_parallel=args.sequence_parallel
+        args.model,
+        dtype=args.dtype,
+        mesh=args.mesh,
+        sequence_parallel=args.sequence_parallel,
+        scheduler=args.scheduler,
     )
     suffix = ".mp4" if gen.pipeline.is_video else ".png"
     if output is None:
@@ -328,7 +340,11 @@ def _serve(args) -> int:
 
     multihost = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     gen = jdiff.DiffGenerator.from_pretrained(
-        args.model, dtype=args.dtype, mesh=args.mesh, sequence_parallel=args.sequence_parallel
+        args.model,
+        dtype=args.dtype,
+        mesh=args.mesh,
+        sequence_parallel=args.sequence_parallel,
+        scheduler=args.scheduler,
     )
     if multihost and not distributed.is_main():
         distributed.follow(gen)  # process 0 serves HTTP; this one runs the same generate calls

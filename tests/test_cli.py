@@ -29,6 +29,11 @@ def test_generate_writes_the_image(tiny_flux_dir, tmp_path, capsys):
         (["--guidance-scale", "nan"], "guidance_scale must be a finite number"),
         (["--steps", "-1"], "num_inference_steps must be a positive integer"),
         (["--output", "x.gif"], "suffix '.gif'"),
+        (
+            ["--scheduler", "KarrasVeScheduler"],
+            "'KarrasVeScheduler' is not supported; jdiff samples with one of",
+        ),
+        (["--scheduler", "DDIMScheduler"], "FLUX needs a flow-matching scheduler"),
     ],
 )
 def test_bad_input_exit_2(tiny_flux_dir, args, message, capsys):

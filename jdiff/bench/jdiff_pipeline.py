@@ -85,6 +85,14 @@ class RandomModelDir:
     def scheduler_config(self) -> dict:
         return dict(self.configs["scheduler"])
 
+    scheduler_class = COMPONENTS["scheduler"][1]
+
+    def sampler(self):
+        """The table row and config, as `ModelDir.sampler` (no scheduler swap here)."""
+        from jdiff.sampling.table import sampler_for
+
+        return sampler_for(self.scheduler_class, self.scheduler_config())
+
     def load(self, name: str, *, dtype, placement=None):
         """(config, module) of component `name`, built in `__init__` (one device, the dtype built with)."""
         import jax.numpy as jnp

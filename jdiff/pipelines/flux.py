@@ -32,7 +32,6 @@ from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
 from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys, noise_keys
-from jdiff.sampling.table import sampler_for
 
 
 def pack_latents(latents: jax.Array) -> jax.Array:
@@ -73,8 +72,8 @@ class FluxPipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        sched_cls = model.components().get("scheduler", ("", ""))[1]
-        self.sampler, self.scheduler = sampler_for(sched_cls, model.scheduler_config())
+        sched_cls = model.scheduler_class
+        self.sampler, self.scheduler = model.sampler()
         if self.sampler.prediction(self.scheduler) != "flow":
             raise InputError(
                 f"FLUX needs a flow-matching scheduler (a FlowMatchEulerDiscreteScheduler), {model.root} has "

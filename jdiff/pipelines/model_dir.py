@@ -26,6 +26,8 @@ class ModelDir:
     root: Path
     index: dict[str, Any]
     family: Any = None
+    # (class name or None, config overrides) set by `swap_scheduler`; None: the directory's own scheduler.
+    scheduler_swap: tuple[str | None, dict[str, Any]] | None = None
 
     @classmethod
     def open(cls, path: str | Path) -> ModelDir:
@@ -129,6 +131,40 @@ class ModelDir:
     def scheduler_config(self) -> dict[str, Any]:
         folder = self.folder("scheduler")
         return read_json(folder / "scheduler_config.json")
+
+    @property
+    def scheduler_class(self) -> str:
+        """The scheduler class the pipeline runs: the swapped-in one, else the one model_index.json names."""
+        if self.scheduler_swap is not None and self.scheduler_swap[0] is not None:
+            return self.scheduler_swap[0]
+        return self.components().get("scheduler", ("", ""))[1]
+
+    def swap_scheduler(self, name: str | None = None, overrides: dict[str, Any] | None = None) -> None:
+        """Runs scheduler class `name` (None: the directory's own) with `overrides` on top of the directory's
+        scheduler_config.json, as diffusers' `pipe.scheduler = X.from_config(pipe.scheduler.config, **overrides)`
+        does: the file's keys the class does not take are ignored, its own defaults fill the rest.
+
+        Raises:
+            InputError: an unknown or unsupported class (listing the supported ones), a bad override value, or
+                overrides that are not a dict.
+        """
+        if overrides is not None and not isinstance(overrides, dict):
+            raise InputError(f"scheduler_config must be a dict of scheduler config keys, got {overrides!r}")
+        if name is not None and not isinstance(name, str):
+            raise InputError(f"scheduler must be a diffusers scheduler class name, got {name!r}")
+        self.scheduler_swap = (name, dict(overrides or {}))
+        self.sampler()  # refuse a bad name or value now, before any weights load
+
+    def sampler(self) -> tuple[Any, Any]:
+        """(`jdiff.sampling.sampler.Sampler`, its validated config) the pipeline samples with.
+
+        Raises:
+            InputError: the scheduler class is not in jdiff's sampler table, or its config is refused.
+        """
+        from jdiff.sampling.table import sampler_for
+
+        overrides = self.scheduler_swap[1] if self.scheduler_swap is not None else {}
+        return sampler_for(self.scheduler_class, {**self.scheduler_config(), **overrides})
 
 
 # Files that hold a tokenizer's vocabulary, in the formats transformers reads.

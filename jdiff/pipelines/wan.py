@@ -37,7 +37,6 @@ from jdiff.pipelines.request import Request, negatives_for
 from jdiff.presets import load_preset
 from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys, noise_keys
-from jdiff.sampling.table import sampler_for
 
 # Rotary tables depend only on the config and the latent shape: computed once per shape, on the host.
 _rope_tables = lru_cache(maxsize=16)(wan_rope_tables)
@@ -80,8 +79,8 @@ class WanPipeline(Pipeline):
             accepts.add("guidance_scale_2")
         self.accepts = frozenset(accepts)
         components = model.components()
-        sched_cls = components.get("scheduler", ("", ""))[1]
-        self.sampler, self.scheduler = sampler_for(sched_cls, model.scheduler_config())
+        sched_cls = model.scheduler_class
+        self.sampler, self.scheduler = model.sampler()
         if self.sampler.prediction(self.scheduler) != "flow":
             raise InputError(
                 f"Wan needs one of the flow-matching schedulers (UniPCMultistepScheduler with flow sigmas, "

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from jdiff.sampling import progress as progress_registry
+from jdiff.sampling.noise import step_noise
 from jdiff.sampling.sampler import Sampler, Schedule
 
 
@@ -30,6 +31,7 @@ def sample(
     *,
     per_step=None,
     progress: Int[Array, ""] | None = None,
+    noise_keys: Array | None = None,
 ) -> Float[Array, "*x"]:
     """Runs `sampler` from the initial noise to the final latents, one model call per step.
 
@@ -48,9 +50,15 @@ def sample(
         per_step: a pytree whose leaves have a leading step axis [N, ...] (values the caller computed for every
             step before the loop, e.g. FLUX's modulation vectors).
         progress: a token from `progress.track` (a traced int32), or None: no callback is compiled in.
+        noise_keys: [B, 2] uint32 key data, one per sample of the leading latents axis (`noise.noise_keys`),
+            for solvers that add noise during sampling: step i draws from `fold_in(key, i)`, so the same keys
+            give the same result. None: a solver that needs noise fails to trace, saying so.
 
     Returns:
         The final latents, in the latents' dtype.
+
+    Raises:
+        ValueError: the solver adds noise and `noise_keys` is None, or they do not match the latents' batch.
     """
     # Inside the caller's jit the schedule is already traced; called eagerly, numpy leaves could not be indexed
     # by the traced step index.
@@ -61,8 +69,12 @@ def sample(
     def body(carry, inputs):
         x, state = carry
         i, t, extra = inputs
-        out = model_fn(sampler.scale_model_input(cfg, schedule, i, x), t, extra)
-        x, state = sampler.step(cfg, schedule, state, i, x, out)
+        if sampler.model_calls == 1:
+            out = model_fn(sampler.scale_model_input(cfg, schedule, i, x), t, extra)
+        else:
+            out = lambda model_input, tt: model_fn(model_input, tt, extra)
+        noise = (_noise_source(noise_keys, i, x),) if sampler.takes_noise else ()
+        x, state = sampler.step(cfg, schedule, state, i, x, out, *noise)
         if progress is not None:
             progress_registry.tick(progress, i)
         return (x, state), None
@@ -70,3 +82,22 @@ def sample(
     n = schedule.timesteps.shape[0]
     (x, _), _ = jax.lax.scan(body, (x, state), (jnp.arange(n), schedule.timesteps, per_step))
     return x
+
+
+def _noise_source(noise_keys, i, x):
+    """The step's noise as a function, so steps that add none draw none.
+
+    Without keys, `noise()` fails while tracing; `noise(optional=True)` (for noise behind a traced condition,
+    e.g. DDIM's eta > 0) returns NaN instead, so a run that reaches it cannot pass unnoticed.
+    """
+
+    def draw(optional: bool = False):
+        if noise_keys is None:
+            if optional:
+                return jnp.full(x.shape, jnp.nan, jnp.float32)
+            raise ValueError("this solver adds noise while sampling: pass noise_keys to sample()")
+        if noise_keys.shape != (x.shape[0], 2):
+            raise ValueError(f"noise_keys must be [B, 2] for latents {x.shape}, got {noise_keys.shape}")
+        return step_noise(noise_keys, i, x.shape[1:])
+
+    return draw

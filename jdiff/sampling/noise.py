@@ -34,3 +34,16 @@ def noise_from_keys(keys, shape: tuple[int, ...]):
         return jax.random.normal(jax.random.wrap_key_data(k, impl="threefry2x32"), shape, jnp.float32)
 
     return jax.vmap(one)(keys)
+
+
+def step_noise(keys, i, shape: tuple[int, ...]):
+    """Standard normal noise [B, *shape] in float32 for denoising step `i` (traced), from each key of `noise_keys`
+    folded with i: a stream per step, apart from the initial noise's, the same for the same seed."""
+    import jax
+    import jax.numpy as jnp
+
+    def one(k):
+        key = jax.random.fold_in(jax.random.wrap_key_data(k, impl="threefry2x32"), i)
+        return jax.random.normal(key, shape, jnp.float32)
+
+    return jax.vmap(one)(keys)

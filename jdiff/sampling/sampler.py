@@ -83,6 +83,14 @@ class Sampler:
         init: traced, `(cfg, schedule, latents) -> state`, the carry before step 0 (a pytree; () if none).
         prediction: `cfg -> one of PREDICTIONS`, what the solver reads the model output as.
         scale_model_input: traced, `(cfg, schedule, i, x) -> model input` (diffusers' `scale_model_input`).
+        takes_noise: the step takes a last argument `noise`, a function of no arguments returning standard
+            normal noise of x's shape (float32) drawn from this step's keys (`noise.step_noise`); a step calls
+            it only where it adds noise (ancestral, SDE and LCM steps, DDIM with eta > 0), so a deterministic
+            configuration compiles no random draws and needs no keys (`noise(optional=True)`, for noise behind a
+            traced condition, gives NaN without keys instead of failing to trace).
+        model_calls: 1, or 2 for solvers evaluating the model twice per step (Heun): the step then gets
+            `model(model_input, t) -> output` in place of the output, scales its inputs itself, and the
+            loop's `scale_model_input` is not used; `timesteps[i]` is the first call's timestep.
     """
 
     config: type
@@ -91,3 +99,5 @@ class Sampler:
     init: Callable[..., Any] = no_state
     prediction: Callable[[Any], str] = predicts_flow
     scale_model_input: Callable[..., Array] = unscaled_input
+    takes_noise: bool = False
+    model_calls: int = 1

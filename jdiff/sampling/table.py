@@ -11,14 +11,64 @@ from __future__ import annotations
 from typing import Any
 
 from jdiff.errors import InputError
+from jdiff.sampling import ddim, dpm, euler
 from jdiff.sampling.config import config_from_dict
 from jdiff.sampling.flow_match import FlowMatchEulerConfig, euler_schedule, euler_step
 from jdiff.sampling.sampler import PREDICTIONS, Sampler
-from jdiff.sampling.unipc import UniPCConfig, unipc_flow_schedule, unipc_init, unipc_step
+from jdiff.sampling.unipc import UniPCConfig, unipc_init, unipc_prediction, unipc_schedule, unipc_step
 
 SAMPLERS: dict[str, Sampler] = {
     "FlowMatchEulerDiscreteScheduler": Sampler(FlowMatchEulerConfig, euler_schedule, euler_step),
-    "UniPCMultistepScheduler": Sampler(UniPCConfig, unipc_flow_schedule, unipc_step, init=unipc_init),
+    "UniPCMultistepScheduler": Sampler(
+        UniPCConfig, unipc_schedule, unipc_step, init=unipc_init, prediction=unipc_prediction
+    ),
+    "EulerDiscreteScheduler": Sampler(
+        euler.EulerConfig,
+        euler.euler_schedule,
+        euler.euler_step,
+        prediction=euler.prediction_type,
+        scale_model_input=euler.scale_by_sigma,
+    ),
+    "EulerAncestralDiscreteScheduler": Sampler(
+        euler.EulerAncestralConfig,
+        euler.ancestral_schedule,
+        euler.ancestral_step,
+        prediction=euler.prediction_type,
+        scale_model_input=euler.scale_by_sigma,
+        takes_noise=True,
+    ),
+    "HeunDiscreteScheduler": Sampler(
+        euler.HeunConfig,
+        euler.heun_schedule,
+        euler.heun_step,
+        prediction=euler.prediction_type,
+        model_calls=2,
+    ),
+    "DDIMScheduler": Sampler(
+        ddim.DDIMConfig,
+        ddim.ddim_schedule,
+        ddim.ddim_step,
+        prediction=euler.prediction_type,
+        takes_noise=True,
+    ),
+    "LCMScheduler": Sampler(
+        ddim.LCMConfig, ddim.lcm_schedule, ddim.lcm_step, prediction=euler.prediction_type, takes_noise=True
+    ),
+    "DPMSolverMultistepScheduler": Sampler(
+        dpm.DPMSolverConfig,
+        dpm.dpm_schedule,
+        dpm.dpm_step,
+        init=dpm.dpm_init,
+        prediction=euler.prediction_type,
+        takes_noise=True,
+    ),
+    "PNDMScheduler": Sampler(
+        ddim.PNDMConfig,
+        ddim.pndm_schedule,
+        ddim.pndm_step,
+        init=ddim.pndm_init,
+        prediction=euler.prediction_type,
+    ),
 }
 
 

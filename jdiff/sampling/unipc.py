@@ -1,5 +1,6 @@
-"""Flow-matching UniPC (multistep predictor-corrector), matching diffusers' `UniPCMultistepScheduler` as the Wan
-pipelines configure it: `prediction_type="flow_prediction"`, `use_flow_sigmas=True`, `predict_x0=True`.
+"""UniPC (multistep predictor-corrector), matching diffusers' `UniPCMultistepScheduler` with `predict_x0=True`:
+on flow sigmas as the Wan pipelines configure it (`prediction_type="flow_prediction"`, `use_flow_sigmas=True`)
+and on DDPM (variance-preserving) sigmas, optionally Karras, for epsilon, v and sample prediction.
 
 Same design as the Euler path (`flow_match.py`): the schedule is computed on the host in numpy with the
 reference's arithmetic and enters the jitted loop as arrays; the solver step is a pure function of a small
@@ -11,7 +12,8 @@ shape.
 Axis letters: N number of steps; X any latent shape (the solver is elementwise over it).
 
 Flow parameterisation: alpha = 1 - sigma, lambda = log(alpha) - log(sigma); the model's velocity v converts to
-a data prediction x0 = x - sigma * v, and the UniP/UniC updates are diffusers' B(h) formulas on x0.
+a data prediction x0 = x - sigma * v, and the UniP/UniC updates are diffusers' B(h) formulas on x0. DDPM
+parameterisation: alpha = 1 / sqrt(sigma^2 + 1) and sigma_t = sigma * alpha in the same formulas.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from jdiff.errors import InputError
+from jdiff.sampling import ddpm
 from jdiff.sampling.config import FIX_IN, check_types, refuse_unsupported
 from jdiff.sampling.flow_match import shift_sigmas
 from jdiff.sampling.sampler import Schedule
@@ -37,9 +40,9 @@ _BH2_ALIASES = ("bh2", "midpoint", "heun", "logrho")
 class UniPCConfig:
     """diffusers `UniPCMultistepScheduler` config keys (scheduler/scheduler_config.json), with its defaults.
 
-    The diffusers defaults (epsilon prediction, VP sigmas) are not supported: a Wan config sets
-    `prediction_type="flow_prediction"` and `use_flow_sigmas=true`. The beta keys, sigma_min/sigma_max,
-    timestep_spacing and steps_offset only feed VP sigmas and are unused with flow sigmas (in diffusers too).
+    Flow matching: a Wan config sets `prediction_type="flow_prediction"` and `use_flow_sigmas=true`; the beta
+    keys, sigma_min/sigma_max, timestep_spacing and steps_offset only feed VP sigmas and are unused with flow
+    sigmas (in diffusers too). Otherwise the DDPM form (diffusers' defaults, Stable Diffusion's UniPC).
     """
 
     num_train_timesteps: int = 1000
@@ -75,24 +78,25 @@ class UniPCConfig:
     def validate(self) -> None:
         check_types(self)
         fix = FIX_IN
-        if self.prediction_type != "flow_prediction" or not self.use_flow_sigmas:
+        if (self.prediction_type == "flow_prediction") != bool(self.use_flow_sigmas):
             raise InputError(
-                "jdiff's UniPC supports flow matching only: expected prediction_type='flow_prediction' and "
-                f"use_flow_sigmas=true, got {self.prediction_type!r} and {self.use_flow_sigmas}; use a flow "
-                "model's scheduler config (e.g. Wan's)"
+                "UniPC flow matching needs both prediction_type='flow_prediction' and use_flow_sigmas=true, got "
+                f"{self.prediction_type!r} and {self.use_flow_sigmas}; set both {fix} (or neither, for DDPM models)"
             )
+        if not self.use_flow_sigmas:
+            ddpm.check_ddpm_config(self, "UniPCMultistepScheduler")
         if not self.predict_x0:
-            raise InputError(f"UniPC with flow sigmas needs predict_x0=true, got false; set it {fix}")
+            raise InputError(f"jdiff's UniPC needs predict_x0=true, got false; set it {fix}")
         refuse_unsupported(
             self,
             "UniPCMultistepScheduler",
             {
                 "thresholding": False,
-                "use_karras_sigmas": False,
                 "use_exponential_sigmas": False,
                 "use_beta_sigmas": False,
                 "solver_p": None,
-            },
+            }
+            | ({"use_karras_sigmas": False} if self.use_flow_sigmas else {}),
         )
         if self.solver_order not in (1, 2, 3):
             raise InputError(
@@ -176,6 +180,43 @@ def unipc_flow_schedule(
     return Schedule(timesteps=timesteps, sigmas=np.concatenate([s, [last]]).astype(np.float32))
 
 
+def unipc_schedule(
+    cfg: UniPCConfig, num_steps: int, *, mu: float | None = None, sigmas: np.ndarray | None = None
+) -> Schedule:
+    """diffusers' `set_timesteps`: `unipc_flow_schedule` with flow sigmas, else the DDPM schedule (integer
+    timesteps [N] as float32 from `timestep_spacing`, interpolated training sigmas or Karras sigmas)."""
+    if cfg.use_flow_sigmas:
+        return unipc_flow_schedule(cfg, num_steps, mu=mu, sigmas=sigmas)
+    if sigmas is not None:
+        raise ValueError("custom sigmas are taken with flow sigmas only (as in diffusers)")
+    if num_steps < 1:
+        raise InputError(f"the number of steps must be at least 1, got {num_steps}")
+    n_train = cfg.num_train_timesteps
+    if cfg.timestep_spacing == "linspace":
+        t = np.linspace(0, n_train - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
+    elif cfg.timestep_spacing == "leading":
+        ratio = n_train // (num_steps + 1)
+        t = (np.arange(0, num_steps + 1) * ratio).round()[::-1][:-1].astype(np.int64) + cfg.steps_offset
+    else:
+        t = np.arange(n_train, 0, -n_train / num_steps).round().astype(np.int64) - 1
+    ac = ddpm.alphas_cumprod(cfg)
+    train = ddpm.train_sigmas(ac)
+    if cfg.use_karras_sigmas:
+        s = ddpm.karras_sigmas(train[::-1], num_steps, cfg.sigma_min, cfg.sigma_max)
+        t = ddpm.sigma_to_t(s, np.log(train)).round().astype(np.int64)
+        last = s[-1]
+    else:
+        s = np.interp(t, np.arange(len(train)), train)
+        last = ((np.float32(1) - ac[0]) / ac[0]) ** np.float32(0.5)
+    last = last if cfg.final_sigmas_type == "sigma_min" else 0.0
+    return Schedule(timesteps=t.astype(np.float32), sigmas=np.concatenate([s, [last]]).astype(np.float32))
+
+
+def unipc_prediction(cfg: UniPCConfig) -> str:
+    """`Sampler.prediction`: a velocity with flow sigmas, else the config's prediction_type."""
+    return "flow" if cfg.use_flow_sigmas else cfg.prediction_type
+
+
 @jax.tree_util.register_dataclass
 @dataclass(frozen=True)
 class UniPCState:
@@ -206,8 +247,17 @@ def _order(k: Array, n: int, cfg: UniPCConfig) -> Array:
     return order
 
 
-def _lambda(sigma: Array) -> Array:
-    return jnp.log(1 - sigma) - jnp.log(sigma)
+def _alpha_sigma(sigma: Array, cfg: UniPCConfig) -> tuple[Array, Array]:
+    """(alpha_t, sigma_t) of a schedule sigma: flow (1 - sigma, sigma) or VP (1 / sqrt(sigma^2 + 1), sigma alpha)."""
+    if cfg.use_flow_sigmas:
+        return 1 - sigma, sigma
+    alpha = 1 / ((sigma**2 + 1) ** 0.5)
+    return alpha, sigma * alpha
+
+
+def _lambda(sigma: Array, cfg: UniPCConfig) -> Array:
+    alpha, sigma_t = _alpha_sigma(sigma, cfg)
+    return jnp.log(alpha) - jnp.log(sigma_t)
 
 
 def _phis(sigma_s0: Array, sigma_t: Array, cfg: UniPCConfig, order: int):
@@ -215,7 +265,7 @@ def _phis(sigma_s0: Array, sigma_t: Array, cfg: UniPCConfig, order: int):
 
     Written in diffusers' operation order so float32 results agree to the ulp.
     """
-    h = _lambda(sigma_t) - _lambda(sigma_s0)
+    h = _lambda(sigma_t, cfg) - _lambda(sigma_s0, cfg)
     hh = -h  # predict_x0
     h_phi_1 = jnp.expm1(hh)
     b_h = jnp.expm1(hh) if cfg.bh2 else hh
@@ -224,15 +274,15 @@ def _phis(sigma_s0: Array, sigma_t: Array, cfg: UniPCConfig, order: int):
         b.append(h_phi_k * factorial / b_h)
         factorial *= k + 1
         h_phi_k = h_phi_k / hh - 1 / factorial
-    return 1 - sigma_t, h, h_phi_1, b_h, jnp.stack(b)
+    return _alpha_sigma(sigma_t, cfg)[0], h, h_phi_1, b_h, jnp.stack(b)
 
 
-def _differences(i: Array, order: int, h: Array, sigmas: Array, history: tuple[Array, ...]):
+def _differences(i: Array, order: int, h: Array, sigmas: Array, history: tuple[Array, ...], cfg: UniPCConfig):
     """rk and D1 of the `order - 1` older predictions; history[-1] is m0 at sigmas[i], history[-1-j] at i - j."""
-    lambda_s0 = _lambda(sigmas[i])
+    lambda_s0 = _lambda(sigmas[i], cfg)
     rks, d1s = [], []
     for j in range(1, order):
-        rk = (_lambda(sigmas[i - j]) - lambda_s0) / h
+        rk = (_lambda(sigmas[i - j], cfg) - lambda_s0) / h
         rks.append(rk)
         d1s.append((history[-1 - j] - history[-1]) / rk)
     return rks, d1s
@@ -243,12 +293,12 @@ def _unip(order: int, x, history, i, sigmas, cfg):
     sigma_s0, sigma_t = sigmas[i], sigmas[i + 1]
     alpha_t, h, h_phi_1, b_h, b = _phis(sigma_s0, sigma_t, cfg, order)
     m0 = history[-1]
-    x_t = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
+    x_t = _alpha_sigma(sigma_t, cfg)[1] / _alpha_sigma(sigma_s0, cfg)[1] * x - alpha_t * h_phi_1 * m0
     if order == 1:
         # diffusers subtracts alpha_t * B_h * 0 here, which is NaN on the last step with bh1 (B_h = -h = -inf
         # at sigma 0); we return the limit, the data prediction m0 (what bh2 returns there too).
         return x_t
-    rks, d1s = _differences(i, order, h, sigmas, history)
+    rks, d1s = _differences(i, order, h, sigmas, history, cfg)
     if order == 2:
         rhos = jnp.array([0.5], jnp.float32)
     else:
@@ -265,8 +315,10 @@ def _unic(order: int, last_sample, this_sample, model_t, history, i, sigmas, cfg
     sigma_s0, sigma_t = sigmas[i - 1], sigmas[i]
     alpha_t, h, h_phi_1, b_h, b = _phis(sigma_s0, sigma_t, cfg, order)
     m0 = history[-1]
-    x_t = sigma_t / sigma_s0 * last_sample - alpha_t * h_phi_1 * m0
-    rks, d1s = _differences(i - 1, order, h, sigmas, history)
+    x_t = (
+        _alpha_sigma(sigma_t, cfg)[1] / _alpha_sigma(sigma_s0, cfg)[1] * last_sample - alpha_t * h_phi_1 * m0
+    )
+    rks, d1s = _differences(i - 1, order, h, sigmas, history, cfg)
     if order == 1:
         rhos = jnp.array([0.5], jnp.float32)
     else:
@@ -301,7 +353,16 @@ def unipc_step(
     sigmas = schedule.sigmas.astype(jnp.float32)
     n = sigmas.shape[0] - 1
     sample = x.astype(jnp.float32)
-    x0 = sample - sigmas[i] * model_output.astype(jnp.float32)
+    out = model_output.astype(jnp.float32)
+    alpha, sigma_t = _alpha_sigma(sigmas[i], cfg)
+    if cfg.prediction_type == "epsilon":
+        x0 = (sample - sigma_t * out) / alpha
+    elif cfg.prediction_type == "v_prediction":
+        x0 = alpha * sample - sigma_t * out
+    elif cfg.prediction_type == "sample":
+        x0 = out
+    else:
+        x0 = sample - sigma_t * out
 
     # The corrector refines the sample this model call saw, using the order of the previous predictor; index 0
     # of the switch is "no correction" (first step, or a step listed in disable_corrector).

@@ -50,8 +50,8 @@ def test_rows_predict_flow_and_leave_the_input_alone():
 
 
 def test_unknown_scheduler_lists_the_supported_ones():
-    with pytest.raises(InputError, match="'DDIMScheduler' is not supported") as e:
-        sampler_for("DDIMScheduler", {})
+    with pytest.raises(InputError, match="'KDPM2DiscreteScheduler' is not supported") as e:
+        sampler_for("KDPM2DiscreteScheduler", {})
     assert all(name in str(e.value) for name in SAMPLERS)
 
 
