@@ -32,7 +32,6 @@ from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
 from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys, noise_keys
-from jdiff.sampling.table import sampler_for
 
 SDXL = "StableDiffusionXLPipeline"
 
@@ -60,8 +59,8 @@ class StableDiffusionPipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        sched_cls = model.components().get("scheduler", ("", ""))[1]
-        self.sampler, self.scheduler = sampler_for(sched_cls, model.scheduler_config())
+        sched_cls = model.scheduler_class
+        self.sampler, self.scheduler = model.sampler()  # the directory's, or the one swapped in
         prediction = self.sampler.prediction(self.scheduler)
         if prediction == "flow":
             raise InputError(
@@ -209,7 +208,7 @@ class StableDiffusionPipeline(Pipeline):
         h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
         c = self.vae_config.latent_channels
         init, noise_shape = self._initial_latents(request, c, h, w)
-        keys = noise_keys(list(request.seeds)) if getattr(self.sampler, "takes_noise", False) else None
+        keys = noise_keys(list(request.seeds)) if self.sampler.takes_noise else None
         schedule = self.sampler.schedule(self.scheduler, request.steps)
         rescale = request.guidance_rescale or 0.0
         args = (
