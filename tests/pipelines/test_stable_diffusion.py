@@ -207,3 +207,55 @@ def test_real_size_sdxl_dry_run(sd, tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"missing source key {removed!r}" in out, out
     assert not (tmp_path / "out").exists()
+
+
+# Solvers swapped in as diffusers swaps them (`X.from_config(pipe.scheduler.config, **overrides)`): SD 1.5's own
+# PNDM, DPM-Solver++ 2M with Karras sigmas, and Heun (two UNet calls a step).
+SWAPS = [
+    ("PNDMScheduler", {"skip_prk_steps": True}),
+    ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    ("HeunDiscreteScheduler", {}),
+]
+
+
+@pytest.mark.parametrize(("name", "overrides"), SWAPS, ids=[s[0] for s in SWAPS])
+def test_solvers_with_diffusers(sd, name, overrides):
+    import diffusers
+
+    kind, pipe, path, _ = sd
+    if kind != "sd15":
+        pytest.skip("one family member is enough")
+    original = pipe.scheduler
+    # From the saved file, as jdiff reads it: an in-memory `from_config(pipe.scheduler.config)` would drop the
+    # keys the first class left at its defaults (diffusers' `_use_default_values`, e.g. Euler's "linspace"
+    # timestep_spacing, so PNDM would fall back to "leading"); the file keeps them.
+    cls = getattr(diffusers, name)
+    pipe.scheduler = cls.from_config(cls.load_config(path / "scheduler"), **overrides)
+    kw = dict(height=H, width=W, num_inference_steps=STEPS, guidance_scale=7.5)
+    lat = _latents(1, seed=5)
+    try:
+        images, latents = _reference(pipe, ["a red circle"], lat, negative_prompt=["blue"], **kw)
+    finally:
+        pipe.scheduler = original
+    gen = jdiff.DiffGenerator.from_pretrained(
+        path, dtype="float32", scheduler=name, scheduler_config=overrides
+    )
+    got = gen.generate("a red circle", negative_prompt="blue", latents=lat.numpy(), output_type="np", **kw)
+    _check(got, images, latents)
+
+
+def test_stochastic_solver_is_deterministic_per_seed(sd):
+    kind, _, path, _ = sd
+    if kind != "sd15":
+        pytest.skip("one family member is enough")
+    gen = jdiff.DiffGenerator.from_pretrained(
+        path, dtype="float32", scheduler="EulerAncestralDiscreteScheduler"
+    )
+    kw = dict(height=H, width=W, num_inference_steps=2, output_type="latent")
+    a = gen.generate(["a red circle", "a blue square"], seed=[3, 4], **kw).latents
+    b = gen.generate(["a blue square"], seed=4, **kw).latents
+    # The same seed alone or batched: the same noise (float differences of another batch size aside).
+    np.testing.assert_allclose(a[1], b[0], rtol=1e-3, atol=1e-3)
+    c = gen.generate(["a red circle", "a blue square"], seed=[3, 5], **kw).latents
+    np.testing.assert_array_equal(a[0], c[0])
+    assert not np.allclose(a[1], c[1])
