@@ -17,6 +17,9 @@ CROSS_DOWN, DOWN = "CrossAttnDownBlock2D", "DownBlock2D"
 CROSS_UP, UP = "CrossAttnUpBlock2D", "UpBlock2D"
 MID = "UNetMidBlock2DCrossAttn"
 ACTIVATIONS = ("silu", "swish")
+# Bounds of the conversion plan's stacked-transformer prefixes (jdiff/models/unet/plan.py): levels, and
+# resnets (hence transformers) per block; SDXL has 3 levels and 3 resnets per up block.
+MAX_LEVELS, MAX_ATTENTIONS = 6, 8
 
 
 def _frozen(value):
@@ -183,6 +186,11 @@ class UNet2DConditionConfig:
         n = self.levels
         if n < 1:
             raise InputError("UNet config: block_out_channels is empty; expected one entry per level")
+        if n > MAX_LEVELS or any(self.layers_at(i) + 1 > MAX_ATTENTIONS for i in range(n)):
+            raise InputError(
+                f"UNet config: {n} levels of {_per_level(self.layers_per_block, n, 'layers_per_block')} layers; "
+                f"jdiff's UNet plan covers up to {MAX_LEVELS} levels of {MAX_ATTENTIONS - 1} layers"
+            )
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise InputError(
                 f"UNet config: {len(self.down_block_types)} down and {len(self.up_block_types)} up block types for "

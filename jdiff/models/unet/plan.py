@@ -11,12 +11,10 @@ Reference quirk: `proj_in` / `proj_out` are 1x1 convs ([C, C, 1, 1]) in SD 1.5 a
 apply either way.
 """
 
-from jdiff.models.unet.config import UNet2DConditionConfig
+from jdiff.models.unet.config import MAX_ATTENTIONS, MAX_LEVELS, UNet2DConditionConfig
 from jdiff.models.unet.unet import UNet2DConditionModel
 from jdiff.weights.loading import ComponentSpec
 from jdiff.weights.plan import Plan
-
-MAX_LEVELS, MAX_ATTENTIONS = 6, 8
 
 STACKED = (
     *(

@@ -136,6 +136,7 @@ def test_real_size_coverage(preset, missing, stray, tmp_path):
         ({"time_cond_proj_dim": 256}, "time_cond_proj_dim=256 not supported"),
         ({"num_attention_heads": 8}, "num_attention_heads must be null"),
         ({"norm_num_groups": 5}, "norm_num_groups=5"),
+        ({"layers_per_block": 8}, "covers up to 6 levels of 7 layers"),
     ],
 )
 def test_bad_config(change, match):
