@@ -151,6 +151,24 @@ def test_cli_bad_size(sd, tmp_path, capsys):
     assert rc == 2 and "height 31 is not divisible by 2" in err and err.startswith("jdiff: error:")
 
 
+def test_convert_round_trip(sd, tmp_path):
+    """`jdiff convert` to float32, then the checkpoint generates exactly what the diffusers directory does."""
+    from jdiff.convert.run import convert
+
+    kind, _, path, gen = sd
+    if kind != "sdxl":
+        pytest.skip("SDXL covers every component class of the family")
+    dst = convert(path, tmp_path / "ckpt", dtype="float32")
+    kw = dict(height=H, width=W, num_inference_steps=STEPS, guidance_scale=7.5, output_type="np")
+    lat = _latents(2).numpy()
+    want = gen.generate(PROMPTS, negative_prompt="ugly", latents=lat, **kw)
+    got = jdiff.DiffGenerator.from_pretrained(dst, dtype="float32").generate(
+        PROMPTS, negative_prompt="ugly", latents=lat, **kw
+    )
+    np.testing.assert_array_equal(got.images, want.images)
+    np.testing.assert_array_equal(got.latents, want.latents)
+
+
 def test_real_size_sdxl_dry_run(sd, tmp_path, capsys):
     """SDXL base 1.0 at real sizes (header-only files): every key mapped; a removed key is named, exit 2."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
