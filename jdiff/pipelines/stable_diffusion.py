@@ -311,7 +311,7 @@ def _preset(index: dict, unet) -> str:
     """sdxl for SDXL; sd2 for an OpenCLIP-H (1024-wide) UNet; sd15 otherwise."""
     if index.get("_class_name") == SDXL:
         return "sdxl"
-    return "sd2" if unet.cross_attention_dim == 1024 else "sd15"
+    return "sd2" if unet.cross_dim_at(0) == 1024 else "sd15"
 
 
 FAMILY = Family(
