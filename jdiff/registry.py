@@ -18,6 +18,7 @@ FAMILY_MODULES = (
     "jdiff.pipelines.z_image",
     "jdiff.pipelines.flux2",
     "jdiff.pipelines.flux2_klein",
+    "jdiff.pipelines.stable_diffusion",
 )
 
 

@@ -43,6 +43,10 @@ OPTIONAL = {
     "max_sequence_length": "a text length",
     "image": "an input image (image-to-video, edit and reference-image models)",
     "fps": "a frame rate (video models)",
+    "guidance_rescale": "a guidance rescale (the CFG rescale of Stable Diffusion pipelines)",
+    "original_size": "an original-size conditioning (SDXL micro-conditioning)",
+    "target_size": "a target-size conditioning (SDXL micro-conditioning)",
+    "crops_coords_top_left": "a crop conditioning (SDXL micro-conditioning)",
 }
 FIELDS = COMMON | frozenset(OPTIONAL)
 
@@ -65,6 +69,9 @@ class Request:
         output_type: "pil", "np" or "latent".
         output_path: where to save, or None.
         fps: frames per second of saved videos.
+        guidance_rescale: the CFG rescale factor (diffusers' `guidance_rescale`), or None: not given.
+        original_size, target_size, crops_coords_top_left: SDXL's (height, width) / (top, left)
+            micro-conditioning, or None: not given (the pipeline's defaults).
         progress: show a progress bar.
         given: the names of the fields the caller set (not None).
         warnings: what the request asks that is ignored or likely to come out badly (`base.warn` adds to
@@ -89,6 +96,10 @@ class Request:
     output_path: Path | None
     fps: int | None
     progress: bool
+    guidance_rescale: float | None = None
+    original_size: tuple[int, int] | None = None
+    target_size: tuple[int, int] | None = None
+    crops_coords_top_left: tuple[int, int] | None = None
     given: frozenset[str] = field(default_factory=frozenset)
     warnings: list[str] = field(default_factory=list)
 
@@ -186,6 +197,10 @@ def parse(
         output_path=None if output_path is None else Path(output_path),
         fps=None if fps is None else positive_int(fps, "fps"),
         progress=bool(fields.get("progress")),
+        guidance_rescale=scale("guidance_rescale"),
+        original_size=pair(fields.get("original_size"), "original_size", 1),
+        target_size=pair(fields.get("target_size"), "target_size", 1),
+        crops_coords_top_left=pair(fields.get("crops_coords_top_left"), "crops_coords_top_left", 0),
         given=given,
     )
 
@@ -199,6 +214,17 @@ def prompts_of(prompt, name: str = "prompt") -> list[str]:
             f"{name} must be a string or a non-empty list of strings, got {type(prompt).__name__}"
         )
     return list(prompt)
+
+
+def pair(value, name: str, least: int) -> tuple[int, int] | None:
+    """Two integers >= `least` (a (height, width) or (top, left)), or None when not given."""
+    if value is None:
+        return None
+    ok = isinstance(value, list | tuple) and len(value) == 2
+    ok = ok and all(isinstance(v, int | np.integer) and not isinstance(v, bool) and v >= least for v in value)
+    if not ok:
+        raise InputError(f"{name} must be two integers >= {least}, e.g. (1024, 1024), got {value!r}")
+    return int(value[0]), int(value[1])
 
 
 def positive_int(value, name: str) -> int:

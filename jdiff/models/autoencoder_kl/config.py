@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from jdiff.errors import InputError
@@ -49,6 +50,19 @@ class AutoencoderKLConfig:
             block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=16, sample_size=1024,
             scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
         )  # fmt: skip
+
+    @classmethod
+    def sd15(cls) -> AutoencoderKLConfig:
+        """Stable Diffusion 1.x / 2.x's VAE: 4 latent channels, 8x downsampling, scaling factor 0.18215."""
+        return cls(
+            down_block_types=(DOWN_BLOCK,) * 4, up_block_types=(UP_BLOCK,) * 4,
+            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=512,
+        )  # fmt: skip
+
+    @classmethod
+    def sdxl(cls) -> AutoencoderKLConfig:
+        """SDXL's VAE: SD's layout, retrained, scaling factor 0.13025, 1024px."""
+        return dataclasses.replace(cls.sd15(), sample_size=1024, scaling_factor=0.13025)
 
     @classmethod
     def tiny(cls, **overrides) -> AutoencoderKLConfig:

@@ -2,7 +2,7 @@
 
 Defaults are transformers' `CLIPTextConfig` defaults (ViT-B/32 text tower); FLUX.1 ships the CLIP-L one
 (hidden 768, 12 layers, 12 heads) in its `text_encoder/config.json`. Keys only used in training (dropouts,
-initialiser ranges) or by heads we do not build (`projection_dim`) are ignored by `from_dict`.
+initialiser ranges) are ignored by `from_dict`; `projection_dim` is read by `CLIPTextModelWithProjection` only.
 """
 
 from __future__ import annotations
@@ -28,12 +28,36 @@ class CLIPTextConfig:
     # 2 is the legacy value (configs written before transformers PR #24773): pooling then takes the
     # position of the largest token id instead of the first `eos_token_id`; see `CLIPTextTransformer`.
     eos_token_id: int = 49407
+    # The width of `CLIPTextModelWithProjection`'s text_projection (CLIPTextModel has none).
+    projection_dim: int = 512
 
     # Named presets: the released text_encoder/config.json files, and a toy size.
     @classmethod
     def large(cls) -> CLIPTextConfig:
         """CLIP ViT-L/14's text tower as FLUX.1 ships it (legacy eos_token_id 2: argmax pooling)."""
-        return cls(hidden_size=768, intermediate_size=3072, num_attention_heads=12, eos_token_id=2)
+        return cls(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            eos_token_id=2,
+            projection_dim=768,
+        )
+
+    @classmethod
+    def openclip_h(cls) -> CLIPTextConfig:
+        """OpenCLIP ViT-H/14's text tower as Stable Diffusion 2.x ships it (23 of its 24 layers, exact GELU)."""
+        return cls(
+            hidden_size=1024, intermediate_size=4096, num_hidden_layers=23, num_attention_heads=16, hidden_act="gelu",
+            eos_token_id=2, projection_dim=512,
+        )  # fmt: skip
+
+    @classmethod
+    def bigg(cls) -> CLIPTextConfig:
+        """OpenCLIP ViT-bigG/14's text tower with its projection, SDXL's `text_encoder_2`."""
+        return cls(
+            hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20, hidden_act="gelu",
+            eos_token_id=2, projection_dim=1280,
+        )  # fmt: skip
 
     @classmethod
     def tiny(cls, **overrides) -> CLIPTextConfig:
@@ -64,6 +88,7 @@ class CLIPTextConfig:
             "num_hidden_layers",
             "num_attention_heads",
             "max_position_embeddings",
+            "projection_dim",
         )
         for name in sizes:
             value = getattr(self, name)

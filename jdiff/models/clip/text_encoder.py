@@ -1,4 +1,6 @@
-"""The CLIP text encoder (transformers `CLIPTextModel`), as FLUX.1 uses it: last hidden state and pooled output.
+"""The CLIP text encoders (transformers `CLIPTextModel` and `CLIPTextModelWithProjection`): last hidden state,
+pooled output, the projected pooled output (SDXL's second encoder) and any layer's hidden state (SDXL reads
+`hidden_states[-2]`, the penultimate layer's output).
 
 Axis letters: B batch, L sequence, D width (hidden_size), N heads, H head dim, F mlp width, V vocabulary.
 
@@ -13,6 +15,7 @@ padding never reaches a real token, and FLUX (like diffusers' pipelines) passes 
 from __future__ import annotations
 
 from functools import partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,6 +26,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers import LayerNorm, Linear, dot_product_attention
 from jdiff.layers.embed import Embed
+from jdiff.layers.linear import scanned_weights
 from jdiff.layers.stack import scan, stacked
 from jdiff.models.clip.config import CLIPTextConfig
 
@@ -107,6 +111,28 @@ class CLIPEncoder(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         return scan(self.layers, x)
 
+    def keeping(self, x: jax.Array, index: int) -> tuple[jax.Array, jax.Array]:
+        """(the last layer's output, transformers' `hidden_states[index]`), in one scan over the layers.
+
+        `hidden_states[0]` is the embeddings' output and `hidden_states[k]` the k-th layer's, before the final
+        layer norm; negative indices count from the end (-1 is the last layer's output, -2 the penultimate).
+        """
+        graphdef, state = nnx.split(self.layers)
+        n = jax.tree.leaves(state)[0].shape[0]
+        if not -(n + 1) <= index <= n:
+            raise InputError(f"CLIP text encoder: hidden state {index} of {n} layers does not exist")
+        k = index % (n + 1)
+
+        def body(carry, xs):
+            h, kept = carry
+            i, layer_state = xs
+            kept = jnp.where(i == k, h, kept)  # hidden_states[i] is the input of layer i
+            with scanned_weights():
+                return (nnx.merge(graphdef, layer_state)(h), kept), None
+
+        (x, kept), _ = jax.lax.scan(body, (x, jnp.zeros_like(x)), (jnp.arange(n), state))
+        return x, (x if k == n else kept)
+
 
 def pool_eos(
     hidden: Float[Array, "b l d"], input_ids: Int[Array, "b l"], eos_token_id: int
@@ -133,6 +159,15 @@ def pool_eos(
     return jnp.take_along_axis(hidden, idx[:, None, None], axis=1)[:, 0]
 
 
+class CLIPTextOutput(NamedTuple):
+    """What `encode` returns (transformers' output fields, those the pipelines read)."""
+
+    last_hidden_state: jax.Array  # [B, L, D], after the final layer norm
+    pooled: jax.Array  # [B, D] at the end-of-text token (pooler_output)
+    hidden_state: jax.Array | None  # [B, L, D]: hidden_states[index], when asked for
+    text_embeds: jax.Array | None = None  # [B, P]: the projected pooled output (WithProjection only)
+
+
 class CLIPTextTransformer(nnx.Module):
     """Embeddings, encoder, final norm and end-of-text pooling (transformers 4's `CLIPTextTransformer`)."""
 
@@ -144,6 +179,10 @@ class CLIPTextTransformer(nnx.Module):
         self.max_position_embeddings = cfg.max_position_embeddings
 
     def __call__(self, input_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+        out = self.encode(input_ids)
+        return out.last_hidden_state, out.pooled
+
+    def encode(self, input_ids: jax.Array, hidden_index: int | None = None) -> CLIPTextOutput:
         if input_ids.ndim != 2 or input_ids.shape[1] > self.max_position_embeddings:
             raise InputError(
                 f"CLIP text encoder: expected token ids [batch, length] with length <= "
@@ -151,8 +190,13 @@ class CLIPTextTransformer(nnx.Module):
                 "tokenize with truncation to that length"
             )
         x = sh.constrain(self.embeddings(input_ids), (sh.BATCH, sh.LENGTH, sh.ACT_EMBED))  # [B, L, D]
-        x = self.final_layer_norm(self.encoder(x))
-        return x, pool_eos(x, input_ids, self.eos_token_id)
+        hidden = None
+        if hidden_index is None:
+            x = self.encoder(x)
+        else:
+            x, hidden = self.encoder.keeping(x, hidden_index)
+        x = self.final_layer_norm(x)
+        return CLIPTextOutput(x, pool_eos(x, input_ids, self.eos_token_id), hidden)
 
 
 class CLIPTextModel(nnx.Module):
@@ -174,3 +218,29 @@ class CLIPTextModel(nnx.Module):
             InputError: input_ids not [B, L], or L above max_position_embeddings.
         """
         return self.text_model(input_ids)
+
+    def encode(self, input_ids: Int[Array, "b l"], hidden_index: int | None = None) -> CLIPTextOutput:
+        """The encoder's outputs, with `hidden_states[hidden_index]` when an index is given (see
+        `CLIPEncoder.keeping`; diffusers' SD pipelines read -2 for SDXL and for `clip_skip`)."""
+        return self.text_model.encode(input_ids, hidden_index)
+
+
+class CLIPTextModelWithProjection(nnx.Module):
+    """transformers' `CLIPTextModelWithProjection` (SDXL's `text_encoder_2`): the text tower plus a bias-free
+    projection of the pooled output (`text_embeds`, SDXL's pooled conditioning)."""
+
+    def __init__(self, cfg: CLIPTextConfig, *, rngs: nnx.Rngs):
+        self.text_model = CLIPTextTransformer(cfg, rngs=rngs)
+        self.text_projection = Linear(
+            cfg.hidden_size, cfg.projection_dim, axes=(sh.EMBED, None), use_bias=False, rngs=rngs
+        )
+
+    def __call__(self, input_ids: Int[Array, "b l"]) -> tuple[Float[Array, "b l d"], Float[Array, "b p"]]:
+        """(last_hidden_state [B, L, D], text_embeds [B, P]), as transformers returns them."""
+        out = self.encode(input_ids)
+        return out.last_hidden_state, out.text_embeds
+
+    def encode(self, input_ids: Int[Array, "b l"], hidden_index: int | None = None) -> CLIPTextOutput:
+        """As `CLIPTextModel.encode`, with `text_embeds` set."""
+        out = self.text_model.encode(input_ids, hidden_index)
+        return out._replace(text_embeds=self.text_projection(out.pooled))
