@@ -15,6 +15,7 @@ from jdiff.errors import InputError
 FAMILY_MODULES = (
     "jdiff.pipelines.flux",
     "jdiff.pipelines.wan",
+    "jdiff.pipelines.qwen_image",
 )
 
 
