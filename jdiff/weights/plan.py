@@ -86,6 +86,10 @@ class Plan:
             `_keep_in_fp32_modules`, which bfloat16 (float32's exponent range) does not need.
         optional_prefix: a prefix that source keys may lack (rules name keys with it). transformers 5 saves
             `CLIPTextModel` without the `text_model.` level that released checkpoints carry, and loads both.
+        source_aliases: (anchored regex, replacement) pairs renaming source keys to the names the rules use,
+            for checkpoints saved under another layout than the rules name (the first matching pair wins; a
+            key both present and aliased keeps its own name). transformers 5 nests multimodal models as
+            `model.language_model.*` / `model.visual.*` where earlier exports wrote `model.*` / `visual.*`.
     """
 
     rules: tuple[Rule, ...] = ()
@@ -94,10 +98,13 @@ class Plan:
     keep_fp32: tuple[str, ...] = ()
     keep_fp32_with_fp16: tuple[str, ...] = ()
     optional_prefix: str = ""
+    source_aliases: tuple[tuple[str, str], ...] = ()
     _all_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "_all_rules", tuple(self.rules) + DEFAULT_RULES)
+        for pattern, _ in self.source_aliases:
+            re.compile(pattern)
 
     def is_ignored(self, key: str) -> bool:
         return any(re.fullmatch(p, key) for p in self.ignore)
@@ -166,6 +173,12 @@ def resolve(
         actual.update(
             {plan.optional_prefix + k: k for k in sources if not k.startswith(plan.optional_prefix)}
         )
+    for k in sources:
+        for pattern, replacement in plan.source_aliases:
+            m = re.fullmatch(pattern, k)
+            if m:
+                actual.setdefault(m.expand(replacement), k)
+                break
     for path, shape in targets.items():
         matched = _match(plan, path)
         if matched is None:

@@ -1,0 +1,1 @@
+"""The decoder-only transformer (Llama family) shared by the LLM text encoders."""
