@@ -84,9 +84,10 @@ class QwenImagePipeline(Pipeline):
 
     def __new__(cls, model: ModelDir, **_):
         if cls is QwenImagePipeline:
-            cls = {"QwenImageEditPipeline": QwenImageEditPipeline, "QwenImageEditPlusPipeline": QwenImageEditPlusPipeline}.get(
-                model.pipeline_class, QwenImagePipeline
-            )
+            cls = {
+                "QwenImageEditPipeline": QwenImageEditPipeline,
+                "QwenImageEditPlusPipeline": QwenImageEditPlusPipeline,
+            }.get(model.pipeline_class, QwenImagePipeline)
         return super().__new__(cls)
 
     def __init__(self, model: ModelDir, *, dtype, placement=None):
@@ -151,7 +152,10 @@ class QwenImagePipeline(Pipeline):
             if cfg:
                 neg, pos = jnp.split(v, 2)
                 comb = neg + cfg_scale * (pos - neg)
-                v = comb * (jnp.linalg.norm(pos, axis=-1, keepdims=True) / jnp.linalg.norm(comb, axis=-1, keepdims=True))
+                v = comb * (
+                    jnp.linalg.norm(pos, axis=-1, keepdims=True)
+                    / jnp.linalg.norm(comb, axis=-1, keepdims=True)
+                )
             return v
 
         return sample(
@@ -217,7 +221,9 @@ class QwenImagePipeline(Pipeline):
             with context(self.placement):
                 parts = [self._encode_image(self._params["vae"], put(self.placement, x)) for x in vae_images]
             image_latents = jnp.repeat(jnp.concatenate(parts, axis=1), embeds.shape[0], axis=0)
-            grids += tuple((1, x.shape[2] // self.size_multiple, x.shape[3] // self.size_multiple) for x in vae_images)
+            grids += tuple(
+                (1, x.shape[2] // self.size_multiple, x.shape[3] // self.size_multiple) for x in vae_images
+            )
         return embeds, mask, image_latents, grids
 
     def _images(self, request: Request) -> tuple[list, list[np.ndarray]]:
@@ -235,7 +241,18 @@ class QwenImagePipeline(Pipeline):
         schedule = self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
         cos, sin = rope_tables(grids, embeds.shape[1], tuple(self.transformer_config.axes_dims_rope))
         true_cfg = np.float32(request.true_cfg_scale or 1.0)
-        args = (self._params["transformer"], init, embeds, mask, image_latents, cos, sin, schedule, true_cfg, progress)
+        args = (
+            self._params["transformer"],
+            init,
+            embeds,
+            mask,
+            image_latents,
+            cos,
+            sin,
+            schedule,
+            true_cfg,
+            progress,
+        )
         kwargs = dict(cfg=self._true_cfg(request), noise_shape=noise_shape, grids=grids, noise_tokens=s0)
         key = (init.shape, embeds.shape, mask is None, request.steps, h, w)
         return Stage(self._denoise, args, kwargs, key=key)
@@ -274,7 +291,9 @@ class QwenImageEditPipeline(QwenImagePipeline):
 
     def parse(self, prompt, **fields) -> Request:
         if fields.get("image") is None:
-            raise InputError(f"{self.family} edits an image: pass image= (CLI --image PATH, server image=@FILE)")
+            raise InputError(
+                f"{self.family} edits an image: pass image= (CLI --image PATH, server image=@FILE)"
+            )
         request = super().parse(prompt, **fields)
         last = request.images[-1]
         width, height = calculate_dimensions(self.preset["vae_image_area"], last.width / last.height)

@@ -77,7 +77,9 @@ class QwenVLText:
 
     def _encode_fn(self, params, ids, mask, pixel_values, layout, gather, keep):
         enc = nnx.merge(self._def, params)
-        hidden = enc(ids, mask, pixel_values=pixel_values, layout=layout, hidden_layers=(-1,))[0]  # [Bm, L, J]
+        hidden = enc(ids, mask, pixel_values=pixel_values, layout=layout, hidden_layers=(-1,))[
+            0
+        ]  # [Bm, L, J]
         rows = jnp.take_along_axis(hidden, gather[..., None], axis=1)  # [Bm, T, J]
         return jnp.where(keep[..., None], rows, 0).astype(hidden.dtype)
 
@@ -110,7 +112,13 @@ class QwenVLText:
         gather, keep = _kept_tokens(mask, self.drop_idx, max_sequence_length)
         with context(self.placement):
             embeds = self._encode(
-                self._params, put(self.placement, ids), put(self.placement, mask), pixel_values, layout, gather, keep
+                self._params,
+                put(self.placement, ids),
+                put(self.placement, mask),
+                pixel_values,
+                layout,
+                gather,
+                keep,
             )
         return embeds, (None if keep.all() else keep)
 
