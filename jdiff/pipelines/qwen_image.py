@@ -288,6 +288,7 @@ class QwenImageEditPipeline(QwenImagePipeline):
     preset_name = "qwen-image-edit"
     edits = True
     max_images = 1
+    size_from_image = True  # without a size, the output follows the (last) input image (the server reads it)
 
     def parse(self, prompt, **fields) -> Request:
         if fields.get("image") is None:
