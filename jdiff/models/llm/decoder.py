@@ -18,6 +18,7 @@ reads entry -2 and never runs the last layer.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -171,6 +172,46 @@ def hidden_state_indices(hidden_layers: Sequence[int] | None, num_layers: int) -
     if not out:
         raise InputError("hidden_layers is empty; ask for at least one hidden state (e.g. (-1,))")
     return tuple(out)
+
+
+@partial(jax.jit, static_argnames=("hidden_layers",))
+def _encode(model, input_ids, attention_mask, position_ids, hidden_layers):
+    return model(input_ids, attention_mask, position_ids=position_ids, hidden_layers=hidden_layers)
+
+
+def encode_tokens(
+    model: nnx.Module,
+    input_ids,
+    attention_mask=None,
+    *,
+    hidden_layers: Sequence[int] | None = (-1,),
+    position_ids=None,
+) -> Float[Array, "j b l d"]:
+    """One jitted call of a text encoder built on this decoder (Qwen3, Mistral-3): `model(input_ids,
+    attention_mask, position_ids=..., hidden_layers=...)`, compiled once per shape and `hidden_layers`.
+
+    Args:
+        model: a `Qwen3TextEncoder` or `Mistral3TextEncoder`.
+        input_ids: [B, L] token ids (numpy or jax).
+        attention_mask: [B, L], nonzero for real tokens; None: no padding.
+        hidden_layers: indices into transformers' hidden_states list (Z-Image: (-2,); FLUX.2-klein: (9, 18,
+            27); FLUX.2-dev: (10, 20, 30)); default the last; None: all.
+        position_ids: [B, L] RoPE positions; None: 0..L-1 per row.
+
+    Returns:
+        [J, B, L, D] hidden states (`concat_hidden_states` gives FLUX.2's [B, L, J * D]).
+    """
+    hidden = None if hidden_layers is None else tuple(int(i) for i in hidden_layers)
+    mask = None if attention_mask is None else jnp.asarray(attention_mask)
+    positions = None if position_ids is None else jnp.asarray(position_ids)
+    return _encode(model, jnp.asarray(input_ids), mask, positions, hidden)
+
+
+def concat_hidden_states(hidden: Float[Array, "j b l d"]) -> Float[Array, "b l jd"]:
+    """[J, B, L, D] -> [B, L, J * D], each token's requested layers side by side: FLUX.2's prompt embedding
+    (`torch.stack(hidden_states[k] for k in layers, dim=1).permute(0, 2, 1, 3).reshape(B, L, J * D)`)."""
+    j, b, length, d = hidden.shape
+    return hidden.transpose(1, 2, 0, 3).reshape(b, length, j * d)
 
 
 class Decoder(nnx.Module):

@@ -10,7 +10,7 @@ encodes text only.
 Use (FLUX.2-dev stacks entries 10, 20, 30; `hidden_layers` static under jit):
 
     cfg, enc = load_component(SPEC, folder)
-    h = jax.jit(lambda m, ids, mask: m(ids, mask, hidden_layers=(10, 20, 30)))(enc, ids, mask)  # [3, B, L, D]
+    h = concat_hidden_states(encode(enc, ids, mask, hidden_layers=(10, 20, 30)))  # [B, L, 3 * D]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from jdiff.models.llm.decoder import Decoder
+from jdiff.models.llm.decoder import Decoder, concat_hidden_states, encode_tokens
 from jdiff.models.mistral3.config import Mistral3Config
 
 
@@ -59,3 +59,8 @@ class Mistral3TextEncoder(nnx.Module):
         """
         lm = self.model.language_model
         return lm(lm.embed(input_ids), attention_mask, position_ids, hidden_layers=hidden_layers)
+
+
+# The jitted entry point the pipelines call: `encode(model, ids, mask, hidden_layers=(...))` -> [J, B, L, D].
+encode = encode_tokens
+__all__ = ["Mistral3TextEncoder", "concat_hidden_states", "encode"]

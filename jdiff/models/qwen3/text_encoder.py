@@ -9,7 +9,7 @@ The module holds the decoder as `model` (`model.embed_tokens`, `model.layers`, `
 Use, e.g. Z-Image (entry -2) or FLUX.2-klein (entries 9, 18, 27), `hidden_layers` static under jit:
 
     cfg, enc = load_component(SPEC, folder)
-    h = jax.jit(lambda m, ids, mask: m(ids, mask, hidden_layers=(-2,)))(enc, ids, mask)[0]  # [B, L, D]
+    h = encode(enc, ids, mask, hidden_layers=(-2,))[0]  # [B, L, D], one jitted call
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from flax import nnx
 from jaxtyping import Array, Bool, Float, Int
 
-from jdiff.models.llm.decoder import Decoder
+from jdiff.models.llm.decoder import Decoder, concat_hidden_states, encode_tokens
 from jdiff.models.qwen3.config import Qwen3Config
 
 
@@ -54,3 +54,8 @@ class Qwen3TextEncoder(nnx.Module):
         return self.model(
             self.model.embed(input_ids), attention_mask, position_ids, hidden_layers=hidden_layers
         )
+
+
+# The jitted entry point the pipelines call: `encode(model, ids, mask, hidden_layers=(...))` -> [J, B, L, D].
+encode = encode_tokens
+__all__ = ["Qwen3TextEncoder", "concat_hidden_states", "encode"]

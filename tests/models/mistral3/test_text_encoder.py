@@ -13,6 +13,7 @@ import transformers
 from jdiff.errors import InputError
 from jdiff.models.mistral3.config import Mistral3Config
 from jdiff.models.mistral3.plan import SPEC
+from jdiff.models.mistral3.text_encoder import concat_hidden_states, encode
 from jdiff.weights.config import from_dict
 from jdiff.weights.loading import check
 from jdiff.weights.safetensors import open_weights
@@ -49,8 +50,12 @@ def test_parity(tmp_path, sliding_window):
     got = _run(model, jnp.asarray(ids), jnp.asarray(mask), None)
     for i, w in enumerate(want):
         parity.assert_close(got[i], w, what=f"hidden_states[{i}]")
-    got = _run(model, jnp.asarray(ids), jnp.asarray(mask), (1, 2))  # FLUX.2-style subset, last layer skipped
-    parity.assert_close(got, np.stack(want[1:3]))
+    # FLUX.2-style: a subset (the last layer skipped), side by side per token.
+    got = concat_hidden_states(encode(model, ids, mask, hidden_layers=(2, 1)))
+    flux2 = (
+        torch.stack([torch.from_numpy(want[k]) for k in (2, 1)], dim=1).permute(0, 2, 1, 3).reshape(2, 13, -1)
+    )
+    parity.assert_close(got, flux2)
 
 
 def test_config_reads_nested_text_config():
