@@ -22,7 +22,6 @@ from jdiff import compiler_options
 from jdiff.errors import InputError
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines.model_dir import ModelDir
-from jdiff.weights.config import from_dict, read_json
 
 T2I_TEMPLATE = (
     "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial "
@@ -67,12 +66,7 @@ class QwenVLText:
         if edits:
             if not has_processor:
                 raise InputError(f"{model.root}: an edit pipeline needs its processor/ folder (Qwen2.5-VL's)")
-            folder = model.folder("processor")
-            if (folder / "preprocessor_config.json").is_file():
-                self.image_processor = Qwen2VLImageProcessorConfig.read(folder / "preprocessor_config.json")
-            else:  # transformers 5 nests it in processor_config.json
-                data = read_json(folder / "processor_config.json").get("image_processor", {})
-                self.image_processor = from_dict(Qwen2VLImageProcessorConfig, data)
+            self.image_processor = Qwen2VLImageProcessorConfig.from_folder(model.folder("processor"))
         self._encode = compiler_options.jit(self._encode_fn)
 
     def _encode_fn(self, params, ids, mask, pixel_values, layout, gather, keep):
@@ -90,15 +84,14 @@ class QwenVLText:
             InputError: a prompt whose template leaves no token, or images a model directory cannot take.
         """
         from jdiff.models.qwen2_5_vl.image_processor import preprocess
-        from jdiff.models.qwen2_5_vl.text_encoder import prepare_images
+        from jdiff.models.qwen2_5_vl.text_encoder import expand_image_tokens, prepare_images
 
         pixel_values = layout = None
         if self.edits:
             users = [edit_prompt(t, len(images), self.plus) for t in texts]
             patches, grid = preprocess(images, self.image_processor)
-            merge = self.config.vision_config.spatial_merge_size
-            counts = (grid.prod(-1) // merge**2).tolist()
-            formatted = [_expand_image_pads(self.template.format(u), counts) for u in users]
+            # Every text sees every image: the expansion walks the images once per text.
+            formatted = [expand_image_tokens([self.template.format(u)], grid, self.config)[0] for u in users]
         else:
             formatted = [self.template.format(t) for t in texts]
         lengths = self.tokenizer.lengths(formatted)
@@ -121,14 +114,6 @@ class QwenVLText:
                 keep,
             )
         return embeds, (None if keep.all() else keep)
-
-
-def _expand_image_pads(text: str, counts: list[int]) -> str:
-    """Each `<|image_pad|>` of `text` repeated to its image's token count, in order (transformers' processor)."""
-    parts = text.split(IMAGE_PAD)
-    if len(parts) - 1 != len(counts):
-        raise InputError(f"the prompt template names {len(parts) - 1} images but {len(counts)} were given")
-    return "".join(p + IMAGE_PAD * n for p, n in zip(parts, [*counts, 0], strict=True))
 
 
 def _kept_tokens(mask: np.ndarray, drop_idx: int, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
