@@ -40,9 +40,17 @@ def _qwen_vl_config() -> transformers.Qwen2_5_VLConfig:
 
 
 @pytest.fixture(scope="module")
-def real_dir(tmp_path_factory):
+def tiny(tmp_path_factory):
+    path = saved(tiny_qwen_image_pipeline("edit_plus"), tmp_path_factory.mktemp("tiny"))
+    (path / "jdiff_preset.json").write_text(
+        json.dumps({"vae_image_area": 48 * 48, "condition_image_area": 40 * 40})
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def real_dir(tiny, tmp_path_factory):
     """A Qwen-Image-Edit-Plus directory at real sizes: headers only (plus the tiny tokenizer and processor)."""
-    tiny = saved(tiny_qwen_image_pipeline("edit_plus"), tmp_path_factory.mktemp("tiny"))
     real = tmp_path_factory.mktemp("qwen-image-edit-plus")
     for name in ("scheduler", "tokenizer", "processor"):
         shutil.copytree(tiny / name, real / name)
@@ -102,3 +110,24 @@ def test_real_size_dry_run_names_a_missing_and_a_stray_key(real_dir, tmp_path, c
     assert main(["convert", "--dry-run", str(broken), str(tmp_path / "out")]) == 2
     out = capsys.readouterr()
     assert "2 problem(s)" in out.err and "transformer_blocks.59.img_mlp.net.2.weight" in out.out + out.err
+
+
+def test_convert_tiny_edit_plus_gives_the_same_latents(tiny, tmp_path, capsys):
+    """`jdiff convert` of a Qwen-Image-Edit-Plus directory (processor copied) loads and edits as the source."""
+    import numpy as np
+    from PIL import Image
+
+    import jdiff
+
+    src = saved(tiny_qwen_image_pipeline("edit_plus"), tmp_path / "src")
+    (src / "jdiff_preset.json").write_text(
+        json.dumps({"vae_image_area": 48 * 48, "condition_image_area": 40 * 40})
+    )
+    out = tmp_path / "ckpt"
+    assert main(["convert", str(src), str(out), "--dtype", "float32"]) == 0
+    assert "processor: Qwen2_5_VLProcessor (copied)" in capsys.readouterr().out
+    images = [Image.new("RGB", (56, 40), (200, 30, 30)), Image.new("RGB", (30, 64), (30, 30, 200))]
+    kw = dict(image=images, num_inference_steps=1, output_type="latent", height=32, width=32)
+    want = jdiff.DiffGenerator.from_pretrained(src, dtype="float32").generate("a red circle", **kw).latents
+    got = jdiff.DiffGenerator.from_pretrained(out, dtype="float32").generate("a red circle", **kw).latents
+    np.testing.assert_array_equal(got, want)
