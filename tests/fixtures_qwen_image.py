@@ -128,6 +128,7 @@ def tiny_qwen_image_pipeline(kind: str = "t2i", *, seed: int = 0, zero_cond_t: b
         # wrong rotary position shows in the images, not only at 1e-6.
         for name, p in transformer.named_parameters():
             p.normal_(0, 2.0 if ".norm_" in name else 0.05)
+        transformer.txt_norm.weight.normal_(1.0, 0.1)  # text features O(1): prompts (and CFG) move the output
     vae = AutoencoderKLQwenImage(
         base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, temperal_downsample=[False, True, True],
         latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 0.5, 2.0, 1.0],
