@@ -81,6 +81,17 @@ def test_text_to_image_true_cfg_batch(t2i):
     got, ref, ref_lat = _both(pipe, gen, _latents(2), num_inference_steps=STEPS, **kw)
     _check(got, ref, ref_lat)
     assert got.images.shape == (2, H, W, 3)
+    # Other prompts of the same token counts, other latents and scale: the compiled programs serve them.
+    traces = dict(gen.pipeline.trace_counts)
+    kw.update(prompt=["a blue circle", "a red square on the blue background"], true_cfg_scale=5.0)
+    gen.generate(
+        kw.pop("prompt"),
+        latents=_latents(2, seed=7).numpy(),
+        num_inference_steps=STEPS,
+        output_type="np",
+        **kw,
+    )
+    assert dict(gen.pipeline.trace_counts) == traces
 
 
 def test_text_to_image_without_cfg(t2i):
