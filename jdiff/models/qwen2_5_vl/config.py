@@ -70,10 +70,10 @@ class Qwen2_5_VLVisionConfig:
                 f"Qwen2.5-VL vision config: hidden_act {self.hidden_act!r} is not supported (silu)"
             )
         unit = self.spatial_merge_size * self.patch_size
-        if self.window_size % unit:
+        if self.window_size < unit:
             raise InputError(
-                f"Qwen2.5-VL vision config: window_size {self.window_size} should be a multiple of "
-                f"spatial_merge_size * patch_size = {unit}"
+                f"Qwen2.5-VL vision config: window_size {self.window_size} should be at least "
+                f"spatial_merge_size * patch_size = {unit} (one merged token)"
             )
         bad = [i for i in self.fullatt_block_indexes if not 0 <= i < self.depth]
         if bad:

@@ -4,7 +4,8 @@ Default rules (kernel <- weight transposed, also the patch embedding's Conv3d we
 [T, p, p, C, D]; scale and embedding <- weight) with the language model's layers and the vision blocks
 stacked. The rules name transformers 5's layout (`model.language_model.*`, `model.visual.*`); the published
 checkpoints (Qwen2.5-VL-7B-Instruct, Qwen-Image's text_encoder) write `model.*` and `visual.*`, read through
-`source_aliases` (transformers' own conversion mapping renames the same way). The LM head (`lm_head.weight`)
+`source_aliases` (transformers' own conversion mapping renames the same way), and so is the head-less
+`Qwen2_5_VLModel` layout (`language_model.*`, `visual.*`). The LM head (`lm_head.weight`)
 is not needed by an encoder and is ignored.
 """
 
@@ -19,6 +20,7 @@ PLAN = Plan(
     source_aliases=(
         (r"visual\.(.*)", r"model.visual.\1"),
         (r"model\.(?!language_model\.|visual\.)(.*)", r"model.language_model.\1"),
+        (r"language_model\.(.*)", r"model.language_model.\1"),
     ),
 )
 

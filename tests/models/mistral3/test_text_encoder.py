@@ -113,3 +113,26 @@ def test_real_size_legacy_layout(tmp_path):
     assert by_target["model.language_model.layers.mlp.up_proj.kernel"].sources[3] == (
         "language_model.model.layers.3.mlp.up_proj.weight",
     )
+
+
+def test_real_size_base_model_layout(tmp_path):
+    # transformers' Mistral3Model (no LM head) saves `language_model.*`, `vision_tower.*`, `multi_modal_projector.*`.
+    cfg = Mistral3Config.small_24b()
+    tensors = parity.real_layout(lambda: transformers.Mistral3Model(_ref_config(cfg, REAL_VISION)))
+    assert "language_model.norm.weight" in tensors
+    write_sparse_safetensors(tmp_path / "model.safetensors", tensors)
+    assignments = {a.target: a for a in check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")}
+    assert assignments["model.language_model.norm.scale"].sources == (("language_model.norm.weight",),)
+
+
+def test_bf16_smoke(tmp_path):
+    cfg = Mistral3Config.tiny()
+    ref = parity.randomized(transformers.Mistral3ForConditionalGeneration(_ref_config(cfg, TINY_VISION)))
+    _, model = parity.load(ref, SPEC, tmp_path, dtype=jnp.bfloat16)
+    assert model.model.language_model.layers.mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+    ids = np.random.default_rng(5).integers(1, 1000, (1, 9))
+    got = encode(model, ids, None, hidden_layers=(2,))
+    assert got.dtype == jnp.bfloat16
+    with torch.no_grad():
+        want = ref(input_ids=torch.from_numpy(ids), output_hidden_states=True).hidden_states[2]
+    parity.assert_close(got[0], want, tol=3e-2)

@@ -3,6 +3,7 @@ save_pretrained + the jdiff loader, text only and with images of two different s
 attention, the 2x2 merger, image-pad replacement, plain and multimodal RoPE positions), with padding; both
 config layouts; real-size (Qwen2.5-VL-7B, Qwen-Image's text encoder) key coverage in both key layouts."""
 
+import dataclasses
 import json
 import re
 
@@ -228,6 +229,9 @@ def test_config_layouts(tmp_path):
     hash(Qwen2_5_VLConfig.qwen_image_7b())
     with pytest.raises(InputError, match="mrope_section"):
         Qwen2_5_VLConfig.tiny(rope_scaling={"type": "mrope", "mrope_section": [1, 1, 1]})
+    vision = dataclasses.replace(cfg.vision_config, window_size=4)
+    with pytest.raises(InputError, match="window_size 4 should be at least"):
+        Qwen2_5_VLConfig.tiny(vision_config=vision)
     with pytest.raises(InputError, match="out_hidden_size"):
         Qwen2_5_VLConfig.tiny(hidden_size=144, mrope_section=(2, 3, 3))
 
@@ -259,3 +263,13 @@ def test_real_size_key_coverage(tmp_path, published):
     assignments = {a.target: a for a in check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")}
     assert assignments["model.visual.merger.mlp.0.kernel"].sources == (("visual.merger.mlp.0.weight",),)
     assert assignments["model.language_model.norm.scale"].sources == (("model.norm.weight",),)
+
+
+def test_real_size_base_model_layout(tmp_path):
+    # transformers' Qwen2_5_VLModel (no LM head) saves `language_model.*` and `visual.*`.
+    cfg = Qwen2_5_VLConfig.qwen_image_7b()
+    tensors = parity.real_layout(lambda: transformers.Qwen2_5_VLModel(_ref_config(cfg)))
+    assert "language_model.norm.weight" in tensors and "visual.patch_embed.proj.weight" in tensors
+    write_sparse_safetensors(tmp_path / "model.safetensors", tensors)
+    assignments = {a.target: a for a in check(SPEC, cfg, open_weights(tmp_path), component="text_encoder")}
+    assert assignments["model.language_model.norm.scale"].sources == (("language_model.norm.weight",),)

@@ -44,8 +44,9 @@ def _want(ref, ids, mask):
 _run = jax.jit(lambda m, i, a, layers: m(i, a, hidden_layers=layers), static_argnums=3)
 
 
-@pytest.mark.parametrize("cls", [transformers.Qwen3Model, transformers.Qwen3ForCausalLM])
-@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize(
+    ("cls", "side"), [(transformers.Qwen3Model, "left"), (transformers.Qwen3ForCausalLM, "right")]
+)
 def test_parity_all_hidden_states(tmp_path, cls, side):
     cfg = Qwen3Config.tiny(attention_bias=cls is transformers.Qwen3Model)
     ref = _reference(cls, cfg)
@@ -103,8 +104,9 @@ def test_bad_config(override, match):
         Qwen3Config.tiny(**override)
 
 
-@pytest.mark.parametrize("name", ["qwen3_4b", "qwen3_8b"])
-@pytest.mark.parametrize("causal_lm", [True, False])
+@pytest.mark.parametrize(
+    ("name", "causal_lm"), [("qwen3_4b", False), ("qwen3_8b", True)]
+)  # Z-Image, klein 9B
 def test_real_size_key_coverage(tmp_path, name, causal_lm):
     cfg = getattr(Qwen3Config, name)()
     ref_cfg = transformers.Qwen3Config(**parity.kwargs(cfg))
