@@ -19,6 +19,7 @@ FAMILY_MODULES = (
     "jdiff.pipelines.flux2",
     "jdiff.pipelines.flux2_klein",
     "jdiff.pipelines.stable_diffusion",
+    "jdiff.pipelines.qwen_image",
 )
 
 

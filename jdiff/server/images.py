@@ -19,8 +19,15 @@ from jdiff.server.batcher import ImageRequest, QueueFull, ShuttingDown
 from jdiff.server.context import ServerContext, context
 from jdiff.server.encoding import encode_images
 from jdiff.server.errors import ApiError
-from jdiff.server.schemas import MAX_IMAGE_JSON_BYTES, ImageEditBody, ImageGenerationBody, parse_body
-from jdiff.server.validation import decode_image, image_params
+from jdiff.server.forms import is_form, parse_form
+from jdiff.server.schemas import (
+    MAX_IMAGE_JSON_BYTES,
+    ImageEditBody,
+    ImageGenerationBody,
+    parse_body,
+    validated,
+)
+from jdiff.server.validation import decode_image, decode_image_bytes, image_params
 
 log = logging.getLogger("jdiff.server")
 
@@ -47,10 +54,34 @@ async def edits(request: Request):
             f"model {ctx.name} does not support image edits (it takes no conditioning image); "
             "use POST /v1/images/generations",
         )
-    body = await parse_body(request, ImageEditBody, MAX_IMAGE_JSON_BYTES)
+    # OpenAI's multipart form (`image` / `image[]` files), or the JSON body with base64 images.
+    if is_form(request):
+        form = await parse_form(request)
+        body = validated(ImageGenerationBody, form.typed())
+        uploads = form.files.get("image", []) + form.files.get("image[]", [])
+        decode, what = decode_image_bytes, "file"
+    else:
+        body = await parse_body(request, ImageEditBody, MAX_IMAGE_JSON_BYTES)
+        uploads = [body.image] if isinstance(body.image, str) else list(body.image)
+        decode, what = decode_image, "base64 string"
+    if not uploads:
+        raise ApiError(
+            400, "image is required: upload the image to edit as the form file `image` (several as `image[]`)"
+        )
+    most = getattr(ctx.pipeline, "max_images", 1)
+    if len(uploads) > most:
+        raise ApiError(
+            400,
+            f"{len(uploads)} images sent; model {ctx.name} takes at most {most} (send at most {most} {what}s)",
+        )
     p = image_params(body, ctx.pipeline, max_batch=ctx.max_batch, max_pixels=ctx.max_pixels)
-    p["params"]["image"] = decode_image(body.image, "image")
-    # The image is this request's own: no other request shares its generate call.
+    names = ["image"] if len(uploads) == 1 else [f"image[{i}]" for i in range(len(uploads))]
+    images = [decode(raw, name) for raw, name in zip(uploads, names, strict=True)]
+    p["params"]["image"] = images[0] if len(images) == 1 else images
+    if body.size in (None, "auto") and getattr(ctx.pipeline, "size_from_image", False):
+        # The model sizes its output from the input image (Qwen-Image-Edit, as diffusers): no preset size.
+        p["params"]["height"] = p["params"]["width"] = None
+    # The images are this request's own: no other request shares its generate call.
     req = ImageRequest(body.prompt, p["n"], p["seed"], p["params"], batchable=False)
     return await _run(request, ctx, req, body)
 
@@ -87,7 +118,7 @@ async def _run(
         f"queue;dur={result.queue_s * 1e3:.1f}, generate;dur={result.generate_s * 1e3:.1f}, "
         f"encode;dur={(time.perf_counter() - t1) * 1e3:.1f}, total;dur={(time.perf_counter() - t0) * 1e3:.1f}"
     )
-    h, w = req.params["height"], req.params["width"]
+    h, w = result.images.shape[1:3] if len(result.images) else (req.params["height"], req.params["width"])
     content = {
         "created": int(time.time()),
         "data": [{"b64_json": b, "seed": s} for b, s in zip(data, result.seeds, strict=True)],

@@ -42,7 +42,9 @@ class ImageGenerationBody(Body):
 
 
 class ImageEditBody(ImageGenerationBody):
-    image: str  # base64 (or a data: URL) of the conditioning image
+    image: (
+        str | list[str]
+    )  # base64 (or data: URLs) of the input image(s); multipart forms upload files instead
 
 
 class VideoBody(Body):
@@ -93,6 +95,11 @@ async def parse_body(request: Request, model: type[B], limit: int = MAX_JSON_BYT
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}")
+    return validated(model, data)
+
+
+def validated(model: type[B], data: dict) -> B:
+    """`data` (parsed JSON, or a form's typed fields) as `model`; 400 naming every field problem."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
@@ -107,4 +114,5 @@ __all__ = [
     "ImageGenerationBody",
     "VideoBody",
     "parse_body",
+    "validated",
 ]

@@ -101,7 +101,6 @@ def _extension(params: dict, pipeline, name: str, value: float | None) -> None:
 
 def decode_image(data: str, name: str):
     """A base64 string (or a `data:` URL) -> an RGB PIL image of at most `MAX_INPUT_PIXELS`."""
-    from PIL import Image, UnidentifiedImageError
 
     if data.startswith("data:"):
         data = data.partition(",")[2]
@@ -109,6 +108,15 @@ def decode_image(data: str, name: str):
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError) as e:
         raise ApiError(400, f"{name} is not valid base64: {e}") from None
+    return decode_image_bytes(raw, name)
+
+
+def decode_image_bytes(raw: bytes, name: str):
+    """An encoded image file (an upload) -> an RGB PIL image of at most `MAX_INPUT_PIXELS`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not raw:
+        raise ApiError(400, f"{name} is an empty file; send a {', '.join(INPUT_FORMATS)} image")
     try:
         # Only common raster formats: PIL would otherwise hand e.g. EPS to Ghostscript, if installed.
         image = Image.open(io.BytesIO(raw), formats=INPUT_FORMATS)
@@ -213,6 +221,7 @@ __all__ = [
     "MAX_SEED",
     "MAX_STEPS",
     "decode_image",
+    "decode_image_bytes",
     "image_params",
     "parse_size",
     "size_multiple",

@@ -1,0 +1,92 @@
+"""`multipart/form-data` bodies (OpenAI's `POST /v1/images/edits`): text fields and uploaded files.
+
+Parsed with the standard library's MIME parser (no `python-multipart` dependency): the body is read up to
+its limit (413 past it), then split into parts. Text fields are typed here, as the JSON parser types them
+(`"n": "2"` is an int in a form, `"n": "two"` an error naming the field); files stay bytes.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import math
+from dataclasses import dataclass, field
+
+from fastapi import Request
+
+from jdiff.server.errors import ApiError
+
+MAX_FORM_BYTES = 64 << 20  # a few uploaded images
+
+INT_FIELDS = ("n", "seed", "num_inference_steps", "output_compression")
+FLOAT_FIELDS = ("guidance_scale", "true_cfg_scale")
+FILE_FIELDS = ("image", "image[]")  # uploads even when a client sends them without a filename
+
+
+@dataclass
+class Form:
+    fields: dict[str, str] = field(default_factory=dict)  # name -> text value (the last one given)
+    files: dict[str, list[bytes]] = field(default_factory=dict)  # name -> uploaded files, in order
+
+    def typed(self) -> dict:
+        """The text fields with the numeric ones converted (int / finite float).
+
+        Raises:
+            ApiError: 400 naming a field that is not a number of its kind.
+        """
+        out: dict = {}
+        for name, value in self.fields.items():
+            if name in INT_FIELDS:
+                try:
+                    out[name] = int(value)
+                except ValueError:
+                    raise ApiError(400, f"{name} must be an integer, got {value!r}") from None
+            elif name in FLOAT_FIELDS:
+                try:
+                    v = float(value)
+                except ValueError:
+                    v = math.nan
+                if not math.isfinite(v):
+                    raise ApiError(400, f"{name} must be a finite number, got {value!r}")
+                out[name] = v
+            else:
+                out[name] = value
+        return out
+
+
+def is_form(request: Request) -> bool:
+    return "multipart/form-data" in request.headers.get("content-type", "")
+
+
+async def parse_form(request: Request, limit: int = MAX_FORM_BYTES) -> Form:
+    """Reads a `multipart/form-data` body of at most `limit` bytes.
+
+    Raises:
+        ApiError: 413 past `limit`; 400 for a body that is not a well-formed multipart form.
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is over {limit} bytes")
+    content_type = request.headers.get("content-type", "")
+    if "boundary=" not in content_type:
+        raise ApiError(400, "multipart/form-data request without a boundary in its Content-Type")
+    head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + bytes(body))
+    if not message.is_multipart() or message.defects:
+        raise ApiError(400, "request body is not a well-formed multipart/form-data form")
+    form = Form()
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        if not name:
+            raise ApiError(400, "a form part has no name (Content-Disposition: form-data; name=...)")
+        payload = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None or name in FILE_FIELDS:
+            form.files.setdefault(name, []).append(payload)
+        else:
+            form.fields[name] = payload.decode("utf-8", "replace")
+    return form
+
+
+__all__ = ["MAX_FORM_BYTES", "Form", "is_form", "parse_form"]
