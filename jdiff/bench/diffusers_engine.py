@@ -5,7 +5,7 @@ Imports of torch and diffusers stay inside functions: the driver process imports
 
 from __future__ import annotations
 
-from jdiff.bench.workloads import GIB, _resolve, timed_calls
+from jdiff.bench.workloads import GIB, _resolve, position_ids, timed_calls
 
 
 def _randomize(model, keep: list[str], device, dtype):
@@ -70,21 +70,39 @@ def _torch_setup(name: str, config: dict, sz: dict, device):
     def rand(*shape, dtype=bf16):
         return torch.randn(shape, generator=gen, device=device, dtype=dtype)
 
+    def ids(axes):
+        txt, img = position_ids(sz["text"], sz["h"], sz["w"], axes)
+        f32 = dict(device=device, dtype=torch.float32)
+        return dict(txt_ids=torch.tensor(txt, **f32), img_ids=torch.tensor(img, **f32))
+
     if name == "flux_step":
         model = _torch_random(diffusers.FluxTransformer2DModel, config, device, bf16)
-        h, w, t = sz["h"], sz["w"], sz["text"]
-        img_ids = torch.zeros(h, w, 3, device=device)
-        img_ids[..., 1] = torch.arange(h, device=device)[:, None]
-        img_ids[..., 2] = torch.arange(w, device=device)[None, :]
         x = dict(
-            hidden_states=rand(1, h * w, config["in_channels"]),
-            encoder_hidden_states=rand(1, t, config["joint_attention_dim"]),
+            hidden_states=rand(1, sz["h"] * sz["w"], config["in_channels"]),
+            encoder_hidden_states=rand(1, sz["text"], config["joint_attention_dim"]),
             pooled_projections=rand(1, config["pooled_projection_dim"]),
             # FluxPipeline: t / 1000, in the latents' dtype
             timestep=torch.full((1,), 0.5, device=device, dtype=bf16),
-            img_ids=img_ids.reshape(-1, 3),
-            txt_ids=torch.zeros(t, 3, device=device),
             guidance=torch.full((1,), 3.5, device=device, dtype=torch.float32),
+            **ids(3),
+            return_dict=False,
+        )
+        return model, lambda m: m(**x)[0]
+    if name == "z_image_step":
+        model = _torch_random(diffusers.ZImageTransformer2DModel, config, device, bf16)
+        # ZImagePipeline: a list of [C, 1, h, w] latents, t = 1 - sigma (float32), a list of [T, J] captions.
+        latents = [rand(config["in_channels"], 1, 2 * sz["h"], 2 * sz["w"])]
+        t = torch.full((1,), 0.5, device=device)
+        caps = [rand(sz["text"], config["cap_feat_dim"])]
+        return model, lambda m: m(latents, t, caps, return_dict=False)[0][0]
+    if name == "flux2_klein_step":
+        model = _torch_random(diffusers.Flux2Transformer2DModel, config, device, bf16)
+        x = dict(
+            hidden_states=rand(1, sz["h"] * sz["w"], config["in_channels"]),
+            encoder_hidden_states=rand(1, sz["text"], config["joint_attention_dim"]),
+            # Flux2KleinPipeline: t / 1000 in the latents' dtype, no guidance (klein has no embedding)
+            timestep=torch.full((1,), 0.5, device=device, dtype=bf16),
+            **ids(4),
             return_dict=False,
         )
         return model, lambda m: m(**x)[0]

@@ -3,6 +3,8 @@
 Workloads (real configs, no weights loaded; every floating parameter is normal(0, 0.02), with each engine's
 float32-kept parameters in float32 as its loader would keep them):
   flux_step        FLUX.1-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
+  z_image_step     Z-Image-Turbo transformer, one step at 1024x1024 (4096 image + 128 caption tokens, no CFG)
+  flux2_klein_step FLUX.2-klein-4B transformer, one step at 1024x1024 (4096 image + 512 text tokens, no CFG)
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480
@@ -10,7 +12,7 @@ float32-kept parameters in float32 as its loader would keep them):
                    at 1024x1024, decoded to float32 arrays (no PNG); tokenizers from the embedded tiny model
 
 Engines: jdiff (jitted; compile = lower + compile), diffusers (eager), diffusers-compile (torch.compile,
-default mode; flux_step and flux_pipeline only; its "compile" is the first call). For flux_pipeline "compile"
+default mode; the *_step workloads and flux_pipeline only; its "compile" is the first call). For flux_pipeline "compile"
 is, for both compiled engines, what the first call takes beyond a steady one.
 flux_pipeline with jdiff runs two workers on one fresh compilation cache directory: "cold" (empty cache:
 first_s, then ms = median of 3 more calls) and "warm" (a new process on the filled cache: warm_start_s =

@@ -9,7 +9,7 @@ import functools
 import math
 import time
 
-from jdiff.bench.workloads import GIB, _resolve, timed_calls
+from jdiff.bench.workloads import GIB, _resolve, position_ids, timed_calls
 
 # Leaves of at most this many elements are drawn on the host (see `_jdiff_random`).
 HOST_RANDOM_MAX = 2**16
@@ -54,6 +54,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
     """(graphdef, params, apply(model, *inputs), inputs) for one single-model workload."""
     import jax
     import jax.numpy as jnp
+    import numpy as np
 
     from jdiff.weights.config import from_dict
 
@@ -83,6 +84,43 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
 
         def apply(m, x, txt, pooled, t, g, cos, sin):
             return m(x, txt, pooled, t, (cos, sin), guidance=g)
+
+    elif name == "z_image_step":
+        from jdiff.models.z_image.plan import SPEC
+        from jdiff.models.z_image.transformer import patchify, rope_tables, unpatchify
+
+        cfg = from_dict(SPEC.config_cls, config)
+        h, w, t = sz["h"], sz["w"], sz["text"]
+        inputs = (
+            rand((1, cfg.in_channels, 2 * h, 2 * w)),
+            rand((1, t, cfg.cap_feat_dim)),
+            jnp.full((1,), t, jnp.int32),
+            jnp.full((1,), 0.5, jnp.float32),
+            tuple(jnp.asarray(a) for a in rope_tables(cfg, [t], t, h, w)),
+        )
+
+        def apply(m, x, caps, cap_lens, t, rope):
+            # ZImagePipeline's step: one prompt fills its padded caption, so attention runs without a mask.
+            out = m.predict(patchify(x), caps, cap_lens, m.modulation(t), rope, masked=False)
+            return unpatchify(out, *x.shape[2:])
+
+    elif name == "flux2_klein_step":
+        from jdiff.layers.rope import rope_cos_sin
+        from jdiff.models.flux2.plan import SPEC
+
+        cfg = from_dict(SPEC.config_cls, config)
+        ids = np.concatenate(position_ids(sz["text"], sz["h"], sz["w"], 4))
+        cos, sin = (jnp.asarray(a) for a in rope_cos_sin(ids, cfg.axes_dims_rope, cfg.rope_theta))
+        inputs = (
+            rand((1, sz["h"] * sz["w"], cfg.in_channels)),
+            rand((1, sz["text"], cfg.joint_attention_dim)),
+            jnp.full((1,), 0.5, jnp.float32),
+            cos,
+            sin,
+        )
+
+        def apply(m, x, txt, t, cos, sin):
+            return m(x, txt, t, (cos, sin))
 
     elif name == "wan_forward":
         from jdiff.models.wan.plan import SPEC
@@ -127,8 +165,10 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
 
 def _attention_head_dim(name: str, config: dict) -> int:
     """The head dim that decides the workload's attention kernel (the VAEs' mid-block attention is one head)."""
-    if name in ("flux_step", "wan_forward"):
+    if name in ("flux_step", "wan_forward", "flux2_klein_step"):
         return config["attention_head_dim"]
+    if name == "z_image_step":
+        return config["dim"] // config["n_heads"]
     if name == "flux_vae_decode":
         return config["block_out_channels"][-1]
     from jdiff.models.wan_vae.plan import SPEC

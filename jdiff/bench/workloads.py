@@ -9,12 +9,16 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
 from jdiff.models.clip.config import CLIPTextConfig
 from jdiff.models.flux.config import FluxConfig
+from jdiff.models.flux2.config import Flux2Config
 from jdiff.models.t5.config import T5Config
 from jdiff.models.wan.config import WanTransformerConfig
 from jdiff.models.wan_vae.config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAEConfig
+from jdiff.models.z_image.config import ZImageConfig
 from jdiff.weights.config import to_dict
 
 GIB = 2**30
@@ -28,6 +32,8 @@ FLUX_VAE = to_dict(AutoencoderKLConfig.flux())
 WAN_VAE = to_dict(WanVAEConfig.wan21())
 CLIP_L = to_dict(CLIPTextConfig.large())
 T5_XXL = to_dict(T5Config.xxl())
+Z_IMAGE_TURBO = to_dict(ZImageConfig.turbo())
+FLUX2_KLEIN_4B = to_dict(Flux2Config.klein_4b())
 # FLUX.1-dev's scheduler/scheduler_config.json.
 FLUX_DEV_SCHEDULER = dict(
     num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
@@ -48,7 +54,58 @@ FLUX_VAE_TINY = to_dict(
         block_out_channels=(32, 32, 32, 32), norm_num_groups=8, latent_channels=16,
     )
 )  # fmt: skip
+# Z-Image's caption: the prompt's real tokens in Qwen3's chat template, padded to a multiple of 32 (about 100
+# words of prompt; the pipeline keeps only real tokens, so this is not max_sequence_length).
+Z_IMAGE_TEXT = 128
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
+
+
+def position_ids(text: int, h: int, w: int, axes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(text ids [T, A], image ids [h w, A]) as the FLUX.1 (A = 3) and FLUX.2 (A = 4) pipelines build them:
+    an image token's row and column in axes 1 and 2, zeros elsewhere; FLUX.2 counts text tokens in axis 3."""
+    txt = np.zeros((text, axes))
+    if axes == 4:
+        txt[:, 3] = np.arange(text)
+    img = np.zeros((h, w, axes))
+    img[..., 1], img[..., 2] = np.arange(h)[:, None], np.arange(w)[None, :]
+    return txt, img.reshape(h * w, axes)
+
+
+def dit_tflop(*groups: tuple[int, int, int, int], extra_macs: int = 0) -> float:
+    """TFLOP of one transformer call, 2 FLOPs per multiply-add.
+
+    Each group is (blocks, tokens, linear multiply-adds per token, width D) for blocks whose linears see
+    `tokens` tokens and whose attention runs over all of them: per block tokens x linear + 2 tokens^2 D
+    (Q K^T and P V). `extra_macs`: the embedders and output projection, counted once. The AdaLN linears act on
+    one vector per call (batch 1) and are left out, as FLUX.1's 74.4 leaves them out.
+    """
+    macs = extra_macs + sum(n * (t * lin + 2 * t * t * d) for n, t, lin, d in groups)
+    return 2 * macs / 1e12
+
+
+def z_image_tflop(cfg: dict, sz: dict) -> float:
+    """Z-Image: every block 4 D^2 (q, k, v, out) + 3 D F (SwiGLU w1, w3, w2) per token; the noise refiner on
+    the S image tokens, the context refiner on the T caption tokens, the main layers on S + T; embedders
+    S x 4C x D (patches), T x J x D (captions), S x D x 4C (final layer)."""
+    d, c = cfg["dim"], 4 * cfg["in_channels"]
+    lin = 4 * d * d + 3 * d * int(d / 3 * 8)
+    s, t = sz["h"] * sz["w"], sz["text"]
+    r = cfg["n_refiner_layers"]
+    extra = s * c * d * 2 + t * cfg["cap_feat_dim"] * d
+    return dit_tflop((r, s, lin, d), (r, t, lin, d), (cfg["n_layers"], s + t, lin, d), extra_macs=extra)
+
+
+def flux2_tflop(cfg: dict, sz: dict) -> float:
+    """FLUX.2: 4 D^2 + 3 D F per token in every block (double: q, k, v, out + SwiGLU in 2F and out F per
+    stream; single: the fused [q; k; v; MLP in] D x (3D + 2F) + out (D + F) x D), all S + T tokens, joint
+    attention over S + T; embedders S x C x D, T x J x D, and proj_out S x D x C."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    f = int(d * cfg["mlp_ratio"])
+    lin = 4 * d * d + 3 * d * f
+    s, t = sz["h"] * sz["w"], sz["text"]
+    n = cfg["num_layers"] + cfg["num_single_layers"]
+    extra = 2 * s * cfg["in_channels"] * d + t * cfg["joint_attention_dim"] * d
+    return dit_tflop((n, s + t, lin, d), extra_macs=extra)
 
 
 @dataclass(frozen=True)
@@ -88,6 +145,34 @@ WORKLOADS = {
         tiny_config=FLUX_TINY,
         tiny_sizes=dict(h=4, w=4, text=8),
         tiny_title="tiny FLUX transformer step (toy config), 64x64",
+    ),
+    # One prompt without CFG, as Z-Image-Turbo samples: 4096 image tokens (64x64 grid of 2x2 latent patches)
+    # and the caption's Z_IMAGE_TEXT tokens.
+    "z_image_step": Workload(
+        "Z-Image-Turbo transformer step, 1024x1024",
+        Z_IMAGE_TURBO,
+        dict(h=64, w=64, text=Z_IMAGE_TEXT),
+        z_image_tflop(Z_IMAGE_TURBO, dict(h=64, w=64, text=Z_IMAGE_TEXT)),
+        warmup=2,
+        repeats=10,
+        engines=ENGINES,
+        tiny_config=to_dict(ZImageConfig.tiny()),
+        tiny_sizes=dict(h=4, w=4, text=32),
+        tiny_title="tiny Z-Image transformer step (toy config), 64x64",
+    ),
+    # The distilled klein samples without CFG; its text is always max_sequence_length (512) tokens, padding
+    # included, as Flux2KleinPipeline feeds it.
+    "flux2_klein_step": Workload(
+        "FLUX.2-klein-4B transformer step, 1024x1024",
+        FLUX2_KLEIN_4B,
+        dict(h=64, w=64, text=512),
+        flux2_tflop(FLUX2_KLEIN_4B, dict(h=64, w=64, text=512)),
+        warmup=2,
+        repeats=10,
+        engines=ENGINES,
+        tiny_config=to_dict(Flux2Config.tiny()),
+        tiny_sizes=dict(h=4, w=4, text=8),
+        tiny_title="tiny FLUX.2 transformer step (toy config), 64x64",
     ),
     "wan_forward": Workload(
         "Wan2.1-T2V-1.3B transformer forward, 832x480x81",

@@ -78,11 +78,15 @@ def test_warm_needs_a_pipeline_workload():
     assert e.value.code == 2
 
 
+# Pixels per unit of a workload's h / w: the transformer steps count 2x2 patches of 8x latents.
+PIXELS_PER_UNIT = {"flux_step": 16, "z_image_step": 16, "flux2_klein_step": 16}
+
+
 def test_every_tiny_workload_is_labelled_as_what_runs():
     for name, wl in bench.WORKLOADS.items():
         assert wl.label(tiny=True).startswith("tiny ") and wl.label(tiny=False) == wl.title, name
         _, _, sizes = bench._resolve(name, tiny=True)
-        side = sizes.get("height") or sizes["h"] * (16 if name == "flux_step" else 8)
+        side = sizes.get("height") or sizes["h"] * PIXELS_PER_UNIT.get(name, 8)
         assert f"{side}x{side}" in wl.label(tiny=True), (name, sizes)
 
 
@@ -105,3 +109,59 @@ def test_a_run_that_could_not_run_exits_1(tmp_path, capsys):
         in captured.out
     )
     assert "1 of 1 run(s) failed or were skipped" in captured.err
+
+
+# The newer families' steps, each engine's worker called in this process (the subprocess path is the one
+# test_bench_tiny_with_diffusers covers): same setup, timed call and result row as `jdiff bench`.
+STEPS = ["z_image_step", "flux2_klein_step"]
+
+
+@pytest.mark.parametrize("name", STEPS)
+def test_tiny_step_runs_on_both_engines(name):
+    from jdiff.bench.diffusers_engine import run_diffusers
+    from jdiff.bench.jdiff_engine import run_jdiff
+
+    wl = bench.WORKLOADS[name]
+    assert set(wl.engines) == {"jdiff", "diffusers", "diffusers-compile"}
+    rows = {"jdiff": run_jdiff(name, tiny=True), "diffusers": run_diffusers(name, tiny=True, compiled=False)}
+    for engine, r in rows.items():
+        assert r["finite"] and len(r["times_ms"]) == wl.repeats and all(t > 0 for t in r["times_ms"]), (
+            engine,
+            r,
+        )
+    # Same output size (Z-Image: jdiff returns [B, C, h, w], diffusers the list's one [C, 1, h, w]).
+    j, d = rows["jdiff"]["out_shape"], rows["diffusers"]["out_shape"]
+    assert math.prod(j) == math.prod(d) > 0, (j, d)
+
+
+# One block of each kind at the real widths and sizes, lowered with abstract weights (no memory): XLA's count of
+# its FLOPs must match the workload's formula at the same config (XLA also counts the elementwise work and the
+# AdaLN linears the formula leaves out). With one block per scan the loop bodies are counted once, as they run.
+@pytest.mark.parametrize(
+    ("name", "one_block"),
+    [
+        ("z_image_step", dict(n_layers=1, n_refiner_layers=1)),
+        ("flux2_klein_step", dict(num_layers=1, num_single_layers=1)),
+    ],
+)
+def test_tflop_formula_matches_xla_count(name, one_block, monkeypatch):
+    import jax
+    from flax import nnx
+
+    from jdiff.bench import jdiff_engine, workloads
+
+    formula = {"z_image_step": workloads.z_image_tflop, "flux2_klein_step": workloads.flux2_tflop}[name]
+    wl, config, sizes = bench._resolve(name, tiny=False)
+    assert wl.tflop == formula(config, sizes)
+    config = {**config, **one_block}
+
+    def abstract(spec, cfg, dtype):
+        graphdef, state = spec.abstract(cfg)
+        return graphdef, jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, dtype), state)
+
+    monkeypatch.setattr(jdiff_engine, "_jdiff_random", abstract)
+    graphdef, params, apply, inputs = jdiff_engine._jdiff_setup(name, config, sizes)
+    lowered = jax.jit(lambda p, *xs: apply(nnx.merge(graphdef, p), *xs)).lower(params, *inputs)
+    cost = lowered.cost_analysis()
+    xla = (cost[0] if isinstance(cost, list) else cost)["flops"] / 1e12
+    assert xla == pytest.approx(formula(config, sizes), rel=0.01), (xla, formula(config, sizes))
