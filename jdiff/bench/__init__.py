@@ -1,8 +1,8 @@
 """`jdiff bench`: jdiff against diffusers on one GPU at real sizes (usage: `jdiff.bench.driver`'s docstring).
 
 Files: `workloads` (configs, sizes, repeat counts, FLOP formulas), `jdiff_engine` / `diffusers_engine`
-(single-model workloads: FLUX.1, Z-Image, FLUX.2-klein, Wan, the VAEs), `jdiff_pipeline` /
-`diffusers_pipeline` (end-to-end FLUX.1), `driver` (subprocesses, tables, CLI).
+(single-model workloads: FLUX.1, Z-Image, FLUX.2-klein, SDXL UNet, Qwen-Image, Wan, the VAEs),
+`jdiff_pipeline` / `diffusers_pipeline` (end-to-end FLUX.1), `driver` (subprocesses, tables, CLI).
 The underscored names are re-exported for `benchmarks/` scripts that reuse the random real-size models.
 
 Names are imported on first use, so `jdiff bench --help` (and each worker's start) imports neither jax nor

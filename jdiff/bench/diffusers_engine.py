@@ -5,7 +5,7 @@ Imports of torch and diffusers stay inside functions: the driver process imports
 
 from __future__ import annotations
 
-from jdiff.bench.workloads import GIB, _resolve, position_ids, timed_calls
+from jdiff.bench.workloads import GIB, _resolve, position_ids, sdxl_time_ids, timed_calls
 
 
 def _randomize(model, keep: list[str], device, dtype):
@@ -103,6 +103,32 @@ def _torch_setup(name: str, config: dict, sz: dict, device):
             # Flux2KleinPipeline: t / 1000 in the latents' dtype, no guidance (klein has no embedding)
             timestep=torch.full((1,), 0.5, device=device, dtype=bf16),
             **ids(4),
+            return_dict=False,
+        )
+        return model, lambda m: m(**x)[0]
+    if name == "sdxl_unet_step":
+        model = _torch_random(diffusers.UNet2DConditionModel, config, device, bf16)
+        b, h, w = sz["batch"], sz["h"], sz["w"]
+        pooled = config["projection_class_embeddings_input_dim"] - 6 * config["addition_time_embed_dim"]
+        x = dict(
+            sample=rand(b, config["in_channels"], h, w),
+            timestep=torch.full((), 500.0, device=device),
+            encoder_hidden_states=rand(b, sz["text"], config["cross_attention_dim"]),
+            added_cond_kwargs=dict(
+                text_embeds=rand(b, pooled),
+                time_ids=torch.tensor(sdxl_time_ids(sz), device=device, dtype=bf16),
+            ),
+            return_dict=False,
+        )
+        return model, lambda m: m(**x)[0]
+    if name == "qwen_image_step":
+        model = _torch_random(diffusers.QwenImageTransformer2DModel, config, device, bf16)
+        x = dict(
+            hidden_states=rand(1, sz["h"] * sz["w"], config["in_channels"]),
+            encoder_hidden_states=rand(1, sz["text"], config["joint_attention_dim"]),
+            encoder_hidden_states_mask=None,  # QwenImagePipeline drops an all-ones mask (one prompt)
+            timestep=torch.full((1,), 0.5, device=device, dtype=bf16),
+            img_shapes=[[(1, sz["h"], sz["w"])]],
             return_dict=False,
         )
         return model, lambda m: m(**x)[0]

@@ -1,10 +1,14 @@
-"""jdiff against diffusers on one GPU: random real-size bf16 weights, batch 1, each engine in its own process.
+"""jdiff against diffusers on one GPU: random real-size bf16 weights, batch 1 (SDXL: its CFG batch of 2),
+each engine in its own process.
 
 Workloads (real configs, no weights loaded; every floating parameter is normal(0, 0.02), with each engine's
 float32-kept parameters in float32 as its loader would keep them):
   flux_step        FLUX.1-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
   z_image_step     Z-Image-Turbo transformer, one step at 1024x1024 (4096 image + 128 caption tokens, no CFG)
   flux2_klein_step FLUX.2-klein-4B transformer, one step at 1024x1024 (4096 image + 512 text tokens, no CFG)
+  sdxl_unet_step   SDXL base UNet, one CFG step at 1024x1024 (batch 2 of 128x128 latents, 77 text tokens)
+  qwen_image_step  Qwen-Image transformer, one call at 1024x1024, batch 1 (4096 image + 16 text tokens); a
+                   true-CFG step (SGLang's per-step figure) is two such calls
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480

@@ -9,7 +9,7 @@ import functools
 import math
 import time
 
-from jdiff.bench.workloads import GIB, _resolve, position_ids, timed_calls
+from jdiff.bench.workloads import GIB, _resolve, position_ids, sdxl_time_ids, timed_calls
 
 # Leaves of at most this many elements are drawn on the host (see `_jdiff_random`).
 HOST_RANDOM_MAX = 2**16
@@ -122,6 +122,38 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         def apply(m, x, txt, t, cos, sin):
             return m(x, txt, t, (cos, sin))
 
+    elif name == "sdxl_unet_step":
+        from jdiff.models.unet.plan import SPEC
+
+        cfg = from_dict(SPEC.config_cls, config)
+        b, pooled = sz["batch"], cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim
+        inputs = (
+            rand((b, sz["h"], sz["w"], cfg.in_channels)),
+            jnp.full((b,), 500.0, jnp.float32),
+            rand((b, sz["text"], cfg.cross_dim_at(0))),
+            rand((b, pooled)),
+            jnp.asarray(sdxl_time_ids(sz), jnp.float32),
+        )
+
+        def apply(m, x, t, ctx, pooled, time_ids):
+            return m(x, t, ctx, text_embeds=pooled, time_ids=time_ids)
+
+    elif name == "qwen_image_step":
+        from jdiff.models.qwen_image.plan import SPEC
+        from jdiff.models.qwen_image.rope import rope_tables
+
+        cfg = from_dict(SPEC.config_cls, config)
+        rope = rope_tables(((1, sz["h"], sz["w"]),), sz["text"], tuple(cfg.axes_dims_rope))
+        inputs = (
+            rand((1, sz["h"] * sz["w"], cfg.in_channels)),
+            rand((1, sz["text"], cfg.joint_attention_dim)),
+            jnp.full((1,), 0.5, jnp.float32),
+            *(jnp.asarray(a) for a in rope),
+        )
+
+        def apply(m, x, txt, t, cos, sin):
+            return m(x, txt, t, (cos, sin))  # one prompt: no text mask, as QwenImagePipeline
+
     elif name == "wan_forward":
         from jdiff.models.wan.plan import SPEC
         from jdiff.models.wan.rope import wan_rope_tables
@@ -165,8 +197,10 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
 
 def _attention_head_dim(name: str, config: dict) -> int:
     """The head dim that decides the workload's attention kernel (the VAEs' mid-block attention is one head)."""
-    if name in ("flux_step", "wan_forward", "flux2_klein_step"):
+    if name in ("flux_step", "wan_forward", "flux2_klein_step", "qwen_image_step"):
         return config["attention_head_dim"]
+    if name == "sdxl_unet_step":  # diffusers' attention_head_dim is the head count: 1280 / 20 = 64
+        return config["block_out_channels"][-1] // config["attention_head_dim"][-1]
     if name == "z_image_step":
         return config["dim"] // config["n_heads"]
     if name == "flux_vae_decode":

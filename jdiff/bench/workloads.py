@@ -15,7 +15,9 @@ from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
 from jdiff.models.clip.config import CLIPTextConfig
 from jdiff.models.flux.config import FluxConfig
 from jdiff.models.flux2.config import Flux2Config
+from jdiff.models.qwen_image.config import QwenImageConfig
 from jdiff.models.t5.config import T5Config
+from jdiff.models.unet.config import UNet2DConditionConfig
 from jdiff.models.wan.config import WanTransformerConfig
 from jdiff.models.wan_vae.config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAEConfig
 from jdiff.models.z_image.config import ZImageConfig
@@ -34,6 +36,8 @@ CLIP_L = to_dict(CLIPTextConfig.large())
 T5_XXL = to_dict(T5Config.xxl())
 Z_IMAGE_TURBO = to_dict(ZImageConfig.turbo())
 FLUX2_KLEIN_4B = to_dict(Flux2Config.klein_4b())
+SDXL_UNET = to_dict(UNet2DConditionConfig.sdxl())
+QWEN_IMAGE = to_dict(QwenImageConfig.qwen_image())
 # FLUX.1-dev's scheduler/scheduler_config.json.
 FLUX_DEV_SCHEDULER = dict(
     num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
@@ -57,6 +61,19 @@ FLUX_VAE_TINY = to_dict(
 # Z-Image's caption: the prompt's real tokens in Qwen3's chat template, padded to a multiple of 32 (about 100
 # words of prompt; the pipeline keeps only real tokens, so this is not max_sequence_length).
 Z_IMAGE_TEXT = 128
+# Qwen-Image's text: SGLang's CI prompt ("A futuristic cityscape at sunset with flying cars") in Qwen2.5-VL's
+# chat template with the template's system prefix dropped, as the pipeline does: about 16 tokens.
+QWEN_IMAGE_TEXT = 16
+# SDXL's layout at toy widths: a plain first level, 1 and 2 transformer layers, text_time with pooled text 24.
+SDXL_UNET_TINY = to_dict(
+    UNet2DConditionConfig.tiny(
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(16, 24, 40), attention_head_dim=(1, 3, 5), transformer_layers_per_block=(1, 1, 2),
+        use_linear_projection=True, cross_attention_dim=40, addition_embed_type="text_time",
+        addition_time_embed_dim=8, projection_class_embeddings_input_dim=24 + 6 * 8,
+    )
+)  # fmt: skip
 PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detailed"
 
 
@@ -69,6 +86,12 @@ def position_ids(text: int, h: int, w: int, axes: int) -> tuple[np.ndarray, np.n
     img = np.zeros((h, w, axes))
     img[..., 1], img[..., 2] = np.arange(h)[:, None], np.arange(w)[None, :]
     return txt, img.reshape(h * w, axes)
+
+
+def sdxl_time_ids(sz: dict) -> list[list[float]]:
+    """SDXL's added time ids per batch row: original size, crop top-left (0, 0), target size, in pixels."""
+    h, w = 8 * sz["h"], 8 * sz["w"]
+    return [[h, w, 0, 0, h, w]] * sz["batch"]
 
 
 def dit_tflop(*groups: tuple[int, int, int, int], extra_macs: int = 0) -> float:
@@ -106,6 +129,68 @@ def flux2_tflop(cfg: dict, sz: dict) -> float:
     n = cfg["num_layers"] + cfg["num_single_layers"]
     extra = 2 * s * cfg["in_channels"] * d + t * cfg["joint_attention_dim"] * d
     return dit_tflop((n, s + t, lin, d), extra_macs=extra)
+
+
+def qwen_image_tflop(cfg: dict, sz: dict) -> float:
+    """Qwen-Image: per block and token 4 D^2 (q, k, v, out) + 8 D^2 (GELU MLP of 4D) in each stream, so on all
+    S + T tokens, joint attention over S + T; embedders S x C x D (img_in), T x J x D (txt_in), and proj_out
+    S x D x C."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    s, t = sz["h"] * sz["w"], sz["text"]
+    extra = 2 * s * cfg["in_channels"] * d + t * cfg["joint_attention_dim"] * d
+    return dit_tflop((cfg["num_layers"], s + t, 12 * d * d, d), extra_macs=extra)
+
+
+def _levels(value, n: int) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value] * n
+
+
+def unet_tflop(cfg: dict, sz: dict) -> float:
+    """An SD / SDXL UNet on `batch` latents of h x w, T text tokens of width J, 2 FLOPs per multiply-add:
+    3x3 convs 9 Ci Co per output pixel (resnets' two, down/upsamplers, conv_in/out) and the resnets' 1x1
+    shortcuts Ci Co; per transformer proj_in/out 2 c^2 per pixel and per layer, over N pixels: 18 c^2 per pixel
+    (self q, k, v, out 4 c^2; cross q, out 2 c^2; GEGLU 8 c^2 in, 4 c^2 out), 2 N^2 c (self attention),
+    2 N T c (cross attention), 2 J c per text token (cross k, v). Time embeddings and norms are not counted."""
+    ch, n = cfg["block_out_channels"], len(cfg["block_out_channels"])
+    per_block = _levels(cfg["layers_per_block"], n)
+    layers = _levels(cfg["transformer_layers_per_block"], n)
+    up_layers = cfg["reverse_transformer_layers_per_block"] or layers[::-1]
+    j, t, hw = _levels(cfg["cross_attention_dim"], n)[0], sz["text"], sz["h"] * sz["w"]
+
+    def conv(ci, co, pixels, k=3):
+        return k * k * ci * co * pixels
+
+    def resnet(ci, co, pixels):
+        return conv(ci, co, pixels) + conv(co, co, pixels) + (ci * co * pixels if ci != co else 0)
+
+    def transformer(c, pixels, depth):
+        per_layer = 18 * c * c * pixels + 2 * pixels * pixels * c + 2 * pixels * t * c + 2 * j * c * t
+        return 2 * c * c * pixels + depth * per_layer
+
+    macs, x = conv(cfg["in_channels"], ch[0], hw), ch[0]
+    skips = [x]
+    for i, kind in enumerate(cfg["down_block_types"]):
+        for _ in range(per_block[i]):
+            macs += resnet(x, ch[i], hw) + (transformer(ch[i], hw, layers[i]) if "CrossAttn" in kind else 0)
+            x = ch[i]
+            skips.append(x)
+        if i < n - 1:
+            hw //= 4
+            macs += conv(x, x, hw)
+            skips.append(x)
+    macs += 2 * resnet(x, x, hw) + transformer(x, hw, layers[-1])
+    for i, kind in enumerate(cfg["up_block_types"]):
+        c = ch[n - 1 - i]
+        for _ in range(per_block[n - 1 - i] + 1):
+            macs += resnet(x + skips.pop(), c, hw) + (
+                transformer(c, hw, up_layers[i]) if "CrossAttn" in kind else 0
+            )
+            x = c
+        if i < n - 1:
+            hw *= 4
+            macs += conv(x, x, hw)
+    macs += conv(x, cfg["out_channels"], hw)
+    return 2 * sz["batch"] * macs / 1e12
 
 
 @dataclass(frozen=True)
@@ -173,6 +258,34 @@ WORKLOADS = {
         tiny_config=to_dict(Flux2Config.tiny()),
         tiny_sizes=dict(h=4, w=4, text=8),
         tiny_title="tiny FLUX.2 transformer step (toy config), 64x64",
+    ),
+    # SDXL base with CFG as StableDiffusionXLPipeline runs it: [negative; prompt] in one batch of 2, 77 tokens
+    # of the two encoders' 2048 features, pooled text 1280 and six size/crop numbers (text_time).
+    "sdxl_unet_step": Workload(
+        "SDXL base UNet step, 1024x1024, CFG batch 2",
+        SDXL_UNET,
+        dict(h=128, w=128, text=77, batch=2),
+        unet_tflop(SDXL_UNET, dict(h=128, w=128, text=77, batch=2)),
+        warmup=2,
+        repeats=10,
+        engines=ENGINES,
+        tiny_config=SDXL_UNET_TINY,
+        tiny_sizes=dict(h=8, w=8, text=8, batch=2),
+        tiny_title="tiny SDXL-like UNet step (toy config), 64x64, CFG batch 2",
+    ),
+    # One transformer call at batch 1. SGLang's per-step figure for Qwen-Image (true CFG 4.0) is two of them,
+    # cond and uncond: compare 2x this row with it.
+    "qwen_image_step": Workload(
+        "Qwen-Image transformer call, 1024x1024, batch 1",
+        QWEN_IMAGE,
+        dict(h=64, w=64, text=QWEN_IMAGE_TEXT),
+        qwen_image_tflop(QWEN_IMAGE, dict(h=64, w=64, text=QWEN_IMAGE_TEXT)),
+        warmup=2,
+        repeats=10,
+        engines=ENGINES,
+        tiny_config=to_dict(QwenImageConfig.tiny()),
+        tiny_sizes=dict(h=4, w=4, text=8),
+        tiny_title="tiny Qwen-Image transformer call (toy config), 64x64, batch 1",
     ),
     "wan_forward": Workload(
         "Wan2.1-T2V-1.3B transformer forward, 832x480x81",

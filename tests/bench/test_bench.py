@@ -79,7 +79,7 @@ def test_warm_needs_a_pipeline_workload():
 
 
 # Pixels per unit of a workload's h / w: the transformer steps count 2x2 patches of 8x latents.
-PIXELS_PER_UNIT = {"flux_step": 16, "z_image_step": 16, "flux2_klein_step": 16}
+PIXELS_PER_UNIT = {"flux_step": 16, "z_image_step": 16, "flux2_klein_step": 16, "qwen_image_step": 16}
 
 
 def test_every_tiny_workload_is_labelled_as_what_runs():
@@ -113,7 +113,7 @@ def test_a_run_that_could_not_run_exits_1(tmp_path, capsys):
 
 # The newer families' steps, each engine's worker called in this process (the subprocess path is the one
 # test_bench_tiny_with_diffusers covers): same setup, timed call and result row as `jdiff bench`.
-STEPS = ["z_image_step", "flux2_klein_step"]
+STEPS = ["z_image_step", "flux2_klein_step", "sdxl_unet_step", "qwen_image_step"]
 
 
 @pytest.mark.parametrize("name", STEPS)
@@ -129,19 +129,24 @@ def test_tiny_step_runs_on_both_engines(name):
             engine,
             r,
         )
-    # Same output size (Z-Image: jdiff returns [B, C, h, w], diffusers the list's one [C, 1, h, w]).
+    # Same output size (Z-Image: jdiff returns [B, C, h, w], diffusers the list's one [C, 1, h, w]; the UNet
+    # is channels-last in jdiff).
     j, d = rows["jdiff"]["out_shape"], rows["diffusers"]["out_shape"]
     assert math.prod(j) == math.prod(d) > 0, (j, d)
 
 
 # One block of each kind at the real widths and sizes, lowered with abstract weights (no memory): XLA's count of
 # its FLOPs must match the workload's formula at the same config (XLA also counts the elementwise work and the
-# AdaLN linears the formula leaves out). With one block per scan the loop bodies are counted once, as they run.
+# AdaLN linears the formula leaves out, and counts only a padded convolution's taps inside the image: 0.8% fewer
+# than the dense count for the SDXL UNet at 128^2). With one block per scan the loop bodies are counted once, as
+# they run.
 @pytest.mark.parametrize(
     ("name", "one_block"),
     [
         ("z_image_step", dict(n_layers=1, n_refiner_layers=1)),
         ("flux2_klein_step", dict(num_layers=1, num_single_layers=1)),
+        ("sdxl_unet_step", dict(transformer_layers_per_block=1)),
+        ("qwen_image_step", dict(num_layers=1)),
     ],
 )
 def test_tflop_formula_matches_xla_count(name, one_block, monkeypatch):
@@ -150,7 +155,12 @@ def test_tflop_formula_matches_xla_count(name, one_block, monkeypatch):
 
     from jdiff.bench import jdiff_engine, workloads
 
-    formula = {"z_image_step": workloads.z_image_tflop, "flux2_klein_step": workloads.flux2_tflop}[name]
+    formula = {
+        "z_image_step": workloads.z_image_tflop,
+        "flux2_klein_step": workloads.flux2_tflop,
+        "sdxl_unet_step": workloads.unet_tflop,
+        "qwen_image_step": workloads.qwen_image_tflop,
+    }[name]
     wl, config, sizes = bench._resolve(name, tiny=False)
     assert wl.tflop == formula(config, sizes)
     config = {**config, **one_block}
