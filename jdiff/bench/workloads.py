@@ -8,8 +8,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from jdiff.models.autoencoder_kl.config import AutoencoderKLConfig
 from jdiff.models.clip.config import CLIPTextConfig
@@ -22,6 +21,9 @@ from jdiff.models.wan.config import WanTransformerConfig
 from jdiff.models.wan_vae.config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAEConfig
 from jdiff.models.z_image.config import ZImageConfig
 from jdiff.weights.config import to_dict
+
+if TYPE_CHECKING:  # `jdiff bench --help` imports this module: numpy only when a workload runs
+    import numpy as np
 
 GIB = 2**30
 ENGINES = ("jdiff", "diffusers", "diffusers-compile")
@@ -80,6 +82,8 @@ PROMPT = "a photograph of an astronaut riding a horse on the moon, highly detail
 def position_ids(text: int, h: int, w: int, axes: int) -> tuple[np.ndarray, np.ndarray]:
     """(text ids [T, A], image ids [h w, A]) as the FLUX.1 (A = 3) and FLUX.2 (A = 4) pipelines build them:
     an image token's row and column in axes 1 and 2, zeros elsewhere; FLUX.2 counts text tokens in axis 3."""
+    import numpy as np
+
     txt = np.zeros((text, axes))
     if axes == 4:
         txt[:, 3] = np.arange(text)
