@@ -175,11 +175,11 @@ def test_param_shardings_flux():
         "transformer_blocks.attn.norm_q.scale": P(None, None),
         "transformer_blocks.ff.net.0.proj.kernel": P(None, "fsdp", "tensor"),
         "transformer_blocks.ff.net.2.kernel": P(None, "tensor", "fsdp"),
-        "transformer_blocks.norm1.linear.kernel": P(None, None, "tensor"),
+        "transformer_blocks.norm1.linear.kernel": P(None, "fsdp", "tensor"),  # modulation: split too
         "single_transformer_blocks.proj_out.kernel": P(None, "tensor", "fsdp"),
         "x_embedder.kernel": P(None, "fsdp"),
         "context_embedder.bias": P("fsdp"),
-        "norm_out.linear.kernel": P(None, "tensor"),
+        "norm_out.linear.kernel": P("fsdp", "tensor"),
         "proj_out.kernel": P("fsdp", None),
         "proj_out.bias": P(None),
     }

@@ -119,3 +119,70 @@ def test_wan_i2v_sharded_matches_one_device():
     got = jdiff.DiffGenerator.from_pretrained(path, mesh="context=2,data=2,fsdp=2").generate("a cat", **kw)
     assert rel_err(got.latents, base.latents) <= 1e-4
     assert np.abs(got.frames - base.frames).max() <= 1e-4
+
+
+def _family_dir(name: str) -> tuple[object, dict]:
+    """(saved tiny directory, generate kwargs with CFG where the family has it) of a 2026 family."""
+    from tests.fixtures_qwen_image import saved as saved_with_processor
+    from tests.fixtures_qwen_image import tiny_qwen_image_pipeline
+    from tests.fixtures_sd import tiny_sdxl_pipeline
+    from tests.fixtures_zimage_flux2 import tiny_flux2_klein_pipeline, tiny_z_image_pipeline
+
+    small = dict(height=24, width=40, num_inference_steps=2, output_type="np", seed=2)
+    if name == "qwen_image":
+        kw = dict(small, height=32, width=48, negative_prompt="x", true_cfg_scale=3.0)
+        return saved_with_processor(tiny_qwen_image_pipeline()), kw
+    pipe, kw = {
+        "z_image": (tiny_z_image_pipeline, dict(small, guidance_scale=2.0, negative_prompt="x")),
+        "flux2_klein": (tiny_flux2_klein_pipeline, small),
+        "sdxl": (tiny_sdxl_pipeline, dict(small, guidance_scale=5.0, negative_prompt="x")),
+    }[name]
+    return saved(pipe()), kw
+
+
+@pytest.mark.parametrize("family", ["z_image", "flux2_klein", "qwen_image", "sdxl"])
+def test_new_families_sharded_match_one_device(family):
+    """The small-card recipe of docs/parallelism.md (weights over `fsdp`, the CFG pair over `data`) gives the
+    one-device images for every family landed in 2026-12."""
+    path, kw = _family_dir(family)
+    base = jdiff.DiffGenerator.from_pretrained(path).generate("a red circle", **kw)
+    gen = jdiff.DiffGenerator.from_pretrained(path, mesh="data=2,fsdp=4")
+    got = gen.generate("a red circle", **kw)
+    assert rel_err(got.latents, base.latents) <= 1e-4
+    assert np.abs(got.images - base.images).max() <= 1e-4
+
+
+# Real-size components of the 2026 families: (config class module, class, preset), billions of parameters.
+REAL = {
+    "Qwen-Image transformer": ("qwen_image", "QwenImageConfig", "qwen_image", 20.43),
+    "Qwen2.5-VL-7B": ("qwen2_5_vl", "Qwen2_5_VLConfig", "qwen_image_7b", 7.75),
+    "FLUX.2-dev transformer": ("flux2", "Flux2Config", "dev", 32.22),
+    "Mistral-Small-3 24B": ("mistral3", "Mistral3Config", "small_24b", 22.90),
+    "Z-Image-Turbo transformer": ("z_image", "ZImageConfig", "turbo", 6.16),
+    "FLUX.1-dev transformer": ("flux", "FluxConfig", "dev", 11.90),
+    "Wan2.1-T2V-14B transformer": ("wan", "WanTransformerConfig", "t2v_14b", 14.29),
+    "SDXL UNet": ("unet", "UNet2DConditionConfig", "sdxl", 2.57),
+}
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_real_size_weights_split_over_fsdp(name):
+    """docs/parallelism.md's per-device weight figures: at real size, `fsdp=8` leaves about 1/8 of the
+    model's parameters on each device (shardings from the abstract model; nothing is allocated). Before
+    2026-12-04 the AdaLN modulation kernels were replicated: 27% of FLUX.1-dev, 42% of Qwen-Image."""
+    import importlib
+    import math
+
+    from jdiff.parallel.mesh import make_mesh
+    from jdiff.parallel.placement import Placement
+    from jdiff.weights.loading import param_shapes
+
+    family, cls_name, preset, billions = REAL[name]
+    cfg = getattr(getattr(importlib.import_module(f"jdiff.models.{family}.config"), cls_name), preset)()
+    _, state = importlib.import_module(f"jdiff.models.{family}.plan").SPEC.abstract(cfg)
+    shardings = Placement(make_mesh("fsdp=8")).shardings(state)
+    shapes = param_shapes(state)
+    total = sum(math.prod(s) for s in shapes.values())
+    one = sum(math.prod(shardings[p].shard_shape(s)) for p, s in shapes.items())
+    assert abs(total / 1e9 - billions) < 0.01, total
+    assert one <= 1.02 * total / 8, f"{name}: {one / total:.3f} of the parameters on one device under fsdp=8"

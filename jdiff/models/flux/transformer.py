@@ -64,7 +64,7 @@ class AdaLayerNormZero(nnx.Module):
     """SiLU -> linear to `n` modulation vectors of width D, concatenated; the layer norm has no parameters."""
 
     def __init__(self, dim: int, n: int, *, rngs: nnx.Rngs):
-        self.linear = Linear(dim, n * dim, axes=(None, sh.MLP), rngs=rngs)
+        self.linear = Linear(dim, n * dim, axes=(sh.EMBED, sh.MLP), rngs=rngs)
         self.n = n
         self.norm = LayerNorm(dim, eps=1e-6, elementwise_affine=False)
 
@@ -80,7 +80,7 @@ class AdaLayerNormContinuous(nnx.Module):
     """
 
     def __init__(self, dim: int, *, bias: bool = True, eps: float = 1e-6, rngs: nnx.Rngs):
-        self.linear = Linear(dim, 2 * dim, axes=(None, sh.MLP), use_bias=bias, rngs=rngs)
+        self.linear = Linear(dim, 2 * dim, axes=(sh.EMBED, sh.MLP), use_bias=bias, rngs=rngs)
         self.norm = LayerNorm(dim, eps=eps, elementwise_affine=False)
 
     def modulation(self, temb: jax.Array) -> jax.Array:

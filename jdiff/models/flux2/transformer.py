@@ -45,7 +45,7 @@ class Modulation(nnx.Module):
     """diffusers `Flux2Modulation`: SiLU -> bias-free linear to 3 x `sets` vectors of width D."""
 
     def __init__(self, dim: int, sets: int, *, rngs: nnx.Rngs):
-        self.linear = Linear(dim, 3 * sets * dim, axes=(None, sh.MLP), use_bias=False, rngs=rngs)
+        self.linear = Linear(dim, 3 * sets * dim, axes=(sh.EMBED, sh.MLP), use_bias=False, rngs=rngs)
 
     def __call__(self, temb: Float[Array, "b d"]) -> jax.Array:
         return self.linear(jax.nn.silu(temb))

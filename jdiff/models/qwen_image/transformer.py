@@ -69,7 +69,7 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 def _mod(dim: int, rngs: nnx.Rngs) -> nnx.List:
     """diffusers `nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))` (`img_mod.1` / `txt_mod.1`); see `_run_mod`."""
-    return nnx.List([None, Linear(dim, 6 * dim, axes=(None, sh.MLP), rngs=rngs)])
+    return nnx.List([None, Linear(dim, 6 * dim, axes=(sh.EMBED, sh.MLP), rngs=rngs)])
 
 
 def _run_mod(mod: nnx.List, temb: Float[Array, "b d"]) -> Float[Array, "b k"]:

@@ -68,7 +68,7 @@ class WanTimeTextImageEmbedding(nnx.Module):
         d = cfg.inner_dim
         self.freq_dim = cfg.freq_dim
         self.time_embedder = TimestepEmbedding(cfg.freq_dim, d, rngs=rngs)
-        self.time_proj = Linear(d, 6 * d, axes=(None, sh.MLP), rngs=rngs)
+        self.time_proj = Linear(d, 6 * d, axes=(sh.EMBED, sh.MLP), rngs=rngs)
         self.text_embedder = TextProjection(cfg.text_dim, d, act="gelu_tanh", rngs=rngs)
         self.image_embedder = WanImageEmbedding(cfg, rngs=rngs) if cfg.image_dim is not None else None
 

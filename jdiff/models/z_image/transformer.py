@@ -167,7 +167,9 @@ class ZImageTransformerBlock(nnx.Module):
         self.ffn_norm2 = RMSNorm(d, eps=eps)
         # diffusers' block modulation is a bare linear (no SiLU before it, unlike the final layer's).
         self.adaLN_modulation = (
-            nnx.List([Linear(cfg.adaln_dim, 4 * d, axes=(None, sh.MLP), rngs=rngs)]) if modulation else None
+            nnx.List([Linear(cfg.adaln_dim, 4 * d, axes=(sh.EMBED, sh.MLP), rngs=rngs)])
+            if modulation
+            else None
         )
 
     def modulation(self, adaln: Float[Array, "b a"]) -> Float[Array, "b 4d"]:
@@ -215,7 +217,7 @@ class FinalLayer(nnx.Module):
         self.norm_final = LayerNorm(cfg.dim, eps=1e-6, elementwise_affine=False)
         self.linear = Linear(cfg.dim, cfg.patch_dim, axes=(sh.EMBED, None), rngs=rngs)
         self.adaLN_modulation = nnx.List(
-            [None, Linear(cfg.adaln_dim, cfg.dim, axes=(None, sh.MLP), rngs=rngs)]
+            [None, Linear(cfg.adaln_dim, cfg.dim, axes=(sh.EMBED, sh.MLP), rngs=rngs)]
         )
 
     def modulation(self, adaln: jax.Array) -> jax.Array:
