@@ -30,7 +30,7 @@ from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
-from jdiff.sampling.loop import sample
+from jdiff.sampling.loop import sample, steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
 
 
@@ -72,13 +72,7 @@ class FluxPipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        sched_cls = model.scheduler_class
-        self.sampler, self.scheduler = model.sampler()
-        if self.sampler.prediction(self.scheduler) != "flow":
-            raise InputError(
-                f"FLUX needs a flow-matching scheduler (a FlowMatchEulerDiscreteScheduler), {model.root} has "
-                f"{sched_cls!r}, which predicts {self.sampler.prediction(self.scheduler)}"
-            )
+        self.sampler, self.scheduler = model.sampler(flow=True, model="FLUX")
         self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
         _, clip = model.load("text_encoder", dtype=dtype, placement=placement)
         _, t5 = model.load("text_encoder_2", dtype=dtype, placement=placement)
@@ -155,7 +149,7 @@ class FluxPipeline(Pipeline):
             jnp.tile(pooled, (n, 1)),
             None if g is None else jnp.tile(g, n),
         )
-        per_step = jax.tree.map(lambda m: _steps_first(m, n), modulation)
+        per_step = jax.tree.map(lambda m: steps_first(m, n), modulation)
 
         def velocity(x, t, mod):
             xb = jnp.concatenate([x, x]) if cfg else x
@@ -272,12 +266,6 @@ class FluxPipeline(Pipeline):
                 f"{packed_shape} (diffusers' layout) or the unpacked {unpacked_shape}"
             )
         return (pack_latents(arr) if arr.shape == unpacked_shape else arr), None
-
-
-def _steps_first(m: jax.Array, n: int) -> jax.Array:
-    """A modulation leaf computed for step-major rows, [*layers, n * Bm, K] -> [n, *layers, Bm, K]."""
-    m = m.reshape(*m.shape[:-2], n, -1, m.shape[-1])
-    return jnp.moveaxis(m, -3, 0)
 
 
 FAMILY = Family(

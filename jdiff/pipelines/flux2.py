@@ -106,10 +106,7 @@ class Flux2Pipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        sched_cls = model.scheduler_class
-        self.sampler, self.scheduler = model.sampler()
-        if self.sampler.prediction(self.scheduler) != "flow":
-            raise InputError(f"FLUX.2 needs a flow-matching scheduler, {model.root} has {sched_cls!r}")
+        self.sampler, self.scheduler = model.sampler(flow=True, model="FLUX.2")
         self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
         self.text_config, text_encoder = model.load("text_encoder", dtype=dtype, placement=placement)
         self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)

@@ -155,16 +155,34 @@ class ModelDir:
         self.scheduler_swap = (name, dict(overrides or {}))
         self.sampler()  # refuse a bad name or value now, before any weights load
 
-    def sampler(self) -> tuple[Any, Any]:
+    def sampler(self, *, flow: bool | None = None, model: str = "") -> tuple[Any, Any]:
         """(`jdiff.sampling.sampler.Sampler`, its validated config) the pipeline samples with.
 
+        Args:
+            flow: True for a model that predicts flow velocities (it needs a flow-matching solver), False for
+                one that predicts noise, samples or v (it needs a DDPM-family solver); None: either.
+            model: the model's name in the error ("FLUX", "Wan", ...).
+
         Raises:
-            InputError: the scheduler class is not in jdiff's sampler table, or its config is refused.
+            InputError: the scheduler class is not in jdiff's sampler table, its config is refused, or it is of
+                the other kind than `flow` asks.
         """
         from jdiff.sampling.table import sampler_for
 
         overrides = self.scheduler_swap[1] if self.scheduler_swap is not None else {}
-        return sampler_for(self.scheduler_class, {**self.scheduler_config(), **overrides})
+        sampler, config = sampler_for(self.scheduler_class, {**self.scheduler_config(), **overrides})
+        if flow is not None and (sampler.prediction(config) == "flow") != flow:
+            kind = (
+                "a flow-matching scheduler (FlowMatchEulerDiscreteScheduler, or UniPC / DPM-Solver with flow "
+                "sigmas)"
+                if flow
+                else "a DDPM-family scheduler (Euler, DDIM, DPM-Solver, PNDM, ...)"
+            )
+            raise InputError(
+                f"{model} needs {kind}; {self.root} runs {self.scheduler_class!r}, which predicts "
+                f"{sampler.prediction(config)}: pass another scheduler= / --scheduler"
+            )
+        return sampler, config
 
 
 # Files that hold a tokenizer's vocabulary, in the formats transformers reads.

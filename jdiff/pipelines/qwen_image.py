@@ -42,7 +42,7 @@ from jdiff.pipelines.qwen_image_text import QwenVLText
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
-from jdiff.sampling.loop import sample
+from jdiff.sampling.loop import sample, steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
 
 
@@ -92,12 +92,7 @@ class QwenImagePipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        self.sampler, self.scheduler = model.sampler()
-        if self.sampler.prediction(self.scheduler) != "flow":
-            raise InputError(
-                f"Qwen-Image needs a flow-matching scheduler (FlowMatchEulerDiscreteScheduler), {model.root} has "
-                f"{model.scheduler_class!r}, which predicts {self.sampler.prediction(self.scheduler)}"
-            )
+        self.sampler, self.scheduler = model.sampler(flow=True, model="Qwen-Image")
         self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
         self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)
         self.text = QwenVLText(model, dtype=dtype, placement=placement, edits=self.edits, plus=self.plus)
@@ -139,7 +134,7 @@ class QwenImagePipeline(Pipeline):
         n, bm = timesteps.shape[0], embeds.shape[0]
         # Every step's modulation vectors at once, before the loop (see the FLUX pipeline).
         modulation = model.modulation(jnp.repeat(timesteps / 1000, bm))
-        per_step = jax.tree.map(lambda m: _steps_first(m, n), modulation)
+        per_step = jax.tree.map(lambda m: steps_first(m, n), modulation)
 
         def velocity(x, t, mod):
             xb = jnp.concatenate([x, x]) if cfg else x
@@ -326,12 +321,6 @@ class QwenImageEditPlusPipeline(QwenImageEditPipeline):
             vl.append(resize(img, cw, ch))
             vae.append(to_vae_input(img, vw, vh))
         return vl, vae
-
-
-def _steps_first(m: jax.Array, n: int) -> jax.Array:
-    """A modulation leaf computed for step-major rows, [*layers, n * Bm, K] -> [n, *layers, Bm, K]."""
-    m = m.reshape(*m.shape[:-2], n, -1, m.shape[-1])
-    return jnp.moveaxis(m, -3, 0)
 
 
 FAMILY = Family(

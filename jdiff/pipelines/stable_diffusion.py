@@ -59,14 +59,7 @@ class StableDiffusionPipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        sched_cls = model.scheduler_class
-        self.sampler, self.scheduler = model.sampler()  # the directory's, or the one swapped in
-        prediction = self.sampler.prediction(self.scheduler)
-        if prediction == "flow":
-            raise InputError(
-                f"{self.family} needs a DDPM-family scheduler (Euler, DDIM, DPM-Solver, ...); {model.root} has "
-                f"{sched_cls!r}, a flow-matching one"
-            )
+        self.sampler, self.scheduler = model.sampler(flow=False, model=str(self.family))  # or one swapped in
         self.unet_config, unet = model.load("unet", dtype=dtype, placement=placement)
         self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)
         uc, vc = self.unet_config, self.vae_config

@@ -79,13 +79,7 @@ class WanPipeline(Pipeline):
             accepts.add("guidance_scale_2")
         self.accepts = frozenset(accepts)
         components = model.components()
-        sched_cls = model.scheduler_class
-        self.sampler, self.scheduler = model.sampler()
-        if self.sampler.prediction(self.scheduler) != "flow":
-            raise InputError(
-                f"Wan needs one of the flow-matching schedulers (UniPCMultistepScheduler with flow sigmas, "
-                f"FlowMatchEulerDiscreteScheduler), {model.root} has {sched_cls!r}"
-            )
+        self.sampler, self.scheduler = model.sampler(flow=True, model="Wan")
 
         experts = [n for n in ("transformer", "transformer_2") if n in components]
         if not experts:

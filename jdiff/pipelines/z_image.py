@@ -35,7 +35,7 @@ from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
-from jdiff.sampling.loop import sample
+from jdiff.sampling.loop import sample, steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
 
 
@@ -60,10 +60,7 @@ class ZImagePipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        sched_cls = model.scheduler_class
-        self.sampler, self.scheduler = model.sampler()
-        if self.sampler.prediction(self.scheduler) != "flow":
-            raise InputError(f"Z-Image needs a flow-matching scheduler, {model.root} has {sched_cls!r}")
+        self.sampler, self.scheduler = model.sampler(flow=True, model="Z-Image")
         self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
         self.text_config, text_encoder = model.load("text_encoder", dtype=dtype, placement=placement)
         self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)
@@ -113,7 +110,7 @@ class ZImagePipeline(Pipeline):
         n, bm = schedule.timesteps.shape[0], caps.shape[0]
         # diffusers calls the transformer at t = (1000 - timestep) / 1000 = 1 - sigma.
         modulation = model.modulation(jnp.repeat((1000 - schedule.timesteps) / 1000, bm))
-        per_step = jax.tree.map(lambda m: _steps_first(m, n), modulation)
+        per_step = jax.tree.map(lambda m: steps_first(m, n), modulation)
 
         def velocity(x, t, mod):
             xb = jnp.concatenate([x, x]) if cfg else x
@@ -198,12 +195,6 @@ class ZImagePipeline(Pipeline):
 
     def decode_stage(self, request: Request) -> Stage:
         return Stage(self._decode, (self._params["vae"],), {}, key=(request.height, request.width))
-
-
-def _steps_first(m: jax.Array, n: int) -> jax.Array:
-    """A modulation leaf computed for step-major rows, [*layers, n * Bm, K] -> [n, *layers, Bm, K]."""
-    m = m.reshape(*m.shape[:-2], n, -1, m.shape[-1])
-    return jnp.moveaxis(m, -3, 0)
 
 
 FAMILY = Family(

@@ -102,3 +102,10 @@ def _noise_source(noise_keys, i, x):
         return step_noise(noise_keys, i, x.shape[1:])
 
     return draw
+
+
+def steps_first(m: jax.Array, n: int) -> jax.Array:
+    """A leaf computed before the loop for all `n` steps at once, in step-major rows, laid out for the scan:
+    [*layers, n * B, K] -> [n, *layers, B, K] (the DiTs' timestep modulation, one matmul for every step)."""
+    m = m.reshape(*m.shape[:-2], n, -1, m.shape[-1])
+    return jnp.moveaxis(m, -3, 0)
