@@ -14,6 +14,7 @@ from jdiff.weights.config import from_dict
 from tests import parity
 
 T2V_480P = parity.kwargs(HunyuanVideo15Config.t2v_480p())
+PATCH_2 = {"patch_size": 2, "num_attention_heads": 1, "attention_head_dim": 20, "rope_axes_dim": (4, 8, 8)}
 
 
 def _inputs(cfg, b, f, h, w, rng):
@@ -34,8 +35,7 @@ def _inputs(cfg, b, f, h, w, rng):
     [
         ({}, (3, 4, 6), "t2v"),  # odd heads (3), non-square, 3 latent frames
         ({}, (2, 5, 3), "i2v"),
-        ({"patch_size": 2, "num_attention_heads": 1, "attention_head_dim": 20, "rope_axes_dim": (4, 8, 8)},
-         (2, 4, 6), "i2v"),  # fmt: skip
+        (PATCH_2, (2, 4, 6), "i2v"),  # one head of 20
         ({"patch_size_t": 2, "use_meanflow": True, "num_refiner_layers": 2}, (4, 3, 5), "t2v_zeros"),
     ],
 )
@@ -143,3 +143,30 @@ def test_bad_inputs():
         model(*args, rope_tables(cfg, 2, 4, 8))
     with pytest.raises(InputError, match="MeanFlow"):
         model(*args, rope_tables(cfg, 2, 4, 4), timestep_r=timestep)
+
+
+@pytest.mark.parametrize("spec,mode", [("context=4,data=2", "ring"), ("context=2,data=2,fsdp=2", "ulysses")])
+def test_sequence_parallel_matches_one_device(tmp_path, monkeypatch, spec, mode):
+    """Under a `context` mesh the joint attention runs sequence-parallel (padded text keys masked through the
+    schemes' key mask) and gives the one-device output."""
+    import jax
+
+    from jdiff.parallel import attention as sp
+    from jdiff.parallel import rules
+    from jdiff.parallel.mesh import make_mesh
+
+    cfg = HunyuanVideo15Config.tiny(num_attention_heads=2, attention_head_dim=16)
+    ref = parity.randomized(TorchHY15(**parity.kwargs(cfg)), norms_near_one=True)
+    _, model = parity.load(ref, SPEC, tmp_path)
+    x, timestep, text, mask, glyph, mask_2, image = _inputs(cfg, 2, 3, 3, 5, np.random.default_rng(3))
+    args = tuple(map(jnp.asarray, (x.transpose(0, 2, 3, 4, 1), timestep, text, mask, glyph, mask_2)))
+    rope = rope_tables(cfg, 3, 3, 5)
+    base = model(*args, rope, image_embeds=jnp.asarray(image))
+
+    calls = []
+    real = sp.context_attention
+    monkeypatch.setattr(sp, "context_attention", lambda *a, **k: calls.append(k.get("mask")) or real(*a, **k))
+    with rules.activate(make_mesh(spec), sequence_parallel=mode):
+        got = jax.jit(lambda *a: model(*a, rope, image_embeds=jnp.asarray(image)))(*args)
+    assert len(calls) == 1 and calls[0] is not None  # one traced block (scan), with its key mask
+    parity.assert_close(got, base)
