@@ -117,3 +117,84 @@ class HunyuanVideo15Config:
             raise bad(f"mlp_ratio must be positive, got {self.mlp_ratio}")
         if self.task_type not in ("t2v", "i2v"):
             raise bad(f"task_type must be 't2v' or 'i2v', got {self.task_type!r}")
+
+
+@dataclass(frozen=True)
+class HunyuanVideo15VAEConfig:
+    """diffusers `AutoencoderKLHunyuanVideo15` config (defaults: diffusers' defaults, the released VAE)."""
+
+    in_channels: int = 3
+    out_channels: int = 3
+    latent_channels: int = 32
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 1024, 1024)
+    layers_per_block: int = 2
+    spatial_compression_ratio: int = 16
+    temporal_compression_ratio: int = 4
+    downsample_match_channel: bool = True
+    upsample_match_channel: bool = True
+    scaling_factor: float = 1.03682
+
+    @classmethod
+    def hunyuan_video15(cls) -> HunyuanVideo15VAEConfig:
+        """The HunyuanVideo-1.5 VAE (every released size): 16x spatial, 4x temporal, 32 latent channels."""
+        return cls()
+
+    @classmethod
+    def tiny(cls, **overrides) -> HunyuanVideo15VAEConfig:
+        """A toy VAE: widths (8, 16, 16), 1 block per level, 4x spatial and temporal, 4 latent channels."""
+        return preset(
+            cls,
+            dict(
+                latent_channels=4, block_out_channels=(8, 16, 16), layers_per_block=1, spatial_compression_ratio=4,
+                temporal_compression_ratio=4,
+            ),
+            overrides,
+        )  # fmt: skip
+
+    @property
+    def spatial_levels(self) -> int:
+        return self.spatial_compression_ratio.bit_length() - 1
+
+    @property
+    def temporal_levels(self) -> int:
+        return self.temporal_compression_ratio.bit_length() - 1
+
+    def validate(self) -> None:
+        def bad(what: str) -> InputError:
+            return InputError(f"HunyuanVideo-1.5 VAE config: {what}; fix the VAE's config.json")
+
+        ch = self.block_out_channels
+        for name in ("spatial_compression_ratio", "temporal_compression_ratio"):
+            r = getattr(self, name)
+            if r < 1 or r & (r - 1):
+                raise bad(f"{name} must be a power of two, got {r}")
+        if self.temporal_levels > self.spatial_levels:
+            raise bad("temporal_compression_ratio must not exceed spatial_compression_ratio")
+        if len(ch) <= self.spatial_levels:
+            raise bad(
+                f"block_out_channels {ch} needs more than log2(spatial_compression_ratio) = "
+                f"{self.spatial_levels} levels"
+            )
+        if self.layers_per_block < 1 or min(ch) < 1 or self.latent_channels < 1:
+            raise bad("layers_per_block, block_out_channels and latent_channels must be positive")
+        if not (self.downsample_match_channel and self.upsample_match_channel):
+            raise bad(
+                "downsample_match_channel / upsample_match_channel false is not supported (no released VAE)"
+            )
+        if ch[-1] % (2 * self.latent_channels):
+            raise bad(f"block_out_channels[-1] ({ch[-1]}) must be a multiple of 2 * latent_channels")
+        # The resamplers fold 2x2(x2) blocks into channels and average or repeat channel groups.
+        for c_in, c_out, factor in self.resamplers():
+            if c_out % factor or (factor * c_in) % c_out or c_in % factor or (factor * c_out) % c_in:
+                raise bad(
+                    f"block_out_channels {ch}: a {factor}x resampler cannot map {c_in} to {c_out} channels"
+                )
+
+    def resamplers(self) -> list[tuple[int, int, int]]:
+        """(in, out, folding factor) of every encoder and decoder resampler."""
+        ch, out = self.block_out_channels, []
+        for i in range(self.spatial_levels):
+            down_t = i >= self.spatial_levels - self.temporal_levels
+            out.append((ch[i], ch[i + 1], 8 if down_t else 4))
+            out.append((ch[::-1][i], ch[::-1][i + 1], 8 if i < self.temporal_levels else 4))
+        return out
