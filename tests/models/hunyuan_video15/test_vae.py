@@ -87,7 +87,9 @@ def test_bad_config_and_inputs():
 
     from jdiff.models.hunyuan_video15.vae import AutoencoderKLHunyuanVideo15
 
-    vae = nnx.eval_shape(lambda: AutoencoderKLHunyuanVideo15(HunyuanVideo15VAEConfig.tiny(), rngs=nnx.Rngs(0)))
+    vae = nnx.eval_shape(
+        lambda: AutoencoderKLHunyuanVideo15(HunyuanVideo15VAEConfig.tiny(), rngs=nnx.Rngs(0))
+    )
     with pytest.raises(InputError, match="1 \\+ a multiple of 4"):
         vae.encode(jnp.zeros((1, 4, 8, 8, 3)))
     with pytest.raises(InputError, match="multiples of 4"):
