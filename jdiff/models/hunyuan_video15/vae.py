@@ -12,11 +12,20 @@ What differs from the Wan VAE (jdiff.models.wan_vae), whose RMS norm this reuses
     shortcut; the first frame is folded in space only, so T = 1 + 4k frames map to 1 + k latent frames;
   * the mid-block attention is causal over frames: every token sees all tokens of its own and earlier frames;
   * encoder and decoder add channel-averaged / channel-repeated shortcuts around their ends.
-Like diffusers (without tiling), the whole video runs at once: the attention over all frames makes the
-network's state at a frame depend on every earlier frame's mid-block keys.
+
+Frame chunks, as the Wan VAE (each chunk one jitted step of a `lax.scan`): the encoder takes the first frame,
+then 4 frames at a time; the decoder one latent frame at a time. Every module is called as
+`y, cache = module(x, cache, first=...)`; the cache is exact, not an approximation:
+  * a causal conv keeps the last 2 frames of its padded input (before the video: the first frame, twice);
+  * the resamplers' first-frame path is the first chunk's (`first=True`), the paired path every other's;
+  * the mid-block attention keeps the keys and values of every frame so far in a buffer of all `total` frames
+    (latent resolution, one frame per chunk) and masks the frames not reached yet.
+`cache=None` means the first chunk. Outputs match diffusers' whole-video forward.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +35,9 @@ from jaxtyping import Array, Float
 from jdiff.errors import InputError
 from jdiff.layers import Conv, dot_product_attention
 from jdiff.models.hunyuan_video15.config import HunyuanVideo15VAEConfig
-from jdiff.models.wan_vae.blocks import RMSNorm
+from jdiff.models.wan_vae.blocks import RMSNorm, child
+
+Cache = Any  # a pytree of arrays; None on the first chunk
 
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0  # diffusers' DiagonalGaussianDistribution clamp
 
@@ -37,8 +48,11 @@ class CausalConv3d(nnx.Module):
     def __init__(self, in_dim: int, out_dim: int, *, rngs: nnx.Rngs):
         self.conv = Conv(in_dim, out_dim, (3, 3, 3), rngs=rngs)
 
-    def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t h w co"]:
-        return self.conv(jnp.pad(x, ((0, 0), (2, 0), (1, 1), (1, 1), (0, 0)), mode="edge"))
+    def __call__(self, x: Float[Array, "b t h w ci"], cache: Cache) -> tuple[jax.Array, jax.Array]:
+        if cache is None:
+            cache = jnp.repeat(x[:, :1], 2, axis=1)
+        x = jnp.concatenate([cache.astype(x.dtype), x], axis=1)
+        return self.conv(jnp.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")), x[:, -2:]
 
 
 def _pointwise(conv: Conv, x: jax.Array) -> jax.Array:
@@ -75,15 +89,14 @@ class Downsample(nnx.Module):
         self.temporal = temporal
         self.group = factor * in_dim // out_dim
 
-    def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 co"]:
-        h = self.conv(x)
+    def __call__(self, x: Float[Array, "b t h w ci"], cache: Cache, *, first: bool):
+        h, cache = self.conv(x, cache)
         if not self.temporal:
-            return fold(h, 1) + _group_mean(fold(x, 1), self.group)
-        # The first frame folds in space only; its h is duplicated to the full channel count.
-        h_first = fold(h[:, :1], 1)
-        h = jnp.concatenate([jnp.concatenate([h_first, h_first], -1), fold(h[:, 1:], 2)], axis=1)
-        short = [_group_mean(fold(x[:, :1], 1), self.group // 2), _group_mean(fold(x[:, 1:], 2), self.group)]
-        return h + jnp.concatenate(short, axis=1)
+            return fold(h, 1) + _group_mean(fold(x, 1), self.group), cache
+        if first:  # the first frame (the whole first chunk) folds in space only, its h duplicated
+            h = fold(h, 1)
+            return jnp.concatenate([h, h], -1) + _group_mean(fold(x, 1), self.group // 2), cache
+        return fold(h, 2) + _group_mean(fold(x, 2), self.group), cache
 
 
 class Upsample(nnx.Module):
@@ -95,18 +108,14 @@ class Upsample(nnx.Module):
         self.temporal = temporal
         self.repeats = factor * out_dim // in_dim
 
-    def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 co"]:
-        h = self.conv(x)
+    def __call__(self, x: Float[Array, "b t h w ci"], cache: Cache, *, first: bool):
+        h, cache = self.conv(x, cache)
         if not self.temporal:
-            return unfold(h, 1) + unfold(jnp.repeat(x, self.repeats, axis=-1), 1)
-        # The first frame unfolds in space only, keeping the first half of its channels.
-        h_first = unfold(h[:, :1], 1)
-        h = jnp.concatenate([h_first[..., : h_first.shape[-1] // 2], unfold(h[:, 1:], 2)], axis=1)
-        short = [
-            jnp.repeat(unfold(x[:, :1], 1), self.repeats // 2, axis=-1),
-            jnp.repeat(unfold(x[:, 1:], 2), self.repeats, axis=-1),
-        ]
-        return h + jnp.concatenate(short, axis=1)
+            return unfold(h, 1) + unfold(jnp.repeat(x, self.repeats, axis=-1), 1), cache
+        if first:  # the first frame unfolds in space only, keeping the first half of its channels
+            h = unfold(h, 1)
+            return h[..., : h.shape[-1] // 2] + jnp.repeat(unfold(x, 1), self.repeats // 2, axis=-1), cache
+        return unfold(h, 2) + jnp.repeat(unfold(x, 2), self.repeats, axis=-1), cache
 
 
 class ResnetBlock(nnx.Module):
@@ -119,10 +128,10 @@ class ResnetBlock(nnx.Module):
         self.conv2 = CausalConv3d(out_dim, out_dim, rngs=rngs)
         self.conv_shortcut = Conv(in_dim, out_dim, (1, 1, 1), rngs=rngs) if in_dim != out_dim else None
 
-    def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t h w co"]:
-        h = self.conv1(jax.nn.silu(self.norm1(x)))
-        h = self.conv2(jax.nn.silu(self.norm2(h)))
-        return h + (x if self.conv_shortcut is None else _pointwise(self.conv_shortcut, x))
+    def __call__(self, x: Float[Array, "b t h w ci"], cache: Cache) -> tuple[jax.Array, Cache]:
+        h, c1 = self.conv1(jax.nn.silu(self.norm1(x)), child(cache, 0))
+        h, c2 = self.conv2(jax.nn.silu(self.norm2(h)), child(cache, 1))
+        return h + (x if self.conv_shortcut is None else _pointwise(self.conv_shortcut, x)), (c1, c2)
 
 
 class AttnBlock(nnx.Module):
@@ -135,14 +144,28 @@ class AttnBlock(nnx.Module):
         self.to_v = Conv(dim, dim, (1, 1, 1), rngs=rngs)
         self.proj_out = Conv(dim, dim, (1, 1, 1), rngs=rngs)
 
-    def __call__(self, x: Float[Array, "b t h w c"]) -> Float[Array, "b t h w c"]:
+    def __call__(self, x: Float[Array, "b t h w c"], cache: Cache, *, total: int) -> tuple[jax.Array, Cache]:
+        """`cache`: (keys, values [B, total, H*W, C] of the frames so far, how many); `total` frames in all."""
         b, t, h, w, c = x.shape
         n = self.norm(x)
-        q, k, v = (_pointwise(conv, n).reshape(b, -1, 1, c) for conv in (self.to_q, self.to_k, self.to_v))
-        frame = jnp.arange(t * h * w) // (h * w)
-        mask = frame[:, None] >= frame[None, :]  # [L, L]: a query sees its own and earlier frames
-        out = dot_product_attention(q, k, v, mask=mask[None, None]).reshape(b, t, h, w, c)
-        return x + _pointwise(self.proj_out, out)
+        q, k, v = (_pointwise(conv, n).reshape(b, t, h * w, c) for conv in (self.to_q, self.to_k, self.to_v))
+        if cache is None:
+            zeros = jnp.zeros((b, total, h * w, c), k.dtype)
+            cache = (zeros, zeros, jnp.zeros((), jnp.int32))
+        keys, values, start = cache
+        keys = jax.lax.dynamic_update_slice_in_dim(keys, k, start, axis=1)
+        values = jax.lax.dynamic_update_slice_in_dim(values, v, start, axis=1)
+        # A query sees every token of its own and earlier frames (not yet written frames are later ones).
+        q_frame = start + jnp.arange(t * h * w) // (h * w)
+        k_frame = jnp.arange(total * h * w) // (h * w)
+        mask = k_frame[None, :] <= q_frame[:, None]  # [T*H*W, total*H*W]
+        out = dot_product_attention(
+            q.reshape(b, -1, 1, c),
+            keys.reshape(b, -1, 1, c),
+            values.reshape(b, -1, 1, c),
+            mask=mask[None, None],
+        )
+        return x + _pointwise(self.proj_out, out.reshape(b, t, h, w, c)), (keys, values, start + t)
 
 
 class MidBlock(nnx.Module):
@@ -150,8 +173,11 @@ class MidBlock(nnx.Module):
         self.resnets = nnx.List([ResnetBlock(dim, dim, rngs=rngs) for _ in range(2)])
         self.attentions = nnx.List([AttnBlock(dim, rngs=rngs)])
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return self.resnets[1](self.attentions[0](self.resnets[0](x)))
+    def __call__(self, x: jax.Array, cache: Cache, *, total: int) -> tuple[jax.Array, Cache]:
+        x, c0 = self.resnets[0](x, child(cache, 0))
+        x, c1 = self.attentions[0](x, child(cache, 1), total=total)
+        x, c2 = self.resnets[1](x, child(cache, 2))
+        return x, (c0, c1, c2)
 
 
 class _Level(nnx.Module):
@@ -162,11 +188,16 @@ class _Level(nnx.Module):
         setattr(self, resampler_name, None if resampler is None else nnx.List([resampler]))
         self._resampler = resampler_name
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        for resnet in self.resnets:
-            x = resnet(x)
+    def __call__(self, x: jax.Array, cache: Cache, *, first: bool) -> tuple[jax.Array, Cache]:
+        caches = []
+        for i, resnet in enumerate(self.resnets):
+            x, c = resnet(x, child(cache, i))
+            caches.append(c)
         resampler = getattr(self, self._resampler)
-        return x if resampler is None else resampler[0](x)
+        if resampler is not None:
+            x, c = resampler[0](x, child(cache, len(caches)), first=first)
+            caches.append(c)
+        return x, tuple(caches)
 
 
 class Encoder(nnx.Module):
@@ -188,12 +219,15 @@ class Encoder(nnx.Module):
         self.conv_out = CausalConv3d(ch[-1], 2 * cfg.latent_channels, rngs=rngs)
         self.group = ch[-1] // (2 * cfg.latent_channels)
 
-    def __call__(self, x: Float[Array, "b t h w ci"]) -> Float[Array, "b t2 h2 w2 z2"]:
-        x = self.conv_in(x)
-        for level in self.down_blocks:
-            x = level(x)
-        x = self.mid_block(x)
-        return self.conv_out(jax.nn.silu(self.norm_out(x))) + _group_mean(x, self.group)
+    def __call__(self, x: Float[Array, "b t h w ci"], cache: Cache, *, first: bool, total: int):
+        x, c_in = self.conv_in(x, child(cache, 0))
+        c_down = []
+        for i, level in enumerate(self.down_blocks):
+            x, c = level(x, child(child(cache, 1), i), first=first)
+            c_down.append(c)
+        x, c_mid = self.mid_block(x, child(cache, 2), total=total)
+        y, c_out = self.conv_out(jax.nn.silu(self.norm_out(x)), child(cache, 3))
+        return y + _group_mean(x, self.group), (c_in, tuple(c_down), c_mid, c_out)
 
 
 class Decoder(nnx.Module):
@@ -216,12 +250,32 @@ class Decoder(nnx.Module):
         self.norm_out = RMSNorm(ch[-1])
         self.conv_out = CausalConv3d(ch[-1], cfg.out_channels, rngs=rngs)
 
-    def __call__(self, z: Float[Array, "b t h w z"]) -> Float[Array, "b t2 h2 w2 co"]:
-        x = self.conv_in(z) + jnp.repeat(z, self.repeat, axis=-1)
-        x = self.mid_block(x)
-        for level in self.up_blocks:
-            x = level(x)
-        return self.conv_out(jax.nn.silu(self.norm_out(x)))
+    def __call__(self, z: Float[Array, "b t h w z"], cache: Cache, *, first: bool, total: int):
+        x, c_in = self.conv_in(z, child(cache, 0))
+        x, c_mid = self.mid_block(x + jnp.repeat(z, self.repeat, axis=-1), child(cache, 1), total=total)
+        c_up = []
+        for i, level in enumerate(self.up_blocks):
+            x, c = level(x, child(child(cache, 2), i), first=first)
+            c_up.append(c)
+        y, c_out = self.conv_out(jax.nn.silu(self.norm_out(x)), child(cache, 3))
+        return y, (c_in, c_mid, tuple(c_up), c_out)
+
+
+def _chunked(module: nnx.Module, head: jax.Array, rest: jax.Array | None, total: int) -> jax.Array:
+    """Runs `module` over the first chunk, then scans it over the others (`rest`: [n, B, K, H, W, C]) with
+    the cache as the carry; returns every chunk's output concatenated along time."""
+    y, cache = module(head, None, first=True, total=total)
+    if rest is None:
+        return y
+    graphdef, state = nnx.split(module)
+
+    def step(cache, chunk):
+        out, cache = nnx.merge(graphdef, state)(chunk, cache, first=False, total=total)
+        return cache, out
+
+    _, ys = jax.lax.scan(step, cache, rest)  # [n, B, Ko, Ho, Wo, Co]
+    n, b, k = ys.shape[:3]
+    return jnp.concatenate([y, jnp.moveaxis(ys, 0, 1).reshape(b, n * k, *ys.shape[3:])], axis=1)
 
 
 class AutoencoderKLHunyuanVideo15(nnx.Module):
@@ -261,7 +315,9 @@ class AutoencoderKLHunyuanVideo15(nnx.Module):
                 f"AutoencoderKLHunyuanVideo15.encode: frames must be 1 + a multiple of {r} and height / width "
                 f"multiples of {s}, got {t} frames of {h}x{w}; resize or trim the video"
             )
-        mean, logvar = jnp.split(self.encoder(x), 2, axis=-1)
+        b, n = x.shape[0], (t - 1) // r
+        rest = None if n == 0 else x[:, 1:].reshape(b, n, r, *x.shape[2:]).swapaxes(0, 1)
+        mean, logvar = jnp.split(_chunked(self.encoder, x[:, :1], rest, 1 + n), 2, axis=-1)
         return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
     def decode(self, z: Float[Array, "b t h w z"]) -> Float[Array, "b T H W co"]:
@@ -272,4 +328,6 @@ class AutoencoderKLHunyuanVideo15(nnx.Module):
                 f"AutoencoderKLHunyuanVideo15.decode: expected latents [B, t, h, w, {self.cfg.latent_channels}], "
                 f"got shape {tuple(z.shape)}"
             )
-        return self.decoder(z)
+        t = z.shape[1]
+        rest = None if t == 1 else z[:, 1:, None].swapaxes(0, 1)  # [t - 1, B, 1, h, w, Z]
+        return _chunked(self.decoder, z[:, :1], rest, t)
