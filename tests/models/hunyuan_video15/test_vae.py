@@ -98,3 +98,18 @@ def test_bad_config_and_inputs():
         vae.encode(jnp.zeros((1, 5, 8, 6, 3)))
     with pytest.raises(InputError, match="latents"):
         vae.decode(jnp.zeros((1, 2, 2, 2, 3)))
+
+
+def test_bfloat16_decode_close_to_float32(tmp_path):
+    from jdiff.weights.loading import load_component
+
+    cfg = HunyuanVideo15VAEConfig.tiny()
+    ref = _reference(cfg)
+    ref.save_pretrained(tmp_path)
+    _, vae = load_component(SPEC, tmp_path, dtype=jnp.bfloat16)
+    z = np.random.default_rng(1).standard_normal((1, cfg.latent_channels, 2, 2, 3)).astype(np.float32)
+    with torch.no_grad():
+        want = ref.decode(torch.from_numpy(z)).sample.numpy().transpose(0, 2, 3, 4, 1)
+    got = jax.jit(vae.decode)(jnp.asarray(z.transpose(0, 2, 3, 4, 1), jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    parity.assert_close(got.astype(jnp.float32), want, tol=3e-2)
