@@ -200,3 +200,29 @@ def test_bfloat16_runs_close_to_float32(tmp_path):
     got = jax.jit(lambda m, *a: m(*a, rope, image_embeds=jnp.asarray(image)))(model, *args)
     assert got.dtype == jnp.bfloat16
     parity.assert_close(got.astype(jnp.float32), want.transpose(0, 2, 3, 4, 1), tol=3e-2)
+
+
+def test_real_size_forward_shapes():
+    """The 480p model traced abstractly (no memory) over a 480p latent of 2 frames, with I2V features."""
+    import jax
+    from flax import nnx
+
+    from jdiff.models.hunyuan_video15.transformer import HunyuanVideo15Transformer3DModel
+
+    cfg = HunyuanVideo15Config.i2v_480p()
+    model = nnx.eval_shape(lambda: HunyuanVideo15Transformer3DModel(cfg, rngs=nnx.Rngs(0)))
+    sds = jax.ShapeDtypeStruct
+    rope = tuple(sds(a.shape, a.dtype) for a in rope_tables(cfg, 2, 30, 53))
+    out = jax.eval_shape(
+        lambda m, *a: m(*a[:6], a[6:8], image_embeds=a[8]),
+        model,
+        sds((1, 2, 30, 53, 65), jnp.bfloat16),
+        sds((1,), jnp.float32),
+        sds((1, 1000, 3584), jnp.bfloat16),
+        sds((1, 1000), jnp.int32),
+        sds((1, 256, 1472), jnp.bfloat16),
+        sds((1, 256), jnp.int32),
+        *rope,
+        sds((1, 729, 1152), jnp.bfloat16),
+    )
+    assert out.shape == (1, 2, 30, 53, 32)

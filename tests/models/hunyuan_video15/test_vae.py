@@ -113,3 +113,19 @@ def test_bfloat16_decode_close_to_float32(tmp_path):
     got = jax.jit(vae.decode)(jnp.asarray(z.transpose(0, 2, 3, 4, 1), jnp.bfloat16))
     assert got.dtype == jnp.bfloat16
     parity.assert_close(got.astype(jnp.float32), want, tol=3e-2)
+
+
+def test_real_size_shapes():
+    """The released VAE traced abstractly: a 480p clip of 5 frames to 2 latent frames and back."""
+    from flax import nnx
+
+    from jdiff.models.hunyuan_video15.vae import AutoencoderKLHunyuanVideo15
+
+    vae = nnx.eval_shape(
+        lambda: AutoencoderKLHunyuanVideo15(HunyuanVideo15VAEConfig.hunyuan_video15(), rngs=nnx.Rngs(0))
+    )
+    mean, _ = jax.eval_shape(
+        lambda m, x: m.encode(x), vae, jax.ShapeDtypeStruct((1, 5, 480, 848, 3), jnp.bfloat16)
+    )
+    assert mean.shape == (1, 2, 30, 53, 32)
+    assert jax.eval_shape(lambda m, z: m.decode(z), vae, mean).shape == (1, 5, 480, 848, 3)
