@@ -28,6 +28,7 @@ def dot_product_attention(
     *,
     bias: Float[Array, "b n t s"] | None = None,
     mask: Bool[Array, "b n t s"] | None = None,
+    key_mask: Bool[Array, "b s"] | None = None,
     is_causal: bool = False,
     scale: float | None = None,
     implementation: str | None = None,
@@ -41,6 +42,8 @@ def dot_product_attention(
         q, k, v: [B, T|S, N, H] (sequence before heads, as `jax.nn.dot_product_attention` wants).
         bias: additive logits bias, broadcastable to [B, N, T, S] (T5's relative position bias).
         mask: True where attention is allowed, broadcastable to [B, N, T, S].
+        key_mask: True for the keys that may be attended to (text padding masked out); unlike `mask` it
+            keeps a `context_parallel` call sequence-parallel (the schemes take a key padding mask).
         is_causal: causal masking (CLIP text).
         scale: logits scale; None means 1/sqrt(H).
         implementation: "cudnn" or "xla"; None picks by platform and dtype.
@@ -55,7 +58,7 @@ def dot_product_attention(
     """
     if (context_parallel or cross_context) and bias is None and mask is None and not is_causal:
         active = rules.current()
-        if active is not None and sp._context_size(active[0]) > 1 and cross_context:
+        if active is not None and sp._context_size(active[0]) > 1 and cross_context and key_mask is None:
             mesh, active_rules = active
             return sp.cross_context_attention(
                 q, k, v, mesh=mesh, scale=scale, implementation=implementation, rules=active_rules
@@ -68,10 +71,14 @@ def dot_product_attention(
                 v,
                 mesh=mesh,
                 mode=rules.sequence_parallel_mode(),
+                mask=key_mask,
                 scale=scale,
                 implementation=implementation,
                 rules=active_rules,
             )
+    if key_mask is not None:
+        keys = key_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
+        mask = keys if mask is None else mask & keys
     return local_attention(
         q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale, implementation=implementation
     )

@@ -34,6 +34,7 @@ from jdiff.models.clip.config import CLIPTextConfig
 _ACTS = {
     "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
     "gelu": partial(jax.nn.gelu, approximate=False),
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),  # SigLIP
 }
 
 # transformers' pooling reads the argmax of the token ids when eos_token_id is this legacy value.

@@ -42,6 +42,16 @@ class T5Config:
         )  # fmt: skip
 
     @classmethod
+    def byt5_glyph(cls) -> T5Config:
+        """The glyph encoder of HunyuanVideo-1.5 / HunyuanImage-2.1 (text_encoder_2): google/byt5-small's
+        encoder with Glyph-SDXL-v2's weights and its color / font tokens (vocabulary 384 -> 1510). Its attention
+        width (6 heads x 64) is narrower than its model width."""
+        return cls(
+            vocab_size=1510, d_model=1472, d_kv=64, d_ff=3584, num_layers=12, num_heads=6,
+            relative_attention_num_buckets=32, relative_attention_max_distance=128, feed_forward_proj="gated-gelu",
+        )  # fmt: skip
+
+    @classmethod
     def tiny(cls, **overrides) -> T5Config:
         """A toy encoder: 3 layers, 4 heads of 8, d_ff 37, 8 buckets; `overrides` replace fields."""
         return preset(
