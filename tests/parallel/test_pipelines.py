@@ -162,6 +162,7 @@ REAL = {
     "FLUX.1-dev transformer": ("flux", "FluxConfig", "dev", 11.90),
     "Wan2.1-T2V-14B transformer": ("wan", "WanTransformerConfig", "t2v_14b", 14.29),
     "SDXL UNet": ("unet", "UNet2DConditionConfig", "sdxl", 2.57),
+    "HunyuanVideo-1.5 transformer": ("hunyuan_video15", "HunyuanVideo15Config", "t2v_480p", 8.33),
 }
 
 
