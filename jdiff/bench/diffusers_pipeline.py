@@ -92,7 +92,7 @@ def run_diffusers_pipeline(name: str, tiny: bool, compiled: bool) -> dict:
 
     def run():
         with torch.inference_mode():
-            images = pipe(PROMPT, generator=torch.Generator(device).manual_seed(0), **call).images
+            images = pipe(prompt=PROMPT, generator=torch.Generator(device).manual_seed(0), **call).images
         if cuda:
             torch.cuda.synchronize()
         return images
