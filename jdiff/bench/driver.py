@@ -35,6 +35,8 @@ Usage:
               [--budget 520] [--out DIR] [--tiny]
       driver: runs every (workload, engine) as a subprocess on the same GPU, one after another, prints the
       table and writes compare.json and compare.log under DIR ($OUT, else the current directory).
+  jdiff bench --tables run1/compare.json run2/compare.json
+      the tables of several runs together (engines of one workload measured in separate runs).
   jdiff bench --engine jdiff --workload flux_step [--tiny]
       one measurement; prints one JSON line. For a *_pipeline workload, `--warm` is the warm phase (needs
       JDIFF_CACHE_DIR pointing at the cache its cold phase filled).
@@ -270,6 +272,22 @@ def driver(args) -> int:
     return 0
 
 
+def print_tables(paths: list[str]) -> int:
+    """Prints the tables of several drivers' compare.json together (a workload's engines measured in separate
+    runs, e.g. torch.compile in a run of its own), so the ratio columns compare across them."""
+    results = [r for p in paths for r in json.loads(Path(p).read_text())]
+    tiny = {bool(r.get("tiny")) for r in results if "error" not in r}
+    if len(tiny) > 1:
+        print("jdiff: error: the files mix --tiny and real-size runs", file=sys.stderr)
+        return 2
+    tiny_run = tiny.pop() if tiny else False
+    print(table(results, tiny_run))
+    startup = startup_table(results, tiny_run)
+    if startup:
+        print("\n" + startup)
+    return 0
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """The docstring as written, and "(default: X)" after every option that has one."""
 
@@ -298,7 +316,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=520.0, help="driver: seconds for all subprocesses")
     ap.add_argument("--out", help="driver: output folder (default: $OUT, else .)")
     ap.add_argument("--tiny", action="store_true", help="toy configs and sizes (CPU smoke test)")
+    ap.add_argument(
+        "--tables",
+        nargs="+",
+        metavar="COMPARE_JSON",
+        help="print the tables of earlier runs' compare.json files together (runs nothing)",
+    )
     args = ap.parse_args(argv)
+    if args.tables:
+        return print_tables(args.tables)
     if args.engine:
         if not args.workload:
             ap.error("--engine needs --workload")

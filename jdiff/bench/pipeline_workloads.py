@@ -238,11 +238,15 @@ PIPELINE_WORKLOADS = {
     ),
     # Qwen-Image, 50 steps with true CFG 4.0 and a negative prompt: two transformer calls a step (jdiff runs
     # them as one batch of 2, diffusers one after the other), over 4096 image tokens and the prompt's
-    # QWEN_IMAGE_PIPELINE_TEXT text tokens (the shorter negative is counted at the same length).
-    # Memory on one 141 GB H200 (bf16; each engine in its own process, one after the other): 40.9 GB
-    # transformer + 16.6 GB Qwen2.5-VL-7B (its 1.3 GB vision tower included: both engines' classes hold it,
-    # though text-to-image never runs it) + 0.25 GB VAE = 58 GB of weights, plus activations; diffusers builds
-    # each model in float32 first (82 GB for the transformer, alone on the device, then cast tensor by tensor).
+    # QWEN_IMAGE_PIPELINE_TEXT text tokens (the shorter negative is counted at the same length): 6.8 PFLOP a
+    # call, so 2 timed calls after the first (a call is seconds; all three engines fit a 10-minute run only
+    # split, see `jdiff bench --tables`).
+    # Memory on one 141 GB H200, each engine in its own process, one after the other; bf16 weights: jdiff
+    # 40.9 GB transformer + 15.5 GB Qwen2.5-VL-7B (its 1.3 GB vision tower included: both engines' classes
+    # hold it, though text-to-image never runs it; diffusers' also holds the unused 1.1 GB lm_head) + 0.25 GB
+    # VAE = 57 GB, plus activations (a 2 x 4115-token batch) and the Qwen2.5-VL pass on 2 short texts.
+    # diffusers builds each model in float32 on the device first (82 GB for the transformer, alone there,
+    # then cast tensor by tensor), which fits too; jdiff builds in bf16 leaf by leaf.
     "qwen_image_pipeline": Workload(
         "Qwen-Image text-to-image, 1024x1024, 50 steps, true CFG 4",
         dict(
@@ -254,7 +258,7 @@ PIPELINE_WORKLOADS = {
         sz := dict(**SIZE_1024, steps=50, true_cfg=4.0, text=QWEN_IMAGE_PIPELINE_TEXT),
         sz["steps"] * 2 * qwen_image_tflop(QWEN_IMAGE, dict(h=64, w=64, text=sz["text"])),
         warmup=0,
-        repeats=3,
+        repeats=2,
         engines=ENGINES,
         tiny_config=dict(
             transformer=to_dict(
