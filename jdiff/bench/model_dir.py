@@ -28,6 +28,7 @@ def write_model_dir(name: str, config: dict, folder: Path | None = None) -> Path
 
     spec = WORKLOADS[name].pipeline
     root = Path(tempfile.mkdtemp(prefix=f"jdiff-bench-{name}-")) if folder is None else folder
+    root.mkdir(parents=True, exist_ok=True)
     index = {"_class_name": spec.pipeline_class, **spec.index}
     index.update({component: list(entry) for component, entry in spec.components.items()})
     (root / "model_index.json").write_text(json.dumps(index, indent=1))
