@@ -16,11 +16,10 @@ from jdiff.models.flux2.vae_config import AutoencoderKLFlux2Config
 from jdiff.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from jdiff.models.qwen3.config import Qwen3Config
 from jdiff.models.qwen_image.config import QwenImageConfig
-from jdiff.models.qwen_image.vae import QwenImageVAEConfig
 from jdiff.models.t5.config import T5Config
 from jdiff.models.unet.config import UNet2DConditionConfig
 from jdiff.models.wan.config import WanTransformerConfig
-from jdiff.models.wan_vae.config import WanVAEConfig
+from jdiff.models.wan_vae.config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAEConfig
 from jdiff.models.z_image.config import ZImageConfig
 from jdiff.presets import load_preset
 from jdiff.weights.config import to_dict
@@ -105,7 +104,13 @@ CLIP_BIGG = to_dict(CLIPTextConfig.bigg())
 FLUX2_VAE = to_dict(AutoencoderKLFlux2Config.flux2())
 # The vision tower is built too (both engines' Qwen2.5-VL classes hold it), though text-to-image never runs it.
 QWEN_VL_7B = qwen_vl(Qwen2_5_VLConfig.qwen_image_7b())
-QWEN_IMAGE_VAE = to_dict(QwenImageVAEConfig.qwen_image())
+# QwenImageVAEConfig.qwen_image() written out: its module (the VAE itself) imports jax, which `jdiff bench --help`
+# must not (tests/bench checks the two agree).
+QWEN_IMAGE_VAE = dict(
+    base_dim=96, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[],
+    temperal_downsample=[False, True, True], dropout=0.0, latents_mean=list(WAN21_LATENTS_MEAN),
+    latents_std=list(WAN21_LATENTS_STD),
+)  # fmt: skip
 # The released scheduler_config.json values (keys left out take the class defaults, as in the files).
 Z_IMAGE_SCHEDULER = dict(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False)
 FLUX2_SCHEDULER = dict(
@@ -148,3 +153,8 @@ SD_VAE_TINY = to_dict(
     )
 )  # fmt: skip
 QWEN_VL_TINY = qwen_vl(Qwen2_5_VLConfig.tiny(vocab_size=152064))
+# QwenImageVAEConfig.tiny()'s overrides: 4 latent channels, 8x downsampling as the real one.
+QWEN_IMAGE_VAE_TINY = dict(
+    base_dim=8, z_dim=4, dim_mult=[1, 2, 2, 2], num_res_blocks=1, latents_mean=[0.1, -0.2, 0.3, 0.0],
+    latents_std=[1.5, 0.5, 2.0, 1.0],
+)  # fmt: skip

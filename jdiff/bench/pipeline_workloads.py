@@ -28,6 +28,7 @@ from jdiff.bench.configs import (
     QWEN_IMAGE_PIPELINE_TEXT,
     QWEN_IMAGE_SCHEDULER,
     QWEN_IMAGE_VAE,
+    QWEN_IMAGE_VAE_TINY,
     QWEN_VL_7B,
     QWEN_VL_TINY,
     SD_VAE_TINY,
@@ -44,7 +45,6 @@ from jdiff.bench.flops import flux2_tflop, qwen_image_tflop, unet_tflop, z_image
 from jdiff.bench.spec import ENGINES, PipelineSpec, Workload
 from jdiff.models.flux2.config import Flux2Config
 from jdiff.models.qwen_image.config import QwenImageConfig
-from jdiff.models.qwen_image.vae import QwenImageVAEConfig
 from jdiff.models.z_image.config import ZImageConfig
 from jdiff.weights.config import to_dict
 
@@ -265,7 +265,7 @@ PIPELINE_WORKLOADS = {
                 QwenImageConfig.tiny(joint_attention_dim=QWEN_VL_TINY["text_config"]["hidden_size"])
             ),
             text_encoder=QWEN_VL_TINY,
-            vae=to_dict(QwenImageVAEConfig.tiny()),
+            vae=QWEN_IMAGE_VAE_TINY,
         ),
         tiny_sizes=dict(**TINY_64, steps=2, true_cfg=4.0, text=QWEN_IMAGE_PIPELINE_TEXT),
         pipeline=PipelineSpec(

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from jdiff.bench.configs import (
     FLUX2_KLEIN_4B,
@@ -37,6 +36,9 @@ from jdiff.models.wan_vae.config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, W
 from jdiff.models.z_image.config import ZImageConfig
 from jdiff.weights.config import to_dict
 
+if TYPE_CHECKING:  # `jdiff bench --help` imports this module: numpy only when a workload runs
+    import numpy as np
+
 # Re-exported: the driver, the engines and benchmarks/ scripts read them from here.
 __all__ = ["ENGINES", "GIB", "PROMPT", "WORKLOADS", "PipelineSpec", "Workload"]
 
@@ -46,6 +48,8 @@ GIB = 2**30
 def position_ids(text: int, h: int, w: int, axes: int) -> tuple[np.ndarray, np.ndarray]:
     """(text ids [T, A], image ids [h w, A]) as the FLUX.1 (A = 3) and FLUX.2 (A = 4) pipelines build them:
     an image token's row and column in axes 1 and 2, zeros elsewhere; FLUX.2 counts text tokens in axis 3."""
+    import numpy as np
+
     txt = np.zeros((text, axes))
     if axes == 4:
         txt[:, 3] = np.arange(text)

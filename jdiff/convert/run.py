@@ -6,6 +6,7 @@ host memory is about the largest component in the target dtype.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import shutil
@@ -20,6 +21,7 @@ from jdiff.errors import ConversionError, InputError, OutputError
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.registry import open_model
 from jdiff.weights import checkpoint
+from jdiff.weights.config import read_json
 from jdiff.weights.safetensors import open_weights
 
 
@@ -49,6 +51,9 @@ def dry_run(src: str | Path) -> Report:
     report = Report()
     family = model.family
     for name, (_, cls) in model.components().items():
+        if cls in family.unused:
+            report.lines.append(f"{name:16s} {cls}: left out (jdiff does not run it)")
+            continue
         if not (model.root / name).is_dir():
             report.problems.append(f"{name}: component folder {model.root / name} is missing")
             report.lines.append(f"{name:16s} {cls}: missing")
@@ -124,13 +129,20 @@ def convert(
         raise InputError(f"{dst} already exists; choose a new destination or remove it first")
     check_free_space(dst, estimated_bytes(model, np.dtype(dtypes[dtype]).itemsize))
 
+    unused = {name for name, (_, cls) in model.components().items() if cls in model.family.unused}
+
     def build(tmp: Path) -> None:
-        shutil.copy2(model.root / "model_index.json", tmp / "model_index.json")
+        index = read_json(model.root / "model_index.json")
+        index = {k: [None, None] if k in unused else v for k, v in index.items()}
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
         for extra in ("jdiff_preset.json",):
             if (model.root / extra).is_file():
                 shutil.copy2(model.root / extra, tmp / extra)
         models = set(_model_components(model))
         for name, (_, cls) in model.components().items():
+            if name in unused:
+                report(f"{name}: {cls} (left out: jdiff does not run it)")
+                continue
             folder = model.folder(name)
             if name not in models:
                 shutil.copytree(folder, tmp / name)
@@ -153,7 +165,9 @@ def estimated_bytes(model: ModelDir, float_bytes: int) -> int:
     other tensors as stored, and the copied folders (tokenizers, scheduler) as they are."""
     models = set(_model_components(model))
     total = 0
-    for name in model.components():
+    for name, (_, cls) in model.components().items():
+        if cls in model.family.unused:
+            continue
         folder = model.folder(name)
         if name not in models:
             total += sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

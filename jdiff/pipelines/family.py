@@ -27,6 +27,9 @@ class Family:
         components: component class name (as `model_index.json` names it) -> the module holding its
             `SPEC` (a `jdiff.weights.loading.ComponentSpec`), imported when first needed.
         preset: (model_index dict, the transformer's config) -> the name of its preset in jdiff/configs.
+        unused: component classes a directory may list that jdiff does not run (SD 1.5's safety checker):
+            loading ignores them, `jdiff convert` leaves them out (its model_index.json lists them as
+            `[null, null]`, as diffusers saves a pipeline built without them).
     """
 
     name: str
@@ -34,6 +37,7 @@ class Family:
     pipeline: type
     components: Mapping[str, str] = field(default_factory=dict)
     preset: Callable[[dict[str, Any], Any], str] | None = None
+    unused: tuple[str, ...] = ()
 
     def spec_for(self, class_name: str, *, component: str) -> ComponentSpec:
         """The conversion spec of a component class this family loads.

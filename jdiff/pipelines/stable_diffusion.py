@@ -325,6 +325,7 @@ FAMILY = Family(
         "AutoencoderKL": "jdiff.models.autoencoder_kl.plan",
     },
     preset=_preset,
+    unused=("StableDiffusionSafetyChecker",),  # SD 1.5's NSFW classifier: jdiff generates without it
 )
 
 __all__ = ["FAMILY", "StableDiffusionPipeline", "StableDiffusionXLPipeline", "rescale_cfg"]

@@ -104,6 +104,16 @@ def test_qwen_vl_config_reads_the_same_on_both_sides():
     assert (vision.depth, vision.hidden_size, vision.out_hidden_size) == (32, 1280, 3584)
 
 
+def test_qwen_image_vae_configs_are_the_presets():
+    # Written out in jdiff.bench.configs (the VAE's module imports jax; `jdiff bench --help` must not).
+    from jdiff.models.qwen_image.vae import QwenImageVAEConfig
+    from jdiff.weights.config import from_dict
+
+    for tiny, preset in ((False, QwenImageVAEConfig.qwen_image()), (True, QwenImageVAEConfig.tiny())):
+        _, config, _ = bench._resolve("qwen_image_pipeline", tiny)
+        assert from_dict(QwenImageVAEConfig, config["vae"]) == preset, tiny
+
+
 def _weights_gb(name: str) -> dict[str, float]:
     """GB (1e9 bytes) of each model's weights as jdiff's loader keeps them in bf16, from abstract shapes."""
     import jax.numpy as jnp

@@ -169,6 +169,31 @@ def test_convert_round_trip(sd, tmp_path):
     np.testing.assert_array_equal(got.latents, want.latents)
 
 
+def test_convert_leaves_out_the_safety_checker(sd, tmp_path, capsys):
+    """SD 1.5 as released lists a `safety_checker` (and its `feature_extractor`): jdiff does not run it, so
+    the dry run passes and notes it, and convert writes `[null, null]` for it and no folder."""
+    from jdiff.convert.run import convert
+
+    kind, _, path, _ = sd
+    if kind != "sd15":
+        pytest.skip("SD 1.5 ships the safety checker")
+    src = tmp_path / "sd15"
+    shutil.copytree(path, src)
+    index = json.loads((src / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    (src / "model_index.json").write_text(json.dumps(index))
+    (src / "safety_checker").mkdir()
+    (src / "safety_checker" / "config.json").write_text("{}")
+    assert main(["convert", str(src), str(tmp_path / "unused"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "safety_checker   StableDiffusionSafetyChecker: left out (jdiff does not run it)" in out, out
+    dst = convert(src, tmp_path / "ckpt", dtype="float32")
+    assert json.loads((dst / "model_index.json").read_text())["safety_checker"] == [None, None]
+    assert not (dst / "safety_checker").exists() and (dst / "unet").is_dir()
+    gen = jdiff.DiffGenerator.from_pretrained(dst, dtype="float32")
+    assert type(gen.pipeline).__name__ == "StableDiffusionPipeline"
+
+
 def test_real_size_sdxl_dry_run(sd, tmp_path, capsys):
     """SDXL base 1.0 at real sizes (header-only files): every key mapped; a removed key is named, exit 2."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
