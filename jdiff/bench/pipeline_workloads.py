@@ -52,6 +52,20 @@ FLOW = ("diffusers", "FlowMatchEulerDiscreteScheduler")
 QWEN2_TOKENIZER = ("transformers", "Qwen2Tokenizer")
 SIZE_1024 = dict(height=1024, width=1024)
 TINY_64 = dict(height=64, width=64)
+Z_IMAGE_SIZES = dict(
+    **SIZE_1024,
+    steps=Z_IMAGE_PRESET["num_inference_steps"],
+    guidance=Z_IMAGE_PRESET["guidance_scale"],
+    text=Z_IMAGE_PIPELINE_TEXT,
+)
+KLEIN_SIZES = dict(
+    **SIZE_1024,
+    steps=KLEIN_PRESET["num_inference_steps"],
+    guidance=KLEIN_PRESET["guidance_scale"],
+    text=KLEIN_PRESET["max_sequence_length"],
+)
+SDXL_SIZES = dict(**SIZE_1024, steps=30, guidance=5.0, text=77, batch=2)
+QWEN_IMAGE_SIZES = dict(**SIZE_1024, steps=50, true_cfg=4.0, text=QWEN_IMAGE_PIPELINE_TEXT)
 
 PIPELINE_WORKLOADS = {
     # Text encoders and VAE are not counted in the TFLOP: 28 steps x 74.4 TFLOP of denoising only, so the
@@ -101,13 +115,8 @@ PIPELINE_WORKLOADS = {
     "z_image_pipeline": Workload(
         f"Z-Image-Turbo text-to-image, 1024x1024, {Z_IMAGE_PRESET['num_inference_steps']} steps",
         dict(transformer=Z_IMAGE_TURBO, text_encoder=QWEN3_4B, vae=FLUX_VAE, scheduler=Z_IMAGE_SCHEDULER),
-        sz := dict(
-            **SIZE_1024,
-            steps=Z_IMAGE_PRESET["num_inference_steps"],
-            guidance=Z_IMAGE_PRESET["guidance_scale"],
-            text=Z_IMAGE_PIPELINE_TEXT,
-        ),
-        sz["steps"] * z_image_tflop(Z_IMAGE_TURBO, dict(h=64, w=64, text=sz["text"])),
+        Z_IMAGE_SIZES,
+        Z_IMAGE_SIZES["steps"] * z_image_tflop(Z_IMAGE_TURBO, dict(h=64, w=64, text=Z_IMAGE_SIZES["text"])),
         warmup=0,
         repeats=3,
         engines=ENGINES,
@@ -143,13 +152,8 @@ PIPELINE_WORKLOADS = {
     "flux2_klein_pipeline": Workload(
         f"FLUX.2-klein-4B text-to-image, 1024x1024, {KLEIN_PRESET['num_inference_steps']} steps",
         dict(transformer=FLUX2_KLEIN_4B, text_encoder=QWEN3_4B, vae=FLUX2_VAE, scheduler=FLUX2_SCHEDULER),
-        sz := dict(
-            **SIZE_1024,
-            steps=KLEIN_PRESET["num_inference_steps"],
-            guidance=KLEIN_PRESET["guidance_scale"],
-            text=KLEIN_PRESET["max_sequence_length"],
-        ),
-        sz["steps"] * flux2_tflop(FLUX2_KLEIN_4B, dict(h=64, w=64, text=sz["text"])),
+        KLEIN_SIZES,
+        KLEIN_SIZES["steps"] * flux2_tflop(FLUX2_KLEIN_4B, dict(h=64, w=64, text=KLEIN_SIZES["text"])),
         warmup=0,
         repeats=3,
         engines=ENGINES,
@@ -191,8 +195,8 @@ PIPELINE_WORKLOADS = {
             vae=SDXL_VAE,
             scheduler=SDXL_SCHEDULER,
         ),
-        sz := dict(**SIZE_1024, steps=30, guidance=5.0, text=77, batch=2),
-        sz["steps"] * unet_tflop(SDXL_UNET, dict(h=128, w=128, text=77, batch=2)),
+        SDXL_SIZES,
+        SDXL_SIZES["steps"] * unet_tflop(SDXL_UNET, dict(h=128, w=128, text=77, batch=2)),
         warmup=0,
         repeats=3,
         engines=ENGINES,
@@ -255,8 +259,10 @@ PIPELINE_WORKLOADS = {
             vae=QWEN_IMAGE_VAE,
             scheduler=QWEN_IMAGE_SCHEDULER,
         ),
-        sz := dict(**SIZE_1024, steps=50, true_cfg=4.0, text=QWEN_IMAGE_PIPELINE_TEXT),
-        sz["steps"] * 2 * qwen_image_tflop(QWEN_IMAGE, dict(h=64, w=64, text=sz["text"])),
+        QWEN_IMAGE_SIZES,
+        QWEN_IMAGE_SIZES["steps"]
+        * 2
+        * qwen_image_tflop(QWEN_IMAGE, dict(h=64, w=64, text=QWEN_IMAGE_SIZES["text"])),
         warmup=0,
         repeats=2,
         engines=ENGINES,
