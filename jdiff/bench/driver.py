@@ -27,7 +27,7 @@ Engines: jdiff (jitted; compile = lower + compile), diffusers (eager), diffusers
 default mode, of the denoiser; the *_step and *_pipeline workloads only; its "compile" is the first call). For
 the *_pipeline workloads "compile" is, for both compiled engines, what the first call takes beyond a steady one.
 A *_pipeline workload with jdiff runs two workers on one fresh compilation cache directory: "cold" (empty
-cache: first_s, then ms = median of 3 more calls) and "warm" (a new process on the filled cache:
+cache: first_s, then ms = median of 3 more calls, 2 for Qwen-Image) and "warm" (a new process on the filled cache:
 warm_start_s = pipeline construction + first call). Weight building is outside every clock.
 
 Usage:
