@@ -11,7 +11,9 @@ jdiff's pipeline reads a tokenizer it has not cached yet (the cold start), not b
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,11 +25,11 @@ from jdiff.bench.configs import NEGATIVE_PROMPT, PROMPT
 
 def write_model_dir(name: str, config: dict, folder: Path | None = None) -> Path:
     """Writes workload `name`'s directory at `config` (its resolved per-component configs) into `folder`
-    (a fresh temporary one if None); returns it."""
+    (a fresh temporary one if None, removed when this process exits); returns it."""
     from jdiff.bench.workloads import WORKLOADS
 
     spec = WORKLOADS[name].pipeline
-    root = Path(tempfile.mkdtemp(prefix=f"jdiff-bench-{name}-")) if folder is None else folder
+    root = _scratch(name) if folder is None else folder
     root.mkdir(parents=True, exist_ok=True)
     index = {"_class_name": spec.pipeline_class, **spec.index}
     index.update({component: list(entry) for component, entry in spec.components.items()})
@@ -45,10 +47,17 @@ def write_model_dir(name: str, config: dict, folder: Path | None = None) -> Path
 
 
 def write_in_subprocess(name: str, tiny: bool) -> Path:
-    """`write_model_dir` of workload `name` (toy config under `tiny`) run in a child Python; the folder."""
-    root = Path(tempfile.mkdtemp(prefix=f"jdiff-bench-{name}-"))
+    """`write_model_dir` of workload `name` (toy config under `tiny`) run in a child Python; the folder
+    (removed when this process exits)."""
+    root = _scratch(name)
     cmd = [sys.executable, "-m", "jdiff.bench.model_dir", name, str(root), *(["--tiny"] if tiny else [])]
     subprocess.run(cmd, check=True)
+    return root
+
+
+def _scratch(name: str) -> Path:
+    root = Path(tempfile.mkdtemp(prefix=f"jdiff-bench-{name}-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
     return root
 
 
