@@ -180,7 +180,7 @@ def main() -> None:
             module.scan = functools.partial(stack.scan, unroll=args.unroll or True)
 
     _, config, sz = bench._resolve(args.workload, tiny=args.tiny)
-    if args.workload == "flux_pipeline":
+    if bench.WORKLOADS[args.workload].pipeline:
         return profile_pipeline(args, config, sz)
     graphdef, params, apply, inputs = bench._jdiff_setup(args.workload, config, sz)
 
@@ -248,21 +248,24 @@ def main() -> None:
 
 
 def profile_pipeline(args, config: dict, sz: dict) -> None:
-    """The whole FLUX.1 pipeline (`--workload flux_pipeline`): one traced `generate`, kernels per denoising
-    step (everything in the trace divided by the steps: text encoding and decoding add about 1%)."""
+    """A whole pipeline (`--workload flux_pipeline`, or another end-to-end workload): one traced `generate`,
+    kernels per denoising step (everything in the trace divided by the steps: for FLUX.1 text encoding and
+    decoding add about 1%)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from jdiff.bench.jdiff_pipeline import RandomModelDir
+    from jdiff import bench
+    from jdiff.bench.jdiff_pipeline import random_model_dir
     from jdiff.bench.workloads import PROMPT
-    from jdiff.pipelines.flux import FluxPipeline
 
-    pipe = FluxPipeline(RandomModelDir(config, jnp.bfloat16), dtype=jnp.bfloat16)
+    del config  # the model directory is written from the workload's declaration (args.tiny picks the toy one)
+    model = random_model_dir(args.workload, args.tiny, jnp.bfloat16)
+    pipe = model.family.pipeline(model, dtype=jnp.bfloat16)
     steps = sz["steps"]
+    kw = bench.WORKLOADS[args.workload].pipeline.call(sz)
 
     def call():
-        kw = dict(num_inference_steps=steps, guidance_scale=sz["guidance"], max_sequence_length=sz["text"])
         return pipe.generate(PROMPT, height=sz["height"], width=sz["width"], seed=0, output_type="np", **kw)
 
     call()

@@ -1,8 +1,11 @@
 """`jdiff bench`: jdiff against diffusers on one GPU at real sizes (usage: `jdiff.bench.driver`'s docstring).
 
-Files: `workloads` (configs, sizes, repeat counts, FLOP formulas), `jdiff_engine` / `diffusers_engine`
-(single-model workloads: FLUX.1, Z-Image, FLUX.2-klein, SDXL UNet, Qwen-Image, Wan, the VAEs),
-`jdiff_pipeline` / `diffusers_pipeline` (end-to-end FLUX.1), `driver` (subprocesses, tables, CLI).
+Files: `workloads` (the table of workloads: sizes, repeat counts), `configs` (the configs they run), `flops`
+(FLOP formulas), `spec` (what a workload declares), `pipeline_workloads` (the end-to-end workloads, one
+declaration per family), `model_dir` / `tokenizers` (an end-to-end workload's model directory without weights,
+tokenizers built offline), `jdiff_engine` / `diffusers_engine` (single-model workloads: FLUX.1, Z-Image,
+FLUX.2-klein, SDXL UNet, Qwen-Image, Wan, the VAEs), `jdiff_pipeline` / `diffusers_pipeline` (the end-to-end
+workloads: FLUX.1, Z-Image-Turbo, FLUX.2-klein, SDXL, Qwen-Image), `driver` (subprocesses, tables, CLI).
 The underscored names are re-exported for `benchmarks/` scripts that reuse the random real-size models.
 
 Names are imported on first use, so `jdiff bench --help` (and each worker's start) imports neither jax nor

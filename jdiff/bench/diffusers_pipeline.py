@@ -1,18 +1,21 @@
-"""diffusers' side of `flux_pipeline`: `diffusers.FluxPipeline` over random weights, timed end to end.
+"""diffusers' side of the end-to-end workloads: diffusers' pipeline class over random weights, timed end to end.
 
-The components are the ones FLUX.1-dev's model_index.json names (transformers' CLIPTextModel and
-T5EncoderModel, diffusers' FluxTransformer2DModel and AutoencoderKL, FlowMatchEulerDiscreteScheduler), built
-at the workload's configs with random bfloat16 weights on the device; the tokenizers are the embedded tiny
-model's, as on jdiff's side. `output_type="np"`, as jdiff's: decoded images as float32 arrays on the host.
-With `compiled`, only the transformer goes through `torch.compile` (default mode), as diffusers documents.
+The components are the ones the workload's model_index.json names (`jdiff.bench.pipeline_workloads`), built at
+the workload's configs with random bfloat16 weights on the device (float32 where the loaders keep it); the
+scheduler and tokenizers come from the same model directory jdiff's side reads (`jdiff.bench.model_dir`).
+`output_type="np"`, as jdiff's: decoded images as float32 arrays on the host. With `compiled`, only the
+denoiser (transformer or UNet) goes through `torch.compile` (default mode), as diffusers documents.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
+from pathlib import Path
 
 import numpy as np
 
+from jdiff.bench.configs import PROMPT
 from jdiff.bench.diffusers_engine import (
     _torch_random,
     _transformers_random,
@@ -20,49 +23,51 @@ from jdiff.bench.diffusers_engine import (
     torch_memory,
     torch_versions,
 )
-from jdiff.bench.workloads import PROMPT, _resolve, timed_calls
+from jdiff.bench.model_dir import write_model_dir
+from jdiff.bench.workloads import _resolve, timed_calls
 
 
-def random_models(config: dict, device) -> dict:
-    """FLUX.1's four models with random bfloat16 weights on `device`, by model_index.json component name."""
+def random_models(name: str, config: dict, device) -> dict:
+    """Workload `name`'s models with random bfloat16 weights on `device`, by model_index.json component name,
+    each built from its config as the component's class (diffusers: the keys its constructor takes, as
+    `from_config` keeps them; transformers: its `config_class`)."""
     import diffusers
     import torch
     import transformers
 
-    bf16 = torch.bfloat16
-    builders = {
-        # The transformer first: its float32 build is the largest transient, best taken on an empty device.
-        "transformer": lambda: _torch_random(
-            diffusers.FluxTransformer2DModel, config["transformer"], device, bf16
-        ),
-        "vae": lambda: _torch_random(diffusers.AutoencoderKL, config["vae"], device, bf16),
-        "text_encoder": lambda: _transformers_random(
-            transformers.CLIPTextModel, transformers.CLIPTextConfig, config["text_encoder"], device, bf16
-        ),
-        "text_encoder_2": lambda: _transformers_random(
-            transformers.T5EncoderModel, transformers.T5Config, config["text_encoder_2"], device, bf16
-        ),
-    }
+    from jdiff.bench.workloads import WORKLOADS
+
+    spec = WORKLOADS[name].pipeline
     models = {}
-    for name, build in builders.items():
-        models[name] = build()
+    for component in spec.models:  # largest first: its float32 build is best taken on an empty device
+        library, cls_name = spec.components[component]
+        if library == "diffusers":
+            cls = getattr(diffusers, cls_name)
+            takes = inspect.signature(cls.__init__).parameters
+            kwargs = {k: v for k, v in config[component].items() if k in takes}
+            models[component] = _torch_random(cls, kwargs, device, torch.bfloat16)
+        else:
+            cls = getattr(transformers, cls_name)
+            models[component] = _transformers_random(
+                cls, cls.config_class, config[component], device, torch.bfloat16
+            )
         torch.cuda.empty_cache()  # hand the float32 build's blocks back before the next one (no-op on CPU)
     return models
 
 
-def flux_pipeline(models: dict, config: dict):
-    """A `diffusers.FluxPipeline` over `models`, with the embedded model's tokenizers, progress bar off."""
+def build_pipeline(name: str, root: Path, models: dict):
+    """diffusers' pipeline class of workload `name` over `models`, with the scheduler and tokenizers of its
+    model directory `root` (`jdiff.bench.model_dir`), progress bar off."""
     import diffusers
     import transformers
 
-    from jdiff.api import embedded_model_path
+    from jdiff.bench.workloads import WORKLOADS
 
-    tokenizers = embedded_model_path()
-    pipe = diffusers.FluxPipeline(
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(**config["scheduler"]),
-        tokenizer=transformers.AutoTokenizer.from_pretrained(str(tokenizers / "tokenizer")),
-        tokenizer_2=transformers.AutoTokenizer.from_pretrained(str(tokenizers / "tokenizer_2")),
-        **models,
+    spec = WORKLOADS[name].pipeline
+    scheduler = getattr(diffusers, spec.components["scheduler"][1]).from_pretrained(str(root / "scheduler"))
+    tokenizers = {t: transformers.AutoTokenizer.from_pretrained(str(root / t)) for t in spec.tokenizers}
+    pipe = getattr(diffusers, spec.pipeline_class)(
+        scheduler=scheduler, **tokenizers, **models, **spec.diffusers_kwargs
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -72,28 +77,22 @@ def run_diffusers_pipeline(name: str, tiny: bool, compiled: bool) -> dict:
     import torch
 
     wl, config, sz = _resolve(name, tiny)
+    spec = wl.pipeline
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
-    models = random_models(config, device)
+    root = write_model_dir(name, config)
+    models = random_models(name, config, device)
     weights_gib = settle(cuda)
     t0 = time.perf_counter()
-    pipe = flux_pipeline(models, config)
+    pipe = build_pipeline(name, root, models)
     if compiled:
-        pipe.transformer = torch.compile(pipe.transformer)
+        setattr(pipe, spec.denoiser, torch.compile(getattr(pipe, spec.denoiser)))
     construct_s = time.perf_counter() - t0
+    call = dict(height=sz["height"], width=sz["width"], output_type="np", **spec.call(sz))
 
     def run():
         with torch.inference_mode():
-            images = pipe(
-                PROMPT,
-                height=sz["height"],
-                width=sz["width"],
-                num_inference_steps=sz["steps"],
-                guidance_scale=sz["guidance"],
-                max_sequence_length=sz["text"],
-                generator=torch.Generator(device).manual_seed(0),
-                output_type="np",
-            ).images
+            images = pipe(prompt=PROMPT, generator=torch.Generator(device).manual_seed(0), **call).images
         if cuda:
             torch.cuda.synchronize()
         return images

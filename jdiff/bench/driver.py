@@ -14,21 +14,31 @@ float32-kept parameters in float32 as its loader would keep them):
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480
   flux_pipeline    FLUX.1-dev text to image end to end (CLIP-L + T5-XXL, 28 steps, guidance 3.5, VAE decode)
                    at 1024x1024, decoded to float32 arrays (no PNG); tokenizers from the embedded tiny model
+  z_image_pipeline Z-Image-Turbo end to end at 1024x1024 (Qwen3-4B, its preset's 9 steps, no CFG, VAE decode)
+  flux2_klein_pipeline
+                   FLUX.2-klein-4B end to end at 1024x1024 (Qwen3-4B, its preset's 4 steps, no CFG)
+  sdxl_pipeline    SDXL base end to end at 1024x1024 (CLIP-L + bigG, 30 Euler steps, CFG 5, negative prompt)
+  qwen_image_pipeline
+                   Qwen-Image end to end at 1024x1024 (Qwen2.5-VL-7B, 50 steps, true CFG 4, negative prompt)
+The *_pipeline workloads are declared in jdiff.bench.pipeline_workloads; their tokenizers are built offline
+(jdiff.bench.tokenizers); their TFLOP counts the denoiser only (steps x calls per step x the step formula).
 
 Engines: jdiff (jitted; compile = lower + compile), diffusers (eager), diffusers-compile (torch.compile,
-default mode; the *_step workloads and flux_pipeline only; its "compile" is the first call). For flux_pipeline "compile"
-is, for both compiled engines, what the first call takes beyond a steady one.
-flux_pipeline with jdiff runs two workers on one fresh compilation cache directory: "cold" (empty cache:
-first_s, then ms = median of 3 more calls) and "warm" (a new process on the filled cache: warm_start_s =
-pipeline construction + first call). Weight building is outside every clock.
+default mode, of the denoiser; the *_step and *_pipeline workloads only; its "compile" is the first call). For
+the *_pipeline workloads "compile" is, for both compiled engines, what the first call takes beyond a steady one.
+A *_pipeline workload with jdiff runs two workers on one fresh compilation cache directory: "cold" (empty
+cache: first_s, then ms = median of 3 more calls, 2 for Qwen-Image) and "warm" (a new process on the filled cache:
+warm_start_s = pipeline construction + first call). Weight building is outside every clock.
 
 Usage:
   jdiff bench [--compare diffusers] [--only flux_step,wan_forward] [--engines jdiff diffusers]
               [--budget 520] [--out DIR] [--tiny]
       driver: runs every (workload, engine) as a subprocess on the same GPU, one after another, prints the
       table and writes compare.json and compare.log under DIR ($OUT, else the current directory).
+  jdiff bench --tables run1/compare.json run2/compare.json
+      the tables of several runs together (engines of one workload measured in separate runs).
   jdiff bench --engine jdiff --workload flux_step [--tiny]
-      one measurement; prints one JSON line. For flux_pipeline, `--warm` is the warm phase (needs
+      one measurement; prints one JSON line. For a *_pipeline workload, `--warm` is the warm phase (needs
       JDIFF_CACHE_DIR pointing at the cache its cold phase filled).
 --tiny: toy configs and sizes, for a CPU smoke test of both engines; the table names what ran ("tiny FLUX
 transformer step (toy config), 64x64"), not the real workload.
@@ -262,6 +272,22 @@ def driver(args) -> int:
     return 0
 
 
+def print_tables(paths: list[str]) -> int:
+    """Prints the tables of several drivers' compare.json together (a workload's engines measured in separate
+    runs, e.g. torch.compile in a run of its own), so the ratio columns compare across them."""
+    results = [r for p in paths for r in json.loads(Path(p).read_text())]
+    tiny = {bool(r.get("tiny")) for r in results if "error" not in r}
+    if len(tiny) > 1:
+        print("jdiff: error: the files mix --tiny and real-size runs", file=sys.stderr)
+        return 2
+    tiny_run = tiny.pop() if tiny else False
+    print(table(results, tiny_run))
+    startup = startup_table(results, tiny_run)
+    if startup:
+        print("\n" + startup)
+    return 0
+
+
 class _Formatter(argparse.RawDescriptionHelpFormatter):
     """The docstring as written, and "(default: X)" after every option that has one."""
 
@@ -290,14 +316,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=520.0, help="driver: seconds for all subprocesses")
     ap.add_argument("--out", help="driver: output folder (default: $OUT, else .)")
     ap.add_argument("--tiny", action="store_true", help="toy configs and sizes (CPU smoke test)")
+    ap.add_argument(
+        "--tables",
+        nargs="+",
+        metavar="COMPARE_JSON",
+        help="print the tables of earlier runs' compare.json files together (runs nothing)",
+    )
     args = ap.parse_args(argv)
+    if args.tables:
+        return print_tables(args.tables)
     if args.engine:
         if not args.workload:
             ap.error("--engine needs --workload")
         if args.engine not in WORKLOADS[args.workload].engines:
             ap.error(f"{args.workload} is not measured with {args.engine}")
         if args.warm and not (args.engine == "jdiff" and WORKLOADS[args.workload].pipeline):
-            ap.error("--warm is the warm-start phase of jdiff on a pipeline workload (flux_pipeline)")
+            ap.error("--warm is the warm-start phase of jdiff on a *_pipeline workload")
         worker(args)
         return 0
     return driver(args)

@@ -1,4 +1,5 @@
-"""jdiff's side of `flux_pipeline`: a real `FluxPipeline` over random weights, timed end to end.
+"""jdiff's side of the end-to-end workloads (`jdiff.bench.pipeline_workloads`): the family's real pipeline
+(from jdiff.registry) over random weights, timed end to end.
 
 Two worker phases share one persistent compilation cache directory ($JDIFF_CACHE_DIR):
   cold  the cache starts empty: the first `generate` pays for every trace and compile (`first_s`), then the
@@ -8,7 +9,7 @@ Two worker phases share one persistent compilation cache directory ($JDIFF_CACHE
 Weights are built before any clock starts, so loading is excluded from both. The programs that build the random
 weights never enter the cache (they are scaffolding; a user's start loads weights without compiling).
 
-Fields (seconds unless named otherwise): construct_s (FluxPipeline(...), tokenizers included: transformers
+Fields (seconds unless named otherwise): construct_s (the pipeline's constructor, tokenizers included: transformers
 reads them in the cold phase, inside the clock; the warm phase rebuilds them from the cache), first_s (first
 generate), start_s (the two), compile_s (first_s minus the steady median: tracing, lowering, XLA compiles,
 autotuning, cache writes), xla_compile_s / trace_s (jax's own compile and trace+lowering durations during
@@ -27,71 +28,47 @@ import tempfile
 import time
 from collections import Counter
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 
+from jdiff.bench.configs import PROMPT
 from jdiff.bench.jdiff_engine import _jdiff_random, device_memory, gib, jax_versions
-from jdiff.bench.workloads import PROMPT, _resolve
+from jdiff.bench.model_dir import write_in_subprocess
+from jdiff.bench.workloads import _resolve
+from jdiff.pipelines.model_dir import ModelDir
 
-# model_index.json of FLUX.1-dev: component -> (library, class name).
-COMPONENTS = {
-    "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler"),
-    "text_encoder": ("transformers", "CLIPTextModel"),
-    "text_encoder_2": ("transformers", "T5EncoderModel"),
-    "tokenizer": ("transformers", "CLIPTokenizer"),
-    "tokenizer_2": ("transformers", "T5Tokenizer"),
-    "transformer": ("diffusers", "FluxTransformer2DModel"),
-    "vae": ("diffusers", "AutoencoderKL"),
-}
-MODELS = ("transformer", "text_encoder", "text_encoder_2", "vae")
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"  # XLA compile, or a persistent-cache load
 TRACE = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration")
 CACHE_HITS, CACHE_MISSES = "/jax/compilation_cache/cache_hits", "/jax/compilation_cache/cache_misses"
 
 
-class RandomModelDir:
-    """What `FluxPipeline.__init__` asks of a `ModelDir`, answered from configs and random weights.
+class RandomModelDir(ModelDir):
+    """A workload's model directory (`jdiff.bench.model_dir`: configs, scheduler, tokenizers) whose models are
+    random: what a pipeline asks of a `ModelDir`, answered as for a released directory but `load`.
 
     Every floating parameter is normal(0, 0.02) in the loader's dtype, built abstractly and filled leaf by leaf
-    on the device (`_jdiff_random`), all in `__init__`: `load` then only hands the module over. Tokenizers are
-    the embedded tiny model's (`jdiff/assets/tiny-flux`): their ids fit the real CLIP and T5 vocabularies,
-    which is all random weights need.
+    on the device (`_jdiff_random`), all in `__init__`: `load` then only hands the module over. Batch-norm
+    running statistics (FLUX.2's VAE) are mean 0 and variance 1 instead, as a freshly built reference module's
+    buffers are (diffusers' side keeps them): a random variance can be negative.
     """
 
-    # No jdiff_preset.json here: the flux-dev preset applies (the bench passes every sampling argument anyway).
-    root = Path("<random FLUX.1 weights>")
-    index: ClassVar[dict] = {"_class_name": "FluxPipeline", **{n: list(e) for n, e in COMPONENTS.items()}}
-
-    def __init__(self, configs: dict, dtype):
+    def __init__(self, root: Path, dtype, models: tuple[str, ...]):
         import jax
         import jax.numpy as jnp
 
-        from jdiff.pipelines.flux import FAMILY
-        from jdiff.weights.config import from_dict
+        from jdiff.registry import family_for
+        from jdiff.weights.config import read_json
 
+        super().__init__(root, read_json(root / "model_index.json"))
+        self.family = family_for(self.pipeline_class, root)
         self.dtype = jnp.dtype(dtype)
-        self.configs = configs
         self._built = {}
-        for name in MODELS:
-            spec = FAMILY.spec_for(COMPONENTS[name][1], component=name)
-            cfg = from_dict(spec.config_cls, configs[name])
-            self._built[name] = (cfg, *_jdiff_random(spec, cfg, self.dtype))
+        for name in models:
+            spec = self.spec(name)
+            cfg = spec.read_config(self.folder(name))
+            graphdef, params = _jdiff_random(spec, cfg, self.dtype)
+            self._built[name] = (cfg, graphdef, _reference_buffers(params))
         jax.block_until_ready([params for _, _, params in self._built.values()])
-
-    def components(self) -> dict[str, tuple[str, str]]:
-        return dict(COMPONENTS)
-
-    def scheduler_config(self) -> dict:
-        return dict(self.configs["scheduler"])
-
-    scheduler_class = COMPONENTS["scheduler"][1]
-
-    def sampler(self):
-        """The table row and config, as `ModelDir.sampler` (no scheduler swap here)."""
-        from jdiff.sampling.table import sampler_for
-
-        return sampler_for(self.scheduler_class, self.scheduler_config())
 
     def load(self, name: str, *, dtype, placement=None):
         """(config, module) of component `name`, built in `__init__` (one device, the dtype built with)."""
@@ -105,11 +82,28 @@ class RandomModelDir:
         cfg, graphdef, params = self._built[name]
         return cfg, nnx.merge(graphdef, params)
 
-    def tokenizer(self, name: str):
-        from jdiff.api import embedded_model_path
-        from jdiff.pipelines.model_dir import ModelDir
 
-        return ModelDir.open(embedded_model_path()).tokenizer(name)
+def random_model_dir(name: str, tiny: bool, dtype) -> RandomModelDir:
+    """Workload `name`'s directory (its toy config under `tiny`), written to a temporary folder by a child
+    process (`jdiff.bench.model_dir`: this one does not import transformers), models random."""
+    from jdiff.bench.workloads import WORKLOADS
+
+    return RandomModelDir(write_in_subprocess(name, tiny), dtype, WORKLOADS[name].pipeline.models)
+
+
+def _reference_buffers(params):
+    """`params` with batch-norm running means 0 and variances 1 (a fresh reference module's buffers)."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    flat = []
+    for path, v in nnx.to_flat_state(params):
+        leaf = str(path[-1])
+        if leaf in ("running_mean", "running_var"):
+            fill = jnp.zeros_like if leaf == "running_mean" else jnp.ones_like
+            v = v.replace(fill(v[...]))
+        flat.append((path, v))
+    return nnx.from_flat_state(flat)
 
 
 class CompileEvents:
@@ -195,10 +189,11 @@ def run_jdiff_pipeline(name: str, tiny: bool, warm: bool) -> dict:
     import jax
     import jax.numpy as jnp
 
+    from jdiff.bench.jdiff_engine import _attention_head_dim
     from jdiff.layers.attention import default_implementation
-    from jdiff.pipelines.flux import FluxPipeline
 
     wl, config, sz = _resolve(name, tiny)
+    spec = wl.pipeline
     cache_dir = _enable_cache(tiny, warm)
     entries_before = cache_entries(cache_dir)
     if warm != (entries_before > 0):
@@ -207,19 +202,17 @@ def run_jdiff_pipeline(name: str, tiny: bool, warm: bool) -> dict:
     dev = jax.devices()[0]
     bf16 = jnp.bfloat16
     with _no_cache_writes():
-        model = RandomModelDir(config, bf16)
+        model = random_model_dir(name, tiny, bf16)
     weights_gib = device_memory(dev, "bytes_in_use")
     events = CompileEvents()
+    call = dict(height=sz["height"], width=sz["width"], seed=0, output_type="np", **spec.call(sz))
 
     def generate(pipe):
-        kw = dict(
-            num_inference_steps=sz["steps"], guidance_scale=sz["guidance"], max_sequence_length=sz["text"]
-        )
-        return pipe.generate(PROMPT, height=sz["height"], width=sz["width"], seed=0, output_type="np", **kw)
+        return pipe.generate(PROMPT, **call)
 
     with events:
         t0 = time.perf_counter()
-        pipe = FluxPipeline(model, dtype=bf16)
+        pipe = model.family.pipeline(model, dtype=bf16)
         construct_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         first = generate(pipe)
@@ -242,11 +235,12 @@ def run_jdiff_pipeline(name: str, tiny: bool, warm: bool) -> dict:
             runs.append(generate(pipe))
             times.append(time.perf_counter() - t0)
         steady = {k: float(np.median([r.timings[k] for r in runs])) for k in first.timings}
+        head_dim = _attention_head_dim(spec.step, config[spec.denoiser])
         res.update(
             {
                 "device": dev.device_kind,
                 "versions": jax_versions(),
-                "attention": default_implementation(bf16, config["transformer"]["attention_head_dim"]),
+                "attention": default_implementation(bf16, head_dim),
                 "cache_entries_after": cache_entries(cache_dir),
                 # Everything the first call does beyond a steady one: tracing, lowering, XLA compiles, autotuning.
                 "compile_s": round(first_s - float(np.median(times)), 2),
@@ -255,6 +249,7 @@ def run_jdiff_pipeline(name: str, tiny: bool, warm: bool) -> dict:
                 "stage_compile_s": {k: round(first.timings[k] - steady[k], 2) for k in first.timings},
                 "trace_counts": dict(pipe.trace_counts),
                 "times_ms": [round(1e3 * t, 2) for t in times],
+                "warnings": first.warnings,
             }
         )
     images = first.images
