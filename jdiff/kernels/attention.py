@@ -74,9 +74,19 @@ def local_attention(
         return _xla_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale)
     if impl == "splash":
         return _splash_attention(q, k, v, scale=scale)
+    if mask is not None:
+        mask = cudnn_mask(mask, q.shape[1])
     return jax.nn.dot_product_attention(
         q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale, implementation=impl
     )
+
+
+def cudnn_mask(mask: Bool[Array, "b n t s"], t: int) -> Bool[Array, "b n t s"]:
+    """`mask` with its query axis spelled out to `t`: cuDNN takes a mask (as a bias) only with both sequence
+    lengths in full, where XLA broadcasts a key-only [B, 1, 1, S] mask (the DiTs' text padding)."""
+    if mask.ndim == 4 and mask.shape[-2] == 1 and t != 1:
+        return jnp.broadcast_to(mask, (*mask.shape[:2], t, mask.shape[-1]))
+    return mask
 
 
 def _xla_attention(q, k, v, *, bias, mask, is_causal, scale):
