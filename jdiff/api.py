@@ -105,5 +105,31 @@ class DiffGenerator:
         """Generates from `prompt` (str or list[str]); keyword arguments as the README lists them.
 
         Unset sampling arguments (size, steps, guidance) come from the model family's preset.
+        `loras={"name": scale}` applies loaded LoRA adapters (several at once; none by default).
         """
         return self.pipeline.generate(prompt, **kwargs)
+
+    def load_lora(self, path: str | os.PathLike, name: str | None = None) -> str:
+        """Loads a LoRA adapter (a safetensors file, or a folder holding one; diffusers / PEFT or kohya
+        names) for requests to use by `name` (default: the file's stem); returns the name.
+
+        Raises:
+            InputError: a missing or malformed file, one that fits no layer of this model (nothing is
+                changed then), a name already loaded, or a family without LoRA support.
+        """
+        adapters = self._adapters()
+        return adapters.load(path, name)
+
+    def unload_lora(self, name: str) -> None:
+        """Removes a loaded adapter. Raises InputError when no adapter has that name."""
+        self._adapters().unload(name)
+
+    @property
+    def loras(self) -> list[str]:
+        """The names of the loaded LoRA adapters."""
+        return [] if self.pipeline.lora is None else self.pipeline.lora.names
+
+    def _adapters(self):
+        if self.pipeline.lora is None:
+            raise InputError(f"{self.pipeline.family} does not take LoRA adapters yet")
+        return self.pipeline.lora
