@@ -23,8 +23,8 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.parallel.placement import context, put
-from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines import lora
+from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage

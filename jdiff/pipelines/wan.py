@@ -29,8 +29,8 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
 from jdiff.parallel.placement import context, put
-from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines import lora
+from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
