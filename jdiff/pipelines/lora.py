@@ -139,6 +139,13 @@ class Adapters:
     def names(self) -> list[str]:
         return list(self._adapters)
 
+    def info(self) -> list[dict[str, Any]]:
+        """Per loaded adapter: name, path, rank and slot."""
+        return [
+            {"name": a.name, "path": str(a.path), "rank": a.rank, "slot": i}
+            for i, a in enumerate(self._adapters.values())
+        ]
+
     # ---- which jdiff layer each torch module is -------------------------------------------------------------
 
     def _targets(self) -> dict[str, dict[str, _Target]]:
