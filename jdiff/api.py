@@ -124,6 +124,16 @@ class DiffGenerator:
         """Removes a loaded adapter. Raises InputError when no adapter has that name."""
         self._adapters().unload(name)
 
+    def fuse_lora(self, loras: dict[str, float]) -> None:
+        """Folds loaded adapters into the weights at these scales (`W + scale A B`) for every request: no
+        per-step cost, for serving one fixed adapter set. Requests may still choose the other loaded
+        adapters; naming a fused one is an error until `unfuse_lora()`. Replaces an earlier fusion."""
+        self._adapters().fuse(loras)
+
+    def unfuse_lora(self) -> None:
+        """Restores the base weights; the fused adapters become selectable per request again."""
+        self._adapters().unfuse()
+
     @property
     def loras(self) -> list[str]:
         """The names of the loaded LoRA adapters."""

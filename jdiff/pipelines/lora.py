@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -134,6 +135,7 @@ class Adapters:
         self._adapters: dict[str, _Adapter] = {}
         self._index: dict[str, dict[str, _Target]] | None = None
         self.slots, self.rank = 0, 0
+        self.fused: dict[str, float] = {}  # adapters folded into the kernels (`fuse`), with their scales
 
     @property
     def names(self) -> list[str]:
@@ -223,56 +225,104 @@ class Adapters:
         if name in self._adapters:
             raise InputError(f"a LoRA named {name!r} is already loaded; unload it first or pick another name")
         adapter = self._resolve(name, lora_files.read(file))
-        self._rebuild({**self._adapters, name: adapter})
+        self._rebuild({**self._adapters, name: adapter}, self.fused)
         return name
 
     def unload(self, name: str) -> None:
         if name not in self._adapters:
             raise InputError(f"no LoRA named {name!r} is loaded; loaded: {self.names}")
-        self._rebuild({k: v for k, v in self._adapters.items() if k != name})
+        if name in self.fused:
+            raise InputError(f"LoRA {name!r} is fused into the weights; unfuse_lora() before unloading it")
+        self._rebuild({k: v for k, v in self._adapters.items() if k != name}, self.fused)
 
-    def _rebuild(self, adapters: dict[str, _Adapter]) -> None:
-        """Builds every component's factors for `adapters`, then swaps them in (all or nothing)."""
-        if not adapters:
-            built = dict(self._base)
-            slots = rank = 0
+    def fuse(self, loras: dict[str, float]) -> None:
+        """Folds loaded adapters into the kernels, `W + scale A B`, for every request until `unfuse`.
+
+        Fused adapters leave their slots, so they cost nothing per step (the other loaded adapters stay
+        selectable per request); their layers' kernels are copied once. Replaces any earlier fusion.
+
+        Raises:
+            InputError: a name that is not loaded, or a scale that is not a finite number.
+        """
+        unknown = sorted(set(loras) - set(self._adapters))
+        if unknown:
+            raise InputError(f"unknown LoRA adapter(s) {unknown}; loaded: {self.names}")
+        if not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in loras.values()
+        ):
+            raise InputError(f"fuse scales must be finite numbers, got {loras}")
+        self._rebuild(self._adapters, {n: float(v) for n, v in loras.items()})
+
+    def unfuse(self) -> None:
+        """Restores the kernels of the base model; fused adapters become selectable per request again."""
+        self._rebuild(self._adapters, {})
+
+    def _rebuild(self, adapters: dict[str, _Adapter], fused: dict[str, float]) -> None:
+        """Builds every component for `adapters` (`fused` folded into kernels), then swaps it in (all or
+        nothing)."""
+        base = self._fold([adapters[n] for n in fused], list(fused.values())) if fused else self._base
+        slotted = [a for n, a in adapters.items() if n not in fused]
+        if not slotted:
+            built, slots, rank = base, 0, 0
         else:
-            rank = max(a.rank for a in adapters.values())
+            rank = max(a.rank for a in slotted)
             rank = next((q for q in RANK_BUCKETS if q >= rank), rank)
-            slots = 1 << math.ceil(math.log2(len(adapters)))
+            slots = 1 << math.ceil(math.log2(len(slotted)))
             # Keep the slot count and bucket once grown, so unloading never recompiles.
             slots, rank = max(slots, self.slots), max(rank, self.rank)
-            built = self._build(list(adapters.values()), slots, rank)
+            built = self._build(base, self._factors(slotted, rank, slots), put_on=self.pipeline.placement)
         for key, (graphdef, state) in built.items():
             self.pipeline._defs[key], self.pipeline._params[key] = graphdef, state
-        self._adapters, self.slots, self.rank = adapters, slots, rank
+        self._adapters, self.fused, self.slots, self.rank = adapters, dict(fused), slots, rank
 
-    def _build(self, adapters: list[_Adapter], slots: int, rank: int) -> dict[str, tuple]:
+    def _factors(self, adapters: list[_Adapter], rank: int, slots: int, scales=None) -> dict:
+        """(key, linear path) -> (lora_a [.., in, S Q], lora_b [.., S Q, out]) in float32, adapter i in slot
+        i, its alpha / rank (and `scales[i]`, when given) folded into lora_b."""
         k = slots * rank
         targets = {(t.key, t.path): t for table in self._targets().values() for t in table.values()}
-        paths = sorted({kp for a in adapters for kp in a.modules})
-        factors: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
-        for kp in paths:
+        factors = {}
+        for kp in sorted({kp for a in adapters for kp in a.modules}):
             t = targets[kp]
             lead, (d_in, d_out) = t.shape[:-2], t.shape[-2:]
             a = np.zeros((*lead, d_in, k), np.float32)
             b = np.zeros((*lead, k, d_out), np.float32)
             for s, adapter in enumerate(adapters):
+                scale = 1.0 if scales is None else scales[s]
                 for layer, m in adapter.modules.get(kp, ()):
                     at = () if layer is None else (layer,)
                     cols = slice(s * rank, s * rank + m.rank)
                     a[(*at, slice(None), cols)] = m.down.T
-                    b[(*at, cols, slice(None))] = m.up.T * m.scale
-            factors[kp] = (a.astype(t.dtype), b.astype(t.dtype))
-        placement = self.pipeline.placement
+                    b[(*at, cols, slice(None))] = m.up.T * (m.scale * scale)
+            factors[kp] = (a, b)
+        return factors
+
+    def _build(self, base: dict, factors: dict, *, put_on) -> dict[str, tuple]:
+        """`base`'s modules with each adapted Linear given its `lora_a` / `lora_b` (in the kernel's dtype)."""
+        out = {}
+        for key, (graphdef, state) in base.items():
+            module = nnx.merge(graphdef, state)
+            for (k2, path), (a, b) in factors.items():
+                if k2 == key:
+                    linear = _module_at(module, path)
+                    dtype = linear.kernel[...].dtype
+                    linear.lora_a = lora_layers.LoraParam(put(put_on, jnp.asarray(a, dtype)))
+                    linear.lora_b = lora_layers.LoraParam(put(put_on, jnp.asarray(b, dtype)))
+            out[key] = nnx.split(module)
+        return out
+
+    def _fold(self, adapters: list[_Adapter], scales: list[float]) -> dict[str, tuple]:
+        """The base modules with `adapters` at `scales` folded into their kernels (float32 sums)."""
+        rank = max(a.rank for a in adapters)
+        factors = self._factors(adapters, rank, len(adapters), scales)
         out = {}
         for key, (graphdef, state) in self._base.items():
             module = nnx.merge(graphdef, state)
             for (k2, path), (a, b) in factors.items():
                 if k2 == key:
+                    # A new Variable: merge may hand back the base state's own, which must stay as it is.
                     linear = _module_at(module, path)
-                    linear.lora_a = lora_layers.LoraParam(put(placement, jax.numpy.asarray(a)))
-                    linear.lora_b = lora_layers.LoraParam(put(placement, jax.numpy.asarray(b)))
+                    linear.kernel = linear.kernel.replace(_fold_kernel(linear.kernel[...], a, b))
             out[key] = nnx.split(module)
         return out
 
@@ -284,20 +334,28 @@ class Adapters:
         Raises:
             InputError: a name that is not loaded.
         """
-        if loras is not None and not self._adapters:
-            asked = sorted({n for d in loras for n in d})
-            if asked:
-                raise InputError(f"unknown LoRA adapter(s) {asked}: none is loaded; load one first")
-        if not self._adapters:
+        asked = {n for d in loras or () for n in d}
+        unknown = sorted(asked - set(self._adapters))
+        if unknown:
+            loaded = f"loaded: {self.names}" if self._adapters else "none is loaded; load one first"
+            raise InputError(f"unknown LoRA adapter(s) {unknown}; {loaded}")
+        fused = sorted(asked & set(self.fused))
+        if fused:
+            raise InputError(f"LoRA {fused} is fused into the weights (every request uses it); unfuse first")
+        if not self.slots:
             return None
-        slot = {n: i for i, n in enumerate(self._adapters)}
+        slot = {n: i for i, n in enumerate(n for n in self._adapters if n not in self.fused)}
         out = np.zeros((batch, self.slots * self.rank), np.float32)
         for row, chosen in enumerate(loras or ()):
             for n, scale in chosen.items():
-                if n not in slot:
-                    raise InputError(f"unknown LoRA adapter {n!r}; loaded: {self.names}")
                 out[row, slot[n] * self.rank : (slot[n] + 1) * self.rank] = scale
         return out
+
+
+@jax.jit
+def _fold_kernel(kernel: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
+    """kernel + a @ b, summed in float32, in the kernel's dtype (and, under jit, its sharding's layout)."""
+    return (kernel.astype(jnp.float32) + jnp.matmul(a, b)).astype(kernel.dtype)
 
 
 __all__ = ["RANK_BUCKETS", "Adapters", "jit", "request_scales"]

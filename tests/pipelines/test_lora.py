@@ -112,6 +112,35 @@ def test_scale_zero_no_loras_and_unload_equal_the_base_model(flux):
     assert "lora_a" not in str(gen.pipeline._params["transformer"])
 
 
+def test_fuse_equals_the_adapter_chosen_per_request_and_unfuse_restores(flux):
+    _, gen, files = flux
+    lat = _latents(seed=6)
+    base = _ours(gen, lat)
+    gen.load_lora(files["a"])
+    gen.load_lora(files["b"])
+    try:
+        want = _ours(gen, lat, {"a": 0.7, "b": 0.5})
+        gen.fuse_lora({"a": 0.7})
+        np.testing.assert_allclose(_ours(gen, lat, {"b": 0.5}), want, rtol=0, atol=1e-5)
+        with pytest.raises(InputError, match="fused"):
+            _ours(gen, lat, {"a": 0.7})
+        with pytest.raises(InputError, match="unfuse"):
+            gen.unload_lora("a")
+        gen.unload_lora("b")
+        # The fused adapter left its slot: with no other adapter, no LoRA variables at all.
+        assert "lora_a" not in str(gen.pipeline._params["transformer"])
+        fused = _ours(gen, lat)
+        gen.unfuse_lora()
+        np.testing.assert_allclose(_ours(gen, lat, {"a": 0.7}), fused, rtol=0, atol=1e-5)
+        gen.unload_lora("a")
+        np.testing.assert_array_equal(_ours(gen, lat), base)
+    finally:
+        if gen.pipeline.lora.fused:
+            gen.unfuse_lora()
+        for name in list(gen.loras):
+            gen.unload_lora(name)
+
+
 def test_kohya_names_load_like_diffusers_names(flux):
     _, gen, files = flux
     lat = _latents(seed=4)
@@ -187,7 +216,7 @@ def test_bad_files_and_names_fail_clearly_and_change_nothing(flux, tmp_path):
     try:
         with pytest.raises(InputError, match="already loaded"):
             gen.load_lora(files["b"])
-        with pytest.raises(InputError, match=r"unknown LoRA adapter 'nope'.*\['b'\]"):
+        with pytest.raises(InputError, match=r"unknown LoRA adapter\(s\) \['nope'\]; loaded: \['b'\]"):
             gen.generate(PROMPT, loras={"nope": 1.0}, **KW)
         with pytest.raises(InputError, match="finite"):
             gen.generate(PROMPT, loras={"b": float("nan")}, **KW)
