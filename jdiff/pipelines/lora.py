@@ -117,6 +117,20 @@ def _torch_modules(plan: Plan, path: str, shape: tuple[int, ...]) -> list[tuple[
     return [(n.replace(LAYER, str(i)), i) for i in range(shape[0]) for n in names]
 
 
+def _alias(plan: Plan, module: str, kohya: bool) -> str | None:
+    """The reference module name of a LoRA module named in another layout (`Plan.lora_aliases`, and for the
+    checkpoint's own names `Plan.source_aliases`), or None. Kohya's names match the patterns with `_` for
+    `.`."""
+    for pattern, repl in plan.lora_aliases:
+        m = re.fullmatch(pattern.replace(r"\.", "_") if kohya else pattern, module)
+        if m:
+            return m.expand(repl)
+    for pattern, repl in () if kohya else plan.source_aliases:
+        if re.fullmatch(pattern, module + ".weight"):
+            return re.sub(pattern, repl, module + ".weight").removesuffix(".weight")
+    return None
+
+
 class Adapters:
     """The LoRA adapters loaded into one pipeline (its `lora` attribute).
 
@@ -182,9 +196,8 @@ class Adapters:
             kohya = (named, module) in parsed.underscored
             table = targets.get(comp, {})
             found = table.get("_" + module if kohya else module)
-            for pattern, repl in self._plans[comp].source_aliases if comp in self._plans else ():
-                if found is None and re.fullmatch(pattern, module + ".weight"):
-                    found = table.get(re.sub(pattern, repl, module + ".weight").removesuffix(".weight"))
+            if found is None and comp in self._plans:
+                found = table.get(_alias(self._plans[comp], module, kohya) or "")
             if found is None:
                 unmatched.append(f"{comp}: {module}")
                 continue

@@ -236,6 +236,15 @@ WAN_MODULES = [
 ]
 
 
+WAN_ORIGINAL = {  # original name -> diffusers name
+    "blocks.0.self_attn.q": "blocks.0.attn1.to_q",
+    "blocks.1.cross_attn.o": "blocks.1.attn2.to_out.0",
+    "blocks.0.ffn.0": "blocks.0.ffn.net.0.proj",
+    "time_projection.1": "condition_embedder.time_proj",
+    "head.head": "proj_out",
+}
+
+
 def test_wan_one_and_two_adapters_match_diffusers(tmp_path):
     pipe = tiny_wan("t2v")
     gen = jdiff.DiffGenerator.from_pretrained(saved(pipe), dtype="float32")
@@ -260,3 +269,23 @@ def test_wan_one_and_two_adapters_match_diffusers(tmp_path):
     ref_base = pipe(prompt=PROMPT, latents=latents, output_type="latent", **kw).frames.numpy()
     assert rel_err(base, ref_base) <= 1e-4
     assert rel_err(got.latents, base) > 1e-2
+
+    # The original Wan repository's names (`diffusion_model.blocks.0.self_attn.q`, as LightX2V ships them),
+    # and musubi-tuner's kohya form of them: diffusers renames the first on load.
+    original = {n: mods[d] for n, d in WAN_ORIGINAL.items()}
+    orig = lora_files.write(
+        tmp_path / "orig.safetensors", original, list(original), prefix="diffusion_model."
+    )
+    musubi = lora_files.write(tmp_path / "musubi.safetensors", original, list(original), prefix="lora_unet_",
+                              kohya=True)  # fmt: skip
+    gen.load_lora(orig)
+    gen.load_lora(musubi)
+    pipe.load_lora_weights(str(orig), adapter_name="orig")
+    pipe.set_adapters(["orig"], adapter_weights=[0.9])
+    ref = pipe(prompt=PROMPT, latents=latents, output_type="latent", **kw).frames.numpy()
+    got = gen.generate(
+        PROMPT, latents=latents.numpy(), output_type="latent", loras={"orig": 0.9}, **kw
+    ).latents
+    assert rel_err(got, ref) <= 1e-4 and rel_err(got, base) > 1e-2
+    again = gen.generate(PROMPT, latents=latents.numpy(), output_type="latent", loras={"musubi": 0.9}, **kw)
+    np.testing.assert_allclose(again.latents, got, rtol=0, atol=1e-6)
