@@ -54,11 +54,17 @@ def _latents(batch: int = 1, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, (H // 4) * (W // 4), 16, generator=torch.Generator().manual_seed(seed))
 
 
-def _reference(pipe, files: dict, weights: dict[str, float], lat, prompt=PROMPT) -> np.ndarray:
+def _reference(pipe, files: dict, weights: dict[str, float], lat, prompt=PROMPT, check=None) -> np.ndarray:
+    """diffusers' latents with these adapters; with `check` (a generator holding them), also that it adapts
+    exactly the same layers by the same deltas."""
     for name in weights:
         pipe.load_lora_weights(str(files[name]), adapter_name=name)
     try:
         pipe.set_adapters(list(weights), adapter_weights=list(weights.values()))
+        if check is not None:
+            assert lora_files.assert_same_deltas(pipe.transformer, check, "transformer", weights) == len(
+                FLUX_MODULES
+            )
         return pipe(prompt, latents=lat, output_type="latent", **KW).images.numpy()
     finally:
         pipe.unload_lora_weights()
@@ -75,7 +81,7 @@ def test_one_adapter_and_text_encoder_adapter_match_diffusers(flux):
     assert gen.load_lora(files["a"]) == "a" and gen.load_lora(files["te"], name="te") == "te"
     try:
         got = _ours(gen, lat, {"a": 0.7})
-        assert rel_err(got, _reference(pipe, files, {"a": 0.7}, lat)) <= 1e-4
+        assert rel_err(got, _reference(pipe, files, {"a": 0.7}, lat, check=gen)) <= 1e-4
         assert rel_err(got, base) > 0.05  # the adapter matters
         got_te = _ours(gen, lat, {"te": 1.5})
         assert rel_err(got_te, _reference(pipe, files, {"te": 1.5}, lat)) <= 1e-4
@@ -287,5 +293,8 @@ def test_wan_one_and_two_adapters_match_diffusers(tmp_path):
         PROMPT, latents=latents.numpy(), output_type="latent", loras={"orig": 0.9}, **kw
     ).latents
     assert rel_err(got, ref) <= 1e-4 and rel_err(got, base) > 1e-2
+    assert lora_files.assert_same_deltas(pipe.transformer, gen, "transformer", {"orig": 0.9}) == len(
+        WAN_ORIGINAL
+    )
     again = gen.generate(PROMPT, latents=latents.numpy(), output_type="latent", loras={"musubi": 0.9}, **kw)
     np.testing.assert_allclose(again.latents, got, rtol=0, atol=1e-6)
