@@ -11,6 +11,7 @@ import asyncio
 from fastapi import APIRouter, Request
 
 from jdiff.errors import InputError
+from jdiff.parallel.distributed import Leader
 from jdiff.server.batcher import QueueFull, ShuttingDown
 from jdiff.server.context import ServerContext, context
 from jdiff.server.errors import ApiError
@@ -19,10 +20,14 @@ from jdiff.server.schemas import LoraBody, parse_body
 router = APIRouter()
 
 
-def _adapters(ctx: ServerContext):
+def _adapters(ctx: ServerContext, change: bool = False):
     adapters = getattr(ctx.pipeline, "lora", None)
     if adapters is None:
         raise ApiError(400, f"model {ctx.name} takes no LoRA adapters")
+    if change and isinstance(ctx.gen, Leader):  # the other processes would not follow
+        raise ApiError(
+            400, "a multi-host server loads LoRA adapters at start only: jdiff serve --lora NAME=PATH"
+        )
     return adapters
 
 
@@ -51,7 +56,7 @@ async def list_loras(request: Request):
 @router.post("/v1/loras")
 async def load_lora(request: Request):
     ctx = context(request)
-    adapters = _adapters(ctx)
+    adapters = _adapters(ctx, change=True)
     body = await parse_body(request, LoraBody)
     if not body.name:
         raise ApiError(400, "name must be a non-empty string")
@@ -66,7 +71,7 @@ async def load_lora(request: Request):
 @router.delete("/v1/loras/{name}")
 async def unload_lora(request: Request, name: str):
     ctx = context(request)
-    adapters = _adapters(ctx)
+    adapters = _adapters(ctx, change=True)
     if name not in adapters.names:
         raise ApiError(404, f"no LoRA named {name!r} is loaded; loaded: {adapters.names}", "not_found_error")
     await _on_worker(ctx, lambda: ctx.gen.unload_lora(name))
