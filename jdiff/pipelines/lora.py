@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from jdiff.layers import lora as lora_layers
 from jdiff.layers.linear import Linear
 from jdiff.parallel.placement import put
 from jdiff.weights import lora as lora_files
-from jdiff.weights.plan import LAYER, Plan, _match
+from jdiff.weights.plan import LAYER, Plan, match
 
 RANK_BUCKETS = (16, 32, 64, 128, 256)
 
@@ -102,7 +103,7 @@ def _module_at(root: nnx.Module, path: str) -> Any:
 
 def _torch_modules(plan: Plan, path: str, shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
     """The torch module names (and layers) a jdiff Linear kernel comes from; [] if not a plain transpose."""
-    matched = _match(plan, path)
+    matched = match(plan, path)
     if matched is None:
         return []
     rule, sources, stacked = matched
@@ -144,7 +145,7 @@ class Adapters:
     def __init__(self, pipeline, model, components: dict[str, str]):
         self.pipeline = pipeline
         self.components = {c: k for c, k in components.items() if c in model.components()}
-        self._plans = {c: model.spec(c).plan for c in self.components}
+        self._model = model  # its conversion plans are read on the first load
         self._base = {k: (pipeline._defs[k], pipeline._params[k]) for k in self.components.values()}
         self._adapters: dict[str, _Adapter] = {}
         self._index: dict[str, dict[str, _Target]] | None = None
@@ -154,6 +155,10 @@ class Adapters:
     @property
     def names(self) -> list[str]:
         return list(self._adapters)
+
+    @functools.cached_property
+    def _plans(self) -> dict[str, Plan]:
+        return {c: self._model.spec(c).plan for c in self.components}
 
     def info(self) -> list[dict[str, Any]]:
         """Per loaded adapter: name, path, rank and slot."""

@@ -148,6 +148,12 @@ def _match(plan: Plan, path: str) -> tuple[Rule, tuple[str, ...], bool] | None:
     return None
 
 
+def match(plan: Plan, path: str) -> tuple[Rule, tuple[str, ...], bool] | None:
+    """The rule a target path resolves by, its source key templates (`{layer}` for stacked layers), and
+    whether it is stacked; None when no rule matches. LoRA loading reads which torch module a kernel is."""
+    return _match(plan, path)
+
+
 def resolve(
     plan: Plan,
     targets: Mapping[str, Shape],
