@@ -10,6 +10,7 @@ import jdiff
 from tests import lora_files
 from tests.fixtures_qwen_image import saved as qwen_saved
 from tests.fixtures_qwen_image import tiny_qwen_image_pipeline
+from tests.fixtures_sd import tiny_sdxl_pipeline
 from tests.fixtures_zimage_flux2 import tiny_flux2_klein_pipeline, tiny_z_image_pipeline
 from tests.utils import rel_err
 
@@ -28,8 +29,12 @@ def _qwen_image():
     return tiny_qwen_image_pipeline("t2i"), dict(height=32, width=48), (1, 6, 16)
 
 
+def _sdxl():
+    return tiny_sdxl_pipeline(), dict(height=32, width=40, guidance_scale=7.5), (1, 4, 16, 20)
+
+
 @pytest.mark.parametrize(
-    "make", [_z_image, _klein, _qwen_image], ids=["z_image", "flux2_klein", "qwen_image"]
+    "make", [_z_image, _klein, _qwen_image, _sdxl], ids=["z_image", "flux2_klein", "qwen_image", "sdxl"]
 )
 def test_two_adapters_match_diffusers(make, tmp_path):
     pipe, kw, latent_shape = make()
@@ -40,19 +45,22 @@ def test_two_adapters_match_diffusers(make, tmp_path):
         path = tmp_path / "model"
         pipe.save_pretrained(path)
     gen = jdiff.DiffGenerator.from_pretrained(path, dtype="float32")
-    mods = lora_files.linears(pipe.transformer)
+    denoiser, prefix = (pipe.unet, "unet.") if make is _sdxl else (pipe.transformer, "transformer.")
+    mods = lora_files.linears(denoiser)
     names = list(mods)[::3]
     files = {
-        "a": lora_files.write(tmp_path / "a.safetensors", mods, names, std=0.2),
-        "b": lora_files.write(tmp_path / "b.safetensors", mods, names[::2], rank=2, seed=1, std=0.2),
+        "a": lora_files.write(tmp_path / "a.safetensors", mods, names, prefix=prefix, std=0.2),
+        "b": lora_files.write(
+            tmp_path / "b.safetensors", mods, names[::2], prefix=prefix, rank=2, seed=1, std=0.2
+        ),
     }
     lat = torch.randn(*latent_shape, generator=torch.Generator().manual_seed(1))
     prompt = "a red circle"
 
     def reference() -> np.ndarray:
-        if make is not _qwen_image:
+        if make not in (_qwen_image, _sdxl):
             return pipe(prompt=prompt, latents=lat, output_type="latent", **kw).images.numpy()
-        final = {}  # Qwen-Image returns unpacked latents: each step's packed ones, the last call's final
+        final = {}  # the last step's latents (Qwen-Image returns unpacked ones, SDXL scaled ones)
 
         def keep(_pipe, _i, _t, tensors):
             final["latents"] = tensors["latents"].numpy()
