@@ -105,5 +105,41 @@ class DiffGenerator:
         """Generates from `prompt` (str or list[str]); keyword arguments as the README lists them.
 
         Unset sampling arguments (size, steps, guidance) come from the model family's preset.
+        `loras={"name": scale}` applies loaded LoRA adapters (several at once; none by default).
         """
         return self.pipeline.generate(prompt, **kwargs)
+
+    def load_lora(self, path: str | os.PathLike, name: str | None = None) -> str:
+        """Loads a LoRA adapter (a safetensors file, or a folder holding one; diffusers / PEFT or kohya
+        names) for requests to use by `name` (default: the file's stem); returns the name.
+
+        Raises:
+            InputError: a missing or malformed file, one that fits no layer of this model (nothing is
+                changed then), a name already loaded, or a family without LoRA support.
+        """
+        adapters = self._adapters()
+        return adapters.load(path, name)
+
+    def unload_lora(self, name: str) -> None:
+        """Removes a loaded adapter. Raises InputError when no adapter has that name."""
+        self._adapters().unload(name)
+
+    def fuse_lora(self, loras: dict[str, float]) -> None:
+        """Folds loaded adapters into the weights at these scales (`W + scale A B`) for every request: no
+        per-step cost, for serving one fixed adapter set. Requests may still choose the other loaded
+        adapters; naming a fused one is an error until `unfuse_lora()`. Replaces an earlier fusion."""
+        self._adapters().fuse(loras)
+
+    def unfuse_lora(self) -> None:
+        """Restores the base weights; the fused adapters become selectable per request again."""
+        self._adapters().unfuse()
+
+    @property
+    def loras(self) -> list[str]:
+        """The names of the loaded LoRA adapters."""
+        return [] if self.pipeline.lora is None else self.pipeline.lora.names
+
+    def _adapters(self):
+        if self.pipeline.lora is None:
+            raise InputError(f"{self.pipeline.family} does not take LoRA adapters yet")
+        return self.pipeline.lora

@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
         help="attention over the mesh's context axis",
     )
     g.add_argument("--scheduler", default=None, metavar="NAME", help=SCHEDULER_HELP)
+    g.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="a LoRA adapter (safetensors file or folder; diffusers/PEFT or kohya names) and its scale "
+        "(default 1); repeatable",
+    )
     g.add_argument("--no-progress", action="store_true", help="hide the denoising progress bar")
     _multihost_flags(g)
 
@@ -155,6 +163,13 @@ def _parser() -> argparse.ArgumentParser:
         help="attention over the mesh's context axis",
     )
     s.add_argument("--scheduler", default=None, metavar="NAME", help=SCHEDULER_HELP)
+    s.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="load a LoRA adapter that requests name in their `loras` field; repeatable (more: POST /v1/loras)",
+    )
     s.add_argument("--max-batch", type=int, default=4, help="most outputs per generate call (1: no batching)")
     s.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long a request may wait to fill its batch"
@@ -234,8 +249,30 @@ def _check_output(args) -> Path | None:
     return output
 
 
+def _lora_arg(value: str) -> tuple[str, float]:
+    """`--lora PATH[:SCALE]` -> (path, scale); a path may itself hold ':' when no number follows the last."""
+    path, sep, scale = value.rpartition(":")
+    if sep:
+        try:
+            s = float(scale)
+        except ValueError:
+            return value, 1.0
+        if not math.isfinite(s):
+            raise InputError(f"--lora {value}: the scale must be a finite number")
+        return path, s
+    return value, 1.0
+
+
+def _serve_lora_arg(value: str) -> tuple[str, str]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise InputError(f"--lora takes NAME=PATH (e.g. style=./style.safetensors), got {value!r}")
+    return name, path
+
+
 def _generate(args) -> int:
     output = _check_output(args)  # before jax is even imported: a bad path costs nothing
+    loras = [_lora_arg(v) for v in args.lora]
 
     import jdiff
     from jdiff.parallel import distributed
@@ -254,6 +291,7 @@ def _generate(args) -> int:
         sequence_parallel=args.sequence_parallel,
         scheduler=args.scheduler,
     )
+    scales = {gen.load_lora(path, f"lora{i}"): scale for i, (path, scale) in enumerate(loras)}
     suffix = ".mp4" if gen.pipeline.is_video else ".png"
     if output is None:
         output = Path(args.output) if args.output else _default_output(args.prompt, args.seed, suffix)
@@ -273,6 +311,7 @@ def _generate(args) -> int:
         num_outputs_per_prompt=args.num_outputs,
         output_path=output,
         progress=args.progress,
+        loras=scales or None,
     )
     timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
     print(timings, file=sys.stderr)
@@ -336,6 +375,7 @@ def _serve(args) -> int:
         raise InputError(f"--port must be <= 65535, got {args.port}")
     explicit = args.warmup not in ("default", "none")
     warmup = _warmup_sizes(args.warmup, {}) if explicit else None  # a typo fails before the model loads
+    loras = [_serve_lora_arg(v) for v in args.lora]
     from jdiff.parallel import distributed
 
     multihost = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
@@ -346,6 +386,8 @@ def _serve(args) -> int:
         sequence_parallel=args.sequence_parallel,
         scheduler=args.scheduler,
     )
+    for name, path in loras:  # every process: the followers run the same requests
+        gen.load_lora(path, name)
     if multihost and not distributed.is_main():
         distributed.follow(gen)  # process 0 serves HTTP; this one runs the same generate calls
         return 0

@@ -64,7 +64,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
     def rand(shape, dtype=bf16):
         return jax.random.normal(next(keys), shape, dtype)
 
-    if name == "flux_step":
+    if name in ("flux_step", *LORA_WORKLOADS):
         from jdiff.models.flux.plan import SPEC
         from jdiff.pipelines.flux import _rope_tables
 
@@ -72,18 +72,23 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         cos, sin = (
             jnp.asarray(a) for a in _rope_tables(sz["text"], sz["h"], sz["w"], tuple(cfg.axes_dims_rope))
         )
+        b = sz.get("batch", 1)
         inputs = (
-            rand((1, sz["h"] * sz["w"], cfg.in_channels)),
-            rand((1, sz["text"], cfg.joint_attention_dim)),
-            rand((1, cfg.pooled_projection_dim)),
-            jnp.full((1,), 0.5, jnp.float32),
-            jnp.full((1,), 3.5, jnp.float32),
+            rand((b, sz["h"] * sz["w"], cfg.in_channels)),
+            rand((b, sz["text"], cfg.joint_attention_dim)),
+            rand((b, cfg.pooled_projection_dim)),
+            jnp.full((b,), 0.5, jnp.float32),
+            jnp.full((b,), 3.5, jnp.float32),
             cos,
             sin,
         )
 
         def apply(m, x, txt, pooled, t, g, cos, sin):
             return m(x, txt, pooled, t, (cos, sin), guidance=g)
+
+        if name in LORA_WORKLOADS:
+            graphdef, params = _jdiff_random(SPEC, cfg, bf16)
+            return _with_lora(graphdef, params, apply, inputs, sz)
 
     elif name == "z_image_step":
         from jdiff.models.z_image.plan import SPEC
@@ -195,9 +200,47 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
     return graphdef, params, apply, inputs
 
 
+# LoRA workloads: FLUX.1 steps whose attention and feed-forward linears hold `slots` adapters of `rank`.
+LORA_WORKLOADS = ("flux_lora_step", "flux_lora_batch4_one", "flux_lora_batch4_mixed")
+
+
+def _with_lora(graphdef, params, apply, inputs, sz: dict):
+    """The model with random adapters in every block linear but the AdaLN modulation (what FLUX LoRAs
+    train), as `jdiff.pipelines.lora` loads them, and per-row scales as an input: row i uses slot i mod S."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from jdiff.layers import lora
+    from jdiff.layers.linear import Linear
+
+    slots, rank, b = sz["slots"], sz["rank"], sz.get("batch", 1)
+    model = nnx.merge(graphdef, params)
+    key = jax.random.key(2)
+    for path, node in nnx.iter_graph(model):
+        names = [str(p) for p in path]
+        if not isinstance(node, Linear) or "transformer_blocks" not in names[0] or "norm" in ".".join(names):
+            continue
+        *lead, d_in, d_out = node.kernel.shape
+        key, ka, kb = jax.random.split(key, 3)
+        node.lora_a = lora.LoraParam(jax.random.normal(ka, (*lead, d_in, slots * rank), jnp.bfloat16) * 0.02)
+        node.lora_b = lora.LoraParam(jax.random.normal(kb, (*lead, slots * rank, d_out), jnp.bfloat16) * 0.02)
+    graphdef, params = nnx.split(model)
+    scales = np.zeros((b, slots * rank), np.float32)
+    for i in range(b):
+        scales[i, (i % slots) * rank : (i % slots + 1) * rank] = 0.8
+
+    def with_rows(m, rows, *xs):
+        with lora.rows(rows):
+            return apply(m, *xs)
+
+    return graphdef, params, with_rows, (jnp.asarray(scales), *inputs)
+
+
 def _attention_head_dim(name: str, config: dict) -> int:
     """The head dim that decides the workload's attention kernel (the VAEs' mid-block attention is one head)."""
-    if name in ("flux_step", "wan_forward", "flux2_klein_step", "qwen_image_step"):
+    if name in ("flux_step", "wan_forward", "flux2_klein_step", "qwen_image_step", *LORA_WORKLOADS):
         return config["attention_head_dim"]
     if name == "sdxl_unet_step":  # diffusers' attention_head_dim is the head count: 1280 / 20 = 64
         return config["block_out_channels"][-1] // config["attention_head_dim"][-1]

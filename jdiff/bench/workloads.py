@@ -64,6 +64,22 @@ def sdxl_time_ids(sz: dict) -> list[list[float]]:
     return [[h, w, 0, 0, h, w]] * sz["batch"]
 
 
+def _lora_workload(what: str, *, batch: int, slots: int) -> Workload:
+    """A FLUX.1-dev step whose block linears hold `slots` rank-32 LoRA adapters (`jdiff.layers.lora`)."""
+    return Workload(
+        f"FLUX.1-dev transformer step, 1024x1024, {what}",
+        FLUX_DEV,
+        dict(h=64, w=64, text=512, batch=batch, slots=slots, rank=32),
+        74.4 * batch,
+        warmup=2,
+        repeats=10,
+        engines=("jdiff",),
+        tiny_config=FLUX_TINY,
+        tiny_sizes=dict(h=4, w=4, text=8, batch=batch, slots=slots, rank=4),
+        tiny_title=f"tiny FLUX transformer step (toy config), 64x64, {what.replace('32', '4')}",
+    )
+
+
 WORKLOADS = {
     "flux_step": Workload(
         "FLUX.1-dev transformer step, 1024x1024",
@@ -133,6 +149,11 @@ WORKLOADS = {
         tiny_sizes=dict(h=4, w=4, text=8),
         tiny_title="tiny Qwen-Image transformer call (toy config), 64x64, batch 1",
     ),
+    # LoRA (issue 20): one rank-32 adapter on every block linear but the modulation vs flux_step (no
+    # adapter); a batch of 4 with 4 adapters loaded, each row its own, vs a batch of 4 with one loaded.
+    "flux_lora_step": _lora_workload("one rank-32 LoRA", batch=1, slots=1),
+    "flux_lora_batch4_one": _lora_workload("batch 4, one rank-32 LoRA", batch=4, slots=1),
+    "flux_lora_batch4_mixed": _lora_workload("batch 4, 4 rank-32 LoRAs (one per row)", batch=4, slots=4),
     "wan_forward": Workload(
         "Wan2.1-T2V-1.3B transformer forward, 832x480x81",
         WAN_13B,

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdiff import sharding as sh
+from jdiff.layers import lora
 
 
 def _init(init, axes):
@@ -83,12 +84,23 @@ class Linear(nnx.Linear):
 
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         if self.bias is None or not _bias_apart(self.bias_epilogue):
-            return super().__call__(inputs, out_sharding)
+            return self._with_lora(inputs, super().__call__(inputs, out_sharding))
         y = jax.lax.optimization_barrier(self.matmul(inputs, out_sharding))
         return y + jnp.reshape(self.bias[...].astype(y.dtype), (1,) * (y.ndim - 1) + (-1,))
 
+    def _with_lora(self, inputs: jax.Array, y: jax.Array) -> jax.Array:
+        """`y` plus the LoRA adapters' delta, when this layer holds adapters (`jdiff.layers.lora`)."""
+        a = getattr(self, "lora_a", None)
+        if a is None:
+            return y
+        d = lora.delta(inputs, a[...], self.lora_b[...])
+        return y if d is None else y + d.astype(y.dtype)
+
     def matmul(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         """`inputs @ kernel` without the bias, for callers that add `self.bias` in a pass of their own."""
+        return self._with_lora(inputs, self._matmul(inputs, out_sharding))
+
+    def _matmul(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
         inputs, kernel = self.promote_dtype((inputs, self.kernel[...]), dtype=self.dtype)
         kw = {"out_sharding": out_sharding}
         if self.preferred_element_type is not None:

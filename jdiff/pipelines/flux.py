@@ -23,6 +23,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines import lora
 from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
@@ -99,8 +100,9 @@ class FluxPipeline(Pipeline):
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("clip", clip), ("t5", t5), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
-        self._encode = compiler_options.jit(self._encode_fn)
-        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
+        self.lora = lora.Adapters(self, model, {"transformer": "transformer", "text_encoder": "clip"})
+        self._encode = lora.jit(self._encode_fn)
+        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
         self._decode = compiler_options.jit(self._decode_fn, static_argnames=("h", "w"))
 
     # ---- jitted stages ------------------------------------------------------------------------------------

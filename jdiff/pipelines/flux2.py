@@ -31,6 +31,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines import lora
 from jdiff.pipelines.base import warn_truncated
 from jdiff.pipelines.chat_template import read_template, render, special_tokens
 from jdiff.pipelines.family import Family
@@ -131,7 +132,8 @@ class Flux2Pipeline(Pipeline):
             self._defs[name], self._params[name] = nnx.split(module)
         self._encode = compiler_options.jit(self._encode_fn)
         self._encode_image = compiler_options.jit(self._encode_image_fn)
-        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
+        self.lora = lora.Adapters(self, model, {"transformer": "transformer"})
+        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
         self._decode = compiler_options.jit(self._decode_fn)
 
     def preset_name(self, model: ModelDir) -> str:

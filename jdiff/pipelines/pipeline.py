@@ -33,6 +33,7 @@ import numpy as np
 
 from jdiff.errors import InputError
 from jdiff.parallel.placement import context, gather
+from jdiff.pipelines import lora as lora_adapters
 from jdiff.pipelines import request as requests
 from jdiff.pipelines.base import (
     IMAGE_SUFFIXES,
@@ -81,6 +82,7 @@ class Pipeline:
     preset: dict[str, Any]
     size_multiple: int
     placement: Any = None
+    lora: Any = None  # a `jdiff.pipelines.lora.Adapters` where the family takes LoRA adapters
 
     @property
     def accepts_image(self) -> bool:
@@ -135,13 +137,26 @@ class Pipeline:
             request.output_type, request.output_path, suffixes, "frames" if self.is_video else "images"
         )
         self.check(request)
+        self.lora_scales(request)  # unknown adapter names fail here, before any work
         check_trained_size(request.warnings, request.height, request.width, self.preset)
         return request
+
+    def lora_scales(self, request: Request) -> np.ndarray | None:
+        """The request's [B, K] adapter scales for the jitted stages (None: no adapter is loaded)."""
+        if self.lora is None:
+            if request.loras is not None and any(request.loras):
+                raise InputError(f"{self.family} does not take LoRA adapters yet; leave loras out")
+            return None
+        return self.lora.scales(request.loras, request.batch)
 
     def generate(self, prompt, **fields) -> GenerationResult:
         """Generates from `prompt` (str or list[str]); keyword arguments as the README documents them."""
         t_start = time.perf_counter()
         request = self.parse(prompt, **fields)
+        with lora_adapters.request_scales(self.lora_scales(request)):
+            return self._generate(request, t_start)
+
+    def _generate(self, request: Request, t_start: float) -> GenerationResult:
         timings: dict[str, float] = {}
 
         t0 = time.perf_counter()

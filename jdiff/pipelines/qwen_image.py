@@ -33,6 +33,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.qwen_image.rope import rope_tables
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines import lora
 from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.flux import pack_latents, unpack_latents_nhwc
@@ -110,7 +111,8 @@ class QwenImagePipeline(Pipeline):
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
-        self._denoise = compiler_options.jit(
+        self.lora = lora.Adapters(self, model, {"transformer": "transformer"})
+        self._denoise = lora.jit(
             self._denoise_fn, static_argnames=("cfg", "noise_shape", "grids", "noise_tokens")
         )
         self._decode = compiler_options.jit(self._decode_fn, static_argnames=("h", "w"))

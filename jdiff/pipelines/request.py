@@ -31,6 +31,7 @@ COMMON = frozenset(
         "output_type",
         "output_path",
         "progress",
+        "loras",
     }
 )
 # Fields a family may declare, with what they are for (the refusal names it).
@@ -73,6 +74,7 @@ class Request:
         original_size, target_size, crops_coords_top_left: SDXL's (height, width) / (top, left)
             micro-conditioning, or None: not given (the pipeline's defaults).
         progress: show a progress bar.
+        loras: per output, the LoRA adapters it uses (name -> scale), or None: none given.
         given: the names of the fields the caller set (not None).
         warnings: what the request asks that is ignored or likely to come out badly (`base.warn` adds to
             it; it becomes `GenerationResult.warnings`).
@@ -100,6 +102,7 @@ class Request:
     original_size: tuple[int, int] | None = None
     target_size: tuple[int, int] | None = None
     crops_coords_top_left: tuple[int, int] | None = None
+    loras: tuple[dict[str, float], ...] | None = None
     given: frozenset[str] = field(default_factory=frozenset)
     warnings: list[str] = field(default_factory=list)
 
@@ -201,8 +204,32 @@ def parse(
         original_size=pair(fields.get("original_size"), "original_size", 1),
         target_size=pair(fields.get("target_size"), "target_size", 1),
         crops_coords_top_left=pair(fields.get("crops_coords_top_left"), "crops_coords_top_left", 0),
+        loras=loras_of(fields.get("loras"), len(prompts), n_per),
         given=given,
     )
+
+
+def loras_of(loras, n_prompts: int, n_per: int) -> tuple[dict[str, float], ...] | None:
+    """Per output, the adapters it uses: one {name: scale} for all, or a list of one per prompt."""
+    if loras is None:
+        return None
+    per_prompt = loras if isinstance(loras, list | tuple) else [loras] * n_prompts
+    if len(per_prompt) != n_prompts:
+        raise InputError(f"{len(per_prompt)} loras for {n_prompts} prompts; give one dict or one per prompt")
+    out = []
+    for d in per_prompt:
+        if not isinstance(d, dict) or not all(isinstance(k, str) for k in d):
+            raise InputError(f'loras must map adapter names to scales, e.g. {{"style": 0.8}}, got {d!r}')
+        scales = {}
+        for k, v in d.items():
+            try:
+                scales[k] = float(v)
+            except (TypeError, ValueError):
+                raise InputError(f"the scale of LoRA {k!r} must be a number, got {v!r}") from None
+            if isinstance(v, bool) or not math.isfinite(scales[k]):
+                raise InputError(f"the scale of LoRA {k!r} must be a finite number, got {v!r}")
+        out.extend([scales] * n_per)
+    return tuple(out)
 
 
 def prompts_of(prompt, name: str = "prompt") -> list[str]:

@@ -24,6 +24,7 @@ from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines import lora
 from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
@@ -86,10 +87,10 @@ class StableDiffusionPipeline(Pipeline):
         self._defs, self._params = {}, {}
         for name, module in modules.items():
             self._defs[name], self._params[name] = nnx.split(module)
-        self._encode = compiler_options.jit(self._encode_fn, static_argnames=("zero_negatives",))
-        self._denoise = compiler_options.jit(
-            self._denoise_fn, static_argnames=("cfg", "rescaled", "noise_shape")
-        )
+        components = {c: c for c in ("unet", "text_encoder", "text_encoder_2")}
+        self.lora = lora.Adapters(self, model, {c: c for c in components if c in modules})
+        self._encode = lora.jit(self._encode_fn, static_argnames=("zero_negatives",))
+        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "rescaled", "noise_shape"))
         self._decode = compiler_options.jit(self._decode_fn)
 
     # ---- text: the one family difference ---------------------------------------------------------------------

@@ -29,6 +29,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines import lora
 from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
@@ -120,8 +121,9 @@ class WanPipeline(Pipeline):
         self.latent_std = np.asarray(vc.latents_std, np.float32)
         self.preset = load_preset(FAMILY.preset(model.index, self.transformer_config), model.root)
         self.trace_counts: collections.Counter[str] = collections.Counter()
-        self._encode_text = compiler_options.jit(self._encode_text_fn)
-        self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("cfg", "mode", "noise_shape"))
+        self.lora = lora.Adapters(self, model, {"transformer": "transformer", "text_encoder": "t5"})
+        self._encode_text = lora.jit(self._encode_text_fn)
+        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "mode", "noise_shape"))
         self._decode = compiler_options.jit(self._decode_fn)
         self._encode_video = compiler_options.jit(self._encode_video_fn)
         self._encode_image = compiler_options.jit(self._encode_image_fn)

@@ -27,6 +27,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.z_image.transformer import padded, patchify, rope_tables, unpatchify
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines import lora
 from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.chat_template import read_template, render
 from jdiff.pipelines.family import Family
@@ -86,9 +87,8 @@ class ZImagePipeline(Pipeline):
         for name, module in (("transformer", transformer), ("text", text_encoder), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
         self._encode = compiler_options.jit(self._encode_fn, static_argnames=("length",))
-        self._denoise = compiler_options.jit(
-            self._denoise_fn, static_argnames=("cfg", "noise_shape", "masked")
-        )
+        self.lora = lora.Adapters(self, model, {"transformer": "transformer"})
+        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape", "masked"))
         self._decode = compiler_options.jit(self._decode_fn)
 
     # ---- jitted stages ------------------------------------------------------------------------------------

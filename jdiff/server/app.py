@@ -4,6 +4,7 @@
 - `POST /v1/images/generations`, `POST /v1/images/edits` (`images.py`; edits for pipelines that take a
   conditioning image)
 - `POST /v1/videos`, `GET /v1/videos`, `GET /v1/videos/{id}`, `GET /v1/videos/{id}/content` (`videos.py`)
+- `GET /v1/loras`, `POST /v1/loras`, `DELETE /v1/loras/{name}` (`loras.py`)
 
 Requests are parsed strictly (`schemas.py`), checked against the model (`validation.py`) and answered with
 `encoding.py`; every error is `{"error": {"message": ..., "type": ...}}` (`errors.py`). This module builds the
@@ -21,7 +22,7 @@ from pathlib import Path
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from jdiff.server import images, videos
+from jdiff.server import images, loras, videos
 from jdiff.server.batcher import Batcher, batch_buckets
 from jdiff.server.context import ServerContext, context
 from jdiff.server.errors import ApiError, error_response, install_handlers
@@ -110,6 +111,7 @@ def create_app(
     app.include_router(_router)
     app.include_router(images.router)
     app.include_router(videos.router)
+    app.include_router(loras.router)
     return app
 
 

@@ -1,7 +1,8 @@
 """One worker thread owns the device: a request queue, dynamic batching, and plain tasks (video jobs).
 
-Image requests with the same generation settings (size, steps, guidance, negative prompt, ...) are batched
-into one `generate` call, up to `max_batch` outputs: the worker takes the oldest request, then waits at most
+Image requests with the same generation settings (size, steps, guidance, negative prompt, ...) are batched,
+whatever LoRA adapters each uses (adapters are per output, inputs of the same compiled program), into one
+`generate` call, up to `max_batch` outputs: the worker takes the oldest request, then waits at most
 `batch_wait_s` after that request arrived for compatible ones to fill the batch. Under load the queue fills
 while a batch runs, so batches form without waiting. A batch is padded up to a bucket size (powers of two
 up to `max_batch`, and `max_batch`), so every shape the server runs is one of a few compiled at warm-up.
@@ -44,7 +45,9 @@ class QueueFull(RuntimeError):
 class ImageRequest:
     """One HTTP request for `n` images. `params` are the `generate` keywords a batch shares.
 
-    A request that is not `batchable` (e.g. one carrying a conditioning image) always runs alone.
+    A request that is not `batchable` (e.g. one carrying a conditioning image) always runs alone. `loras`
+    (adapter name -> scale) is the request's own: requests with different adapters share a batch, each
+    output using its request's adapters (`generate(loras=[...])`, one dict per prompt).
     """
 
     prompt: str
@@ -52,6 +55,7 @@ class ImageRequest:
     seed: int
     params: dict[str, Any]
     batchable: bool = True
+    loras: dict[str, float] | None = None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -273,14 +277,17 @@ class Batcher:
     def _generate_batch(self, reqs: Sequence[ImageRequest]) -> list[ImageResult]:
         prompts = [r.prompt for r in reqs for _ in range(r.n)]
         seeds = [r.seed + i for r in reqs for i in range(r.n)]
+        loras = [r.loras or {} for r in reqs for _ in range(r.n)]
         real = len(prompts)
         if self.buckets is not None:
             size = next(b for b in self.buckets if b >= real)
             # Padding outputs reuse the first prompt and seed: their noise is independent of the others'.
             prompts += prompts[:1] * (size - real)
             seeds += seeds[:1] * (size - real)
+            loras += [{}] * (size - real)
+        extra = {"loras": loras} if any(loras) else {}
         t0 = time.perf_counter()
-        out = self._generate(prompts, seed=seeds, output_type="np", **reqs[0].params)
+        out = self._generate(prompts, seed=seeds, output_type="np", **reqs[0].params, **extra)
         images = np.asarray(out.images)
         warnings = list(getattr(out, "warnings", None) or [])
         dt = time.perf_counter() - t0

@@ -41,7 +41,7 @@ async def generations(request: Request):
     if ctx.pipeline.is_video:
         raise ApiError(400, f"model {ctx.name} makes videos, not images; use POST /v1/videos")
     p = image_params(body, ctx.pipeline, max_batch=ctx.max_batch, max_pixels=ctx.max_pixels)
-    req = ImageRequest(body.prompt, p["n"], p["seed"], p["params"])
+    req = ImageRequest(body.prompt, p["n"], p["seed"], p["params"], loras=p["loras"])
     return await _run(request, ctx, req, body)
 
 
@@ -82,7 +82,7 @@ async def edits(request: Request):
         # The model sizes its output from the input image (Qwen-Image-Edit, as diffusers): no preset size.
         p["params"]["height"] = p["params"]["width"] = None
     # The images are this request's own: no other request shares its generate call.
-    req = ImageRequest(body.prompt, p["n"], p["seed"], p["params"], batchable=False)
+    req = ImageRequest(body.prompt, p["n"], p["seed"], p["params"], batchable=False, loras=p["loras"])
     return await _run(request, ctx, req, body)
 
 

@@ -35,6 +35,7 @@ class ImageGenerationBody(Body):
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     true_cfg_scale: float | None = None  # extension (FLUX): > 1 runs true CFG with negative_prompt
+    loras: dict[str, float] | None = None  # extension: loaded LoRA adapter name -> scale
     response_format: str | None = "b64_json"
     output_format: str = "png"
     output_compression: int | None = None  # 0..100, jpeg/webp quality
@@ -58,7 +59,13 @@ class VideoBody(Body):
     guidance_scale: float | None = None
     guidance_scale_2: float | None = None
     input_reference: str | None = None  # base64 image, for image-to-video models
+    loras: dict[str, float] | None = None
     model: str | None = None
+
+
+class LoraBody(Body):
+    name: str
+    path: str
 
 
 B = TypeVar("B", bound=Body)
@@ -112,6 +119,7 @@ __all__ = [
     "Body",
     "ImageEditBody",
     "ImageGenerationBody",
+    "LoraBody",
     "VideoBody",
     "parse_body",
     "validated",

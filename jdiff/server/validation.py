@@ -136,6 +136,24 @@ def decode_image_bytes(raw: bytes, name: str):
     )
 
 
+def lora_scales(value: dict[str, float] | None, pipeline) -> dict[str, float] | None:
+    """The request's `loras`, checked against the adapters loaded now (unknown names are a 400)."""
+    if not value:
+        return None
+    adapters = getattr(pipeline, "lora", None)
+    if adapters is None:
+        raise ApiError(400, "this model takes no LoRA adapters; leave loras out")
+    unknown = sorted(set(value) - set(adapters.names))
+    if unknown:
+        raise ApiError(400, f"unknown LoRA adapter(s) {unknown}; loaded: {adapters.names} (GET /v1/loras)")
+    for name, scale in value.items():
+        if not -MAX_GUIDANCE <= scale <= MAX_GUIDANCE:
+            raise ApiError(
+                400, f"the scale of LoRA {name!r} must be in [-{MAX_GUIDANCE:g}, {MAX_GUIDANCE:g}]"
+            )
+    return dict(value)
+
+
 def image_params(body: ImageGenerationBody, pipeline, *, max_batch: int, max_pixels: int) -> dict:
     """Validated `generate` keywords shared by a batch, plus n and seed."""
     _check_text(body.prompt, "prompt")
@@ -162,7 +180,8 @@ def image_params(body: ImageGenerationBody, pipeline, *, max_batch: int, max_pix
         "negative_prompt": body.negative_prompt,
     }
     _extension(params, pipeline, "true_cfg_scale", body.true_cfg_scale)
-    return {"params": params, "n": body.n, "seed": _seed(body.seed, body.n)}
+    loras = lora_scales(body.loras, pipeline)
+    return {"params": params, "n": body.n, "seed": _seed(body.seed, body.n), "loras": loras}
 
 
 def _frames_of_seconds(value: str | int | float, preset: dict) -> int:
@@ -203,6 +222,8 @@ def video_params(body: VideoBody, pipeline, *, max_pixels: int) -> tuple[dict, d
         "seed": _seed(body.seed, 1),
     }
     _extension(params, pipeline, "guidance_scale_2", body.guidance_scale_2)
+    if body.loras:
+        params["loras"] = lora_scales(body.loras, pipeline)
     if body.input_reference is not None:
         if not pipeline.accepts_image:
             raise ApiError(400, "this model takes no input_reference image; send a text prompt only")
@@ -223,6 +244,7 @@ __all__ = [
     "decode_image",
     "decode_image_bytes",
     "image_params",
+    "lora_scales",
     "parse_size",
     "size_multiple",
     "takes",

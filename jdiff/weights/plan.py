@@ -90,6 +90,10 @@ class Plan:
             for checkpoints saved under another layout than the rules name (the first matching pair wins; a
             key both present and aliased keeps its own name). transformers 5 nests multimodal models as
             `model.language_model.*` / `model.visual.*` where earlier exports wrote `model.*` / `visual.*`.
+        lora_aliases: (anchored regex, replacement) pairs renaming the module names of LoRA files trained on
+            another layout (e.g. the original Wan repository's `blocks.0.self_attn.q`) to the reference's
+            module names (`blocks.0.attn1.to_q`); kohya's underscored forms are derived
+            (`jdiff.pipelines.lora`).
     """
 
     rules: tuple[Rule, ...] = ()
@@ -99,6 +103,7 @@ class Plan:
     keep_fp32_with_fp16: tuple[str, ...] = ()
     optional_prefix: str = ""
     source_aliases: tuple[tuple[str, str], ...] = ()
+    lora_aliases: tuple[tuple[str, str], ...] = ()
     _all_rules: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -141,6 +146,12 @@ def _match(plan: Plan, path: str) -> tuple[Rule, tuple[str, ...], bool] | None:
             srcs = rule.source if isinstance(rule.source, tuple) else (rule.source,)
             return rule, tuple(m.expand(s) for s in srcs), stacked
     return None
+
+
+def match(plan: Plan, path: str) -> tuple[Rule, tuple[str, ...], bool] | None:
+    """The rule a target path resolves by, its source key templates (`{layer}` for stacked layers), and
+    whether it is stacked; None when no rule matches. LoRA loading reads which torch module a kernel is."""
+    return _match(plan, path)
 
 
 def resolve(

@@ -80,6 +80,7 @@ def test_warm_needs_a_pipeline_workload():
 
 # Pixels per unit of a workload's h / w: the transformer steps count 2x2 patches of 8x latents.
 PIXELS_PER_UNIT = {"flux_step": 16, "z_image_step": 16, "flux2_klein_step": 16, "qwen_image_step": 16}
+PIXELS_PER_UNIT |= dict.fromkeys(("flux_lora_step", "flux_lora_batch4_one", "flux_lora_batch4_mixed"), 16)
 
 
 def test_every_tiny_workload_is_labelled_as_what_runs():

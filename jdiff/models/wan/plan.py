@@ -24,6 +24,26 @@ PLAN = Plan(
     ),
     # diffusers' `_keep_in_fp32_modules` ("time_embedder", "scale_shift_table", "norm1", "norm2", "norm3"),
     # applied by diffusers under every dtype: any parameter with one of those names as a path component.
+    # LoRA files trained on the original Wan checkpoints (`diffusion_model.` keys: Wan's repository, LightX2V;
+    # musubi-tuner's kohya names) name its modules as diffusers' `_convert_non_diffusers_wan_lora_to_diffusers`
+    # renames them.
+    lora_aliases=(
+        (r"blocks\.(\d+)\.self_attn\.([qkv])", r"blocks.\1.attn1.to_\2"),
+        (r"blocks\.(\d+)\.self_attn\.o", r"blocks.\1.attn1.to_out.0"),
+        (r"blocks\.(\d+)\.cross_attn\.([qkv])", r"blocks.\1.attn2.to_\2"),
+        (r"blocks\.(\d+)\.cross_attn\.o", r"blocks.\1.attn2.to_out.0"),
+        (r"blocks\.(\d+)\.cross_attn\.([kv])_img", r"blocks.\1.attn2.add_\2_proj"),
+        (r"blocks\.(\d+)\.ffn\.0", r"blocks.\1.ffn.net.0.proj"),
+        (r"blocks\.(\d+)\.ffn\.2", r"blocks.\1.ffn.net.2"),
+        (r"head\.head", "proj_out"),
+        (r"text_embedding\.0", "condition_embedder.text_embedder.linear_1"),
+        (r"text_embedding\.2", "condition_embedder.text_embedder.linear_2"),
+        (r"time_embedding\.0", "condition_embedder.time_embedder.linear_1"),
+        (r"time_embedding\.2", "condition_embedder.time_embedder.linear_2"),
+        (r"time_projection\.1", "condition_embedder.time_proj"),
+        (r"img_emb\.proj\.1", "condition_embedder.image_embedder.ff.net.0.proj"),
+        (r"img_emb\.proj\.3", "condition_embedder.image_embedder.ff.net.2"),
+    ),
     keep_fp32=(
         r"condition_embedder\.time_embedder\..+",
         r"(blocks\.)?scale_shift_table",
