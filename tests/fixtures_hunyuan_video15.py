@@ -48,11 +48,17 @@ def tiny_hunyuan_video15(*, seed: int = 0, guidance_scale: float = 6.0, shift: f
         **parity.kwargs(HunyuanVideo15Config.tiny(text_embed_dim=72, target_size=64, task_type="t2v"))
     )
     transformer = parity.randomized(transformer, norms_near_one=True).eval()
+    with torch.no_grad():  # sharper attention: the text and glyph tokens move the video measurably
+        for name, p in transformer.named_parameters():
+            if "norm_q" in name or "norm_k" in name or "norm_added" in name:
+                p.mul_(3.0)
     vae = parity.randomized(
         AutoencoderKLHunyuanVideo15(**parity.kwargs(HunyuanVideo15VAEConfig.tiny())), 0.1
     ).eval()
     qwen = TorchQwen(TorchQwenConfig(**parity.kwargs(Qwen2_5_VLTextConfig.tiny(vocab_size=TEXT_VOCAB))))
     qwen = parity.randomized(qwen, 0.1, norms_near_one=True).eval()
+    with torch.no_grad():
+        qwen.embed_tokens.weight.mul_(10.0)  # O(1) token features: the prompt's words show in the output
     t5_cfg = T5Config.tiny(
         d_model=12, num_heads=3, d_kv=8, d_ff=29, num_layers=2, vocab_size=384, feed_forward_proj="gated-gelu"
     )

@@ -43,7 +43,6 @@ from jdiff.pipelines.chat_template import read_template, render
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
-from jdiff.pipelines.qwen_image_text import _kept_tokens
 from jdiff.pipelines.request import Request, negatives_for
 from jdiff.presets import load_preset
 from jdiff.sampling.loop import sample
@@ -52,6 +51,25 @@ from jdiff.weights.config import read_json
 
 # Rotary tables depend only on the config and the latent shape: computed once per shape, on the host.
 _rope_tables = lru_cache(maxsize=16)(_rope_tables_uncached)
+
+
+TEXT_BUCKET, GLYPH_BUCKET = 128, 64  # token counts the text and glyph lengths round up to
+
+
+def _bucket(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _kept_tokens(mask: np.ndarray, drop: int, keep_max: int, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(gather [Bm, length] int32 token positions, keep [Bm, length] bool): each row's real tokens after its
+    first `drop` (diffusers' crop of the template), at most `keep_max`, left-aligned."""
+    gather = np.zeros((mask.shape[0], length), np.int32)
+    keep = np.zeros((mask.shape[0], length), bool)
+    for b, m in enumerate(np.asarray(mask)):
+        r = np.flatnonzero(m)[drop:][:keep_max]
+        gather[b, : len(r)] = r
+        keep[b, : len(r)] = True
+    return gather, keep
 
 
 def custom_sigmas(steps: int) -> np.ndarray:
@@ -186,24 +204,29 @@ class HunyuanVideo15Pipeline(Pipeline):
         ]
 
     def encode_texts(self, texts: list[str], warnings: list[str]):
-        """(text [Bm, T, J], text mask [Bm, T] bool, glyph [Bm, G, J2], glyph mask [Bm, G] bool)."""
+        """(text [Bm, T, J], text mask [Bm, T] bool, glyph [Bm, G, J2], glyph mask [Bm, G] bool); T and G are
+        the longest real row rounded up to `TEXT_BUCKET` / `GLYPH_BUCKET` tokens, so that prompts of similar
+        length share one compiled program."""
         formatted = self.chat(texts)
         limit = CROP_START + MAX_LENGTH
         warn_truncated(warnings, self.tokenizer, formatted, limit, "Qwen2.5-VL", "")
-        length = min(max(self.tokenizer.lengths(formatted)), limit)
-        ids, mask = self.tokenizer(formatted, length, add_special_tokens=False)
-        gather, keep = _kept_tokens(mask, CROP_START, MAX_LENGTH)
+        longest = max(self.tokenizer.lengths(formatted)) - CROP_START
+        if longest < 1:
+            raise InputError("the prompt template left no prompt tokens; is this HunyuanVideo-1.5's tokenizer?")
+        t = min(_bucket(longest, TEXT_BUCKET), MAX_LENGTH)
+        ids, mask = self.tokenizer(formatted, CROP_START + t, add_special_tokens=False)
+        gather, keep = _kept_tokens(mask, CROP_START, t, t)
         with context(self.placement):
             text = self._encode_text(
                 self._params["text"], put(self.placement, ids), put(self.placement, mask), gather, keep
             )
-        glyphs = [glyph_text(t) for t in texts]
+        glyphs = [glyph_text(x) for x in texts]
         present = [g for g in glyphs if g is not None]
-        if not present:  # diffusers: all-masked zeros; one masked token is the same to the model
-            glyph = jnp.zeros((len(texts), 1, self.glyph_config.d_model), self.dtype)
-            return text, jnp.asarray(keep), glyph, jnp.zeros((len(texts), 1), bool)
+        if not present:  # diffusers: all-masked zeros (masked keys: how many does not matter)
+            glyph = jnp.zeros((len(texts), GLYPH_BUCKET, self.glyph_config.d_model), self.dtype)
+            return text, jnp.asarray(keep), glyph, jnp.zeros((len(texts), GLYPH_BUCKET), bool)
         warn_truncated(warnings, self.glyph_tokenizer, present, GLYPH_MAX_LENGTH, "byT5", "")
-        length = min(max(self.glyph_tokenizer.lengths(present)), GLYPH_MAX_LENGTH)
+        length = min(_bucket(max(self.glyph_tokenizer.lengths(present)), GLYPH_BUCKET), GLYPH_MAX_LENGTH)
         ids, mask = self.glyph_tokenizer([g or "" for g in glyphs], length)
         mask = mask * np.array([g is not None for g in glyphs], np.int32)[:, None]
         with context(self.placement):
