@@ -19,7 +19,6 @@ from __future__ import annotations
 import collections
 from functools import lru_cache
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -212,7 +211,9 @@ class HunyuanVideo15Pipeline(Pipeline):
         warn_truncated(warnings, self.tokenizer, formatted, limit, "Qwen2.5-VL", "")
         longest = max(self.tokenizer.lengths(formatted)) - CROP_START
         if longest < 1:
-            raise InputError("the prompt template left no prompt tokens; is this HunyuanVideo-1.5's tokenizer?")
+            raise InputError(
+                "the prompt template left no prompt tokens; is this HunyuanVideo-1.5's tokenizer?"
+            )
         t = min(_bucket(longest, TEXT_BUCKET), MAX_LENGTH)
         ids, mask = self.tokenizer(formatted, CROP_START + t, add_special_tokens=False)
         gather, keep = _kept_tokens(mask, CROP_START, t, t)
@@ -245,7 +246,10 @@ class HunyuanVideo15Pipeline(Pipeline):
                 f"{lo + self.temporal}"
             )
         if request.negative_prompts is not None and request.guidance_scale <= 1.0:
-            warn(request.warnings, "negative_prompt is ignored: HunyuanVideo-1.5 uses it only with guidance_scale > 1")
+            warn(
+                request.warnings,
+                "negative_prompt is ignored: HunyuanVideo-1.5 uses it only with guidance_scale > 1",
+            )
         post_patch_grid(self.transformer_config, *self._latent_grid(request))
 
     def _latent_grid(self, request: Request) -> tuple[int, int, int]:
@@ -273,7 +277,9 @@ class HunyuanVideo15Pipeline(Pipeline):
     def denoise_stage(self, request: Request, cond, progress) -> Stage:
         text, text_mask, glyph, glyph_mask, condition, image_embeds = cond
         f, h, w = self._latent_grid(request)
-        init, noise_shape = self._initial_latents(request.latents, list(request.seeds), request.batch, f, h, w)
+        init, noise_shape = self._initial_latents(
+            request.latents, list(request.seeds), request.batch, f, h, w
+        )
         init = put(self.placement, init, None if noise_shape else (sh.BATCH,) + (None,) * 4)
         schedule = self.sampler.schedule(self.scheduler, request.steps, sigmas=custom_sigmas(request.steps))
         cos, sin = _rope_tables(self.transformer_config, f, h, w)

@@ -52,7 +52,7 @@ def test_parity_cfg_glyph_and_negative_prompt(case):
     assert gen.pipeline.preset["guidance_scale"] == 6.0  # from guider/guider_config.json
     assert rel_err(got.latents, want) <= 1e-4
     assert np.abs(got.frames - want_frames).max() <= 1e-4
-    assert ((want_frames > 0.01) & (want_frames < 0.99)).mean() > 0.5  # unclamped: the comparison means something
+    assert ((want_frames > 0.01) & (want_frames < 0.99)).mean() > 0.5  # unclamped: a real comparison
     assert got.frames.shape == (1, F, H, W, 3)
     default_negative = gen.generate(
         GLYPH, latents=latents.numpy(), output_type="latent", height=H, width=W, num_frames=F,
