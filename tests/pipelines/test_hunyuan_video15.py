@@ -116,3 +116,22 @@ def test_guider_scale_is_the_default(tmp_path):
     assert jdiff.DiffGenerator.from_pretrained(path).pipeline.preset["guidance_scale"] == 1.0
     (path / "jdiff_preset.json").write_text(json.dumps({"guidance_scale": 3.0}))
     assert jdiff.DiffGenerator.from_pretrained(path).pipeline.preset["guidance_scale"] == 3.0
+
+
+def test_cli_writes_the_asked_video(case, tmp_path):
+    from jdiff.cli import main
+
+    out = tmp_path / "v.mp4"
+    args = [
+        "generate",
+        "--model",
+        str(case[1].model_path),
+        "--prompt",
+        GLYPH,
+        "--height",
+        "32",
+        "--width",
+        "48",
+    ]
+    assert main([*args, "--steps", "2", "--num-frames", "5", "--output", str(out)]) == 0
+    assert iio.imread(out).shape == (5, H, W, 3)
