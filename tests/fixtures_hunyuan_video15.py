@@ -24,28 +24,43 @@ QWEN25_VL_CHAT_TEMPLATE = (
 TEXT_VOCAB = 300  # 256 bytes + the specials
 
 
-def tiny_hunyuan_video15(*, seed: int = 0, guidance_scale: float = 6.0, shift: float = 5.0):
-    """A diffusers HunyuanVideo15Pipeline: 2 dual-stream blocks of 3 heads x 16, a 4-channel 4x/4x VAE, a
-    4-layer Qwen2.5-VL text model of width 72, a 2-layer byT5-shaped encoder of width 12."""
+def tiny_hunyuan_video15(
+    kind: str = "t2v",
+    *,
+    seed: int = 0,
+    guidance_scale: float = 6.0,
+    shift: float = 5.0,
+    meanflow: bool = False,
+):
+    """A diffusers HunyuanVideo15Pipeline ("t2v") or HunyuanVideo15ImageToVideoPipeline ("i2v"): 2 dual-stream
+    blocks of 3 heads x 16, a 4-channel 4x/4x VAE, a 4-layer Qwen2.5-VL text model of width 72, a 2-layer
+    byT5-shaped encoder of width 12; I2V adds a 2-layer SigLIP tower on 28 x 28 images (16 tokens of 24)."""
     from diffusers import (
         AutoencoderKLHunyuanVideo15,
         ClassifierFreeGuidance,
         FlowMatchEulerDiscreteScheduler,
+        HunyuanVideo15ImageToVideoPipeline,
         HunyuanVideo15Pipeline,
         HunyuanVideo15Transformer3DModel,
     )
-    from transformers import ByT5Tokenizer, T5EncoderModel
+    from transformers import ByT5Tokenizer, SiglipImageProcessor, SiglipVisionModel, T5EncoderModel
     from transformers import Qwen2_5_VLTextConfig as TorchQwenConfig
     from transformers import Qwen2_5_VLTextModel as TorchQwen
+    from transformers import SiglipVisionConfig as TorchSiglipConfig
     from transformers import T5Config as TorchT5Config
 
     from jdiff.models.hunyuan_video15.config import HunyuanVideo15Config, HunyuanVideo15VAEConfig
     from jdiff.models.hunyuan_video15.text import Qwen2_5_VLTextConfig
+    from jdiff.models.siglip.config import SiglipVisionConfig
     from jdiff.models.t5.config import T5Config
 
     torch.manual_seed(seed)
     transformer = HunyuanVideo15Transformer3DModel(
-        **parity.kwargs(HunyuanVideo15Config.tiny(text_embed_dim=72, target_size=64, task_type="t2v"))
+        **parity.kwargs(
+            HunyuanVideo15Config.tiny(
+                text_embed_dim=72, image_embed_dim=24, target_size=64, task_type=kind, use_meanflow=meanflow
+            )
+        )
     )
     transformer = parity.randomized(transformer, norms_near_one=True).eval()
     with torch.no_grad():  # sharper attention: the text and glyph tokens move the video measurably
@@ -69,7 +84,7 @@ def tiny_hunyuan_video15(*, seed: int = 0, guidance_scale: float = 6.0, shift: f
         pad_token="<|endoftext|>", eos_token="<|im_end|>",
     )  # fmt: skip
     tokenizer.model_max_length = 4096
-    return HunyuanVideo15Pipeline(
+    parts = dict(
         text_encoder=qwen,
         tokenizer=tokenizer,
         transformer=transformer,
@@ -78,6 +93,14 @@ def tiny_hunyuan_video15(*, seed: int = 0, guidance_scale: float = 6.0, shift: f
         text_encoder_2=byt5,
         tokenizer_2=ByT5Tokenizer(),
         guider=ClassifierFreeGuidance(guidance_scale=guidance_scale),
+    )
+    if kind == "t2v":
+        return HunyuanVideo15Pipeline(**parts)
+    siglip = SiglipVisionModel(TorchSiglipConfig(**parity.kwargs(SiglipVisionConfig.tiny())))
+    return HunyuanVideo15ImageToVideoPipeline(
+        **parts,
+        image_encoder=parity.randomized(siglip, 0.1, norms_near_one=True).eval(),
+        feature_extractor=SiglipImageProcessor(size={"height": 28, "width": 28}),
     )
 
 

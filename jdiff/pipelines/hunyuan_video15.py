@@ -36,10 +36,13 @@ from jdiff.models.hunyuan_video15.text import (
 )
 from jdiff.models.hunyuan_video15.transformer import post_patch_grid
 from jdiff.models.hunyuan_video15.transformer import rope_tables as _rope_tables_uncached
+from jdiff.io.images import read_images
+from jdiff.models.siglip.vision import preprocess_images
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.chat_template import read_template, render
 from jdiff.pipelines.family import Family
+from jdiff.pipelines.hunyuan_video15_image import bucket_size, resize_and_crop, vae_pixels
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request, negatives_for
@@ -90,7 +93,9 @@ class HunyuanVideo15Pipeline(Pipeline):
     def __init__(self, model: ModelDir, *, dtype, placement=None):
         self.dtype = jnp.dtype(dtype)
         self.placement = placement
-        self.accepts = frozenset({"negative_prompt", "num_frames", "guidance_scale", "fps"})
+        self.i2v = model.pipeline_class == "HunyuanVideo15ImageToVideoPipeline"
+        accepts = {"negative_prompt", "num_frames", "guidance_scale", "fps"}
+        self.accepts = frozenset(accepts | {"image"} if self.i2v else accepts)
         self.sampler, self.scheduler = model.sampler(flow=True, model="HunyuanVideo-1.5")
         self.transformer_config, transformer = model.load("transformer", dtype=dtype, placement=placement)
         self.vae_config, vae = model.load("vae", dtype=dtype, placement=placement)
@@ -102,6 +107,10 @@ class HunyuanVideo15Pipeline(Pipeline):
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("vae", vae), ("text", text), ("glyph", glyph)):
             self._defs[name], self._params[name] = nnx.split(module)
+        if self.i2v:
+            siglip, image_encoder = model.load("image_encoder", dtype=dtype, placement=placement)
+            self._defs["image_encoder"], self._params["image_encoder"] = nnx.split(image_encoder)
+            self.siglip_size = _siglip_size(model, siglip.image_size)
         vc, tc = self.vae_config, self.transformer_config
         self.z_dim = vc.latent_channels
         self.temporal = vc.temporal_compression_ratio
@@ -123,6 +132,7 @@ class HunyuanVideo15Pipeline(Pipeline):
         self._encode_glyph = compiler_options.jit(self._encode_glyph_fn)
         self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
         self._decode = compiler_options.jit(self._decode_fn)
+        self._encode_image = compiler_options.jit(self._encode_image_fn)
 
     # ---- jitted stages ------------------------------------------------------------------------------------
 
@@ -137,6 +147,13 @@ class HunyuanVideo15Pipeline(Pipeline):
         self.trace_counts["encode_glyph"] += 1
         embeds = nnx.merge(self._defs["glyph"], params)(ids, mask)
         return (embeds * mask[..., None].astype(embeds.dtype)).astype(self.dtype)
+
+    def _encode_image_fn(self, vae_params, siglip_params, video, pixel_values):
+        """(first-frame latents [1, 1, h, w, C] times scaling_factor (diffusers: the mode), SigLIP tokens)."""
+        self.trace_counts["encode_image"] += 1
+        mean, _ = nnx.merge(self._defs["vae"], vae_params).encode(video.astype(self.dtype))
+        tokens = nnx.merge(self._defs["image_encoder"], siglip_params)(pixel_values)
+        return mean.astype(jnp.float32) * self.vae_config.scaling_factor, tokens.astype(self.dtype)
 
     def _decode_fn(self, params, latents):
         self.trace_counts["decode"] += 1
@@ -174,20 +191,27 @@ class HunyuanVideo15Pipeline(Pipeline):
         if cfg and image_embeds is not None:
             image_embeds = jnp.concatenate([image_embeds, image_embeds])
 
-        def velocity(x, t, _):
+        def velocity(x, t, t_r):
             xin = jnp.concatenate([x.astype(self.dtype), condition.astype(self.dtype)], axis=-1)
             if cfg:
                 xin = jnp.concatenate([xin, xin])
             # diffusers casts the timestep to the latents' dtype before the model.
             tt = jnp.full((xin.shape[0],), t, jnp.float32).astype(self.dtype).astype(jnp.float32)
-            v = model(xin, tt, text, text_mask, glyph, glyph_mask, (cos, sin), image_embeds)
+            if t_r is not None:  # MeanFlow (I2V): the next step's timestep, 0 after the last
+                t_r = jnp.full_like(tt, t_r).astype(self.dtype).astype(jnp.float32)
+            v = model(xin, tt, text, text_mask, glyph, glyph_mask, (cos, sin), image_embeds, t_r)
             v = v.astype(jnp.float32)
             if cfg:
                 neg, pos = v[:b], v[b:]
                 v = neg + guidance * (pos - neg)
             return v
 
-        return sample(self.sampler, self.scheduler, velocity, latents, schedule, progress=progress)
+        per_step = None
+        if self.i2v and self.transformer_config.use_meanflow:
+            per_step = jnp.concatenate([schedule.timesteps[1:], jnp.zeros((1,), schedule.timesteps.dtype)])
+        return sample(
+            self.sampler, self.scheduler, velocity, latents, schedule, per_step=per_step, progress=progress
+        )
 
     # ---- request handling ---------------------------------------------------------------------------------
 
@@ -236,6 +260,24 @@ class HunyuanVideo15Pipeline(Pipeline):
             )
         return text, jnp.asarray(keep), glyph, jnp.asarray(mask.astype(bool))
 
+    def parse(self, prompt, **fields) -> Request:
+        """Image-to-video without height and width: the size of the image's aspect bucket around the model's
+        `target_size` (diffusers' I2V pipeline always picks it)."""
+        if self.i2v and fields.get("image") is not None:
+            given = [k for k in ("height", "width") if fields.get(k) is not None]
+            if len(given) == 1:
+                raise InputError(
+                    f"image-to-video: give both height and width, or neither (the image's aspect bucket); "
+                    f"got only {given[0]}"
+                )
+            if not given:
+                pil = read_images(fields["image"], most=self.max_images)[0]
+                height, width = bucket_size(
+                    pil.height, pil.width, self.transformer_config.target_size, self.spatial
+                )
+                fields = {**fields, "height": height, "width": width}
+        return super().parse(prompt, **fields)
+
     def check(self, request: Request) -> None:
         super().check(request)
         frames = request.num_frames
@@ -250,6 +292,8 @@ class HunyuanVideo15Pipeline(Pipeline):
                 request.warnings,
                 "negative_prompt is ignored: HunyuanVideo-1.5 uses it only with guidance_scale > 1",
             )
+        if self.i2v and request.images is None:
+            raise InputError("this is an image-to-video model: pass image= (CLI: --image PATH)")
         post_patch_grid(self.transformer_config, *self._latent_grid(request))
 
     def _latent_grid(self, request: Request) -> tuple[int, int, int]:
@@ -272,7 +316,22 @@ class HunyuanVideo15Pipeline(Pipeline):
         encoded = self.encode_texts(texts, request.warnings)
         f, h, w = self._latent_grid(request)
         condition = jnp.zeros((request.batch, f, h, w, self.z_dim + 1), self.dtype)
-        return (*encoded, condition, None)
+        if not self.i2v:
+            return (*encoded, condition, None)
+        image = resize_and_crop(request.images[0], request.height, request.width)
+        pixel_values = preprocess_images(image, size=self.siglip_size)
+        with context(self.placement):
+            latent, tokens = self._encode_image(
+                self._params["vae"],
+                self._params["image_encoder"],
+                put(self.placement, vae_pixels(image)),
+                put(self.placement, pixel_values),
+            )
+        # diffusers: the image latent in frame 0 of the condition latents, the mask 1 there and 0 elsewhere.
+        first = jnp.concatenate([latent[:, 0], jnp.ones(latent.shape[:1] + latent.shape[2:4] + (1,))], -1)
+        condition = condition.at[:, 0].set(first.astype(self.dtype))
+        image_embeds = jnp.repeat(tokens, request.batch, axis=0)
+        return (*encoded, condition, image_embeds)
 
     def denoise_stage(self, request: Request, cond, progress) -> Stage:
         text, text_mask, glyph, glyph_mask, condition, image_embeds = cond
@@ -331,20 +390,31 @@ def _own_overrides(model: ModelDir) -> dict:
     return read_json(path) if path.is_file() else {}
 
 
+def _siglip_size(model: ModelDir, default: int | None) -> int:
+    """The SigLIP input size: feature_extractor/preprocessor_config.json's, else the encoder config's."""
+    path = model.root / "feature_extractor" / "preprocessor_config.json"
+    size = read_json(path).get("size") if path.is_file() else None
+    if isinstance(size, dict):
+        size = size.get("height", size.get("shortest_edge"))
+    return int(size or default or 384)
+
+
 def _preset(index: dict, transformer) -> str:
-    """Which preset a HunyuanVideo-1.5 directory gets: by its resolution (the transformer's target size)."""
-    return "hunyuan-video-1.5-720p-t2v" if transformer.target_size >= 960 else "hunyuan-video-1.5-480p-t2v"
+    """Which preset a HunyuanVideo-1.5 directory gets: by task and resolution (the transformer's target size)."""
+    task = "i2v" if index.get("_class_name") == "HunyuanVideo15ImageToVideoPipeline" else "t2v"
+    return f"hunyuan-video-1.5-{'720p' if transformer.target_size >= 960 else '480p'}-{task}"
 
 
 FAMILY = Family(
     name="hunyuan_video15",
-    pipeline_classes=("HunyuanVideo15Pipeline",),
+    pipeline_classes=("HunyuanVideo15Pipeline", "HunyuanVideo15ImageToVideoPipeline"),
     pipeline=HunyuanVideo15Pipeline,
     components={
         "HunyuanVideo15Transformer3DModel": "jdiff.models.hunyuan_video15.plan",
         "AutoencoderKLHunyuanVideo15": "jdiff.models.hunyuan_video15.vae_plan",
         "Qwen2_5_VLTextModel": "jdiff.models.hunyuan_video15.text_plan",
         "T5EncoderModel": "jdiff.models.t5.plan",
+        "SiglipVisionModel": "jdiff.models.siglip.plan",
     },
     preset=_preset,
 )
