@@ -26,6 +26,7 @@ from flax import nnx
 from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
+from jdiff.io.images import read_images
 from jdiff.models.hunyuan_video15.text import (
     CROP_START,
     GLYPH_MAX_LENGTH,
@@ -36,7 +37,6 @@ from jdiff.models.hunyuan_video15.text import (
 )
 from jdiff.models.hunyuan_video15.transformer import post_patch_grid
 from jdiff.models.hunyuan_video15.transformer import rope_tables as _rope_tables_uncached
-from jdiff.io.images import read_images
 from jdiff.models.siglip.vision import preprocess_images
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines.base import warn, warn_truncated

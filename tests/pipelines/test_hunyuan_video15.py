@@ -31,8 +31,7 @@ def _latents(batch: int = 1) -> torch.Tensor:
 def _reference(pipe, prompt, latents, **kw):
     """(final latents [B, C, F, h, w], frames [B, NF, H, W, 3]) of diffusers, each video decoded alone
     (diffusers' VAE cannot decode a batch of 2)."""
-    final = pipe(prompt=prompt, latents=latents, output_type="latent", num_frames=F, height=H, width=W, **kw)
-    final = final.frames
+    final = pipe(prompt=prompt, latents=latents, output_type="latent", num_frames=F, **kw).frames
     with torch.no_grad():
         frames = [pipe.vae.decode(z[None] / pipe.vae.config.scaling_factor).sample for z in final]
     video = torch.cat(frames).permute(0, 2, 3, 4, 1)
@@ -44,7 +43,9 @@ def test_parity_cfg_glyph_and_negative_prompt(case):
     the negative prompt alone moves the result far more than the tolerance."""
     pipe, gen = case
     latents = _latents()
-    want, want_frames = _reference(pipe, GLYPH, latents, negative_prompt="blue", num_inference_steps=3)
+    want, want_frames = _reference(
+        pipe, GLYPH, latents, negative_prompt="blue", num_inference_steps=3, height=H, width=W
+    )
     got = gen.generate(
         GLYPH, negative_prompt="blue", latents=latents.numpy(), output_type="np", height=H, width=W,
         num_frames=F, num_inference_steps=3,
@@ -71,7 +72,9 @@ def test_parity_batch_without_cfg(case):
     guider = pipe.guider
     pipe.guider = ClassifierFreeGuidance(guidance_scale=1.0)
     try:
-        want, want_frames = _reference(pipe, [GLYPH, PLAIN], latents, num_inference_steps=2)
+        want, want_frames = _reference(
+            pipe, [GLYPH, PLAIN], latents, num_inference_steps=2, height=H, width=W
+        )
     finally:
         pipe.guider = guider
     got = gen.generate(
@@ -83,15 +86,13 @@ def test_parity_batch_without_cfg(case):
     assert rel_err(want[0], want[1]) > 1e-2  # the prompts differ in the result
 
 
-def test_mp4_and_no_recompile(case, tmp_path):
+def test_no_recompile(case):
     _, gen = case
-    r = gen.generate(GLYPH, seed=1, output_path=tmp_path / "a.mp4", **SMALL)
+    gen.generate(GLYPH, seed=1, output_type="latent", **SMALL)
     before = dict(gen.pipeline.trace_counts)
     # Another length, no quoted text, another scale: the same programs (lengths are bucketed).
-    gen.generate("a dog running", seed=2, guidance_scale=4.0, output_path=tmp_path / "b.mp4", **SMALL)
+    gen.generate("a dog running", seed=2, guidance_scale=4.0, output_type="latent", **SMALL)
     assert dict(gen.pipeline.trace_counts) == before
-    assert iio.imread(r.paths[0]).shape == (5, H, W, 3)
-    assert len(r.frames) == 1 and len(r.frames[0]) == 5 and r.frames[0][0].size == (W, H)
 
 
 @pytest.mark.parametrize(
@@ -134,4 +135,5 @@ def test_cli_writes_the_asked_video(case, tmp_path):
         "48",
     ]
     assert main([*args, "--steps", "2", "--num-frames", "5", "--output", str(out)]) == 0
-    assert iio.imread(out).shape == (5, H, W, 3)
+    video = iio.imread(out)
+    assert video.shape == (5, H, W, 3) and video.std() > 1  # the asked frames and size, not blank
