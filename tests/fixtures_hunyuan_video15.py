@@ -22,6 +22,7 @@ QWEN25_VL_CHAT_TEMPLATE = (
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
 TEXT_VOCAB = 300  # 256 bytes + the specials
+F = 9  # video frames of the parity tests: 3 latent frames
 
 
 def tiny_hunyuan_video15(
@@ -108,3 +109,13 @@ def saved(pipe, folder: Path | None = None) -> Path:
     folder = Path(tempfile.mkdtemp()) if folder is None else folder
     pipe.save_pretrained(folder)
     return folder
+
+
+def reference(pipe, prompt, latents, **kw):
+    """(final latents [B, C, F, h, w], frames [B, NF, H, W, 3]) of diffusers, each video decoded alone
+    (diffusers' VAE cannot decode a batch of 2)."""
+    final = pipe(prompt=prompt, latents=latents, output_type="latent", num_frames=F, **kw).frames
+    with torch.no_grad():
+        frames = [pipe.vae.decode(z[None] / pipe.vae.config.scaling_factor).sample for z in final]
+    video = torch.cat(frames).permute(0, 2, 3, 4, 1)
+    return final.numpy(), (video * 0.5 + 0.5).clamp(0, 1).numpy()

@@ -9,10 +9,10 @@ import torch
 
 import jdiff
 from jdiff.errors import InputError
-from tests.fixtures_hunyuan_video15 import saved, tiny_hunyuan_video15
+from tests.fixtures_hunyuan_video15 import F, reference, saved, tiny_hunyuan_video15
 from tests.utils import rel_err
 
-F, H, W = 9, 32, 48  # 3 latent frames of 8 x 12
+H, W = 32, 48  # 8 x 12 latents
 GLYPH = 'a red "OPEN" sign'
 PLAIN = "a blue circle"
 SMALL = dict(height=H, width=W, num_frames=5, num_inference_steps=2)
@@ -28,22 +28,12 @@ def _latents(batch: int = 1) -> torch.Tensor:
     return torch.randn(batch, 4, (F - 1) // 4 + 1, H // 4, W // 4, generator=torch.Generator().manual_seed(1))
 
 
-def _reference(pipe, prompt, latents, **kw):
-    """(final latents [B, C, F, h, w], frames [B, NF, H, W, 3]) of diffusers, each video decoded alone
-    (diffusers' VAE cannot decode a batch of 2)."""
-    final = pipe(prompt=prompt, latents=latents, output_type="latent", num_frames=F, **kw).frames
-    with torch.no_grad():
-        frames = [pipe.vae.decode(z[None] / pipe.vae.config.scaling_factor).sample for z in final]
-    video = torch.cat(frames).permute(0, 2, 3, 4, 1)
-    return final.numpy(), (video * 0.5 + 0.5).clamp(0, 1).numpy()
-
-
 def test_parity_cfg_glyph_and_negative_prompt(case):
     """CFG (the guider's 6.0) with a quoted (byT5) span and a negative prompt, non-square, 3 latent frames;
     the negative prompt alone moves the result far more than the tolerance."""
     pipe, gen = case
     latents = _latents()
-    want, want_frames = _reference(
+    want, want_frames = reference(
         pipe, GLYPH, latents, negative_prompt="blue", num_inference_steps=3, height=H, width=W
     )
     got = gen.generate(
@@ -72,9 +62,7 @@ def test_parity_batch_without_cfg(case):
     guider = pipe.guider
     pipe.guider = ClassifierFreeGuidance(guidance_scale=1.0)
     try:
-        want, want_frames = _reference(
-            pipe, [GLYPH, PLAIN], latents, num_inference_steps=2, height=H, width=W
-        )
+        want, want_frames = reference(pipe, [GLYPH, PLAIN], latents, num_inference_steps=2, height=H, width=W)
     finally:
         pipe.guider = guider
     got = gen.generate(

@@ -7,9 +7,11 @@ import torch
 
 import jdiff
 from jdiff.errors import InputError
-from tests.fixtures_hunyuan_video15 import saved, tiny_hunyuan_video15
-from tests.pipelines.test_hunyuan_video15 import GLYPH, F, H, W, _reference
+from tests.fixtures_hunyuan_video15 import F, reference, saved, tiny_hunyuan_video15
 from tests.utils import rel_err
+
+GLYPH = 'a red "OPEN" sign'
+H, W = 32, 48
 
 
 def _image(h: int = 50, w: int = 70, seed: int = 0):
@@ -27,7 +29,7 @@ def test_i2v_parity_in_the_image_bucket(meanflow):
     h, w = 52, 72
     latents = torch.randn(1, 4, 3, h // 4, w // 4, generator=torch.Generator().manual_seed(1))
     kw = dict(negative_prompt="blue", num_inference_steps=3 if not meanflow else 2)
-    want, want_frames = _reference(pipe, GLYPH, latents, image=_image(), **kw)
+    want, want_frames = reference(pipe, GLYPH, latents, image=_image(), **kw)
     out = "latent" if meanflow else "np"
     got = gen.generate(GLYPH, image=_image(), latents=latents.numpy(), num_frames=F, output_type=out, **kw)
     assert rel_err(got.latents, want) <= 1e-4
