@@ -65,3 +65,20 @@ def test_buckets_match_diffusers(target, size):
         *size, target
     )
     assert bucket_size(*size, target, spatial) == tuple(want)
+
+
+def test_dry_run_maps_every_component(tmp_path):
+    """Header-only conversion check: weights mapped, tokenizers / scheduler / guider / SigLIP processor copied;
+    negative control: an unknown component class is a problem."""
+    import json
+
+    from jdiff.convert.run import dry_run
+
+    path = saved(tiny_hunyuan_video15("i2v"), tmp_path / "m")
+    report = dry_run(path)
+    assert not report.problems
+    assert any(line.startswith("guider") and "copied as is" in line for line in report.lines)
+    index = json.loads((path / "model_index.json").read_text())
+    index["guider"] = ["diffusers", "AdaptiveProjectedGuider"]
+    (path / "model_index.json").write_text(json.dumps(index))
+    assert any("guider: a AdaptiveProjectedGuider" in p for p in dry_run(path).problems)
