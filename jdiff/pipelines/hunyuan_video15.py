@@ -1,7 +1,9 @@
-"""The HunyuanVideo-1.5 text-to-video pipeline, as diffusers' `HunyuanVideo15Pipeline` runs it.
+"""The HunyuanVideo-1.5 pipelines, text-to-video and image-to-video, as diffusers'
+`HunyuanVideo15Pipeline` / `HunyuanVideo15ImageToVideoPipeline` run them.
 
 Stages: validate -> encode text (Qwen2.5-VL in the chat template; byT5 on the prompt's quoted text) ->
-timesteps -> latents -> denoise -> decode -> post-process (frames, mp4).
+[encode image: VAE first frame, SigLIP] -> timesteps -> latents -> denoise -> decode -> post-process (frames,
+mp4).
 
 Axis letters: B batch, Bm model batch rows (2B with CFG), F latent frames, h/w latent height/width, C latent
 channels, T text tokens, G glyph tokens, NF video frames, H/W video height/width.
@@ -80,7 +82,8 @@ def custom_sigmas(steps: int) -> np.ndarray:
 
 
 class HunyuanVideo15Pipeline(Pipeline):
-    """HunyuanVideo-1.5 text-to-video from a diffusers-format directory (or a jdiff checkpoint)."""
+    """HunyuanVideo-1.5 text-to-video or image-to-video (by the directory's pipeline class) from a
+    diffusers-format directory (or a jdiff checkpoint)."""
 
     family = "HunyuanVideo-1.5"
     is_video = True
