@@ -220,7 +220,7 @@ def _model_makes_video(model: str | None) -> bool | None:
         name = json.loads((Path(model) / "model_index.json").read_text()).get("_class_name", "")
     except (OSError, ValueError, AttributeError):
         return None
-    return str(name).startswith("Wan")
+    return str(name).startswith(("Wan", "HunyuanVideo"))  # the video families' pipeline classes
 
 
 def _writes_outputs(args) -> bool:

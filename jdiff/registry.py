@@ -20,6 +20,7 @@ FAMILY_MODULES = (
     "jdiff.pipelines.flux2_klein",
     "jdiff.pipelines.stable_diffusion",
     "jdiff.pipelines.qwen_image",
+    "jdiff.pipelines.hunyuan_video15",
 )
 
 

@@ -35,8 +35,11 @@ def _model_components(model: ModelDir) -> list[str]:
     return [name for name, (_, cls) in model.components().items() if cls in model.family.components]
 
 
-# Components copied as they are: tokenizers, schedulers, image processors (jdiff reads them from the copy).
-_COPIED = re.compile(r".*(Tokenizer|TokenizerFast|Scheduler|ImageProcessor|Processor|FeatureExtractor)")
+# Components copied as they are: tokenizers, schedulers, image processors (their Pil / Fast variants), guiders
+# (jdiff reads them from the copy).
+_COPIED = re.compile(
+    r".*(Tokenizer|TokenizerFast|Scheduler|ImageProcessor|Processor|FeatureExtractor|Guidance)(Pil|Fast)?"
+)
 
 
 def dry_run(src: str | Path) -> Report:

@@ -107,7 +107,9 @@ class ModelDir:
         folder = self.folder(name)
         # transformers builds an empty-vocabulary tokenizer, without a word, from a folder that lost its
         # vocabulary files; every prompt would then encode to unknown tokens.
-        if not any((folder / f).is_file() for f in _VOCABULARY_FILES):
+        # byT5 (HunyuanVideo-1.5's glyph tokenizer) reads bytes: it has no vocabulary file.
+        byte_level = _tokenizer_name(folder) == "ByT5Tokenizer"
+        if not byte_level and not any((folder / f).is_file() for f in _VOCABULARY_FILES):
             raise InputError(
                 f"tokenizer folder {folder} has no vocabulary file (one of {', '.join(_VOCABULARY_FILES)}); "
                 "the model directory is incomplete: copy the tokenizer files again"
@@ -187,6 +189,11 @@ class ModelDir:
 
 # Files that hold a tokenizer's vocabulary, in the formats transformers reads.
 _VOCABULARY_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def _tokenizer_name(folder: Path):
+    config = folder / "tokenizer_config.json"
+    return read_json(config).get("tokenizer_class") if config.is_file() else None
 
 
 def _read_with_transformers(folder: Path):
