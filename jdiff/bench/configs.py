@@ -62,6 +62,8 @@ Z_IMAGE_TEXT = 128
 # Qwen-Image's text: SGLang's CI prompt ("A futuristic cityscape at sunset with flying cars") in Qwen2.5-VL's
 # chat template with the template's system prefix dropped, as the pipeline does: about 16 tokens.
 QWEN_IMAGE_TEXT = 16
+# Its negative prompt in a true-CFG step: SGLang's CI sends " " (a few template tokens remain).
+QWEN_IMAGE_NEGATIVE_TEXT = 5
 # SDXL's layout at toy widths: a plain first level, 1 and 2 transformer layers, text_time with pooled text 24.
 SDXL_UNET_TINY = to_dict(
     UNet2DConditionConfig.tiny(

@@ -132,6 +132,20 @@ def _torch_setup(name: str, config: dict, sz: dict, device):
             return_dict=False,
         )
         return model, lambda m: m(**x)[0]
+    if name == "qwen_image_cfg_step":
+        model = _torch_random(diffusers.QwenImageTransformer2DModel, config, device, bf16)
+        calls = [  # QwenImagePipeline's true CFG: the prompt, then the negative, each at its own length
+            dict(
+                hidden_states=rand(1, sz["h"] * sz["w"], config["in_channels"]),
+                encoder_hidden_states=rand(1, t, config["joint_attention_dim"]),
+                encoder_hidden_states_mask=None,
+                timestep=torch.full((1,), 0.5, device=device, dtype=bf16),
+                img_shapes=[[(1, sz["h"], sz["w"])]],
+                return_dict=False,
+            )
+            for t in (sz["text"], sz["negative_text"])
+        ]
+        return model, lambda m: torch.cat([m(**x)[0] for x in calls])
     if name == "wan_forward":
         model = _torch_random(diffusers.WanTransformer3DModel, config, device, bf16)
         x = dict(

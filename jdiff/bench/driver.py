@@ -9,6 +9,9 @@ float32-kept parameters in float32 as its loader would keep them):
   sdxl_unet_step   SDXL base UNet, one CFG step at 1024x1024 (batch 2 of 128x128 latents, 77 text tokens)
   qwen_image_step  Qwen-Image transformer, one call at 1024x1024, batch 1 (4096 image + 16 text tokens); a
                    true-CFG step (SGLang's per-step figure) is two such calls
+  qwen_image_cfg_step
+                   Qwen-Image true-CFG step at 1024x1024 as each pipeline runs it: jdiff one batch-2 call,
+                   negative (5 text tokens) padded to the prompt's 16 with key lengths; diffusers two calls
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480

@@ -159,6 +159,24 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         def apply(m, x, txt, t, cos, sin):
             return m(x, txt, t, (cos, sin))  # one prompt: no text mask, as QwenImagePipeline
 
+    elif name == "qwen_image_cfg_step":
+        from jdiff.models.qwen_image.plan import SPEC
+        from jdiff.models.qwen_image.rope import rope_tables
+
+        cfg = from_dict(SPEC.config_cls, config)
+        t = sz["text"]
+        rope = rope_tables(((1, sz["h"], sz["w"]),), t, tuple(cfg.axes_dims_rope))
+        inputs = (
+            rand((2, sz["h"] * sz["w"], cfg.in_channels)),
+            rand((2, t, cfg.joint_attention_dim)),
+            jnp.full((2,), 0.5, jnp.float32),
+            *(jnp.asarray(a) for a in rope),
+            jnp.arange(t)[None, :] < jnp.array([[sz["negative_text"]], [t]]),  # [negative; prompt], padded
+        )
+
+        def apply(m, x, txt, t, cos, sin, mask):
+            return m(x, txt, t, (cos, sin), mask)  # as QwenImagePipeline runs true CFG
+
     elif name == "wan_forward":
         from jdiff.models.wan.plan import SPEC
         from jdiff.models.wan.rope import wan_rope_tables
@@ -240,7 +258,14 @@ def _with_lora(graphdef, params, apply, inputs, sz: dict):
 
 def _attention_head_dim(name: str, config: dict) -> int:
     """The head dim that decides the workload's attention kernel (the VAEs' mid-block attention is one head)."""
-    if name in ("flux_step", "wan_forward", "flux2_klein_step", "qwen_image_step", *LORA_WORKLOADS):
+    if name in (
+        "flux_step",
+        "wan_forward",
+        "flux2_klein_step",
+        "qwen_image_step",
+        "qwen_image_cfg_step",
+        *LORA_WORKLOADS,
+    ):
         return config["attention_head_dim"]
     if name == "sdxl_unet_step":  # diffusers' attention_head_dim is the head count: 1280 / 20 = 64
         return config["block_out_channels"][-1] // config["attention_head_dim"][-1]

@@ -18,6 +18,7 @@ from jdiff.bench.configs import (
     FLUX_VAE_TINY,
     PROMPT,
     QWEN_IMAGE,
+    QWEN_IMAGE_NEGATIVE_TEXT,
     QWEN_IMAGE_TEXT,
     SDXL_UNET,
     SDXL_UNET_TINY,
@@ -148,6 +149,23 @@ WORKLOADS = {
         tiny_config=to_dict(QwenImageConfig.tiny()),
         tiny_sizes=dict(h=4, w=4, text=8),
         tiny_title="tiny Qwen-Image transformer call (toy config), 64x64, batch 1",
+    ),
+    # The true-CFG step as each pipeline runs it: jdiff one batch-2 call [negative; prompt] with the shorter
+    # text padded (key lengths), diffusers' QwenImagePipeline two batch-1 calls of each text's own length.
+    "qwen_image_cfg_step": Workload(
+        "Qwen-Image true-CFG step, 1024x1024 (negative 5 + prompt 16 text tokens)",
+        QWEN_IMAGE,
+        dict(h=64, w=64, text=QWEN_IMAGE_TEXT, negative_text=QWEN_IMAGE_NEGATIVE_TEXT),
+        sum(
+            qwen_image_tflop(QWEN_IMAGE, dict(h=64, w=64, text=t))
+            for t in (QWEN_IMAGE_TEXT, QWEN_IMAGE_NEGATIVE_TEXT)
+        ),
+        warmup=2,
+        repeats=10,
+        engines=ENGINES,
+        tiny_config=to_dict(QwenImageConfig.tiny()),
+        tiny_sizes=dict(h=4, w=4, text=8, negative_text=3),
+        tiny_title="tiny Qwen-Image true-CFG step (toy config), 64x64",
     ),
     # LoRA (issue 20): one rank-32 adapter on every block linear but the modulation vs flux_step (no
     # adapter); a batch of 4 with 4 adapters loaded, each row its own, vs a batch of 4 with one loaded.

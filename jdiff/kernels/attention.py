@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 # Splash block sizes (query, key/value): multiples of 128 on TPU; 512 suits v4/v5 at the lengths DiTs use.
 SPLASH_BLOCK = (512, 512)
@@ -47,6 +47,7 @@ def local_attention(
     *,
     bias: Float[Array, "b n t s"] | None = None,
     mask: Bool[Array, "b n t s"] | None = None,
+    key_lengths: Int[Array, " b"] | None = None,
     is_causal: bool = False,
     scale: float | None = None,
     implementation: str | None = None,
@@ -57,6 +58,8 @@ def local_attention(
         q, k, v: [B, T|S, N, H] (sequence before heads, as `jax.nn.dot_product_attention` wants).
         bias: additive logits bias, broadcastable to [B, N, T, S] (T5's relative position bias).
         mask: True where attention is allowed, broadcastable to [B, N, T, S].
+        key_lengths: int32 [B]: each row attends to its first key_lengths[b] keys only (trailing padding).
+            cuDNN runs it as its padding mask at full flash speed, where a `mask` becomes a dense bias.
         is_causal: causal masking (CLIP text).
         scale: logits scale; None means 1/sqrt(H).
         implementation: "cudnn", "xla" or "splash"; None picks by platform, dtype and head size.
@@ -68,16 +71,30 @@ def local_attention(
     if impl == "cudnn" and bias is not None:
         # cuDNN takes a bias, but only in the activation dtype; T5's bias is small and runs once per prompt.
         impl = "xla"
-    if impl == "splash" and (bias is not None or mask is not None or is_causal):
+    if impl == "splash" and (bias is not None or mask is not None or key_lengths is not None or is_causal):
         impl = "xla"  # the encoders' masked / biased attention is short; splash serves the DiTs
+    if key_lengths is not None and impl == "xla":
+        keys = (jnp.arange(k.shape[1])[None, :] < key_lengths[:, None])[:, None, None, :]  # [B, 1, 1, S]
+        mask = keys if mask is None else mask & keys
+        key_lengths = None
     if impl == "xla":
         return _xla_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale)
     if impl == "splash":
         return _splash_attention(q, k, v, scale=scale)
     if mask is not None:
         mask = cudnn_mask(mask, q.shape[1])
+    if key_lengths is not None:
+        key_lengths = key_lengths.astype(jnp.int32)
     return jax.nn.dot_product_attention(
-        q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale, implementation=impl
+        q,
+        k,
+        v,
+        bias=bias,
+        mask=mask,
+        is_causal=is_causal,
+        scale=scale,
+        key_value_seq_lengths=key_lengths,
+        implementation=impl,
     )
 
 

@@ -9,7 +9,9 @@ between them from the ambient placement (`jdiff.sharding.ambient`).
 
 from __future__ import annotations
 
-from jaxtyping import Array, Bool, Float
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Bool, Float, Int
 
 from jdiff.kernels.attention import (
     CUDNN_MAX_HEAD_DIM,
@@ -29,6 +31,7 @@ def dot_product_attention(
     bias: Float[Array, "b n t s"] | None = None,
     mask: Bool[Array, "b n t s"] | None = None,
     key_mask: Bool[Array, "b s"] | None = None,
+    key_lengths: Int[Array, " b"] | None = None,
     is_causal: bool = False,
     scale: float | None = None,
     implementation: str | None = None,
@@ -44,6 +47,8 @@ def dot_product_attention(
         mask: True where attention is allowed, broadcastable to [B, N, T, S].
         key_mask: True for the keys that may be attended to (text padding masked out); unlike `mask` it
             keeps a `context_parallel` call sequence-parallel (the schemes take a key padding mask).
+        key_lengths: int32 [B]: only the first key_lengths[b] keys may be attended to (trailing padding);
+            on one device cuDNN runs it as its padding mask at flash speed (a mask becomes a dense bias).
         is_causal: causal masking (CLIP text).
         scale: logits scale; None means 1/sqrt(H).
         implementation: "cudnn" or "xla"; None picks by platform and dtype.
@@ -58,6 +63,9 @@ def dot_product_attention(
     """
     if (context_parallel or cross_context) and bias is None and mask is None and not is_causal:
         active = rules.current()
+        if key_lengths is not None and active is not None and sp._context_size(active[0]) > 1:
+            key_mask = _lengths_mask(key_lengths, k.shape[1], key_mask)  # the schemes take a key mask
+            key_lengths = None
         if active is not None and sp._context_size(active[0]) > 1 and cross_context and key_mask is None:
             mesh, active_rules = active
             return sp.cross_context_attention(
@@ -80,8 +88,21 @@ def dot_product_attention(
         keys = key_mask.astype(bool)[:, None, None, :]  # [B, 1, 1, S]
         mask = keys if mask is None else mask & keys
     return local_attention(
-        q, k, v, bias=bias, mask=mask, is_causal=is_causal, scale=scale, implementation=implementation
+        q,
+        k,
+        v,
+        bias=bias,
+        mask=mask,
+        key_lengths=key_lengths,
+        is_causal=is_causal,
+        scale=scale,
+        implementation=implementation,
     )
+
+
+def _lengths_mask(key_lengths: jax.Array, s: int, key_mask: jax.Array | None) -> jax.Array:
+    keys = jnp.arange(s)[None, :] < key_lengths[:, None]  # [B, S]
+    return keys if key_mask is None else keys & key_mask.astype(bool)
 
 
 __all__ = ["CUDNN_MAX_HEAD_DIM", "SPLASH_BLOCK", "default_implementation", "dot_product_attention"]

@@ -1,6 +1,7 @@
 """Qwen-Image's 3-axis rotary tables (diffusers `QwenEmbedRope`), computed on the host per request shape.
 
-Axis letters: L joint tokens (T text, then S image tokens), H head dim.
+Axis letters: L joint tokens (S image tokens, then T text), H head dim: jdiff puts the text after the images
+(diffusers before them; attention is the same either way), so text padding is trailing.
 
 The head dim splits into (frame, height, width) parts (`axes_dims_rope`). Image i of a request (i = 0 the
 latents being denoised, then each conditioning image of the edit pipelines, in order) gets frame position i,
@@ -27,7 +28,7 @@ MAX_POSITION = 4096
 
 
 def positions(image_grids: Sequence[tuple[int, int, int]], text_len: int) -> np.ndarray:
-    """Integer positions [T + S, 3] of the joint sequence [text; image 0; image 1; ...].
+    """Integer positions [S + T, 3] of the joint sequence [image 0; image 1; ...; text].
 
     Args:
         image_grids: (frames, height, width) token grid of each image, in sequence order.
@@ -50,14 +51,14 @@ def positions(image_grids: Sequence[tuple[int, int, int]], text_len: int) -> np.
             f"text tokens); the reference has {MAX_POSITION}: use smaller images or a shorter prompt"
         )
     text = np.repeat((top + np.arange(text_len))[:, None], 3, axis=1)
-    return np.concatenate([text, *parts])
+    return np.concatenate([*parts, text])
 
 
 @lru_cache(maxsize=32)
 def rope_tables(
     image_grids: tuple[tuple[int, int, int], ...], text_len: int, axes_dims: tuple[int, ...]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin [T + S, H] (float32) for the joint sequence, each frequency repeated for its pair."""
+    """cos and sin [S + T, H] (float32) for the joint sequence, each frequency repeated for its pair."""
     pos = positions(image_grids, text_len).astype(np.float32)
     cos, sin = [], []
     for axis, dim in enumerate(axes_dims):

@@ -98,13 +98,14 @@ def test_parity_fused_norm_rope_kernel(tmp_path):
 
 
 def test_rope_layout():
-    """Centred image positions per image, frame index per image, text after the largest half-size."""
+    """Centred image positions per image, frame index per image, then the text (last in jdiff's joint order)
+    after the largest half-size."""
     pos = positions([(1, 3, 4), (1, 5, 2)], 2)
-    assert pos[:2].tolist() == [[2, 2, 2], [3, 3, 3]]  # max(3//2, 4//2, 5//2, 2//2) = 2
-    first = pos[2 : 2 + 12].reshape(3, 4, 3)
+    assert pos[-2:].tolist() == [[2, 2, 2], [3, 3, 3]]  # max(3//2, 4//2, 5//2, 2//2) = 2
+    first = pos[:12].reshape(3, 4, 3)
     assert first[..., 0].max() == 0 and first[:, 0, 1].tolist() == [-2, -1, 0]
     assert first[0, :, 2].tolist() == [-2, -1, 0, 1]
-    second = pos[14:].reshape(5, 2, 3)
+    second = pos[12:-2].reshape(5, 2, 3)
     assert (second[..., 0] == 1).all() and second[:, 0, 1].tolist() == [-3, -2, -1, 0, 1]
 
 
