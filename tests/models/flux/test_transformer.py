@@ -30,14 +30,15 @@ def _ids(t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _randomized(module, scale: float):
-    """`module` with every parameter drawn from normal(0, scale): none left at a zero or unit init."""
+    """`module` (built for real or with `nnx.eval_shape`) with every parameter drawn from normal(0, scale): none
+    left at a zero or unit init."""
     import jax
     from flax import nnx
 
     graphdef, state = nnx.split(module)
     leaves, tree = jax.tree.flatten(state)
-    keys = jax.random.split(jax.random.key(1), len(leaves))
-    values = [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves, strict=True)]
+    rng = np.random.default_rng(1)  # numpy: jax.random compiles once per leaf shape (20 s here)
+    values = [jnp.asarray(scale * rng.standard_normal(x.shape), x.dtype) for x in leaves]
     return nnx.merge(graphdef, jax.tree.unflatten(tree, values))
 
 
@@ -128,7 +129,7 @@ def test_modulation_rows_are_independent():
         num_layers=2, num_single_layers=3, joint_attention_dim=32, pooled_projection_dim=24, in_channels=8
     )
     # Zero-initialised biases and modulation would hide a mixed-up row: give every parameter a value.
-    model = _randomized(FluxTransformer2DModel(cfg, rngs=nnx.Rngs(0)), 0.2)
+    model = _randomized(nnx.eval_shape(lambda: FluxTransformer2DModel(cfg, rngs=nnx.Rngs(0))), 0.2)
     b, t, h, w = 2, 3, 2, 3
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.standard_normal((b, h * w, 8)), jnp.float32)
@@ -139,15 +140,16 @@ def test_modulation_rows_are_independent():
     steps = jnp.asarray([0.9, 0.4, 0.1], jnp.float32)
     mod = model.modulation(jnp.repeat(steps, b), jnp.tile(pooled, (3, 1)), jnp.tile(guidance, 3))
     assert mod.double.shape == (2, 3 * b, 6 * 32) and mod.single.shape == (3, 3 * b, 3 * 32)
+    predict = nnx.jit(lambda m, step: m.predict(x, text, step, rope))  # op by op, each call takes seconds
+    call = nnx.jit(lambda m, t: m(x, text, pooled, jnp.full((b,), t), rope, guidance=guidance))
     for i in range(3):
         rows = slice(i * b, (i + 1) * b)
         step = type(mod)(mod.double[:, rows], mod.double_context[:, rows], mod.single[:, rows], mod.out[rows])
-        got = model.predict(x, text, step, rope)
-        want = model(x, text, pooled, jnp.full((b,), steps[i]), rope, guidance=guidance)
+        got, want = predict(model, step), call(model, steps[i])
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="pass `guidance`"):  # a guidance-distilled model needs it
         model.modulation(steps[:1], pooled[:1])
-    other = model(x, text, pooled, jnp.full((b,), steps[0]), rope, guidance=guidance)
+    other = call(model, steps[0])
     assert not np.allclose(np.asarray(other), np.asarray(want), atol=1e-3)  # the timestep matters here
 
 
@@ -164,7 +166,7 @@ def test_attention_with_the_fused_kernel(joint):
     cfg = dataclasses.replace(
         FluxConfig(), num_attention_heads=2, attention_head_dim=16, axes_dims_rope=(4, 6, 6)
     )
-    attn = _randomized(JointAttention(cfg, joint=joint, rngs=nnx.Rngs(0)), 0.3)
+    attn = _randomized(nnx.eval_shape(lambda: JointAttention(cfg, joint=joint, rngs=nnx.Rngs(0))), 0.3)
     x, text = (jax.random.normal(jax.random.key(i), (2, 32, 32)) for i in (2, 3))
     ids = np.stack([np.zeros(64), np.arange(64) // 8, np.arange(64) % 8], 1)
     rope = tuple(jnp.asarray(a) for a in rope_cos_sin(ids, (4, 6, 6), 10000.0))
