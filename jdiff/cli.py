@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from jdiff.errors import InputError
+from jdiff.server import options as serve_options
 
 PRESET = "the model's preset"
 SIZES = "1024 for FLUX.1, 64 for the embedded model, a small model's own sample size"
@@ -186,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
         "--log-level", choices=["debug", "info", "warning", "error"], default="info", help="server log level"
     )
     _multihost_flags(s)
+    serve_options.add_arguments(s)  # --api-key, --shutdown-grace
 
     b = sub.add_parser(
         "bench",
@@ -373,6 +375,7 @@ def _serve(args) -> int:
         raise InputError("--batch-wait-ms must be >= 0 and --timeout > 0 (finite numbers)")
     if args.port > 65535:
         raise InputError(f"--port must be <= 65535, got {args.port}")
+    options = serve_options.app_options(args)
     explicit = args.warmup not in ("default", "none")
     warmup = _warmup_sizes(args.warmup, {}) if explicit else None  # a typo fails before the model loads
     loras = [_serve_lora_arg(v) for v in args.lora]
@@ -411,6 +414,7 @@ def _serve(args) -> int:
         max_pixels=args.max_pixels,
         max_queue=args.max_queue,
         warmup=warmup,
+        **options,
     )
     if multihost:
         gen.close()

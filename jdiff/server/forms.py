@@ -1,4 +1,4 @@
-"""`multipart/form-data` bodies (OpenAI's `POST /v1/images/edits`): text fields and uploaded files.
+"""`multipart/form-data` bodies (OpenAI's `POST /v1/images/edits` and `POST /v1/videos`): fields and files.
 
 Parsed with the standard library's MIME parser (no `python-multipart` dependency): the body is read up to
 its limit (413 past it), then split into parts. Text fields are typed here, as the JSON parser types them
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
 import math
 from dataclasses import dataclass, field
 
@@ -18,9 +19,12 @@ from jdiff.server.errors import ApiError
 
 MAX_FORM_BYTES = 64 << 20  # a few uploaded images
 
-INT_FIELDS = ("n", "seed", "num_inference_steps", "output_compression")
-FLOAT_FIELDS = ("guidance_scale", "true_cfg_scale")
-FILE_FIELDS = ("image", "image[]")  # uploads even when a client sends them without a filename
+INT_FIELDS = ("n", "seed", "num_inference_steps", "output_compression", "partial_images", "num_frames")
+FLOAT_FIELDS = ("guidance_scale", "true_cfg_scale", "guidance_scale_2")
+BOOL_FIELDS = ("stream",)  # "true" / "false", as the OpenAI client writes them
+JSON_FIELDS = ("loras",)  # a JSON object as the field's text
+# Uploads even when a client sends them without a filename.
+FILE_FIELDS = ("image", "image[]", "input_reference", "mask")
 
 
 @dataclass
@@ -40,15 +44,24 @@ class Form:
                 try:
                     out[name] = int(value)
                 except ValueError:
-                    raise ApiError(400, f"{name} must be an integer, got {value!r}") from None
+                    raise ApiError(400, f"{name} must be an integer, got {value!r}", param=name) from None
             elif name in FLOAT_FIELDS:
                 try:
                     v = float(value)
                 except ValueError:
                     v = math.nan
                 if not math.isfinite(v):
-                    raise ApiError(400, f"{name} must be a finite number, got {value!r}")
+                    raise ApiError(400, f"{name} must be a finite number, got {value!r}", param=name)
                 out[name] = v
+            elif name in BOOL_FIELDS:
+                if value.lower() not in ("true", "false"):
+                    raise ApiError(400, f"{name} must be true or false, got {value!r}", param=name)
+                out[name] = value.lower() == "true"
+            elif name in JSON_FIELDS:
+                try:
+                    out[name] = json.loads(value)
+                except ValueError:
+                    raise ApiError(400, f"{name} must be a JSON object, got {value!r}", param=name) from None
             else:
                 out[name] = value
         return out

@@ -79,11 +79,16 @@ def decode(item: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).convert("RGB"))
 
 
-def assert_error(r: httpx.Response, status: int, fragment: str = "") -> None:
+def assert_error(r: httpx.Response, status: int, fragment: str = "", param: str | None = None) -> dict:
+    """Checks the JSON error body (`param` and `code` appear only when known); returns it."""
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert set(err) == {"message", "type"} and isinstance(err["message"], str), err
+    assert {"message", "type"} <= set(err) <= {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str), err
     assert fragment.lower() in err["message"].lower(), err["message"]
+    if param is not None:
+        assert err.get("param") == param, err
+    return err
 
 
 # ---- the embedded model over HTTP -----------------------------------------------------------------------
