@@ -145,12 +145,11 @@ def create_app(
     app.state.on_warmup_failure = lambda: None
     app.state.stop_timeout = None  # seconds `stop` waits for running work (`serve`'s shutdown_grace_s)
     install_handlers(app)
-    app.add_middleware(Observe, api_key=api_key, metrics=metrics)
-    app.include_router(_router)
-    app.include_router(page.router)
-    app.include_router(images.router)
-    app.include_router(videos.router)
-    app.include_router(loras.router)
+    routers = [_router, page.router, images.router, videos.router, loras.router]
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(Observe, api_key=api_key, metrics=metrics, routes=routes)
+    for router in routers:
+        app.include_router(router)
     return app
 
 

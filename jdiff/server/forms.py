@@ -11,6 +11,7 @@ import email.parser
 import email.policy
 import json
 import math
+import urllib.parse
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -68,7 +69,9 @@ class Form:
 
 
 def is_form(request: Request) -> bool:
-    return "multipart/form-data" in request.headers.get("content-type", "")
+    """A multipart form, or a URL-encoded one (a form without files, as some clients send it)."""
+    content_type = request.headers.get("content-type", "")
+    return "multipart/form-data" in content_type or "application/x-www-form-urlencoded" in content_type
 
 
 async def parse_form(request: Request, limit: int = MAX_FORM_BYTES) -> Form:
@@ -83,6 +86,12 @@ async def parse_form(request: Request, limit: int = MAX_FORM_BYTES) -> Form:
         if len(body) > limit:
             raise ApiError(413, f"request body is over {limit} bytes")
     content_type = request.headers.get("content-type", "")
+    if "application/x-www-form-urlencoded" in content_type:
+        try:
+            pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "request body is not a well-formed URL-encoded form") from None
+        return Form(fields=dict(pairs))
     if "boundary=" not in content_type:
         raise ApiError(400, "multipart/form-data request without a boundary in its Content-Type")
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 
-from starlette.routing import Match
+from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from jdiff.server.errors import error_response
@@ -45,8 +46,11 @@ def authorized(scope: Scope, key: bytes) -> bool:
 class Observe:
     """The middleware; `api_key` None leaves every route open."""
 
-    def __init__(self, app: ASGIApp, *, api_key: str | None, metrics: Metrics):
+    def __init__(
+        self, app: ASGIApp, *, api_key: str | None, metrics: Metrics, routes: Sequence[BaseRoute] = ()
+    ):
         self.app = app
+        self.routes = list(routes)  # the app's own routes, to label requests answered before routing
         self.key = None if api_key is None else api_key.encode("utf-8")
         self.metrics = metrics
 
@@ -80,7 +84,7 @@ class Observe:
                 await self.app(scope, receive, send_status)
         finally:
             seconds = time.perf_counter() - t0
-            self.metrics.answered(_endpoint(scope), scope["method"], status, seconds)
+            self.metrics.answered(_endpoint(scope, self.routes), scope["method"], status, seconds)
             log.info(
                 "%s %s %d queue %.3fs generate %.3fs total %.3fs",
                 scope["method"],
@@ -92,11 +96,11 @@ class Observe:
             )
 
 
-def _endpoint(scope: Scope) -> str:
+def _endpoint(scope: Scope, routes: Sequence[BaseRoute]) -> str:
     """The path template of the route that served (or would serve) the request; `other` if none."""
     route = scope.get("route")
     if route is None:  # answered before routing (a 401): find the route it was for
-        for candidate in getattr(scope.get("app"), "routes", ()):
+        for candidate in routes:
             match, _ = candidate.matches(scope)
             if match != Match.NONE:
                 route = candidate
