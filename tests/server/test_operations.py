@@ -4,6 +4,7 @@ are refused by name. Fake generators only: every test here takes about a second.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import threading
 import time
@@ -348,3 +349,47 @@ def test_requests_whose_client_left_or_timed_out_are_dropped_before_they_run():
         assert_error(first.result(10), 504)
         _until(lambda: httpx.get(base + "/health").json()["running"] == 0)
     assert "too late" not in _prompts(gen)
+
+
+# ---- SIGTERM with a grace period -------------------------------------------------------------------------------
+
+SERVE_FAKE = """
+import sys
+from tests.server.test_server import FakeGen
+from jdiff.server import serve
+ok = serve(FakeGen(sleep=60), port=int(sys.argv[1]), shutdown_grace_s=0.5, max_batch=1)
+sys.exit(0 if ok else 1)
+"""
+
+
+def test_sigterm_after_the_grace_period_exits_0_without_waiting_for_the_device():
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from tests.server.test_server import REPO, _get_json
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-c", SERVE_FAKE, str(port)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=os.environ)
+    try:
+        _until(lambda: proc.poll() is None and _get_json(base, "/health") is not None, timeout=60)
+        with ThreadPoolExecutor(1) as pool:
+            stuck = pool.submit(lambda: httpx.post(base + GEN, json={"prompt": "slow"}, timeout=60))
+            _until(lambda: (_get_json(base, "/health") or {}).get("running") == 1)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert time.monotonic() - t0 < 20  # not the 60 s the generate call would take
+            with contextlib.suppress(httpx.HTTPError):  # cut off: uvicorn answers 500, or closes
+                assert stuck.result(30).status_code == 500
+        assert "abandoning the running generate call" in proc.stdout.read().decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
