@@ -32,7 +32,7 @@ from jdiff.server.errors import ApiError, error_response, install_handlers
 from jdiff.server.jobs import JobStore
 from jdiff.server.metrics import Metrics
 from jdiff.server.middleware import Observe
-from jdiff.server.validation import parse_size
+from jdiff.server.validation import MAX_FRAMES, default_max_pixels, parse_size
 
 log = logging.getLogger("jdiff.server")
 
@@ -44,7 +44,8 @@ def create_app(
     max_batch: int = 4,
     batch_wait_ms: float = 5.0,
     timeout_s: float = 600.0,
-    max_pixels: int = 2048 * 2048,
+    max_pixels: int | None = None,
+    max_frames: int | None = None,
     max_queue: int = 256,
     warmup: list[tuple[int, int]] | None = None,
     api_key: str | None = None,
@@ -64,13 +65,18 @@ def create_app(
         max_batch: the most outputs one `generate` call makes (and the most `n` a request may ask).
         batch_wait_ms: how long a request may wait for compatible ones to share its batch.
         timeout_s: how long a request may wait for its images before a 504.
-        max_pixels: the largest output (width x height) a request may ask for.
+        max_pixels: the largest output (width x height) a request may ask for, its default size included;
+            default from the model and device (`validation.default_max_pixels`).
+        max_frames: the most frames a video request may ask for, its default length included; default
+            `validation.MAX_FRAMES`.
         max_queue: requests that may wait for the device; more get 429.
         warmup: (height, width) sizes to compile before serving.
         api_key: when set, every `/v1/*` request needs `Authorization: Bearer <api_key>` (else 401).
     """
     pipeline = gen.pipeline
     name = model_name or Path(str(gen.model_path)).name
+    max_pixels = default_max_pixels(pipeline) if max_pixels is None else max_pixels
+    max_frames = MAX_FRAMES if max_frames is None else max_frames
     state = {"ready": False}
     metrics = Metrics(lambda: batcher.stats(), lambda: state["ready"])
     batcher = Batcher(
@@ -135,6 +141,7 @@ def create_app(
         jobs=jobs,
         max_batch=max_batch,
         max_pixels=max_pixels,
+        max_frames=max_frames,
         timeout_s=timeout_s,
         created=int(time.time()),
     )
@@ -218,9 +225,10 @@ def _card(ctx: ServerContext) -> dict:
         "defaults": {k: v for k, v in pipeline.preset.items() if k not in ("family", "description")},
         "max_batch": ctx.max_batch,
         "max_pixels": ctx.max_pixels,
+        **({"max_frames": ctx.max_frames} if pipeline.is_video else {}),
     }
 
 
 # `ApiError`, `error_response` and `parse_size` live in errors.py / validation.py; re-exported here for the
 # CLI (`jdiff serve --warmup` checks its sizes as requests are checked).
-__all__ = ["ApiError", "create_app", "error_response", "parse_size"]
+__all__ = ["ApiError", "create_app", "default_max_pixels", "error_response", "parse_size"]

@@ -106,9 +106,8 @@ async def _run(
     try:
         result = await _wait(request, future, ctx.timeout_s)
     except TimeoutError:
-        ctx.batcher.withdraw(
-            future
-        )  # unrun requests leave the queue; a running batch finishes for the others
+        # Unrun, it leaves the queue at once; running, its batch finishes for the others.
+        ctx.batcher.withdraw(future)
         raise ApiError(
             504, f"not done within {ctx.timeout_s:g} s (the server's --timeout)", "timeout"
         ) from None

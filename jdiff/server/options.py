@@ -23,6 +23,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "/, /health, /liveness and /metrics stay open",
     )
     parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most frames a video request may ask for, the model's default length included (default: 1025)",
+    )
+    parser.add_argument(
         "--shutdown-grace",
         type=float,
         default=None,
@@ -42,7 +49,11 @@ def app_options(args: argparse.Namespace) -> dict:
     grace = args.shutdown_grace
     if grace is not None and not 0 <= grace < math.inf:
         raise InputError(f"--shutdown-grace must be a finite number of seconds >= 0, got {grace}")
-    return {"api_key": key, "shutdown_grace_s": grace}
+    if args.max_frames is not None and args.max_frames < 1:
+        raise InputError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.max_pixels is not None and args.max_pixels < 1:
+        raise InputError(f"--max-pixels must be >= 1, got {args.max_pixels}")
+    return {"api_key": key, "shutdown_grace_s": grace, "max_frames": args.max_frames}
 
 
 __all__ = ["API_KEY_ENV", "add_arguments", "app_options"]

@@ -67,6 +67,21 @@ def size_multiple(pipeline) -> int:
     return pipeline.size_multiple
 
 
+def default_max_pixels(pipeline, platform: str | None = None) -> int:
+    """The `--max-pixels` a server gets when none is given, from the model and the device.
+
+    On a CPU, four times the model's default size (twice each side): the OpenAI client's usual 1024x1024
+    against the 64x64 embedded model would otherwise compute for many minutes. On accelerators 2048x2048, or
+    four times the default size if that is larger.
+    """
+    if platform is None:
+        import jax
+
+        platform = jax.default_backend()
+    area = 4 * pipeline.preset["height"] * pipeline.preset["width"]
+    return area if platform == "cpu" else max(2048 * 2048, area)
+
+
 def parse_size(size: str | None, pipeline, max_pixels: int) -> tuple[int, int]:
     """ "WxH" -> (height, width), checked against the model's size multiple and `max_pixels`.
 
@@ -276,8 +291,11 @@ def _frames_of_seconds(value: str | int | float, preset: dict) -> int:
     return round(frames) + 1
 
 
-def video_params(body: VideoBody, pipeline, *, max_pixels: int) -> tuple[dict, dict]:
-    """(`generate` keywords, the job's public fields) for a video request."""
+def video_params(
+    body: VideoBody, pipeline, *, max_pixels: int, max_frames: int = MAX_FRAMES
+) -> tuple[dict, dict]:
+    """(`generate` keywords, the job's public fields) for a video request; at most `max_frames` frames,
+    the model's default length (no `num_frames` or `seconds`) included."""
     _check_text(body.prompt, "prompt")
     _check_text(body.negative_prompt, "negative_prompt")
     preset = pipeline.preset
@@ -287,6 +305,13 @@ def video_params(body: VideoBody, pipeline, *, max_pixels: int) -> tuple[dict, d
         frames = _frames_of_seconds(body.seconds, preset)
     if frames is not None and not 1 <= frames <= MAX_FRAMES:
         raise ApiError(400, f"num_frames must be in 1..{MAX_FRAMES}, got {frames}", param="num_frames")
+    length = frames if frames is not None else preset.get("num_frames")
+    if length is not None and length > max_frames:
+        field = "num_frames" if body.num_frames is not None or body.seconds is None else "seconds"
+        what = f"{length} frames" if frames is not None else f"the model's default {length} frames"
+        raise ApiError(
+            400, f"{what}: this server allows at most {max_frames} (--max-frames); ask for fewer", param=field
+        )
     params = {
         "prompt": body.prompt,
         "negative_prompt": body.negative_prompt,
@@ -323,6 +348,7 @@ __all__ = [
     "MAX_STEPS",
     "decode_image",
     "decode_image_bytes",
+    "default_max_pixels",
     "image_params",
     "lora_scales",
     "openai_fields",

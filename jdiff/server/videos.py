@@ -69,7 +69,9 @@ async def create_video(request: Request):
     else:
         body = await parse_body(request, VideoBody, MAX_IMAGE_JSON_BYTES)
     # Decoding a base64 or uploaded image takes a while: off the event loop.
-    params, meta = await asyncio.to_thread(video_params, body, ctx.pipeline, max_pixels=ctx.max_pixels)
+    params, meta = await asyncio.to_thread(
+        video_params, body, ctx.pipeline, max_pixels=ctx.max_pixels, max_frames=ctx.max_frames
+    )
     if upload is not None:
         params["image"] = await asyncio.to_thread(decode_image_bytes, upload, "input_reference")
     try:

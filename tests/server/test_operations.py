@@ -15,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from jdiff.server import create_app, middleware
+from jdiff.server.validation import default_max_pixels
 from tests.server.test_server import FAKE_TIMINGS, FakeGen, assert_error, live, post
 
 GEN = "/v1/images/generations"
@@ -87,14 +88,22 @@ def test_cli_api_key_and_grace_options(monkeypatch):
     from jdiff.errors import InputError
     from jdiff.server.options import app_options
 
-    args = _parser().parse_args(["serve", "--api-key", "k1", "--shutdown-grace", "5"])
-    assert app_options(args) == {"api_key": "k1", "shutdown_grace_s": 5.0}
+    args = _parser().parse_args(["serve", "--api-key", "k1", "--shutdown-grace", "5", "--max-frames", "33"])
+    assert app_options(args) == {"api_key": "k1", "shutdown_grace_s": 5.0, "max_frames": 33}
+    assert _parser().parse_args(["serve"]).max_pixels is None  # the model and device decide
     monkeypatch.setenv("JDIFF_API_KEY", "from-env")
     assert app_options(_parser().parse_args(["serve"]))["api_key"] == "from-env"
     assert app_options(args)["api_key"] == "k1"  # the flag wins
     monkeypatch.setenv("JDIFF_API_KEY", "")
     assert app_options(_parser().parse_args(["serve"]))["api_key"] is None
-    for bad in (["--api-key", " k "], ["--shutdown-grace", "-1"], ["--shutdown-grace", "inf"]):
+    bad_flags = (
+        ["--api-key", " k "],
+        ["--shutdown-grace", "-1"],
+        ["--shutdown-grace", "inf"],
+        ["--max-frames", "0"],
+        ["--max-pixels", "0"],
+    )
+    for bad in bad_flags:
         with pytest.raises(InputError):
             app_options(_parser().parse_args(["serve", *bad]))
 
@@ -252,6 +261,32 @@ def test_max_pixels_holds_for_default_and_auto_sizes():
         for body in ({"prompt": "x"}, {"prompt": "x", "size": "auto"}):
             assert_error(post(base, body), 400, "default 16x16", param="size")
         assert post(base, {"prompt": "x", "size": "8x16"}).status_code == 200
+
+
+def test_max_pixels_defaults_to_the_model_and_device():
+    gen = FakeGen()
+    assert default_max_pixels(gen.pipeline, "cpu") == 4 * 16 * 16
+    assert default_max_pixels(gen.pipeline, "gpu") == 2048 * 2048
+    app = create_app(gen)  # the tests run on a CPU: twice the default size each side
+    assert app.state.context.max_pixels == 1024
+    with live(app) as base:
+        assert_error(post(base, {"prompt": "x", "size": "1024x1024"}), 400, "--max-pixels", param="size")
+        assert post(base, {"prompt": "x", "size": "32x32"}).status_code == 200
+
+
+def test_max_frames_holds_for_given_and_default_lengths():
+    gen = FakeGen(is_video=True)
+    with live(create_app(gen, max_frames=9)) as base:
+        videos = "/v1/videos"
+        assert_error(
+            post(base, {"prompt": "x", "num_frames": 13}, videos), 400, "13 frames", param="num_frames"
+        )
+        assert_error(post(base, {"prompt": "x", "seconds": "3"}, videos), 400, "at most 9", param="seconds")
+        assert post(base, {"prompt": "x", "num_frames": 9}, videos).status_code == 200
+        assert post(base, {"prompt": "x"}, videos).status_code == 200  # no default length: the pipeline's
+        gen.pipeline.preset["num_frames"] = 17
+        assert_error(post(base, {"prompt": "x"}, videos), 400, "default 17 frames", param="num_frames")
+        assert httpx.get(base + "/v1/models").json()["data"][0]["max_frames"] == 9
 
 
 # ---- videos: multipart, delete, eviction ------------------------------------------------------------------------
