@@ -41,7 +41,7 @@ class ImageGenerationBody(Body):
     output_format: str = "png"
     output_compression: int | None = None  # 0..100, jpeg/webp quality
     model: str | None = None  # accepted for OpenAI clients; the server has one model
-    user: str | None = None  # OpenAI's end-user id: accepted, only logged
+    user: str | None = None  # OpenAI's end-user id: accepted and ignored
     # OpenAI's fields this server honours only at their default (`validation.openai_fields`):
     stream: bool | None = None  # False only: no Server-Sent Events
     partial_images: int | None = None  # 0 only (streaming previews)
