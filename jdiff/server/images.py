@@ -111,6 +111,13 @@ async def _run(
         raise ApiError(
             504, f"not done within {ctx.timeout_s:g} s (the server's --timeout)", "timeout"
         ) from None
+    except asyncio.CancelledError:  # the server's shutdown grace ran out: answer, then let it close
+        ctx.batcher.withdraw(future)
+        raise ApiError(
+            503,
+            "the server shut down before this request finished; retry on another replica",
+            "server_unavailable",
+        ) from None
     except _Gone:
         ctx.batcher.withdraw(future)
         log.info(

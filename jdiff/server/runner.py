@@ -1,8 +1,8 @@
 """`serve(gen, ...)` runs uvicorn with a graceful SIGTERM / SIGINT: the first signal stops accepting
 connections, fails queued-but-unstarted requests with 503, lets the running batch (or video job) finish and
 its responses go out, then exits normally (exit code 0). With `shutdown_grace_s`, work still running after
-that many seconds is abandoned: its requests are cut off, the server exits 0 without waiting for the device
-(a `generate` call cannot be interrupted midway). A second SIGINT forces the exit.
+that many seconds is abandoned: its image requests are answered 503 and the server exits 0 without waiting
+for the device (a `generate` call cannot be interrupted midway). A second SIGINT forces the exit.
 
 The server listens at once; warm-up compiles in the background (`/health` 503 until it is done). A failed
 warm-up stops the server and `serve` returns False (the CLI exits 1).
