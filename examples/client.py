@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -26,7 +27,10 @@ def call(url: str, body: dict | None = None, timeout: float = 600) -> bytes:
     Exits with one line (code 1) when the server answers with an error, cannot be reached, or is too slow.
     """
     data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get("JDIFF_API_KEY"):  # the key of a server started with --api-key
+        headers["Authorization"] = "Bearer " + os.environ["JDIFF_API_KEY"]
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.read()

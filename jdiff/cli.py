@@ -21,6 +21,7 @@ import warnings
 from pathlib import Path
 
 from jdiff.errors import InputError
+from jdiff.server import options as serve_options
 
 PRESET = "the model's preset"
 SIZES = "1024 for FLUX.1, 64 for the embedded model, a small model's own sample size"
@@ -180,12 +181,13 @@ def _parser() -> argparse.ArgumentParser:
         help="sizes WxH,... to compile at start for every batch size ('default': the preset's; 'none')",
     )
     s.add_argument("--timeout", type=float, default=600.0, help="seconds before a request gets a 504")
-    s.add_argument("--max-pixels", type=int, default=2048 * 2048, help="largest width x height accepted")
+    s.add_argument("--max-pixels", type=int, default=None, help="largest width x height (default: by device)")
     s.add_argument("--max-queue", type=int, default=256, help="requests that may wait; more get a 429")
     s.add_argument(
         "--log-level", choices=["debug", "info", "warning", "error"], default="info", help="server log level"
     )
     _multihost_flags(s)
+    serve_options.add_arguments(s)  # --api-key, --max-frames, --shutdown-grace
 
     b = sub.add_parser(
         "bench",
@@ -359,11 +361,10 @@ def _warmup_sizes(spec: str, preset: dict) -> list[tuple[int, int]]:
 def _serve(args) -> int:
     import jdiff
     from jdiff.server import serve
-    from jdiff.server.app import ApiError, parse_size
+    from jdiff.server.app import ApiError, default_max_pixels, parse_size
 
     for name, value, lo in (
         ("--max-batch", args.max_batch, 1),
-        ("--max-pixels", args.max_pixels, 1),
         ("--max-queue", args.max_queue, 1),
         ("--port", args.port, 0),
     ):
@@ -373,6 +374,7 @@ def _serve(args) -> int:
         raise InputError("--batch-wait-ms must be >= 0 and --timeout > 0 (finite numbers)")
     if args.port > 65535:
         raise InputError(f"--port must be <= 65535, got {args.port}")
+    options = serve_options.app_options(args)
     explicit = args.warmup not in ("default", "none")
     warmup = _warmup_sizes(args.warmup, {}) if explicit else None  # a typo fails before the model loads
     loras = [_serve_lora_arg(v) for v in args.lora]
@@ -397,7 +399,7 @@ def _serve(args) -> int:
         warmup = _warmup_sizes(args.warmup, gen.pipeline.preset)
     for height, width in warmup:  # same checks as requests get, as one CLI line
         try:
-            parse_size(f"{width}x{height}", gen.pipeline, args.max_pixels)
+            parse_size(f"{width}x{height}", gen.pipeline, args.max_pixels or default_max_pixels(gen.pipeline))
         except ApiError as e:
             raise InputError(f"--warmup {width}x{height}: {e.message}") from None
     started = serve(
@@ -411,6 +413,7 @@ def _serve(args) -> int:
         max_pixels=args.max_pixels,
         max_queue=args.max_queue,
         warmup=warmup,
+        **options,
     )
     if multihost:
         gen.close()

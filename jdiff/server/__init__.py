@@ -1,98 +1,21 @@
 """`jdiff serve`: an OpenAI-style HTTP server over one loaded model (see `app.py` for the endpoints).
 
-`serve(gen, ...)` runs uvicorn with a graceful SIGTERM / SIGINT: the first signal stops accepting
-connections, fails queued-but-unstarted requests with 503, lets the running batch (or video job) finish and
-its responses go out, then exits normally (exit code 0). A second SIGINT forces the exit.
+`create_app(gen, ...)` builds the app (`app.py`); `serve(gen, ...)` runs it with uvicorn (`runner.py`). Both
+load lazily, so `jdiff.server.options` (the CLI's serve flags) imports without FastAPI or uvicorn.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-import signal
-import threading
-from collections.abc import Callable
-
-import uvicorn
-from uvicorn.config import STARTUP_FAILURE
-
-from jdiff.server.app import create_app
-
 __all__ = ["create_app", "serve"]
 
 
-def serve(
-    gen,
-    *,
-    host: str = "127.0.0.1",
-    port: int = 30000,
-    log_level: str = "info",
-    **options,
-) -> bool:
-    """Serves `gen` (a `DiffGenerator`) on host:port until SIGTERM / SIGINT.
+def __getattr__(name: str):
+    if name == "create_app":
+        from jdiff.server.app import create_app
 
-    Args:
-        gen: the loaded model.
-        host, port: where to listen.
-        log_level: for jdiff's one-line-per-request log and uvicorn's.
-        **options: `create_app` keywords (max_batch, batch_wait_ms, timeout_s, max_pixels, max_queue,
-            warmup, model_name).
+        return create_app
+    if name == "serve":
+        from jdiff.server.runner import serve
 
-    Returns:
-        Whether the server started (False: start-up failed, e.g. a warm-up error or a port in use;
-        uvicorn logged why).
-    """
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(gen, **options)
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=port,
-        log_level=log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=None,
-    )
-    server = _GracefulServer(config, on_signal=app.state.begin_shutdown)
-    try:
-        server.run()
-    except SystemExit as e:  # uvicorn exits 3 when start-up (warm-up, binding the port) fails
-        if e.code != STARTUP_FAILURE:
-            raise
-    return server.started
-
-
-class _GracefulServer(uvicorn.Server):
-    """uvicorn's server, draining jdiff's queue on the first signal and exiting 0 after a clean shutdown.
-
-    uvicorn re-raises a caught SIGTERM after its shutdown (the process then dies of the signal, code 143);
-    a drained shutdown is the normal end of a server, so this one does not.
-    """
-
-    def __init__(self, config: uvicorn.Config, *, on_signal: Callable[[], object]):
-        super().__init__(config)
-        self._on_signal = on_signal
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    async def serve(self, sockets=None) -> None:
-        self._loop = asyncio.get_running_loop()
-        await super().serve(sockets)
-
-    def handle_exit(self, sig, frame) -> None:
-        # A signal handler may interrupt code holding the queue's lock: drain from the event loop instead.
-        if not self.should_exit and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_signal)
-        super().handle_exit(sig, frame)
-
-    @contextlib.contextmanager
-    def capture_signals(self):
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        original = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-        try:
-            yield
-        finally:
-            for sig, handler in original.items():
-                signal.signal(sig, handler)
+        return serve
+    raise AttributeError(f"module 'jdiff.server' has no attribute {name!r}")

@@ -1,14 +1,17 @@
 """The HTTP API of `jdiff serve`: OpenAI-style, like SGLang Diffusion's (the README lists the fields).
 
-- `GET /health`, `GET /v1/models` (here)
+- `GET /health` (503 until warm-up has finished), `GET /liveness`, `GET /metrics` (`metrics.py`),
+  `GET /v1/models`, `GET /v1/models/{id}` (here), `GET /` (the try-it page, `page.py`)
 - `POST /v1/images/generations`, `POST /v1/images/edits` (`images.py`; edits for pipelines that take a
   conditioning image)
 - `POST /v1/videos`, `GET /v1/videos`, `GET /v1/videos/{id}`, `GET /v1/videos/{id}/content` (`videos.py`)
 - `GET /v1/loras`, `POST /v1/loras`, `DELETE /v1/loras/{name}` (`loras.py`)
 
 Requests are parsed strictly (`schemas.py`), checked against the model (`validation.py`) and answered with
-`encoding.py`; every error is `{"error": {"message": ..., "type": ...}}` (`errors.py`). This module builds the
-app and owns its lifecycle: the device worker starts, warm-up compiles, then shutdown drains the queue.
+`encoding.py`; every error is `{"error": {"message": ..., "type": ...}}` (`errors.py`, with `param` naming the
+field at fault). Every request goes through `middleware.py` (API key, log line, metrics). This module builds
+the app and owns its lifecycle: the device worker starts, the server listens while warm-up compiles (health
+503), then shutdown drains the queue.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
-from jdiff.server import images, loras, videos
-from jdiff.server.batcher import Batcher, batch_buckets
+from jdiff.server import images, loras, page, videos
+from jdiff.server.batcher import Batcher, ShuttingDown, batch_buckets
 from jdiff.server.context import ServerContext, context
 from jdiff.server.errors import ApiError, error_response, install_handlers
 from jdiff.server.jobs import JobStore
-from jdiff.server.validation import parse_size
+from jdiff.server.metrics import Metrics
+from jdiff.server.middleware import Observe
+from jdiff.server.validation import MAX_FRAMES, default_max_pixels, parse_size
 
 log = logging.getLogger("jdiff.server")
 
@@ -39,15 +44,20 @@ def create_app(
     max_batch: int = 4,
     batch_wait_ms: float = 5.0,
     timeout_s: float = 600.0,
-    max_pixels: int = 2048 * 2048,
+    max_pixels: int | None = None,
+    max_frames: int | None = None,
     max_queue: int = 256,
     warmup: list[tuple[int, int]] | None = None,
+    api_key: str | None = None,
 ) -> FastAPI:
     """The FastAPI app serving `gen` (a `DiffGenerator`).
 
-    Its lifespan starts the device worker, compiles the `warmup` sizes at every batch bucket, and on
-    shutdown drains the queue. `app.state.begin_shutdown()` refuses new work and fails queued requests with
-    503 (`serve` calls it on SIGTERM, before uvicorn waits for in-flight requests).
+    Its lifespan starts the device worker and, in the background while the server already listens, compiles
+    the `warmup` sizes at every batch bucket (`/health` is 503 until that ends; requests sent meanwhile queue
+    behind it); on shutdown it drains the queue. `app.state.begin_shutdown()` refuses new work and fails
+    queued requests with 503 (`serve` calls it on SIGTERM, before uvicorn waits for in-flight requests). A
+    failed warm-up leaves `app.state.warmup_error` set, health 503, and calls `app.state.on_warmup_failure`
+    (`serve` stops the server).
 
     Args:
         gen: the loaded model.
@@ -55,21 +65,35 @@ def create_app(
         max_batch: the most outputs one `generate` call makes (and the most `n` a request may ask).
         batch_wait_ms: how long a request may wait for compatible ones to share its batch.
         timeout_s: how long a request may wait for its images before a 504.
-        max_pixels: the largest output (width x height) a request may ask for.
+        max_pixels: the largest output (width x height) a request may ask for, its default size included;
+            default from the model and device (`validation.default_max_pixels`).
+        max_frames: the most frames a video request may ask for, its default length included; default
+            `validation.MAX_FRAMES`.
         max_queue: requests that may wait for the device; more get 429.
         warmup: (height, width) sizes to compile before serving.
+        api_key: when set, every `/v1/*` request needs `Authorization: Bearer <api_key>` (else 401).
     """
     pipeline = gen.pipeline
     name = model_name or Path(str(gen.model_path)).name
+    max_pixels = default_max_pixels(pipeline) if max_pixels is None else max_pixels
+    max_frames = MAX_FRAMES if max_frames is None else max_frames
+    state = {"ready": False}
+    metrics = Metrics(lambda: batcher.stats(), lambda: state["ready"])
     batcher = Batcher(
-        gen.generate, max_batch=max_batch, batch_wait_s=batch_wait_ms / 1000, max_queue=max_queue
+        gen.generate,
+        max_batch=max_batch,
+        batch_wait_s=batch_wait_ms / 1000,
+        max_queue=max_queue,
+        on_generate=metrics.generated,
     )
 
-    def run_video(params: dict, path: Path) -> list[str]:
+    def run_video(params: dict, path: Path) -> dict:
         result = gen.generate(params.pop("prompt"), output_type="np", output_path=path, **params)
-        return list(getattr(result, "warnings", None) or [])
+        timings = {k: round(v, 4) for k, v in (getattr(result, "timings", None) or {}).items()}
+        metrics.generated(1, timings, video=True)
+        return {"warnings": list(getattr(result, "warnings", None) or []), "timings": timings}
 
-    jobs = JobStore(run_video, batcher.submit_task) if pipeline.is_video else None
+    jobs = JobStore(run_video, batcher.submit_task, withdraw=batcher.withdraw) if pipeline.is_video else None
 
     def run_warmup() -> None:
         for height, width in warmup or ():
@@ -80,15 +104,31 @@ def create_app(
                 batcher.submit_task(lambda kw=kw, b=b: gen.generate([""] * b, **kw)).result()
                 log.info("warm-up %dx%d batch %d: %.2fs", width, height, b, time.perf_counter() - t0)
 
+    async def warm_up(app: FastAPI) -> None:
+        try:
+            await asyncio.to_thread(run_warmup)
+        except ShuttingDown:
+            log.info("warm-up stopped: the server is shutting down")
+        except Exception as e:
+            log.exception("warm-up failed; the server reports unhealthy")
+            app.state.warmup_error = f"{type(e).__name__}: {e}"
+            app.state.on_warmup_failure()
+        else:
+            state["ready"] = True
+            log.info("ready: %s (max batch %d, batch wait %g ms)", name, max_batch, batch_wait_ms)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()
+        task = asyncio.create_task(warm_up(app))
         try:
-            await asyncio.to_thread(run_warmup)
-            log.info("serving %s (max batch %d, batch wait %g ms)", name, max_batch, batch_wait_ms)
             yield
         finally:
-            await asyncio.to_thread(batcher.stop)
+            batcher.begin_shutdown()  # fails a queued warm-up task, so the warm-up thread ends
+            await task
+            await asyncio.to_thread(batcher.stop, app.state.stop_timeout)
+            if batcher.alive:
+                log.warning("shutdown grace over: abandoning the running generate call")
             if jobs is not None:
                 jobs.close()
 
@@ -101,40 +141,23 @@ def create_app(
         jobs=jobs,
         max_batch=max_batch,
         max_pixels=max_pixels,
+        max_frames=max_frames,
         timeout_s=timeout_s,
         created=int(time.time()),
     )
-    app.state.batcher, app.state.jobs = batcher, jobs
+    app.state.batcher, app.state.jobs, app.state.metrics = batcher, jobs, metrics
     app.state.begin_shutdown = batcher.begin_shutdown
+    app.state.ready = lambda: state["ready"]
+    app.state.warmup_error = None
+    app.state.on_warmup_failure = lambda: None
+    app.state.stop_timeout = None  # seconds `stop` waits for running work (`serve`'s shutdown_grace_s)
     install_handlers(app)
-    app.middleware("http")(_log_requests)
-    app.include_router(_router)
-    app.include_router(images.router)
-    app.include_router(videos.router)
-    app.include_router(loras.router)
+    routers = [_router, page.router, images.router, videos.router, loras.router]
+    routes = [route for router in routers for route in router.routes]
+    app.add_middleware(Observe, api_key=api_key, metrics=metrics, routes=routes)
+    for router in routers:
+        app.include_router(router)
     return app
-
-
-async def _log_requests(request: Request, call_next):
-    """One log line per request: method, path, status, and where its time went."""
-    t0 = time.perf_counter()
-    request.state.timing = {}  # the image endpoints fill in queue and generate seconds
-    status = 500
-    try:
-        response = await call_next(request)
-        status = response.status_code
-        return response
-    finally:
-        t = request.state.timing
-        log.info(
-            "%s %s %d queue %.3fs generate %.3fs total %.3fs",
-            request.method,
-            request.url.path,
-            status,
-            t.get("queue", 0.0),
-            t.get("generate", 0.0),
-            time.perf_counter() - t0,
-        )
 
 
 _router = APIRouter()
@@ -142,19 +165,55 @@ _router = APIRouter()
 
 @_router.get("/health")
 async def health(request: Request):
-    """200 while serving; 503 once shutting down (or if the device worker died), for load balancers."""
+    """200 once warm-up has finished, while serving; 503 before (`warming_up`), after a failed warm-up
+    (`warmup_failed`), once shutting down or if the device worker died (`unavailable`): for load balancers."""
     ctx = context(request)
-    ok = ctx.batcher.alive and not ctx.batcher.stopping
-    body = {"status": "ok" if ok else "unavailable", "model": ctx.name, **ctx.batcher.stats()}
-    return JSONResponse(body, status_code=200 if ok else 503)
+    state = request.app.state
+    if not ctx.batcher.alive or ctx.batcher.stopping:
+        status = "unavailable"
+    elif state.warmup_error is not None:
+        status = "warmup_failed"
+    else:
+        status = "ok" if state.ready() else "warming_up"
+    body = {"status": status, "model": ctx.name, **ctx.batcher.stats()}
+    if state.warmup_error is not None:
+        body["error"] = state.warmup_error
+    return JSONResponse(body, status_code=200 if status == "ok" else 503)
+
+
+@_router.get("/liveness")
+async def liveness():
+    """200 as soon as the process serves HTTP (warm-up or not): restart the process only when this fails."""
+    return {"status": "alive"}
+
+
+@_router.get("/metrics")
+async def metrics(request: Request):
+    """Prometheus text format (`metrics.py` lists what is counted)."""
+    body, content_type = request.app.state.metrics.exposition()
+    return Response(body, media_type=content_type)
 
 
 @_router.get("/v1/models")
 async def models(request: Request):
     """The one model, with what it makes, what it accepts and its defaults."""
+    return {"object": "list", "data": [_card(context(request))]}
+
+
+@_router.get("/v1/models/{model_id:path}")
+async def model(request: Request, model_id: str):
+    """The model card by id (OpenAI's `models.retrieve`); 404 for any other id."""
     ctx = context(request)
+    if model_id != ctx.name:
+        raise ApiError(
+            404, f"no model {model_id!r}; this server serves {ctx.name!r}", "not_found_error", param="model"
+        )
+    return _card(ctx)
+
+
+def _card(ctx: ServerContext) -> dict:
     pipeline = ctx.pipeline
-    card = {
+    return {
         "id": ctx.name,
         "object": "model",
         "created": ctx.created,
@@ -166,10 +225,10 @@ async def models(request: Request):
         "defaults": {k: v for k, v in pipeline.preset.items() if k not in ("family", "description")},
         "max_batch": ctx.max_batch,
         "max_pixels": ctx.max_pixels,
+        **({"max_frames": ctx.max_frames} if pipeline.is_video else {}),
     }
-    return {"object": "list", "data": [card]}
 
 
 # `ApiError`, `error_response` and `parse_size` live in errors.py / validation.py; re-exported here for the
 # CLI (`jdiff serve --warmup` checks its sizes as requests are checked).
-__all__ = ["ApiError", "create_app", "error_response", "parse_size"]
+__all__ = ["ApiError", "create_app", "default_max_pixels", "error_response", "parse_size"]

@@ -14,7 +14,8 @@ Multi-host serving (to come) keeps this shape: process 0 runs the server, and th
 sends each call's arguments to the other processes, which make the same call in lockstep.
 
 Failures stay with their request: when a batched `generate` raises, each request of the batch is retried
-alone, so only the culprit fails. A request that timed out before it started is dropped unrun.
+alone, so only the culprit fails. A request that timed out, or whose client went away, before it started is
+dropped unrun and its place in the queue freed at once (`withdraw`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,11 @@ class ShuttingDown(RuntimeError):
 
 
 class QueueFull(RuntimeError):
-    """More requests are waiting than the server accepts (`max_queue`)."""
+    """More requests are waiting than the server accepts (`max_queue`); `retry_after` is a guess in seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(eq=False)
@@ -72,6 +77,7 @@ class ImageResult:
     generate_s: float  # the whole generate call it was part of
     batch_outputs: int  # real outputs in that call (without padding)
     warnings: list[str] = field(default_factory=list)  # the generate call's (`GenerationResult.warnings`)
+    timings: dict[str, float] = field(default_factory=dict)  # its seconds per stage (`.timings`)
 
 
 @dataclass(eq=False)
@@ -101,6 +107,8 @@ class Batcher:
         batch_wait_s: how long the oldest request may wait for compatible ones to fill its batch.
         max_queue: requests (and tasks) that may wait; more are refused with `QueueFull`.
         pad: pad batches to `batch_buckets(max_batch)` sizes so no request compiles a new shape.
+        on_generate: called on the worker after each image `generate` call with its real outputs (padding
+            aside) and its `timings` (seconds per stage), e.g. for metrics.
     """
 
     def __init__(
@@ -111,8 +119,11 @@ class Batcher:
         batch_wait_s: float = 0.005,
         max_queue: int = 256,
         pad: bool = True,
+        on_generate: Callable[[int, dict[str, float]], None] | None = None,
     ):
         self._generate = generate
+        self._on_generate = on_generate
+        self._seconds = 0.0  # a running mean of generate seconds, for 429s' Retry-After
         self.max_batch = max_batch
         self.batch_wait_s = batch_wait_s
         self.max_queue = max_queue
@@ -150,9 +161,23 @@ class Batcher:
             if self._stopping:
                 raise ShuttingDown("the server is shutting down; retry on another replica")
             if len(self._pending) >= self.max_queue:
-                raise QueueFull(f"{len(self._pending)} requests are waiting (the limit); retry later")
+                retry = max(1, min(600, round(self._seconds * (1 + len(self._pending) / self.max_batch))))
+                raise QueueFull(f"{len(self._pending)} requests are waiting (the limit); retry later", retry)
             self._pending.append(item)
             self._cond.notify()
+
+    def withdraw(self, future: Future) -> bool:
+        """Takes the queued item whose future is `future` off the queue (freeing its place) and cancels it.
+
+        Returns whether it was cancelled: False once it has started (it then finishes; its result is
+        dropped by whoever stopped waiting).
+        """
+        with self._cond:
+            for item in self._pending:
+                if item.future is future:
+                    self._pending.remove(item)
+                    break
+        return future.cancel()
 
     # ---- state ------------------------------------------------------------------------------------------
 
@@ -291,13 +316,19 @@ class Batcher:
         images = np.asarray(out.images)
         warnings = list(getattr(out, "warnings", None) or [])
         dt = time.perf_counter() - t0
+        timings = dict(getattr(out, "timings", None) or {})
+        self._seconds = dt if not self._seconds else 0.8 * self._seconds + 0.2 * dt
+        if self._on_generate is not None:
+            self._on_generate(real, timings)
         self.counts["batches"] += 1
         self.counts["outputs"] += real
         self.counts["requests"] += len(reqs)
         results, i = [], 0
         for r in reqs:
             results.append(
-                ImageResult(images[i : i + r.n], seeds[i : i + r.n], t0 - r.enqueued, dt, real, warnings)
+                ImageResult(
+                    images[i : i + r.n], seeds[i : i + r.n], t0 - r.enqueued, dt, real, warnings, timings
+                )
             )
             i += r.n
         return results

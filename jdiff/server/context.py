@@ -22,6 +22,7 @@ class ServerContext:
     jobs: JobStore | None  # video models only
     max_batch: int
     max_pixels: int
+    max_frames: int
     timeout_s: float
     created: int  # unix time the app was made, for the model card
 

@@ -1,13 +1,11 @@
-"""Response encoding: images as base64 PNG / JPEG / WebP, videos as the mp4 file the pipeline wrote."""
+"""Response encoding: images as base64 PNG / JPEG / WebP (videos are the mp4 file the pipeline wrote)."""
 
 from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 
 import numpy as np
-from fastapi.responses import FileResponse
 
 from jdiff.pipelines.base import to_uint8
 
@@ -32,9 +30,4 @@ def encode_images(images: np.ndarray, output_format: str, quality: int | None) -
     return out
 
 
-def mp4_response(path: Path, video_id: str) -> FileResponse:
-    """The finished video, streamed from disk (with range requests, for players that seek)."""
-    return FileResponse(path, media_type="video/mp4", filename=f"{video_id}.mp4")
-
-
-__all__ = ["FORMATS", "encode_images", "mp4_response"]
+__all__ = ["FORMATS", "encode_images"]

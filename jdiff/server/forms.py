@@ -1,4 +1,4 @@
-"""`multipart/form-data` bodies (OpenAI's `POST /v1/images/edits`): text fields and uploaded files.
+"""`multipart/form-data` bodies (OpenAI's `POST /v1/images/edits` and `POST /v1/videos`): fields and files.
 
 Parsed with the standard library's MIME parser (no `python-multipart` dependency): the body is read up to
 its limit (413 past it), then split into parts. Text fields are typed here, as the JSON parser types them
@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import json
 import math
+import urllib.parse
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -18,9 +20,12 @@ from jdiff.server.errors import ApiError
 
 MAX_FORM_BYTES = 64 << 20  # a few uploaded images
 
-INT_FIELDS = ("n", "seed", "num_inference_steps", "output_compression")
-FLOAT_FIELDS = ("guidance_scale", "true_cfg_scale")
-FILE_FIELDS = ("image", "image[]")  # uploads even when a client sends them without a filename
+INT_FIELDS = ("n", "seed", "num_inference_steps", "output_compression", "partial_images", "num_frames")
+FLOAT_FIELDS = ("guidance_scale", "true_cfg_scale", "guidance_scale_2")
+BOOL_FIELDS = ("stream",)  # "true" / "false", as the OpenAI client writes them
+JSON_FIELDS = ("loras",)  # a JSON object as the field's text
+# Uploads even when a client sends them without a filename.
+FILE_FIELDS = ("image", "image[]", "input_reference", "mask")
 
 
 @dataclass
@@ -40,22 +45,33 @@ class Form:
                 try:
                     out[name] = int(value)
                 except ValueError:
-                    raise ApiError(400, f"{name} must be an integer, got {value!r}") from None
+                    raise ApiError(400, f"{name} must be an integer, got {value!r}", param=name) from None
             elif name in FLOAT_FIELDS:
                 try:
                     v = float(value)
                 except ValueError:
                     v = math.nan
                 if not math.isfinite(v):
-                    raise ApiError(400, f"{name} must be a finite number, got {value!r}")
+                    raise ApiError(400, f"{name} must be a finite number, got {value!r}", param=name)
                 out[name] = v
+            elif name in BOOL_FIELDS:
+                if value.lower() not in ("true", "false"):
+                    raise ApiError(400, f"{name} must be true or false, got {value!r}", param=name)
+                out[name] = value.lower() == "true"
+            elif name in JSON_FIELDS:
+                try:
+                    out[name] = json.loads(value)
+                except ValueError:
+                    raise ApiError(400, f"{name} must be a JSON object, got {value!r}", param=name) from None
             else:
                 out[name] = value
         return out
 
 
 def is_form(request: Request) -> bool:
-    return "multipart/form-data" in request.headers.get("content-type", "")
+    """A multipart form, or a URL-encoded one (a form without files, as some clients send it)."""
+    content_type = request.headers.get("content-type", "")
+    return "multipart/form-data" in content_type or "application/x-www-form-urlencoded" in content_type
 
 
 async def parse_form(request: Request, limit: int = MAX_FORM_BYTES) -> Form:
@@ -70,6 +86,12 @@ async def parse_form(request: Request, limit: int = MAX_FORM_BYTES) -> Form:
         if len(body) > limit:
             raise ApiError(413, f"request body is over {limit} bytes")
     content_type = request.headers.get("content-type", "")
+    if "application/x-www-form-urlencoded" in content_type:
+        try:
+            pairs = urllib.parse.parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(400, "request body is not a well-formed URL-encoded form") from None
+        return Form(fields=dict(pairs))
     if "boundary=" not in content_type:
         raise ApiError(400, "multipart/form-data request without a boundary in its Content-Type")
     head = f"Content-Type: {content_type}\r\nMIME-Version: 1.0\r\n\r\n".encode("latin-1", "replace")

@@ -1,8 +1,11 @@
 """The image endpoints: `POST /v1/images/generations` and `POST /v1/images/edits`, through the batcher.
 
 Both answer `{"created": ..., "data": [{"b64_json": ..., "seed": ...}, ...], "output_format", "size"}`, with
-a `Server-Timing` header (queue, generate, encode, total) and `X-Batch-Outputs` (how many outputs the
-`generate` call that made them had, padding aside).
+a `Server-Timing` header (queue, generate, the pipeline's stages text_encoding / denoising / decoding, encode,
+total) and `X-Batch-Outputs` (how many outputs the `generate` call that made them had, padding aside).
+
+A request whose client goes away, or whose `--timeout` passes, before its `generate` call starts is taken off
+the queue at once; one already running finishes for its batch and its images are dropped.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from jdiff.errors import InputError
 from jdiff.server.batcher import ImageRequest, QueueFull, ShuttingDown
 from jdiff.server.context import ServerContext, context
 from jdiff.server.encoding import encode_images
-from jdiff.server.errors import ApiError
+from jdiff.server.errors import ApiError, busy
 from jdiff.server.forms import is_form, parse_form
 from jdiff.server.schemas import (
     MAX_IMAGE_JSON_BYTES,
@@ -57,7 +60,9 @@ async def edits(request: Request):
     # OpenAI's multipart form (`image` / `image[]` files), or the JSON body with base64 images.
     if is_form(request):
         form = await parse_form(request)
-        body = validated(ImageGenerationBody, form.typed())
+        if "mask" in form.files:
+            form.fields["mask"] = "(file)"  # refused by name below, like the JSON field
+        body = validated(ImageEditBody, {"image": "", **form.typed()})
         uploads = form.files.get("image", []) + form.files.get("image[]", [])
         decode, what = decode_image_bytes, "file"
     else:
@@ -76,7 +81,8 @@ async def edits(request: Request):
         )
     p = image_params(body, ctx.pipeline, max_batch=ctx.max_batch, max_pixels=ctx.max_pixels)
     names = ["image"] if len(uploads) == 1 else [f"image[{i}]" for i in range(len(uploads))]
-    images = [decode(raw, name) for raw, name in zip(uploads, names, strict=True)]
+    # Decoding a large upload takes a while: off the event loop, so other requests are not held up.
+    images = await asyncio.to_thread(lambda: [decode(raw, n) for raw, n in zip(uploads, names, strict=True)])
     p["params"]["image"] = images[0] if len(images) == 1 else images
     if body.size in (None, "auto") and getattr(ctx.pipeline, "size_from_image", False):
         # The model sizes its output from the input image (Qwen-Image-Edit, as diffusers): no preset size.
@@ -94,16 +100,30 @@ async def _run(
     try:
         future = ctx.batcher.submit(req)
     except QueueFull as e:
-        raise ApiError(429, str(e), "rate_limit_error") from None
+        raise busy(e) from None
     except ShuttingDown as e:
         raise ApiError(503, str(e), "server_unavailable") from None
     try:
-        result = await asyncio.wait_for(asyncio.wrap_future(future), ctx.timeout_s)
+        result = await _wait(request, future, ctx.timeout_s)
     except TimeoutError:
-        future.cancel()  # unrun requests are dropped; a running batch finishes for the others
+        # Unrun, it leaves the queue at once; running, its batch finishes for the others.
+        ctx.batcher.withdraw(future)
         raise ApiError(
             504, f"not done within {ctx.timeout_s:g} s (the server's --timeout)", "timeout"
         ) from None
+    except asyncio.CancelledError:  # the server's shutdown grace ran out: answer, then let it close
+        ctx.batcher.withdraw(future)
+        raise ApiError(
+            503,
+            "the server shut down before this request finished; retry on another replica",
+            "server_unavailable",
+        ) from None
+    except _Gone:
+        ctx.batcher.withdraw(future)
+        log.info(
+            "client went away; its request %s", "was dropped" if future.cancelled() else "finishes unread"
+        )
+        raise ApiError(499, "client closed the request", "client_closed") from None
     except ShuttingDown as e:
         raise ApiError(503, str(e), "server_unavailable") from None
     except InputError as e:
@@ -114,8 +134,14 @@ async def _run(
     t1 = time.perf_counter()
     data = await asyncio.to_thread(encode_images, result.images, body.output_format, body.output_compression)
     request.state.timing.update(queue=result.queue_s, generate=result.generate_s)
+    request.app.state.metrics.queue_wait.observe(result.queue_s)
+    stages = "".join(
+        f"{k};dur={v * 1e3:.1f}, "
+        for k, v in result.timings.items()
+        if k in ("text_encoding", "denoising", "decoding")
+    )
     timing = (
-        f"queue;dur={result.queue_s * 1e3:.1f}, generate;dur={result.generate_s * 1e3:.1f}, "
+        f"queue;dur={result.queue_s * 1e3:.1f}, generate;dur={result.generate_s * 1e3:.1f}, {stages}"
         f"encode;dur={(time.perf_counter() - t1) * 1e3:.1f}, total;dur={(time.perf_counter() - t0) * 1e3:.1f}"
     )
     h, w = result.images.shape[1:3] if len(result.images) else (req.params["height"], req.params["width"])
@@ -130,6 +156,30 @@ async def _run(
     return JSONResponse(
         content, headers={"Server-Timing": timing, "X-Batch-Outputs": str(result.batch_outputs)}
     )
+
+
+class _Gone(Exception):
+    """The client closed its connection."""
+
+
+async def _wait(request: Request, future, timeout_s: float):
+    """`future`'s result, checking every quarter second whether the client is still there.
+
+    Raises:
+        TimeoutError: past `timeout_s`.
+        _Gone: the client disconnected.
+    """
+    waiting = asyncio.wrap_future(future)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        done, _ = await asyncio.wait({waiting}, timeout=min(0.25, left))
+        if done:
+            return waiting.result()
+        if await request.is_disconnected():
+            raise _Gone
 
 
 __all__ = ["router"]

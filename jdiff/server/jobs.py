@@ -3,6 +3,8 @@
 The store knows nothing about models or devices: it is given a `runner(params, path)` that makes the output
 file at `path`, and a `schedule(fn) -> Future` that runs `fn` on the device worker (`Batcher.submit_task`).
 Finished jobs are kept (with their files) up to `max_jobs`; the oldest finished ones are evicted first.
+`delete` forgets a job: a queued one is taken off the device queue, a running one's output is discarded when
+its `generate` returns, a finished one's file is removed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class Job:
     error: dict[str, str] | None = None  # {"code": ..., "message": ...}
     path: Path | None = None
     run_s: float | None = None
+    future: Future | None = None  # the device worker's, while scheduled
+    deleted: bool = False
 
     @property
     def done(self) -> bool:
@@ -60,11 +64,13 @@ class JobStore:
 
     Args:
         runner: `runner(params, path)` makes the output file at `path`; it runs on the device worker and
-            may return a list of warnings, shown in the job's JSON. An `InputError` it raises fails the job
+            may return a list of warnings, or a dict of fields (`warnings`, `timings`), shown in the job's JSON. An `InputError` it raises fails the job
             as the user's error, an `OutputError` (the server's own directory) or anything else as the
             server's.
         schedule: `schedule(fn)` queues `fn` for the device worker and returns a `Future`; it may raise
             (queue full, shutting down), which `submit` passes on with no job created.
+        withdraw: `withdraw(future)` takes a scheduled, not yet started `fn` off the queue (`Batcher.withdraw`);
+            default `future.cancel()`.
         directory: where output files go; default a fresh temporary directory, removed by `close`.
         max_jobs: how many jobs to remember; beyond it the oldest finished job and its file are dropped.
         suffix: the output file suffix (it tells the pipeline which format to write).
@@ -75,12 +81,14 @@ class JobStore:
         runner: Callable[[dict[str, Any], Path], Any],
         schedule: Callable[[Callable[[], None]], Future],
         directory: str | Path | None = None,
+        withdraw: Callable[[Future], bool] | None = None,
         *,
         max_jobs: int = 256,
         suffix: str = ".mp4",
     ):
         self._runner = runner
         self._schedule = schedule
+        self._withdraw = withdraw or (lambda f: f.cancel())
         self._owns_dir = directory is None
         self.directory = Path(tempfile.mkdtemp(prefix="jdiff-jobs-") if directory is None else directory)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -100,6 +108,7 @@ class JobStore:
             with self._lock:
                 del self._jobs[job.id]
             raise
+        job.future = future
         future.add_done_callback(lambda f: self._not_run(job, f))
         self._evict()
         return job
@@ -111,6 +120,20 @@ class JobStore:
     def list(self) -> list[Job]:
         with self._lock:
             return list(self._jobs.values())
+
+    def delete(self, job_id: str) -> Job | None:
+        """Forgets the job (None if unknown): unqueues it, or discards its output once its run ends."""
+        with self._lock:
+            job = self._jobs.pop(job_id, None)
+            if job is None:
+                return None
+            job.deleted = True
+            path = job.path
+        if job.future is not None and not job.done:
+            self._withdraw(job.future)
+        if path is not None:
+            path.unlink(missing_ok=True)
+        return job
 
     def close(self) -> None:
         """Removes the output directory if the store created it (call after the worker has stopped)."""
@@ -132,6 +155,8 @@ class JobStore:
                 raise RuntimeError(f"the pipeline wrote no output file at {path}")
             if isinstance(warnings, list) and warnings:
                 job.meta["warnings"] = list(warnings)
+            elif isinstance(warnings, dict):
+                job.meta.update({k: v for k, v in warnings.items() if v})
         except OutputError as e:  # the server picked the path: its failure, not the request's
             log.error("job %s: %s", job.id, e)
             self._finish(job, error={"code": "server_error", "message": str(e)})
@@ -158,6 +183,9 @@ class JobStore:
             job.path, job.error = path, error
             job.status = FAILED if error else COMPLETED
             job.completed_at = int(time.time())
+            deleted = job.deleted
+        if deleted and path is not None:  # deleted while it ran: nobody can fetch it
+            path.unlink(missing_ok=True)
 
     def _evict(self) -> None:
         with self._lock:

@@ -14,7 +14,7 @@ from jdiff.errors import InputError
 from jdiff.parallel.distributed import Leader
 from jdiff.server.batcher import QueueFull, ShuttingDown
 from jdiff.server.context import ServerContext, context
-from jdiff.server.errors import ApiError
+from jdiff.server.errors import ApiError, busy
 from jdiff.server.schemas import LoraBody, parse_body
 
 router = APIRouter()
@@ -39,7 +39,7 @@ async def _on_worker(ctx: ServerContext, fn):
     try:
         future = ctx.batcher.submit_task(fn)
     except QueueFull as e:
-        raise ApiError(429, str(e), "rate_limit_error") from None
+        raise busy(e) from None
     except ShuttingDown as e:
         raise ApiError(503, str(e), "server_unavailable") from None
     try:

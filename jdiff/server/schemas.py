@@ -14,16 +14,17 @@ from typing import TypeVar
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from jdiff.server.errors import ApiError, describe_errors
+from jdiff.server.errors import ApiError, describe_errors, error_param
 
 MAX_JSON_BYTES = 1 << 20  # text-only requests
 MAX_IMAGE_JSON_BYTES = 32 << 20  # requests carrying a base64 image
 
 
 class Body(BaseModel):
-    # Strict: "n": "2" or "seed": 1.5 is an error, not a guess. Unknown fields (OpenAI's `quality`, `style`,
-    # `user`, ...) are ignored so OpenAI clients work unchanged.
-    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+    # Strict: "n": "2" or "seed": 1.5 is an error, not a guess. Unknown fields are refused (a typo such as
+    # `num_steps` must not silently run the default); OpenAI's own fields are declared below and either
+    # honoured or refused with a reason (`validation.openai_fields`).
+    model_config = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
 
 
 class ImageGenerationBody(Body):
@@ -40,12 +41,22 @@ class ImageGenerationBody(Body):
     output_format: str = "png"
     output_compression: int | None = None  # 0..100, jpeg/webp quality
     model: str | None = None  # accepted for OpenAI clients; the server has one model
+    user: str | None = None  # OpenAI's end-user id: accepted and ignored
+    # OpenAI's fields this server honours only at their default (`validation.openai_fields`):
+    stream: bool | None = None  # False only: no Server-Sent Events
+    partial_images: int | None = None  # 0 only (streaming previews)
+    background: str | None = None  # "auto" / "opaque": the models draw no alpha channel
+    quality: str | None = None  # "auto": use num_inference_steps for quality vs. speed
+    moderation: str | None = None  # "low": this server filters nothing
+    style: str | None = None  # DALL-E 3's; refused
 
 
 class ImageEditBody(ImageGenerationBody):
     image: (
         str | list[str]
     )  # base64 (or data: URLs) of the input image(s); multipart forms upload files instead
+    mask: str | None = None  # refused: no inpainting
+    input_fidelity: str | None = None  # refused: the model decides how closely to follow the image
 
 
 class VideoBody(Body):
@@ -61,6 +72,7 @@ class VideoBody(Body):
     input_reference: str | None = None  # base64 image, for image-to-video models
     loras: dict[str, float] | None = None
     model: str | None = None
+    user: str | None = None
 
 
 class LoraBody(Body):
@@ -110,7 +122,7 @@ def validated(model: type[B], data: dict) -> B:
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ApiError(400, describe_errors(e.errors())) from None
+        raise ApiError(400, describe_errors(e.errors()), param=error_param(e.errors())) from None
 
 
 __all__ = [

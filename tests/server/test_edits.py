@@ -105,6 +105,15 @@ def test_two_image_edit_with_a_tiny_edit_plus_model(tmp_path):
         image = decode(r.json()["data"][0])
         assert r.json()["size"] == "32x64" and image.shape == (64, 32, 3)  # 48^2 pixels at 30:64 -> 32x64
         assert np.ptp(image) > 0
+        try:  # the official client's multipart form: the same two images, the same image back
+            import openai
+        except ImportError:
+            pass
+        else:
+            client = openai.OpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
+            images = [(name, data, mime) for _, (name, data, mime) in files]
+            out = client.images.edit(image=images, prompt="a red circle", extra_body={"seed": 3})
+            assert out.data[0].b64_json == r.json()["data"][0]["b64_json"]
         assert_error(
             _form(base, {"prompt": "x"}, [("image[]", ("a.png", _png(8, 8), "image/png"))] * 4),
             400,

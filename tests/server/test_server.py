@@ -61,8 +61,8 @@ def live(app):
 
 
 @pytest.fixture(scope="module")
-def url():
-    gen = jdiff.DiffGenerator.from_pretrained()
+def url(tiny_gen):
+    gen = tiny_gen
     app = create_app(gen, max_batch=MAX_BATCH, batch_wait_ms=50, timeout_s=120, warmup=[(64, 64)])
     with live(app) as base:
         yield base
@@ -79,11 +79,16 @@ def decode(item: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(item["b64_json"]))).convert("RGB"))
 
 
-def assert_error(r: httpx.Response, status: int, fragment: str = "") -> None:
+def assert_error(r: httpx.Response, status: int, fragment: str = "", param: str | None = None) -> dict:
+    """Checks the JSON error body (`param` and `code` appear only when known); returns it."""
     assert r.status_code == status, r.text
     err = r.json()["error"]
-    assert set(err) == {"message", "type"} and isinstance(err["message"], str), err
+    assert {"message", "type"} <= set(err) <= {"message", "type", "param", "code"}, err
+    assert isinstance(err["message"], str), err
     assert fragment.lower() in err["message"].lower(), err["message"]
+    if param is not None:
+        assert err.get("param") == param, err
+    return err
 
 
 # ---- the embedded model over HTTP -----------------------------------------------------------------------
@@ -233,7 +238,11 @@ class FakeGen:
         if output_path is not None:
             Path(output_path).write_bytes(b"fake mp4 " + prompt.encode())
         prompts = prompt if isinstance(prompt, list) else [prompt]
-        return SimpleNamespace(images=np.full((len(prompts), height, width, 3), 0.5, np.float32))
+        images = np.full((len(prompts), height, width, 3), 0.5, np.float32)
+        return SimpleNamespace(images=images, timings=dict(FAKE_TIMINGS))
+
+
+FAKE_TIMINGS = {"text_encoding": 0.001, "denoising": 0.02, "decoding": 0.003, "total": 0.024}
 
 
 def test_timeout_gives_504_and_the_server_recovers():
