@@ -13,6 +13,7 @@ from jdiff.models.clip.config import CLIPTextConfig
 from jdiff.models.flux.config import FluxConfig
 from jdiff.models.flux2.config import Flux2Config
 from jdiff.models.flux2.vae_config import AutoencoderKLFlux2Config
+from jdiff.models.hunyuan_video15.config import HunyuanVideo15Config, HunyuanVideo15VAEConfig
 from jdiff.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from jdiff.models.qwen3.config import Qwen3Config
 from jdiff.models.qwen_image.config import QwenImageConfig
@@ -36,6 +37,18 @@ Z_IMAGE_TURBO = to_dict(ZImageConfig.turbo())
 FLUX2_KLEIN_4B = to_dict(Flux2Config.klein_4b())
 SDXL_UNET = to_dict(UNet2DConditionConfig.sdxl())
 QWEN_IMAGE = to_dict(QwenImageConfig.qwen_image())
+HY15_480P = to_dict(HunyuanVideo15Config.t2v_480p())
+HY15_VAE = to_dict(HunyuanVideo15VAEConfig.hunyuan_video15())
+# HunyuanVideo-1.5 480p text-to-video with CFG: 121 frames at 848x480 are a 31 x 30 x 53 latent (16x spatial,
+# 4x temporal, patch 1). jdiff's pipeline runs [negative; prompt] as one batch with the Qwen text padded to its
+# 128-token bucket and the glyph text (none in this prompt) to 64, all masked; diffusers' runs two batch-1 calls
+# with the text padded to 1000 tokens, the glyph to 256 and 729 zero image tokens (T2V), masked.
+HY15_SIZES = dict(
+    f=31, h=30, w=53, text=128, text_lens=(24, 80), glyph=64, ref_text=1000, ref_glyph=256, image=729
+)
+HY15_TINY = to_dict(HunyuanVideo15Config.tiny())
+HY15_TINY_SIZES = dict(f=2, h=4, w=6, text=8, text_lens=(3, 8), glyph=4, ref_text=12, ref_glyph=6, image=5)
+HY15_VAE_TINY = to_dict(HunyuanVideo15VAEConfig.tiny())
 # FLUX.1-dev's scheduler/scheduler_config.json.
 FLUX_DEV_SCHEDULER = dict(
     num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,

@@ -146,6 +146,33 @@ def _torch_setup(name: str, config: dict, sz: dict, device):
             for t in (sz["text"], sz["negative_text"])
         ]
         return model, lambda m: torch.cat([m(**x)[0] for x in calls])
+    if name == "hunyuan_video15_step":
+        model = _torch_random(diffusers.HunyuanVideo15Transformer3DModel, config, device, bf16)
+        f, h, w, t, g = sz["f"], sz["h"], sz["w"], sz["ref_text"], sz["ref_glyph"]
+
+        def mask(n, real):
+            return (torch.arange(n, device=device) < real)[None].to(torch.int64)
+
+        calls = [  # HunyuanVideo15Pipeline's CFG: one batch-1 call per condition, its padding masked
+            dict(
+                hidden_states=rand(1, config["in_channels"], f, h, w),
+                timestep=torch.full((1,), 500.0, device=device, dtype=bf16),
+                encoder_hidden_states=rand(1, t, config["text_embed_dim"]),
+                encoder_attention_mask=mask(t, real),
+                encoder_hidden_states_2=rand(1, g, config["text_embed_2_dim"]),
+                encoder_attention_mask_2=mask(g, 0),
+                image_embeds=torch.zeros(
+                    1, sz["image"], config["image_embed_dim"], device=device, dtype=bf16
+                ),
+                return_dict=False,
+            )
+            for real in sz["text_lens"]
+        ]
+        return model, lambda m: torch.cat([m(**x)[0] for x in calls])
+    if name == "hunyuan_video15_vae_decode":
+        model = _torch_random(diffusers.AutoencoderKLHunyuanVideo15, config, device, bf16)
+        z = rand(1, config["latent_channels"], sz["f"], sz["h"], sz["w"])
+        return model, lambda m: m.decode(z, return_dict=False)[0]
     if name == "wan_forward":
         model = _torch_random(diffusers.WanTransformer3DModel, config, device, bf16)
         x = dict(

@@ -12,6 +12,12 @@ float32-kept parameters in float32 as its loader would keep them):
   qwen_image_cfg_step
                    Qwen-Image true-CFG step at 1024x1024 as each pipeline runs it: jdiff one batch-2 call,
                    negative (5 text tokens) padded to the prompt's 16 with key lengths; diffusers two calls
+  hunyuan_video15_step
+                   HunyuanVideo-1.5 480p T2V transformer, one CFG step at 848x480x121 (31x30x53 latent) as each
+                   pipeline runs it: jdiff one batch-2 call (text bucket 128, glyph 64, masked), diffusers two
+                   batch-1 calls (text padded to 1000, glyph 256, 729 zero image tokens, masked)
+  hunyuan_video15_vae_decode
+                   HunyuanVideo-1.5 VAE decode of 31 latent frames to 121 frames at 848x480
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480

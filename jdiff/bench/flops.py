@@ -104,3 +104,14 @@ def unet_tflop(cfg: dict, sz: dict) -> float:
             macs += conv(x, x, hw)
     macs += conv(x, cfg["out_channels"], hw)
     return 2 * sz["batch"] * macs / 1e12
+
+
+def hunyuan_video15_tflop(cfg: dict, sz: dict) -> float:
+    """HunyuanVideo-1.5, one call per sample of jdiff's CFG batch: per block and token 4 D^2 (q, k, v, out) +
+    8 D^2 (tanh-GELU MLP of 4D) in each stream, so on all S + T tokens (T = text + glyph buckets), joint
+    attention over S + T; the patch embedder S x C x D and proj_out S x D x C. The token refiner (2 blocks on
+    the text only) and the glyph projection are left out (under 0.1%)."""
+    d = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    s, t = sz["f"] * sz["h"] * sz["w"], sz["text"] + sz["glyph"]
+    extra = s * cfg["in_channels"] * d + s * d * cfg["out_channels"]
+    return 2 * dit_tflop((cfg["num_layers"], s + t, 12 * d * d, d), extra_macs=extra)

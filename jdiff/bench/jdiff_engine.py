@@ -177,6 +177,36 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         def apply(m, x, txt, t, cos, sin, mask):
             return m(x, txt, t, (cos, sin), mask)  # as QwenImagePipeline runs true CFG
 
+    elif name == "hunyuan_video15_step":
+        from jdiff.models.hunyuan_video15.plan import SPEC
+        from jdiff.models.hunyuan_video15.transformer import rope_tables
+
+        cfg = from_dict(SPEC.config_cls, config)
+        f, h, w, t, g = sz["f"], sz["h"], sz["w"], sz["text"], sz["glyph"]
+        inputs = (
+            rand(
+                (2, f, h, w, cfg.in_channels)
+            ),  # T2V: zero condition channels in the pipeline; any values time the same
+            jnp.full((2,), 500.0, jnp.float32),
+            rand((2, t, cfg.text_embed_dim)),
+            jnp.arange(t)[None, :] < jnp.asarray(sz["text_lens"])[:, None],  # [negative; prompt], padded
+            rand((2, g, cfg.text_embed_2_dim)),
+            jnp.zeros((2, g), bool),  # no quoted text: the glyph tokens are all padding
+            *(jnp.asarray(a) for a in rope_tables(cfg, f, h, w)),
+        )
+
+        def apply(m, x, ts, txt, txt_mask, glyph, glyph_mask, cos, sin):
+            return m(x, ts, txt, txt_mask, glyph, glyph_mask, (cos, sin))
+
+    elif name == "hunyuan_video15_vae_decode":
+        from jdiff.models.hunyuan_video15.vae_plan import SPEC
+
+        cfg = from_dict(SPEC.config_cls, config)
+        inputs = (rand((1, sz["f"], sz["h"], sz["w"], cfg.latent_channels)),)
+
+        def apply(m, z):
+            return m.decode(z)
+
     elif name == "wan_forward":
         from jdiff.models.wan.plan import SPEC
         from jdiff.models.wan.rope import wan_rope_tables
@@ -264,9 +294,12 @@ def _attention_head_dim(name: str, config: dict) -> int:
         "flux2_klein_step",
         "qwen_image_step",
         "qwen_image_cfg_step",
+        "hunyuan_video15_step",
         *LORA_WORKLOADS,
     ):
         return config["attention_head_dim"]
+    if name == "hunyuan_video15_vae_decode":  # its mid-block attention: one head of the last width
+        return config["block_out_channels"][-1]
     if name == "sdxl_unet_step":  # diffusers' attention_head_dim is the head count: 1280 / 20 = 64
         return config["block_out_channels"][-1] // config["attention_head_dim"][-1]
     if name == "z_image_step":

@@ -16,6 +16,12 @@ from jdiff.bench.configs import (
     FLUX_TINY,
     FLUX_VAE,
     FLUX_VAE_TINY,
+    HY15_480P,
+    HY15_SIZES,
+    HY15_TINY,
+    HY15_TINY_SIZES,
+    HY15_VAE,
+    HY15_VAE_TINY,
     PROMPT,
     QWEN_IMAGE,
     QWEN_IMAGE_NEGATIVE_TEXT,
@@ -27,7 +33,7 @@ from jdiff.bench.configs import (
     Z_IMAGE_TEXT,
     Z_IMAGE_TURBO,
 )
-from jdiff.bench.flops import flux2_tflop, qwen_image_tflop, unet_tflop, z_image_tflop
+from jdiff.bench.flops import flux2_tflop, hunyuan_video15_tflop, qwen_image_tflop, unet_tflop, z_image_tflop
 from jdiff.bench.pipeline_workloads import PIPELINE_WORKLOADS
 from jdiff.bench.spec import ENGINES, PipelineSpec, Workload
 from jdiff.models.flux2.config import Flux2Config
@@ -208,6 +214,31 @@ WORKLOADS = {
         ),
         tiny_sizes=dict(f=3, h=4, w=4),
         tiny_title="tiny Wan VAE decode (toy config), 3 latent frames -> 9 x 32x32",
+    ),
+    # HunyuanVideo-1.5 (issue 18): the CFG step and the VAE decode as each engine's pipeline runs them.
+    "hunyuan_video15_step": Workload(
+        "HunyuanVideo-1.5 480p T2V CFG step, 848x480x121",
+        HY15_480P,
+        HY15_SIZES,
+        hunyuan_video15_tflop(HY15_480P, HY15_SIZES),
+        warmup=1,
+        repeats=3,
+        engines=("jdiff", "diffusers"),
+        tiny_config=HY15_TINY,
+        tiny_sizes=HY15_TINY_SIZES,
+        tiny_title="tiny HunyuanVideo-1.5 CFG step (toy config), 24x16x5",
+    ),
+    "hunyuan_video15_vae_decode": Workload(
+        "HunyuanVideo-1.5 VAE decode, 31 latent frames -> 121 x 848x480",
+        HY15_VAE,
+        dict(f=31, h=30, w=53),
+        None,
+        warmup=1,
+        repeats=3,
+        engines=("jdiff", "diffusers"),
+        tiny_config=HY15_VAE_TINY,
+        tiny_sizes=dict(f=2, h=4, w=6),
+        tiny_title="tiny HunyuanVideo-1.5 VAE decode (toy config), 2 latent frames -> 5 x 24x16",
     ),
     **PIPELINE_WORKLOADS,
 }

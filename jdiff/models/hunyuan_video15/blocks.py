@@ -8,8 +8,10 @@ refiner_blocks.{i}.attn.to_q`, `transformer_blocks.{i}.attn.add_q_proj`, `norm1.
 
 Masking: diffusers masks with mask_i & mask_j (padded queries see nothing, padded keys are seen by nobody).
 Only the key half reaches the video tokens and the real text tokens: a padded query's output stays in its own
-row, and that row is never attended to. So here only keys are masked, which keeps the joint attention on the
-sequence-parallel path (`key_mask`); the padded rows' (finite) values are never read.
+row, and that row is never attended to. So here only keys are masked: the joint attention takes the real
+condition tokens first (the transformer gathers them there, as diffusers does) and the padding as key
+lengths (cuDNN's padding mask at flash speed; on the sequence-parallel path a key mask); the padded rows'
+(finite) values are never read.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from flax import nnx
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Int
 
 from jdiff import sharding as sh
 from jdiff.kernels.norm_rope import joint_rms_norm_rope
@@ -174,9 +176,10 @@ class JointAttention(nnx.Module):
         x: Float[Array, "b s d"],
         context: Float[Array, "b t d"],
         rope: Rope,
-        mask: Bool[Array, "b l"],
+        key_lengths: Int[Array, " b"],
     ) -> tuple[Float[Array, "b s d"], Float[Array, "b t d"]]:
-        """`rope`: tables [L, H] over the joint sequence (identity rows for the condition tokens)."""
+        """`rope`: tables [L, H] over the joint sequence (identity rows for the condition tokens);
+        `key_lengths`: S + each sample's real condition tokens, which come first."""
 
         # As in FLUX (jdiff.models.flux.transformer): the q/k biases join the fused norm + rope pass, which
         # writes both streams straight into the joint sequence.
@@ -192,7 +195,7 @@ class JointAttention(nnx.Module):
         v = jnp.concatenate(
             [_heads(self.to_v(x), self.head_dim), _heads(self.add_v_proj(context), self.head_dim)], 1
         )
-        out = dot_product_attention(q, k, v, key_mask=mask, context_parallel=True)
+        out = dot_product_attention(q, k, v, key_lengths=key_lengths, context_parallel=True)
         out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
         s = x.shape[1]
         return self.to_out[0](out[:, :s]), self.to_add_out(out[:, s:])
@@ -216,7 +219,9 @@ class TransformerBlock(nnx.Module):
         """(video, condition) AdaLN vectors [B, 6D] each: they depend on the timestep only."""
         return self.norm1(temb), self.norm1_context(temb)
 
-    def __call__(self, carry, modulation: tuple[jax.Array, jax.Array], rope: Rope, mask: Bool[Array, "b l"]):
+    def __call__(
+        self, carry, modulation: tuple[jax.Array, jax.Array], rope: Rope, key_lengths: Int[Array, " b"]
+    ):
         x, ctx = carry  # [B, S, D], [B, T, D]
         shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = jnp.split(modulation[0], 6, axis=-1)
         c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = jnp.split(modulation[1], 6, axis=-1)
@@ -224,7 +229,7 @@ class TransformerBlock(nnx.Module):
             _modulate(self.norm1.norm(x), shift, scale),
             _modulate(self.norm1_context.norm(ctx), c_shift, c_scale),
             rope,
-            mask,
+            key_lengths,
         )
         x = x + _gated(gate, x_attn)
         ctx = ctx + _gated(c_gate, ctx_attn)

@@ -9,9 +9,9 @@ Attribute paths mirror diffusers' state dict, with `transformer_blocks` and the 
 stacked for a scan over layers. Deviations from diffusers, none numerical for the video tokens:
   * latents are channels-last [B, F, H, W, C] in and out;
   * the rotary tables come in as an argument (`rope_tables`, once per request);
-  * the condition tokens stay in the order [image; glyph; text] with a key mask, where diffusers moves each
-    sample's valid tokens to the front (a varlen layout for the original flash-attention code). The condition
-    tokens carry no rope and attention does not depend on key order, so nothing changes but static shapes.
+  * as diffusers, each sample's valid condition tokens ([image; glyph; text] order) are gathered to the
+    front, but the padding stays (static shapes) and reaches attention as key lengths, cuDNN's padding
+    mask; the condition tokens carry no rope, so only the padded rows (never read) differ.
   * text-to-video: `image_embeds=None` leaves the image tokens out entirely (diffusers feeds 729 zero tokens
     and masks them all out, which is the same). Zero image features mask the image tokens as in diffusers.
 """
@@ -192,9 +192,16 @@ class HunyuanVideo15Transformer3DModel(nnx.Module):
             jnp.concatenate([cos, jnp.ones((tc, cos.shape[1]), jnp.float32)]),
             jnp.concatenate([sin, jnp.zeros((tc, sin.shape[1]), jnp.float32)]),
         )
-        mask = jnp.concatenate([jnp.ones((b, x.shape[1]), bool), mask], axis=1)  # [B, L]
+        # Each sample's real condition tokens first, in order (as diffusers gathers them): the padding trails,
+        # and attention takes it as key lengths (a key mask would reach cuDNN as a dense [B, 1, L, L] bias).
+        # The condition tokens have no rope and every per-token op commutes with the gather.
+        order = jnp.argsort(~mask, axis=1, stable=True)
+        context = sh.constrain(
+            jnp.take_along_axis(context, order[..., None], axis=1), (sh.BATCH, sh.LENGTH, sh.ACT_EMBED)
+        )
+        key_lengths = x.shape[1] + mask.sum(axis=1, dtype=jnp.int32)  # [B]
         mods = map_layers(self.transformer_blocks, lambda blk: blk.modulation(temb))
-        x, _ = scan(self.transformer_blocks, (x, context), rope, mask, per_layer=mods)
+        x, _ = scan(self.transformer_blocks, (x, context), rope, key_lengths, per_layer=mods)
 
         x = self.norm_out(x, self.norm_out.modulation(temb))
         return self._unpatchify(self.proj_out(x), grid)
