@@ -22,6 +22,7 @@ from jdiff.io.outputs import (
     check_video_writer,
     write_atomic,
 )
+from jdiff.sampling.noise import noise_keys
 
 log = logging.getLogger("jdiff")
 _logged: set[str] = set()  # warnings logged so far in this process
@@ -249,3 +250,17 @@ def save_video(videos: np.ndarray, path: str | os.PathLike, *, fps: int) -> list
             )
         )
     return out
+
+
+def video_latents(latents, seeds, batch: int, c: int, f: int, h: int, w: int, model: str):
+    """(init, noise_shape) for a video pipeline's denoising stage: the seeds' noise keys and (F, h, w, C), or
+    the caller's latents (diffusers' [B, C, F, H, W]) channels-last on the host and None."""
+    if latents is None:
+        return noise_keys(seeds), (f, h, w, c)
+    arr = np.asarray(latents, np.float32)
+    if arr.shape != (batch, c, f, h, w):
+        raise InputError(
+            f"latents have shape {arr.shape}; for {batch} output(s) at this size {model} expects "
+            f"{(batch, c, f, h, w)} (diffusers' [B, C, F, H, W] layout)"
+        )
+    return np.ascontiguousarray(arr.transpose(0, 2, 3, 4, 1)), None

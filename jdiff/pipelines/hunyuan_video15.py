@@ -41,7 +41,7 @@ from jdiff.models.hunyuan_video15.transformer import post_patch_grid
 from jdiff.models.hunyuan_video15.transformer import rope_tables as _rope_tables_uncached
 from jdiff.models.siglip.vision import preprocess_images
 from jdiff.parallel.placement import context, put
-from jdiff.pipelines.base import warn, warn_truncated
+from jdiff.pipelines.base import video_latents, warn, warn_truncated
 from jdiff.pipelines.chat_template import read_template, render
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.hunyuan_video15_image import bucket_size, resize_and_crop, vae_pixels
@@ -50,7 +50,7 @@ from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request, negatives_for
 from jdiff.presets import load_preset
 from jdiff.sampling.loop import sample
-from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.noise import noise_from_keys
 from jdiff.weights.config import read_json
 
 # Rotary tables depend only on the config and the latent shape: computed once per shape, on the host.
@@ -371,18 +371,7 @@ class HunyuanVideo15Pipeline(Pipeline):
         return final.transpose(0, 4, 1, 2, 3)  # channels-last -> diffusers' [B, C, F, H, W]
 
     def _initial_latents(self, latents, seeds, batch, f, h, w):
-        """(init, noise_shape) for `_denoise_fn`: the seeds' noise keys and (F, h, w, C), or the caller's
-        latents channels-last on the host and None."""
-        c = self.z_dim
-        if latents is None:
-            return noise_keys(seeds), (f, h, w, c)
-        arr = np.asarray(latents, np.float32)
-        if arr.shape != (batch, c, f, h, w):
-            raise InputError(
-                f"latents have shape {arr.shape}; for {batch} output(s) at this size HunyuanVideo-1.5 expects "
-                f"{(batch, c, f, h, w)} (diffusers' [B, C, F, H, W] layout)"
-            )
-        return np.ascontiguousarray(arr.transpose(0, 2, 3, 4, 1)), None
+        return video_latents(latents, seeds, batch, self.z_dim, f, h, w, "HunyuanVideo-1.5")
 
 
 def _own_overrides(model: ModelDir) -> dict:

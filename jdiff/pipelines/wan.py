@@ -30,14 +30,14 @@ from jdiff.errors import InputError
 from jdiff.models.wan.rope import post_patch_grid, wan_rope_tables
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines import lora
-from jdiff.pipelines.base import warn, warn_truncated
+from jdiff.pipelines.base import video_latents, warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request, negatives_for
 from jdiff.presets import load_preset
 from jdiff.sampling.loop import sample
-from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.noise import noise_from_keys
 
 # Rotary tables depend only on the config and the latent shape: computed once per shape, on the host.
 _rope_tables = lru_cache(maxsize=16)(wan_rope_tables)
@@ -354,18 +354,7 @@ class WanPipeline(Pipeline):
         return final.transpose(0, 4, 1, 2, 3)  # channels-last -> diffusers' [B, C, F, H, W]
 
     def _initial_latents(self, latents, seeds, batch, f, h, w):
-        """(init, noise_shape) for `_denoise_fn`: the seeds' noise keys and (F, h, w, C), or the caller's
-        latents channels-last on the host and None."""
-        c = self.z_dim
-        if latents is None:
-            return noise_keys(seeds), (f, h, w, c)
-        arr = np.asarray(latents, np.float32)
-        if arr.shape != (batch, c, f, h, w):
-            raise InputError(
-                f"latents have shape {arr.shape}; for {batch} output(s) at this size Wan expects {(batch, c, f, h, w)} "
-                "(diffusers' [B, C, F, H, W] layout)"
-            )
-        return np.ascontiguousarray(arr.transpose(0, 2, 3, 4, 1)), None
+        return video_latents(latents, seeds, batch, self.z_dim, f, h, w, "Wan")
 
 
 def _preset(index: dict, transformer) -> str:
