@@ -65,6 +65,15 @@ def _on_host(x: Any) -> bool:
     return isinstance(x, jax.Array) and x.sharding.memory_kind == HOST
 
 
+def _host_aval(x: Any) -> Any:
+    """`x` with the host memory space in its abstract value too. jax 0.10 leaves it out of arrays assembled
+    from per-device pieces (`make_array_from_callback`, checkpoint restores), and jit then compiles for
+    device operands; a copy through unpinned host memory sets it."""
+    if not _on_host(x) or jax.typeof(x).memory_space == jax.memory.Space.Host:
+        return x
+    return jax.device_put(jax.device_put(x, x.sharding.with_memory_kind("unpinned_host")), x.sharding)
+
+
 class Offloaded(MutableMapping):
     """component name -> parameters (`nnx.State`), kept in host memory; reading an entry returns a copy on the
     device (for "layers", a denoiser's stacked layers stay in host memory in it).
@@ -76,7 +85,7 @@ class Offloaded(MutableMapping):
     def __init__(self, params: dict[str, nnx.State], mode: str):
         check_mode(mode)
         self.mode = mode
-        self._host = dict(params)
+        self._host = {name: jax.tree.map(_host_aval, state) for name, state in params.items()}
 
     def _moves(self, name: str) -> list[tuple[tuple, Any, bool]]:
         """(path, variable, brought in) for every parameter of component `name`."""

@@ -1,0 +1,126 @@
+"""`offload="model"` / `"layers"`: the same outputs as resident weights, with the weights in host memory.
+
+On CPU the `pinned_host` memory kind exists, so the host-memory paths (arguments in host memory, layers copied
+in inside the scan) are the ones that run on GPU; jax refuses at trace time any op mixing host and device
+operands, so a weight left in host memory where a stage computes with it fails here too.
+"""
+
+import gc
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import jdiff
+from jdiff.cli import main
+from jdiff.errors import InputError
+from jdiff.layers import stack
+from jdiff.pipelines import memory
+from jdiff.pipelines.offload import HOST, Offloaded
+from tests.fixtures_wan import saved, tiny_wan
+
+FLUX = dict(height=32, width=48, num_inference_steps=2, seed=3, output_type="np", max_sequence_length=16)
+WAN = dict(
+    height=32,
+    width=48,
+    num_frames=5,
+    num_inference_steps=3,
+    seed=3,
+    output_type="np",
+    max_sequence_length=16,
+    guidance_scale=4.0,
+)
+
+
+def _kinds(state: nnx.State) -> set[str]:
+    return {x.sharding.memory_kind for x in jax.tree.leaves(state)}
+
+
+@pytest.fixture(scope="module")
+def flux_resident(tiny_flux_dir):
+    gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, dtype="float32")
+    # true CFG: the batch of two runs through the streamed layers
+    return gen.generate("a red circle", negative_prompt="blue", true_cfg_scale=3.0, **FLUX)
+
+
+@pytest.mark.parametrize("mode", ["model", "layers"])
+def test_flux_equals_resident(tiny_flux_dir, flux_resident, mode, monkeypatch):
+    streamed = []
+    real = stack._streamed_scan
+    monkeypatch.setattr(stack, "_streamed_scan", lambda *a: streamed.append(1) or real(*a))
+    gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, dtype="float32", offload=mode)
+    params = gen.pipeline._params
+    assert isinstance(params, Offloaded)
+    for name in ("transformer", "clip", "t5", "vae"):
+        assert _kinds(params.host(name)) == {HOST}  # loaded into host memory, never whole on the device
+    brought = params["transformer"]
+    stacked = brought["transformer_blocks"]
+    assert _kinds(stacked) == ({HOST} if mode == "layers" else {"device"})
+    assert _kinds(brought["x_embedder"]) == {"device"}
+    assert _kinds(params["t5"]) == {"device"}  # text encoders: whole, in either mode
+    del brought, stacked
+
+    out = gen.generate("a red circle", negative_prompt="blue", true_cfg_scale=3.0, **FLUX)
+    np.testing.assert_array_equal(out.latents, flux_resident.latents)
+    np.testing.assert_array_equal(out.images, flux_resident.images)
+    assert bool(streamed) == (mode == "layers")  # the layers were streamed inside the scan, not brought whole
+
+
+def test_flux_device_copies_are_released(tiny_flux_dir):
+    """The text encoders leave the device after encoding, the DiT after denoising."""
+    gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, dtype="float32", offload="model")
+    pipe = gen.pipeline
+    gen.generate("a red circle", **FLUX)  # compiled: the next run allocates only what it keeps
+
+    def live() -> int:
+        gc.collect()
+        return sum(memory.device_bytes(jax.live_arrays()).values())
+
+    def nbytes(name: str) -> int:
+        return sum(x.nbytes for x in jax.tree.leaves(pipe._params.host(name)))
+
+    seen = {}
+    real = pipe.denoise_stage
+
+    def denoise_stage(*args):
+        seen["after_encoding"] = live()
+        return real(*args)
+
+    pipe.denoise_stage = denoise_stage
+    before = live()
+    gen.generate("a blue square", **FLUX)
+    assert seen["after_encoding"] - before < nbytes("t5") + nbytes("clip")
+    assert live() - before < nbytes("vae")  # nothing of the DiT or the encoders stays
+
+
+@pytest.fixture(scope="module", params=["t2v", "a14b"])
+def wan_case(request):
+    path = saved(tiny_wan(request.param))
+    out = jdiff.DiffGenerator.from_pretrained(path, dtype="float32").generate("a cat", **WAN)
+    return path, out
+
+
+@pytest.mark.parametrize("mode", ["model", "layers"])
+def test_wan_equals_resident(wan_case, mode):
+    """Wan2.1 T2V and the two-expert Wan2.2 A14B layout (each expert streamed inside `lax.cond`)."""
+    path, resident = wan_case
+    out = jdiff.DiffGenerator.from_pretrained(path, dtype="float32", offload=mode).generate("a cat", **WAN)
+    np.testing.assert_array_equal(out.latents, resident.latents)
+    np.testing.assert_array_equal(out.frames, resident.frames)
+
+
+def test_bad_offload_value(capsys):
+    with pytest.raises(InputError, match=r"offload must be one of \['model', 'layers'\].*got 'disk'"):
+        jdiff.DiffGenerator.from_pretrained(None, offload="disk")
+    with pytest.raises(SystemExit) as exit_:
+        main(["generate", "--prompt", "x", "--offload", "disk"])
+    assert exit_.value.code == 2
+    assert "--offload: invalid choice: 'disk'" in capsys.readouterr().err
+
+
+def test_cli_offload(tiny_flux_dir, tmp_path, capsys):
+    out = tmp_path / "a.png"
+    args = ["--height", "32", "--width", "48", "--steps", "2", "--output", str(out), "--offload", "layers"]
+    assert main(["generate", "--model", str(tiny_flux_dir), "--prompt", "a red circle", *args]) == 0
+    assert out.is_file()
