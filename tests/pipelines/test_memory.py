@@ -64,7 +64,9 @@ def test_refused_with_xla_figure(gen, monkeypatch):
     gc.collect()
     floor = max(memory.resident().values()) + gen.pipeline.activation_estimate(request)
     monkeypatch.setenv(memory.ENV, str(floor + 4096))
-    with pytest.raises(InputError, match=r"that XLA plans for denoising at 96x64, batch 1.*offload=\"layers\""):
+    with pytest.raises(
+        InputError, match=r"that XLA plans for denoising at 96x64, batch 1.*offload=\"layers\""
+    ):
         gen.generate("a red circle", **{**SMALL, "height": 64, "width": 96})
 
 
@@ -92,3 +94,16 @@ def test_cli_exit_2(tiny_flux_dir, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert rc == 2
     assert err.startswith("jdiff: error: this request needs about ") and err.count("\n") == 1
+
+
+def test_server_400(monkeypatch):
+    """Through the existing app: the refusal is the request's fault, a 400 with the one line."""
+    from jdiff.server import create_app
+    from tests.server.test_server import assert_error, live, post
+
+    gen = jdiff.DiffGenerator.from_pretrained(None)
+    monkeypatch.setenv(memory.ENV, "64KiB")
+    with live(create_app(gen, max_batch=1, timeout_s=120)) as base:
+        r = post(base, {"prompt": "a red circle", "size": "64x64", "num_inference_steps": 1})
+    assert_error(r, 400, "this request needs about ")
+    assert 'offload="layers"' in r.json()["error"]["message"]

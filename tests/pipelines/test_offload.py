@@ -25,12 +25,21 @@ WAN = dict(
     height=32,
     width=48,
     num_frames=5,
-    num_inference_steps=3,
+    num_inference_steps=2,
     seed=3,
     output_type="np",
     max_sequence_length=16,
     guidance_scale=4.0,
 )
+
+
+def same(got: np.ndarray, want: np.ndarray, mode: str) -> None:
+    """ "model" runs the resident program on the same weights: equal bits. "layers" compiles another loop
+    (weights carried from one layer to the next), which XLA may fuse differently: equal to float32 rounding."""
+    if mode == "model":
+        np.testing.assert_array_equal(got, want)
+    else:
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
 
 
 def _kinds(state: nnx.State) -> set[str]:
@@ -62,8 +71,8 @@ def test_flux_equals_resident(tiny_flux_dir, flux_resident, mode, monkeypatch):
     del brought, stacked
 
     out = gen.generate("a red circle", negative_prompt="blue", true_cfg_scale=3.0, **FLUX)
-    np.testing.assert_array_equal(out.latents, flux_resident.latents)
-    np.testing.assert_array_equal(out.images, flux_resident.images)
+    same(out.latents, flux_resident.latents, mode)
+    same(out.images, flux_resident.images, mode)
     assert bool(streamed) == (mode == "layers")  # the layers were streamed inside the scan, not brought whole
 
 
@@ -123,13 +132,30 @@ def wan_resident():
     return get
 
 
-@pytest.mark.parametrize("kind, mode", [("t2v", "model"), ("t2v", "layers"), ("a14b", "layers")])
+@pytest.mark.parametrize("kind, mode", [("a14b", "layers")])
 def test_wan_equals_resident(wan_resident, kind, mode):
-    """Wan2.1 T2V and the two-expert Wan2.2 A14B layout (each expert streamed inside `lax.cond`)."""
+    """The two-expert Wan2.2 A14B layout: each expert streamed inside `lax.cond` inside the sampling loop
+    ("model" is family-agnostic: FLUX covers it)."""
     path, resident = wan_resident(kind)
     out = jdiff.DiffGenerator.from_pretrained(path, dtype="float32", offload=mode).generate("a cat", **WAN)
-    np.testing.assert_array_equal(out.latents, resident.latents)
-    np.testing.assert_array_equal(out.frames, resident.frames)
+    same(out.latents, resident.latents, mode)
+    same(out.frames, resident.frames, mode)
+
+
+def test_checkpoint_restored_into_host_memory(tiny_flux_dir, flux_resident, tmp_path, monkeypatch):
+    """A `jdiff convert` checkpoint goes straight into host memory too, and streams."""
+    from jdiff.convert.run import convert
+
+    streamed = []
+    real = stack._streamed_scan
+    monkeypatch.setattr(stack, "_streamed_scan", lambda *a: streamed.append(1) or real(*a))
+    ckpt = convert(tiny_flux_dir, tmp_path / "ckpt", dtype="float32")
+    gen = jdiff.DiffGenerator.from_pretrained(ckpt, dtype="float32", offload="layers")
+    for name in ("transformer", "clip", "t5", "vae"):
+        assert _kinds(gen.pipeline._params.host(name)) == {HOST}
+    out = gen.generate("a red circle", negative_prompt="blue", true_cfg_scale=3.0, **FLUX)
+    same(out.images, flux_resident.images, "layers")
+    assert streamed
 
 
 def test_bad_offload_value(capsys):
