@@ -137,6 +137,11 @@ class DiffGenerator:
         """Folds loaded adapters into the weights at these scales (`W + scale A B`) for every request: no
         per-step cost, for serving one fixed adapter set. Requests may still choose the other loaded
         adapters; naming a fused one is an error until `unfuse_lora()`. Replaces an earlier fusion."""
+        if self.pipeline.offload is not None:
+            raise InputError(
+                f"fuse_lora needs the weights on the device and this model runs with offload="
+                f"{self.pipeline.offload!r}; apply the adapters per request instead (loras={{name: scale}})"
+            )
         self._adapters().fuse(loras)
 
     def unfuse_lora(self) -> None:

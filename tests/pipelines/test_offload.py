@@ -172,3 +172,35 @@ def test_cli_offload(tiny_flux_dir, tmp_path, capsys):
     args = ["--height", "32", "--width", "48", "--steps", "2", "--output", str(out), "--offload", "layers"]
     assert main(["generate", "--model", str(tiny_flux_dir), "--prompt", "a red circle", *args]) == 0
     assert out.is_file()
+
+
+def test_fuse_lora_refused():
+    """Per-request adapters work under offload (their factors stay on the device); folding them into host
+    weights does not."""
+    gen = jdiff.DiffGenerator.from_pretrained(None, offload="model")
+    with pytest.raises(InputError, match="fuse_lora needs the weights on the device.*offload='model'"):
+        gen.fuse_lora({"a": 1.0})
+
+
+def test_lora_per_request(tiny_flux_dir, tmp_path):
+    """Adapters on stacked and unstacked layers and on the text encoder, under "layers": the base weights
+    stream from host memory, the factors stay on the device."""
+    from tests import lora_files
+    from tests.fixtures import tiny_flux_pipeline
+    from tests.pipelines.test_lora import CLIP_MODULES, FLUX_MODULES
+
+    pipe = tiny_flux_pipeline()  # the modules' names and shapes, for random adapter files
+    a = lora_files.write(tmp_path / "a.safetensors", lora_files.linears(pipe.transformer), FLUX_MODULES)
+    te = lora_files.write(
+        tmp_path / "te.safetensors",
+        lora_files.linears(pipe.text_encoder),
+        CLIP_MODULES,
+        prefix="text_encoder.",
+    )
+    images = {}
+    for mode in (None, "layers"):
+        gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, dtype="float32", offload=mode)
+        gen.load_lora(a)
+        gen.load_lora(te)
+        images[mode] = gen.generate("a red circle", loras={"a": 0.8, "te": 1.0}, **FLUX).images
+    same(images["layers"], images[None], "layers")
