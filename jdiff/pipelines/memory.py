@@ -99,12 +99,11 @@ def device_bytes(arrays: Iterable[Any]) -> dict[jax.Device, int]:
 
 def resident() -> dict[jax.Device, int]:
     """Bytes in use per local device now: the allocator's figure where it has one, else every live array."""
+    stats = {d: _stats(d) or {} for d in jax.local_devices()}
+    if all("bytes_in_use" in s for s in stats.values()):
+        return {d: int(s["bytes_in_use"]) for d, s in stats.items()}
     live = device_bytes(jax.live_arrays())
-    out = {}
-    for d in jax.local_devices():
-        stats = _stats(d)
-        out[d] = int(stats["bytes_in_use"]) if stats and "bytes_in_use" in stats else live.get(d, 0)
-    return out
+    return {d: int(s["bytes_in_use"]) if "bytes_in_use" in s else live.get(d, 0) for d, s in stats.items()}
 
 
 def activation_bytes(

@@ -79,7 +79,8 @@ class Offloaded(MutableMapping):
     device (for "layers", a denoiser's stacked layers stay in host memory in it).
 
     Entries set later (LoRA adapters rebuild a component's state around the same host arrays) are kept as
-    given: their host leaves are brought in on reading, device leaves are passed through.
+    given: their host leaves are brought in on reading, device leaves are passed through. Reading copies:
+    iterate over the names (`for k in params`), not `items()`, to pick some components.
     """
 
     def __init__(self, params: dict[str, nnx.State], mode: str):
@@ -118,7 +119,7 @@ class Offloaded(MutableMapping):
         return out
 
     def __setitem__(self, name: str, state: nnx.State) -> None:
-        self._host[name] = state
+        self._host[name] = jax.tree.map(_host_aval, state)
 
     def __delitem__(self, name: str) -> None:
         del self._host[name]
