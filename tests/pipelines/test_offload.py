@@ -204,3 +204,21 @@ def test_lora_per_request(tiny_flux_dir, tmp_path):
         gen.load_lora(te)
         images[mode] = gen.generate("a red circle", loras={"a": 0.8, "te": 1.0}, **FLUX).images
     same(images["layers"], images[None], "layers")
+
+
+def test_mesh(tiny_flux_dir, flux_resident):
+    """On 8 (fake) devices: host-memory arrays keep the shardings the rules give, and the result is the
+    one-device result."""
+    resident = jdiff.DiffGenerator.from_pretrained(
+        tiny_flux_dir, dtype="float32", mesh="data=2,fsdp=2,context=2"
+    )
+    gen = jdiff.DiffGenerator.from_pretrained(
+        tiny_flux_dir, dtype="float32", mesh="data=2,fsdp=2,context=2", offload="layers"
+    )
+    want = jax.tree.leaves(resident.pipeline._params["transformer"])
+    got = jax.tree.leaves(gen.pipeline._params.host("transformer"))
+    assert [x.sharding.spec for x in got] == [x.sharding.spec for x in want]
+    assert {x.sharding.memory_kind for x in got} == {HOST}
+    assert {len(x.sharding.device_set) for x in got} == {8}
+    out = gen.generate("a red circle", negative_prompt="blue", true_cfg_scale=3.0, **FLUX)
+    np.testing.assert_allclose(out.images, flux_resident.images, rtol=0, atol=1e-5)
