@@ -190,5 +190,11 @@ def check_compiled(compiled, args: Any, offload: str | None, what: str) -> None:
 
 
 def enabled() -> bool:
-    """Whether any local device has a known capacity (else the checks are skipped, costing nothing)."""
+    """Whether any local device has a known capacity (else the checks are skipped, costing nothing).
+
+    Multi-process runs skip the checks: every process runs the same program, and a refusal decided from one
+    process's figures alone would leave the others waiting in it.
+    """
+    if jax.process_count() > 1:
+        return False
     return any(capacity(d) is not None for d in jax.local_devices())
