@@ -63,6 +63,7 @@ class DiffGenerator:
         sequence_parallel: str = "ulysses",
         scheduler: str | None = None,
         scheduler_config: dict[str, Any] | None = None,
+        offload: str | None = None,
     ) -> DiffGenerator:
         """Loads a diffusers-format directory, a `jdiff convert` output, or (None) the embedded default model.
 
@@ -75,9 +76,12 @@ class DiffGenerator:
                 "DPMSolverMultistepScheduler"); None keeps the directory's.
             scheduler_config: scheduler config keys set on top of the directory's scheduler_config.json (e.g.
                 {"use_karras_sigmas": True}), as `X.from_config(pipe.scheduler.config, **scheduler_config)`.
+            offload: None (all weights on the device), "model" (each component in host memory, brought onto the
+                device for its stage) or "layers" (as "model", and the DiT's layers streamed in one by one
+                inside the denoising loop); see docs/memory.md.
 
         Raises:
-            InputError: a missing or malformed directory, unsupported model, bad dtype or mesh, or a scheduler
+            InputError: a missing or malformed directory, unsupported model, bad dtype, mesh or offload, or a scheduler
                 jdiff does not run (the message lists those it does) or a config value it refuses.
         """
         from jdiff import compilation_cache
@@ -88,6 +92,9 @@ class DiffGenerator:
             raise InputError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         if sequence_parallel not in ("ulysses", "ring"):
             raise InputError(f"sequence_parallel must be 'ulysses' or 'ring', got {sequence_parallel!r}")
+        from jdiff.pipelines import offload as offloading
+
+        offloading.check_mode(offload)
         placement = _placement(mesh, sequence_parallel)
         if model_path is None:
             model_path = embedded_model_path()
@@ -98,7 +105,9 @@ class DiffGenerator:
         model = registry.open_model(model_path)
         if scheduler is not None or scheduler_config is not None:
             model.swap_scheduler(scheduler, scheduler_config)
+        model.host_memory = offload is not None
         pipeline = model.family.pipeline(model, dtype=DTYPES[dtype], placement=placement)
+        offloading.apply(pipeline, offload)
         return cls(pipeline, model_path=model.root, dtype=dtype)
 
     def generate(self, prompt, **kwargs) -> GenerationResult:
@@ -128,6 +137,11 @@ class DiffGenerator:
         """Folds loaded adapters into the weights at these scales (`W + scale A B`) for every request: no
         per-step cost, for serving one fixed adapter set. Requests may still choose the other loaded
         adapters; naming a fused one is an error until `unfuse_lora()`. Replaces an earlier fusion."""
+        if self.pipeline.offload is not None:
+            raise InputError(
+                f"fuse_lora needs the weights on the device and this model runs with offload="
+                f"{self.pipeline.offload!r}; apply the adapters per request instead (loras={{name: scale}})"
+            )
         self._adapters().fuse(loras)
 
     def unfuse_lora(self) -> None:

@@ -26,6 +26,7 @@ from jdiff.server import options as serve_options
 PRESET = "the model's preset"
 SIZES = "1024 for FLUX.1, 64 for the embedded model, a small model's own sample size"
 DTYPE_HELP = "weights and activations (default: bfloat16 on GPU/TPU, float32 on CPU)"
+OFFLOAD_HELP = "keep weights in host memory: per component, or DiT layers streamed (docs/memory.md)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -112,6 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=DTYPE_HELP)
     g.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1 (default: one device)")
+    g.add_argument("--offload", choices=["model", "layers"], default=None, help=OFFLOAD_HELP)
     g.add_argument(
         "--sequence-parallel",
         choices=["ulysses", "ring"],
@@ -157,6 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=30000, help="port to listen on")
     s.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=DTYPE_HELP)
     s.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1 (default: one device)")
+    s.add_argument("--offload", choices=["model", "layers"], default=None, help=OFFLOAD_HELP)
     s.add_argument(
         "--sequence-parallel",
         choices=["ulysses", "ring"],
@@ -292,6 +295,7 @@ def _generate(args) -> int:
         mesh=args.mesh,
         sequence_parallel=args.sequence_parallel,
         scheduler=args.scheduler,
+        offload=args.offload,
     )
     scales = {gen.load_lora(path, f"lora{i}"): scale for i, (path, scale) in enumerate(loras)}
     suffix = ".mp4" if gen.pipeline.is_video else ".png"
@@ -387,6 +391,7 @@ def _serve(args) -> int:
         mesh=args.mesh,
         sequence_parallel=args.sequence_parallel,
         scheduler=args.scheduler,
+        offload=args.offload,
     )
     for name, path in loras:  # every process: the followers run the same requests
         gen.load_lora(path, name)

@@ -28,6 +28,8 @@ class ModelDir:
     family: Any = None
     # (class name or None, config overrides) set by `swap_scheduler`; None: the directory's own scheduler.
     scheduler_swap: tuple[str | None, dict[str, Any]] | None = None
+    # True: components are loaded into host memory (`offload=`; jdiff.pipelines.offload), never whole on a device.
+    host_memory: bool = False
 
     @classmethod
     def open(cls, path: str | Path) -> ModelDir:
@@ -87,6 +89,10 @@ class ModelDir:
         cfg = spec.read_config(folder)
         graphdef, state = spec.abstract(cfg)
         shardings = placement.shardings(state) if placement is not None else None
+        if self.host_memory:
+            from jdiff.pipelines.offload import host_shardings
+
+            shardings = host_shardings(state, shardings)
         if self.is_checkpoint:
             module = checkpoint.restore_params(
                 folder, graphdef, state, lambda path: spec.plan.target_dtype(path, dtype), shardings=shardings

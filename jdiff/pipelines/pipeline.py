@@ -32,8 +32,10 @@ import jax
 import numpy as np
 
 from jdiff.errors import InputError
+from jdiff.kernels.attention import default_implementation
 from jdiff.parallel.placement import context, gather
 from jdiff.pipelines import lora as lora_adapters
+from jdiff.pipelines import memory
 from jdiff.pipelines import request as requests
 from jdiff.pipelines.base import (
     IMAGE_SUFFIXES,
@@ -83,6 +85,7 @@ class Pipeline:
     size_multiple: int
     placement: Any = None
     lora: Any = None  # a `jdiff.pipelines.lora.Adapters` where the family takes LoRA adapters
+    offload: str | None = None  # None, "model" or "layers" (`jdiff.pipelines.offload.apply` sets it)
 
     @property
     def accepts_image(self) -> bool:
@@ -117,6 +120,29 @@ class Pipeline:
     def latents_out(self, final: np.ndarray) -> np.ndarray:
         """The final latents in diffusers' pipeline layout (default: as the loop keeps them)."""
         return final
+
+    def activation_estimate(self, request: Request) -> int | None:
+        """A floor on the denoiser's activation bytes per device for `request` (memory planning, step 1);
+        None where the family gives no estimate. Default: a DiT whose config has `num_attention_heads` and
+        `attention_head_dim`, with (H / size_multiple)(W / size_multiple) tokens per latent frame and, for
+        video, (num_frames - 1) / 4 + 1 latent frames (`memory.activation_bytes`)."""
+        tc = getattr(self, "transformer_config", None)
+        heads, head_dim = getattr(tc, "num_attention_heads", None), getattr(tc, "attention_head_dim", None)
+        if not isinstance(heads, int) or not isinstance(head_dim, int):
+            return None
+        per_sequence = (request.height // self.size_multiple) * (request.width // self.size_multiple)
+        if self.is_video:
+            per_sequence *= (request.num_frames - 1) // 4 + 1
+        dtype = np.dtype(getattr(self, "dtype", np.float32))
+        fused = default_implementation(dtype, head_dim) != "xla"
+        return memory.activation_bytes(
+            per_sequence,
+            heads * head_dim,
+            dtype.itemsize,
+            sequences=request.batch,
+            heads=heads,
+            fused_attention=fused,
+        )
 
     # ---- the one generate ---------------------------------------------------------------------------------
 
@@ -158,6 +184,9 @@ class Pipeline:
 
     def _generate(self, request: Request, t_start: float) -> GenerationResult:
         timings: dict[str, float] = {}
+        planning = memory.enabled()
+        if planning:
+            self._check_estimate(request)
 
         t0 = time.perf_counter()
         cond = self.encode(request)
@@ -173,6 +202,8 @@ class Pipeline:
             denoise = self.denoise_stage(request, cond, token)
             decode = None if request.output_type == "latent" else self.decode_stage(request)
             with context(self.placement):
+                if planning:
+                    self._check_stage(denoise, denoise.args, ("denoise", *denoise.key), request)
                 final = run_while_preparing(
                     denoise.fn,
                     denoise.args,
@@ -189,6 +220,7 @@ class Pipeline:
                     ),
                 )
                 final = jax.block_until_ready(final)
+            del denoise, cond  # offloaded weights leave the device before decoding
         timings["denoising"] = time.perf_counter() - t0
 
         result = GenerationResult(
@@ -200,6 +232,8 @@ class Pipeline:
         if decode is not None:
             t0 = time.perf_counter()
             with context(self.placement):
+                if planning:
+                    self._check_stage(decode, (*decode.args, final), ("decode", *decode.key), request)
                 decoded = gather(decode.fn(*decode.args, final, **decode.kwargs))
             timings["decoding"] = time.perf_counter() - t0
             self._deliver(result, decoded, request)
@@ -217,6 +251,34 @@ class Pipeline:
                 result.paths = save_video(decoded, request.output_path, fps=request.fps or 16)
             else:
                 result.paths = save_images(decoded, request.output_path)
+
+    def _what(self, request: Request) -> str:
+        frames = f"x{request.num_frames} frames" if self.is_video else ""
+        return f"{request.width}x{request.height}{frames}, batch {request.batch}"
+
+    def _check_estimate(self, request: Request) -> None:
+        """Memory planning step 1 (`jdiff.pipelines.memory`): before any compile."""
+        params = self.__dict__.get("_params")
+        incoming = params.incoming() if hasattr(params, "incoming") else {}
+        activations = self.activation_estimate(request) or 0
+        memory.check_estimate(incoming, activations, self.offload, f"the denoiser at {self._what(request)}")
+
+    def _check_stage(self, stage: Stage, args: tuple, key: tuple, request: Request) -> None:
+        """Memory planning step 2: XLA's figure for a stage's program, once per program, before it runs."""
+        checked = self.__dict__.setdefault("_memory_checked", set())
+        leaves, tree = jax.tree.flatten(args)
+        key = (
+            *key,
+            tree,
+            *((np.shape(x), str(getattr(x, "dtype", ""))) for x in leaves),
+            *stage.kwargs.values(),
+        )
+        if key in checked:
+            return
+        compiled = stage.fn.lower(*args, **stage.kwargs).compile()
+        what = f"{'decoding' if key[0] == 'decode' else 'denoising'} at {self._what(request)}"
+        memory.check_compiled(compiled, args, self.offload, what)
+        checked.add(key)
 
     @property
     def _decoders(self) -> set:

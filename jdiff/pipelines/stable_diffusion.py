@@ -193,7 +193,7 @@ class StableDiffusionPipeline(Pipeline):
             warn_truncated(request.warnings, tok, distinct, tok.model_max_length, f"text encoder {i + 1}")
             ids.append(put(self.placement, tok(texts, tok.model_max_length)[0]))
         with context(self.placement):
-            text_params = {k: v for k, v in self._params.items() if k.startswith("text_encoder")}
+            text_params = {k: self._params[k] for k in self._params if k.startswith("text_encoder")}
             return self._encode(text_params, tuple(ids), zero_negatives=zeros)
 
     def denoise_stage(self, request: Request, cond, progress) -> Stage:

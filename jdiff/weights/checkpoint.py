@@ -79,13 +79,22 @@ def restore_params(
                 f"mis-shaped {wrong[:5]}; convert the model again with this jdiff version"
             )
         # Restore in the stored dtype, then cast: orbax's own casting is not available in every version we support.
+        # Host-memory shardings (offload) are restored into directly; device ones as before.
+        host = {
+            k: s for k, s in (shardings or {}).items() if s.memory_kind in ("pinned_host", "unpinned_host")
+        }
         restored = ckptr.restore(
-            params, {k: jax.ShapeDtypeStruct(target[k].shape, stored[k].dtype) for k in target}
+            params,
+            {k: jax.ShapeDtypeStruct(target[k].shape, stored[k].dtype, sharding=host.get(k)) for k in target},
         )
-    flat = [
-        (p, v.replace(jnp.asarray(restored[".".join(map(str, p))], target[".".join(map(str, p))].dtype)))
-        for p, v in flat_abstract
-    ]
+
+    def cast(k: str):
+        x, dtype = restored[k], target[k].dtype
+        if k in host and x.dtype != dtype:  # no device op on host memory: cast on the host
+            return jax.device_put(np.asarray(x).astype(dtype), host[k])
+        return x if k in host else jnp.asarray(x, dtype)
+
+    flat = [(p, v.replace(cast(".".join(map(str, p))))) for p, v in flat_abstract]
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 

@@ -23,6 +23,8 @@ from jdiff.weights.config import from_dict, read_json
 from jdiff.weights.plan import Assignment, Plan, materialize, materialize_slice, resolve
 from jdiff.weights.safetensors import WeightSet, open_weights
 
+HOST_KINDS = ("pinned_host", "unpinned_host")
+
 
 @dataclass(frozen=True)
 class ComponentSpec:
@@ -75,7 +77,9 @@ def fill(
         name = path_str(path)
         dtype = dtype_of(name)
         target = sharding_of(name)
-        if target is not None and slices is not None:
+        # jax 0.10 gives arrays assembled from callbacks a device aval even in a host memory kind (offload):
+        # those are placed whole, with `device_put`, which keeps the memory kind in the aval.
+        if target is not None and slices is not None and target.memory_kind not in HOST_KINDS:
             arr = jax.make_array_from_callback(
                 tuple(var.shape),
                 target,

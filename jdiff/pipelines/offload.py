@@ -1,0 +1,164 @@
+"""Keeping weights in host memory: `from_pretrained(..., offload="model" | "layers")`.
+
+Every component is loaded straight into host memory (`memory_kind="pinned_host"` shardings of the shardings it
+would have on the device: `ModelDir.load` with `memory_kind`), never whole on the device, and the pipeline's
+`_params` becomes an `Offloaded` mapping that brings a component onto the device each time a stage takes it:
+
+* "model": the whole component (text encoders, DiT, VAE) is copied onto the device for its stage; the device
+  copy lives as long as the stage's arguments (the text encoders' until encoding returns, the DiT's until the
+  denoising loop is done: `Pipeline._generate` drops it before decoding) and is then freed.
+* "layers": the same, except the denoiser's stacked (scanned) layer weights, which stay in host memory and
+  enter the jitted loop as host-memory arguments; `jdiff.layers.stack.scan` streams them one layer at a time,
+  fetching layer i+1 while layer i runs. Device memory then holds two layers of the DiT, not all of them.
+
+Families need no code for this: they read `self._params[name]` when they build a stage's arguments, as they
+do without offload. Families keeping a component elsewhere (Qwen-Image's text encoder object) have that
+component left resident on the device (`apply` puts it back there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jdiff.errors import InputError
+from jdiff.sharding import LAYERS
+
+MODES = ("model", "layers")
+HOST = "pinned_host"
+# The components whose stacked layers "layers" streams: the denoisers.
+DENOISERS = frozenset({"transformer", "transformer_2", "unet"})
+
+
+def check_mode(offload: str | None) -> None:
+    if offload not in (None, *MODES):
+        raise InputError(
+            f"offload must be one of {list(MODES)} (or None: all weights on the device), got {offload!r}"
+        )
+
+
+def host_sharding(sharding: jax.sharding.Sharding | None) -> jax.sharding.Sharding:
+    """`sharding` (default: the first device) in host memory."""
+    if sharding is None:
+        sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return sharding.with_memory_kind(HOST)
+
+
+def host_shardings(state: nnx.State, shardings: dict[str, Any] | None) -> dict[str, Any]:
+    """Parameter path -> host-memory sharding for every parameter of `state` (for loading into host memory)."""
+    from jdiff.sharding import path_str
+
+    shardings = shardings or {}
+    return {path_str(p): host_sharding(shardings.get(path_str(p))) for p, _ in nnx.to_flat_state(state)}
+
+
+def _stacked(var: Any) -> bool:
+    names = var.get_metadata().get("out_sharding") if isinstance(var, nnx.Variable) else None
+    return bool(names) and names[0] == LAYERS
+
+
+def _on_host(x: Any) -> bool:
+    return isinstance(x, jax.Array) and x.sharding.memory_kind == HOST
+
+
+def _host_aval(x: Any) -> Any:
+    """`x` with the host memory space in its abstract value too. jax 0.10 leaves it out of arrays assembled
+    from per-device pieces (`make_array_from_callback`, checkpoint restores), and jit then compiles for
+    device operands; a copy through unpinned host memory sets it."""
+    if not _on_host(x) or jax.typeof(x).memory_space == jax.memory.Space.Host:
+        return x
+    return jax.device_put(jax.device_put(x, x.sharding.with_memory_kind("unpinned_host")), x.sharding)
+
+
+class Offloaded(MutableMapping):
+    """component name -> parameters (`nnx.State`), kept in host memory; reading an entry returns a copy on the
+    device (for "layers", a denoiser's stacked layers stay in host memory in it).
+
+    Entries set later (LoRA adapters rebuild a component's state around the same host arrays) are kept as
+    given: their host leaves are brought in on reading, device leaves are passed through. Reading copies:
+    iterate over the names (`for k in params`), not `items()`, to pick some components.
+    """
+
+    def __init__(self, params: dict[str, nnx.State], mode: str):
+        check_mode(mode)
+        self.mode = mode
+        self._host = {name: jax.tree.map(_host_aval, state) for name, state in params.items()}
+
+    def _moves(self, name: str) -> list[tuple[tuple, Any, bool]]:
+        """(path, variable, brought in) for every parameter of component `name`."""
+        keep = self.mode == "layers" and name in DENOISERS
+        return [
+            (p, v, _on_host(v.get_value()) and not (keep and _stacked(v)))
+            for p, v in nnx.to_flat_state(self._host[name])
+        ]
+
+    def __getitem__(self, name: str) -> nnx.State:
+        moves = self._moves(name)
+        host = [v.get_value() for _, v, move in moves if move]
+        device = jax.device_put(host, [x.sharding.with_memory_kind("device") for x in host])
+        it = iter(device)
+        flat = [(p, v.replace(next(it)) if move else v) for p, v, move in moves]
+        return nnx.from_flat_state(flat)
+
+    def host(self, name: str) -> nnx.State:
+        """The stored (host-memory) state, without a transfer."""
+        return self._host[name]
+
+    def incoming(self, names: tuple[str, ...] | None = None) -> dict[jax.Device, int]:
+        """Bytes per device the denoisers' stage brings in (memory planning): what `__getitem__` copies."""
+        names = names or tuple(n for n in self._host if n in DENOISERS)
+        out: dict[jax.Device, int] = {}
+        for name in names:
+            arrays = [v.get_value() for _, v, move in self._moves(name) if move]
+            for d, n in _bytes(arrays).items():
+                out[d] = out.get(d, 0) + n
+        return out
+
+    def __setitem__(self, name: str, state: nnx.State) -> None:
+        self._host[name] = jax.tree.map(_host_aval, state)
+
+    def __delitem__(self, name: str) -> None:
+        del self._host[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._host)
+
+    def __len__(self) -> int:
+        return len(self._host)
+
+
+def _bytes(arrays: list) -> dict[jax.Device, int]:
+    """Bytes per device `arrays` take once on the device (their shardings' shards)."""
+    out: dict[jax.Device, int] = {}
+    for x in arrays:
+        per = int(np.prod(x.sharding.shard_shape(x.shape))) * x.dtype.itemsize
+        for d in x.sharding.addressable_devices:
+            out[d] = out.get(d, 0) + per
+    return out
+
+
+def apply(pipeline: Any, mode: str | None) -> None:
+    """Makes a pipeline built from host-memory weights (`ModelDir.memory_kind`) run with `mode`.
+
+    Its `_params` becomes `Offloaded`; any other host-memory state it holds (a component the family keeps
+    outside `_params`) is moved to the device, so it runs as without offload.
+    """
+    check_mode(mode)
+    pipeline.offload = mode
+    if mode is None:
+        return
+    params = pipeline.__dict__.get("_params")
+    if not isinstance(params, dict):
+        raise InputError(f"{pipeline.family} does not support offload yet; leave offload unset")
+    pipeline._params = Offloaded(params, mode)
+    for holder in vars(pipeline).values():
+        state = getattr(holder, "_params", None)
+        if holder is not pipeline and isinstance(state, nnx.State):
+            holder._params = jax.tree.map(
+                lambda x: jax.device_put(x, x.sharding.with_memory_kind("device")) if _on_host(x) else x,
+                state,
+            )
