@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from jdiff import sharding as sh
@@ -28,21 +29,52 @@ def stacked(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.R
     return build(rngs)
 
 
-def scan(blocks: nnx.Module, carry: Any, *args: Any, per_layer: Any = None, unroll: int | bool = 1) -> Any:
+def scan(
+    blocks: nnx.Module,
+    carry: Any,
+    *args: Any,
+    per_layer: Any = None,
+    unroll: int | bool = 1,
+    layers: slice | None = None,
+) -> Any:
     """Runs `carry = block(carry, *args)` for every block of a stack; `args` are shared by all layers.
 
     With `per_layer` (a pytree whose leaves have a leading layer axis), block i runs as
-    `block(carry, per_layer[i], *args)`.
+    `block(carry, per_layer[i], *args)`. With `layers` (a slice with step 1, e.g. `slice(1, None)`), only those
+    blocks run (`per_layer` still covers every layer): step caching runs a model's first block apart from the
+    rest. The range's weights are read from the whole stack by a traced layer index, as the scan reads its own
+    inputs, never sliced out of it (a slice would copy them).
     """
     graphdef, state = nnx.split(blocks)
+    if layers is None:
 
-    def body(c, xs):
-        layer_state, layer_in = xs
+        def body(c, xs):
+            layer_state, layer_in = xs
+            with scanned_weights():
+                block = nnx.merge(graphdef, layer_state)
+                return (block(c, *args) if per_layer is None else block(c, layer_in, *args)), None
+
+        carry, _ = jax.lax.scan(body, carry, (state, per_layer), unroll=unroll)
+        return carry
+
+    n = jax.tree.leaves(state)[0].shape[0]
+    start, stop, step = layers.indices(n)
+    if step != 1:
+        raise ValueError(f"layers must be a slice with step 1, got {layers}")
+
+    def ranged(c, i):
+        def at(a):
+            return jax.lax.dynamic_index_in_dim(a, i, keepdims=False)
+
         with scanned_weights():
-            block = nnx.merge(graphdef, layer_state)
-            return (block(c, *args) if per_layer is None else block(c, layer_in, *args)), None
+            block = nnx.merge(graphdef, jax.tree.map(at, state))
+            return (
+                block(c, *args) if per_layer is None else block(c, jax.tree.map(at, per_layer), *args)
+            ), None
 
-    carry, _ = jax.lax.scan(body, carry, (state, per_layer), unroll=unroll)
+    if stop <= start:
+        return carry
+    carry, _ = jax.lax.scan(ranged, carry, jnp.arange(start, stop), unroll=unroll)
     return carry
 
 
