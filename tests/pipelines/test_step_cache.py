@@ -1,0 +1,117 @@
+"""Step caching through the FLUX.1 and Wan pipelines: diffusers' FirstBlockCache on the same tiny FLUX,
+exactness at threshold 0, statistics, one compile for every threshold, batch independence, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+import jdiff
+from jdiff.errors import InputError
+from tests.fixtures import tiny_flux_pipeline
+from tests.fixtures_wan import saved, tiny_wan
+from tests.utils import rel_err
+
+H, W, STEPS = 32, 48, 8
+KW = dict(height=H, width=W, num_inference_steps=STEPS, max_sequence_length=24, output_type="latent")
+
+
+@pytest.fixture(scope="module")
+def flux(tmp_path_factory):
+    pipe = tiny_flux_pipeline(guidance_embeds=True)
+    pipe.set_progress_bar_config(disable=True)
+    path = tmp_path_factory.mktemp("flux-cache")
+    pipe.save_pretrained(path)
+    return pipe, jdiff.DiffGenerator.from_pretrained(path, dtype="float32")
+
+
+def _latents(batch: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(batch, (H // 4) * (W // 4), 16, generator=torch.Generator().manual_seed(seed))
+
+
+def test_first_block_matches_diffusers_first_block_cache(flux):
+    from diffusers.hooks import FirstBlockCacheConfig
+
+    pipe, gen = flux
+    lat = _latents(1)
+    # On these random weights the first block's residual changes by 0.28-0.46 per step: at 0.4 some steps
+    # are skipped and none is near the threshold.
+    pipe.transformer.enable_cache(FirstBlockCacheConfig(threshold=0.4))
+    try:
+        ref = pipe("a red circle", latents=lat, guidance_scale=4.0, **KW).images.numpy()
+    finally:
+        pipe.transformer.disable_cache()
+    kw = dict(latents=lat.numpy(), guidance_scale=4.0, **KW)
+    got = gen.generate("a red circle", step_cache="first_block", step_cache_threshold=0.4, **kw)
+    assert got.timings["steps_skipped"] >= 3
+    assert got.timings["steps_computed"] == STEPS - got.timings["steps_skipped"]
+    assert rel_err(got.latents, ref) <= 1e-4
+    full = gen.generate("a red circle", **kw)
+    assert (
+        rel_err(full.latents, ref) > 1e-3
+    )  # the skips changed the result (10x the tolerance), as diffusers'
+    assert "steps_skipped" not in full.timings
+
+
+@pytest.mark.parametrize(("mode", "computed"), [("first_block", 1), ("teacache", 2)])
+def test_flux_threshold_zero_exact_huge_skips_one_compile(flux, mode, computed):
+    _, gen = flux
+    kw = dict(seed=3, negative_prompt="blue", true_cfg_scale=2.0, **KW)  # a true-CFG pair
+    full = gen.generate("a red circle", **kw)
+    zero = gen.generate("a red circle", step_cache=mode, step_cache_threshold=0.0, **kw)
+    np.testing.assert_array_equal(zero.latents, full.latents)
+    assert zero.timings["steps_skipped"] == 0
+    before = dict(gen.pipeline.trace_counts)
+    huge = gen.generate("a red circle", step_cache=mode, step_cache_threshold=1e9, **kw)
+    default = gen.generate("a red circle", step_cache=mode, **kw)
+    assert dict(gen.pipeline.trace_counts) == before  # the threshold is traced
+    assert huge.timings["steps_skipped"] == STEPS - computed
+    assert huge.timings["steps_cached_per_output"] == STEPS - computed
+    assert 0 <= default.timings["steps_skipped"] <= STEPS - computed
+
+
+def test_an_output_does_not_depend_on_its_batch(flux):
+    _, gen = flux
+    prompts, kw = ["a red circle", "a blue square on a red background"], dict(seed=[5, 9], **KW)
+    kw.update(step_cache="first_block", step_cache_threshold=0.4)
+    both = gen.generate(prompts, **kw)
+    kw.pop("seed")
+    alone = [gen.generate(p, seed=s, **kw) for p, s in zip(prompts, [5, 9], strict=True)]
+    for i, one in enumerate(alone):
+        np.testing.assert_allclose(both.latents[i : i + 1], one.latents, rtol=1e-4, atol=1e-5)
+    per_output = np.mean([one.timings["steps_skipped"] for one in alone])
+    assert both.timings["steps_cached_per_output"] == per_output
+    assert both.timings["steps_skipped"] <= min(one.timings["steps_skipped"] for one in alone)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        (dict(step_cache="fbcache"), r"step_cache must be one of \['first_block', 'teacache'\]"),
+        (dict(step_cache="teacache", step_cache_threshold=-0.1), "must be a finite number >= 0"),
+        (dict(step_cache="first_block", step_cache_threshold=float("nan")), "must be a finite number >= 0"),
+        (dict(step_cache="first_block", step_cache_threshold="x"), "step_cache_threshold must be a number"),
+        (dict(step_cache_threshold=0.1), "step_cache_threshold needs a step_cache"),
+        (dict(step_cache="first_block", scheduler_steps=1), "unknown argument"),
+    ],
+)
+def test_bad_input(flux, kw, match):
+    with pytest.raises(InputError, match=match) as err:
+        flux[1].generate("a red circle", **KW, **kw)
+    assert "\n" not in str(err.value)
+
+
+def test_wan_step_caches():
+    gen = jdiff.DiffGenerator.from_pretrained(saved(tiny_wan("t2v")), dtype="float32")
+    kw = dict(
+        height=32, width=48, num_frames=5, num_inference_steps=5, guidance_scale=4.0, negative_prompt="blue",
+        max_sequence_length=16, output_type="latent", seed=1,
+    )  # fmt: skip
+    full = gen.generate("a cat", **kw)
+    for mode, computed in (("first_block", 1), ("teacache", 2)):
+        zero = gen.generate("a cat", step_cache=mode, step_cache_threshold=0.0, **kw)
+        np.testing.assert_array_equal(zero.latents, full.latents)
+        before = dict(gen.pipeline.trace_counts)
+        huge = gen.generate("a cat", step_cache=mode, step_cache_threshold=1e9, **kw)
+        assert dict(gen.pipeline.trace_counts) == before
+        assert huge.timings["steps_skipped"] == 5 - computed
+        assert rel_err(huge.latents, full.latents) > 1e-4  # the skips reached the output
