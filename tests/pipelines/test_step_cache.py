@@ -115,3 +115,58 @@ def test_wan_step_caches():
         assert dict(gen.pipeline.trace_counts) == before
         assert huge.timings["steps_skipped"] == 5 - computed
         assert rel_err(huge.latents, full.latents) > 1e-4  # the skips reached the output
+
+
+def test_flux_teacache_signal_is_the_first_blocks_modulated_input(flux):
+    """What TeaCache4FLUX reads: `transformer_blocks[0].norm1(x_embedder(latents), emb=temb)[0]`."""
+    from flax import nnx
+
+    pipe, gen = flux
+    ref = pipe.transformer
+    lat, pooled = _latents(2), torch.randn(2, ref.config.pooled_projection_dim)
+    t, g = torch.tensor([0.7, 0.3]), torch.tensor([4.0, 2.0])
+    with torch.no_grad():
+        h = ref.x_embedder(lat)
+        want = ref.transformer_blocks[0].norm1(h, emb=ref.time_text_embed(t * 1000, g * 1000, pooled))[0]
+    p = gen.pipeline
+    model = nnx.merge(p._defs["transformer"], p._params["transformer"])
+    mod = model.modulation(t.numpy(), pooled.numpy(), g.numpy())
+    img, _ = model.embed(lat.numpy(), np.zeros((2, 3, ref.config.joint_attention_dim), np.float32))
+    assert rel_err(np.asarray(model.first_modulated(img, mod)), want.numpy()) <= 1e-5
+
+
+def _family(name: str, tmp_path):
+    """(generator, generate kwargs with CFG on) for a tiny FLUX.2-klein base, Z-Image or Qwen-Image."""
+    if name == "qwen_image":
+        from tests.fixtures_qwen_image import saved as saved_qwen
+        from tests.fixtures_qwen_image import tiny_qwen_image_pipeline
+
+        path = saved_qwen(tiny_qwen_image_pipeline("t2i"), tmp_path)
+        kw = dict(height=32, width=48, negative_prompt="blue", true_cfg_scale=4.0)
+    else:
+        from tests.fixtures_zimage_flux2 import tiny_flux2_klein_pipeline, tiny_z_image_pipeline
+
+        pipe = tiny_z_image_pipeline() if name == "z_image" else tiny_flux2_klein_pipeline(is_distilled=False)
+        pipe.save_pretrained(path := tmp_path)
+        kw = dict(height=24, width=40, max_sequence_length=64, guidance_scale=3.0)  # klein base: CFG
+        if name == "z_image":
+            kw["negative_prompt"] = "blue"
+    gen = jdiff.DiffGenerator.from_pretrained(path, dtype="float32")
+    return gen, dict(kw, num_inference_steps=4, seed=2, output_type="latent")
+
+
+@pytest.mark.parametrize("name", ["flux2_klein", "z_image", "qwen_image"])
+def test_other_families_first_block(name, tmp_path):
+    gen, kw = _family(name, tmp_path)
+    full = gen.generate("a red circle", **kw)
+    zero = gen.generate("a red circle", step_cache="first_block", step_cache_threshold=0.0, **kw)
+    # Equal up to float rounding: the first block and the rest run as two scans, which XLA may fuse apart.
+    np.testing.assert_allclose(zero.latents, full.latents, rtol=1e-5, atol=1e-5)
+    assert zero.timings["steps_skipped"] == 0
+    before = dict(gen.pipeline.trace_counts)
+    huge = gen.generate("a red circle", step_cache="first_block", step_cache_threshold=1e9, **kw)
+    assert dict(gen.pipeline.trace_counts) == before
+    assert huge.timings["steps_skipped"] == 3
+    assert rel_err(huge.latents, full.latents) > 1e-4
+    with pytest.raises(InputError, match="has no 'teacache' step cache; it runs \\['first_block'\\]"):
+        gen.generate("a red circle", step_cache="teacache", **kw)

@@ -255,21 +255,29 @@ class QwenImageTransformer2DModel(nnx.Module):
         noise_tokens: int | None = None,
     ) -> Float[Array, "b s c"]:
         """The velocity per image token, given the evaluation's `modulation` (see `__call__`)."""
+        h, mask = self.embed(hidden_states, encoder_hidden_states, encoder_hidden_states_mask)
+        img, _ = self.run_blocks(h, modulation, rope, mask, noise_tokens)
+        return self.output(img, modulation)
+
+    # ---- the parts step caching runs apart (jdiff.sampling.step_cache) --------------------------------------
+
+    def embed(self, hidden_states, encoder_hidden_states, encoder_hidden_states_mask=None):
+        """((image, text) tokens entering the first block, the attention mask or None); arguments as `predict`."""
         x = self.img_in(hidden_states)
         txt = self.txt_in(self.txt_norm(encoder_hidden_states.astype(x.dtype)))
-        s = x.shape[1]
-        n = s if noise_tokens is None else noise_tokens
         mask = None
         if encoder_hidden_states_mask is not None:
             keys = jnp.concatenate([encoder_hidden_states_mask.astype(bool), jnp.ones(x.shape[:2], bool)], 1)
             mask = keys[:, None, None, :]  # [B, 1, 1, L]
-        m = modulation
-        img, _ = scan(
-            self.transformer_blocks,
-            (x, txt),
-            rope,
-            mask,
-            n,
-            per_layer=(m.img, m.txt, m.img_cond),
+        return (x, txt), mask
+
+    def run_blocks(self, h, modulation: QwenModulation, rope: Rope, mask, noise_tokens=None, layers=None):
+        """The blocks in `layers` (default all): (image, text) in and out."""
+        m, n = modulation, h[0].shape[1] if noise_tokens is None else noise_tokens
+        return scan(
+            self.transformer_blocks, h, rope, mask, n, per_layer=(m.img, m.txt, m.img_cond), layers=layers
         )
-        return self.proj_out(self.norm_out(img, m.out))
+
+    def output(self, img: jax.Array, modulation: QwenModulation) -> jax.Array:
+        """The final modulated norm and projection of the image tokens."""
+        return self.proj_out(self.norm_out(img, modulation.out))
