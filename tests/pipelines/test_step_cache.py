@@ -170,3 +170,25 @@ def test_other_families_first_block(name, tmp_path):
     assert rel_err(huge.latents, full.latents) > 1e-4
     with pytest.raises(InputError, match="has no 'teacache' step cache; it runs \\['first_block'\\]"):
         gen.generate("a red circle", step_cache="teacache", **kw)
+
+
+def test_lora_adapters_reach_both_parts(flux, tmp_path):
+    """Adapters on the first double block, a later one and a single block act on the split scans as on the
+    whole one: threshold 0 gives the adapted uncached result."""
+    from tests import lora_files
+
+    pipe, gen = flux
+    modules = ["transformer_blocks.0.attn.to_q", "transformer_blocks.1.ff.net.0.proj", "single_transformer_blocks.1.proj_mlp"]  # fmt: skip
+    path = lora_files.write(
+        tmp_path / "a.safetensors", lora_files.linears(pipe.transformer), modules, alpha=6.0
+    )
+    gen.load_lora(path, name="a")
+    try:
+        kw = dict(seed=4, loras={"a": 0.8}, **KW)
+        base = gen.generate("a red circle", **{**kw, "loras": None})
+        full = gen.generate("a red circle", **kw)
+        zero = gen.generate("a red circle", step_cache="first_block", step_cache_threshold=0.0, **kw)
+    finally:
+        gen.unload_lora("a")
+    assert rel_err(full.latents, base.latents) > 1e-3  # the adapter matters
+    np.testing.assert_allclose(zero.latents, full.latents, rtol=1e-5, atol=1e-5)
