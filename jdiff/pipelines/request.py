@@ -49,8 +49,8 @@ OPTIONAL = {
     "original_size": "an original-size conditioning (SDXL micro-conditioning)",
     "target_size": "a target-size conditioning (SDXL micro-conditioning)",
     "crops_coords_top_left": "a crop conditioning (SDXL micro-conditioning)",
-    "step_cache": "step caching (transformer models only)",
-    "step_cache_threshold": "a step-cache threshold (transformer models only)",
+    "step_cache": "a step cache, for transformer (DiT) models",
+    "step_cache_threshold": "a step-cache threshold, for transformer (DiT) models",
 }
 FIELDS = COMMON | frozenset(OPTIONAL)
 
