@@ -19,13 +19,16 @@ the final layer. The loop's carry holds the cache (`init`), and each step (`call
   TeaCache4Wan2.1 do.
 
 Differences from the references, on purpose: a threshold of 0 never skips (diffusers' hook skips at a change
-<= threshold, TeaCache at a sum < threshold, which a negative polynomial value can reach); a batch of
-`groups` independent halves (true CFG's [negative; positive]) shares one decision: each half's change is
-computed as the reference computes it for its own call (diffusers keeps separate "cond" / "uncond" caches),
-and the step is skipped only when every half would be (the largest change decides). The threshold and the
-polynomial are traced (changing them never recompiles); the mode is static.
+<= threshold, TeaCache at a sum < threshold, which a negative polynomial value can reach). Each output of a
+batch decides as it would alone (diffusers averages over the batch it is called with), so an output does not
+depend on what it is batched with; the remaining blocks are skipped on the steps every output skips, and an
+output that would skip takes its cached residual on the others. True CFG's halves ([negative; positive],
+`groups` = 2) decide together: each half's change is computed as the reference computes it for its own call
+(diffusers keeps separate "cond" / "uncond" caches), and the larger decides. The threshold and the polynomial
+are traced (changing them never recompiles); the mode is static. Every hidden-state leaf and signal has the
+model batch (G * B rows, group-major) leading.
 
-Axis letters: G groups (batch halves deciding together); X any shape.
+Axis letters: G groups (batch parts deciding together), B outputs; X any shape.
 """
 
 from __future__ import annotations
