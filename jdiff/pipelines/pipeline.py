@@ -217,8 +217,9 @@ class Pipeline:
         timings["denoising"] = time.perf_counter() - t0
         if isinstance(final, tuple):  # a step cache ran: (latents, statistics), `sampling.loop.sample`
             final, stats = final
-            timings["steps_skipped"] = int(stats["skipped"])
-            timings["steps_computed"] = request.steps - int(stats["skipped"])
+            skipped = int(gather(stats["skipped"]))
+            timings["steps_skipped"] = skipped
+            timings["steps_computed"] = request.steps - skipped
             timings["steps_cached_per_output"] = float(np.mean(gather(stats["reused"])))
 
         result = GenerationResult(
