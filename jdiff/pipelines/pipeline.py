@@ -217,7 +217,7 @@ class Pipeline:
         timings["denoising"] = time.perf_counter() - t0
         if isinstance(final, tuple):  # a step cache ran: (latents, statistics), `sampling.loop.sample`
             final, stats = final
-            skipped = int(gather(stats["skipped"]))
+            skipped = int(np.asarray(stats["skipped"].addressable_data(0)))  # a replicated scalar
             timings["steps_skipped"] = skipped
             timings["steps_computed"] = request.steps - skipped
             timings["steps_cached_per_output"] = float(np.mean(gather(stats["reused"])))
