@@ -176,19 +176,27 @@ def run_eval(
     captions: int = 48,
     seeds: tuple[int, ...] = (0, 1),
     size: tuple[int, int] | None = None,
+    **cache,
 ) -> dict:
     """Accuracy of colour, shape and background over `captions` fixed captions x `seeds` (None: the shipped
-    model), at the model's own size or `size` (height, width)."""
+    model), at the model's own size or `size` (height, width); `cache`: step_cache / step_cache_threshold
+    (the scores then include the fraction of steps skipped)."""
     import jdiff
     from jdiff.tiny.evaluate import eval_captions, evaluate
 
     gen = jdiff.DiffGenerator.from_pretrained(model_dir, dtype="float32")
-    kw = {} if size is None else {"height": size[0], "width": size[1]}
-    scores = evaluate(
-        lambda prompts, seed: gen.generate(prompts, seed=seed, output_type="np", **kw).images,
-        eval_captions(captions),
-        list(seeds),
-    )
+    kw = ({} if size is None else {"height": size[0], "width": size[1]}) | cache
+    timings = []
+
+    def generate(prompts, seed):
+        result = gen.generate(prompts, seed=seed, output_type="np", **kw)
+        timings.append(result.timings)
+        return result.images
+
+    scores = evaluate(generate, eval_captions(captions), list(seeds))
+    if "steps_skipped" in timings[0]:  # per output: the fraction of steps that took the cached residual
+        steps = sum(t["steps_skipped"] + t["steps_computed"] for t in timings)
+        scores["skipped"] = sum(t["steps_cached_per_output"] for t in timings) / steps
     print(f"accuracy {scores}", flush=True)
     return scores
 
@@ -210,6 +218,8 @@ def main() -> None:
     )
     ap.add_argument("--batch", type=int, default=128, help="images per flow step (the VAE takes half)")
     ap.add_argument("--size", help="eval: WxH to draw at (default: the model's own, 64x64)")
+    ap.add_argument("--step-cache", choices=["first_block", "teacache"], help="eval: with this step cache")
+    ap.add_argument("--step-cache-threshold", type=float, help="eval: its threshold (default: the model's)")
     ap.add_argument(
         "--quick", action="store_true", help=f"a toy budget that runs in minutes on a CPU: {QUICK}"
     )
@@ -221,7 +231,8 @@ def main() -> None:
         budget = QUICK
     if args.phase == "eval":
         size = tuple(int(v) for v in reversed(args.size.split("x"))) if args.size else None  # (h, w)
-        run_eval(args.model, *((24, (0,)) if args.quick else (48, (0, 1))), size=size)
+        cache = {"step_cache": args.step_cache, "step_cache_threshold": args.step_cache_threshold}
+        run_eval(args.model, *((24, (0,)) if args.quick else (48, (0, 1))), size=size, **cache)
         return
     if args.phase in ("train", "all"):
         run_train(args.out, args.seed, **budget)

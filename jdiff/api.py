@@ -115,6 +115,9 @@ class DiffGenerator:
 
         Unset sampling arguments (size, steps, guidance) come from the model family's preset.
         `loras={"name": scale}` applies loaded LoRA adapters (several at once; none by default).
+        `step_cache="first_block" | "teacache"` (with `step_cache_threshold=`, default the model's) skips
+        the transformer's remaining blocks on steps whose input changed little (docs/step_cache.md); the
+        steps skipped are in `result.timings`.
         """
         return self.pipeline.generate(prompt, **kwargs)
 

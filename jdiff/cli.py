@@ -130,6 +130,8 @@ def _parser() -> argparse.ArgumentParser:
         "(default 1); repeatable",
     )
     g.add_argument("--no-progress", action="store_true", help="hide the denoising progress bar")
+    g.add_argument("--step-cache", choices=["first_block", "teacache"], help="see docs/step_cache.md")
+    g.add_argument("--step-cache-threshold", type=float, help="default: the model's for the cache")
     _multihost_flags(g)
 
     c = sub.add_parser(
@@ -318,8 +320,12 @@ def _generate(args) -> int:
         output_path=output,
         progress=args.progress,
         loras=scales or None,
+        step_cache=args.step_cache,
+        step_cache_threshold=args.step_cache_threshold,
     )
-    timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items())
+    timings = ", ".join(
+        f"{k} {v:g}" if k.startswith("steps_") else f"{k} {v:.2f}s" for k, v in result.timings.items()
+    )
     print(timings, file=sys.stderr)
     for path in result.paths:
         print(path)

@@ -22,6 +22,14 @@ def test_generate_writes_the_image(tiny_flux_dir, tmp_path, capsys):
     assert Image.open(out).size == (48, 32)
 
 
+def test_generate_with_a_step_cache(tiny_flux_dir, tmp_path, capsys):
+    out = tmp_path / "cat.png"
+    args = ["--step-cache", "first_block", "--step-cache-threshold", "1e9", "--output", str(out)]
+    rc = main(["generate", "--model", str(tiny_flux_dir), "--prompt", "a red circle", *SMALL, *args])
+    assert rc == 0 and out.exists()
+    assert "steps_skipped 1, steps_computed 1," in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -34,6 +42,10 @@ def test_generate_writes_the_image(tiny_flux_dir, tmp_path, capsys):
             "'KarrasVeScheduler' is not supported; jdiff samples with one of",
         ),
         (["--scheduler", "DDIMScheduler"], "FLUX needs a flow-matching scheduler"),
+        (
+            ["--step-cache", "teacache", "--step-cache-threshold", "-1"],
+            "step_cache_threshold must be a finite",
+        ),
     ],
 )
 def test_bad_input_exit_2(tiny_flux_dir, args, message, capsys):

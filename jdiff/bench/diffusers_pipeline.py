@@ -70,6 +70,13 @@ def build_pipeline(name: str, root: Path, models: dict):
         scheduler=scheduler, **tokenizers, **models, **spec.diffusers_kwargs
     )
     pipe.set_progress_bar_config(disable=True)
+    if spec.step_cache:
+        from diffusers.hooks import FirstBlockCacheConfig
+
+        mode, threshold = spec.step_cache
+        if mode != "first_block":
+            raise SystemExit(f"jdiff bench: diffusers has no {mode!r} step cache")
+        getattr(pipe, spec.denoiser).enable_cache(FirstBlockCacheConfig(threshold=threshold))
     return pipe
 
 

@@ -23,6 +23,8 @@ float32-kept parameters in float32 as its loader would keep them):
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480
   flux_pipeline    FLUX.1-dev text to image end to end (CLIP-L + T5-XXL, 28 steps, guidance 3.5, VAE decode)
                    at 1024x1024, decoded to float32 arrays (no PNG); tokenizers from the embedded tiny model
+  flux_pipeline_fbcache
+                   the same with the first-block step cache at 0.12 (diffusers: its FirstBlockCache hook)
   z_image_pipeline Z-Image-Turbo end to end at 1024x1024 (Qwen3-4B, its preset's 9 steps, no CFG, VAE decode)
   flux2_klein_pipeline
                    FLUX.2-klein-4B end to end at 1024x1024 (Qwen3-4B, its preset's 4 steps, no CFG)

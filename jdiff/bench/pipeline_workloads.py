@@ -8,6 +8,8 @@ counted, so the TFLOP/s column is a lower bound on the rate the whole pipeline a
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from jdiff.bench.configs import (
     CLIP_BIGG,
     CLIP_L,
@@ -295,3 +297,14 @@ PIPELINE_WORKLOADS = {
         tiny_title="tiny Qwen-Image text-to-image (toy config), 64x64, 2 steps, true CFG 4",
     ),
 }
+
+# FLUX.1-dev's pipeline with the first-block step cache at its default threshold, on both engines (diffusers:
+# its FirstBlockCache hook). The TFLOP is not counted: how many steps run depends on the run. Random weights
+# skip differently from trained ones; the jdiff row records the steps it skipped (`step_cache`).
+PIPELINE_WORKLOADS["flux_pipeline_fbcache"] = replace(
+    PIPELINE_WORKLOADS["flux_pipeline"],
+    title="FLUX.1-dev text-to-image, 1024x1024, 28 steps, first-block cache 0.12",
+    tflop=None,
+    pipeline=replace(PIPELINE_WORKLOADS["flux_pipeline"].pipeline, step_cache=("first_block", 0.12)),
+    tiny_title="tiny FLUX text-to-image (toy config), 64x64, 2 steps, first-block cache",
+)

@@ -28,6 +28,8 @@ class PipelineSpec:
         step: the single-step workload of the same denoiser (its attention head rule).
         index: more model_index.json keys (is_distilled, force_zeros_for_empty_prompt).
         diffusers_kwargs: more arguments of diffusers' pipeline constructor.
+        step_cache: (mode, threshold) of a step cache: jdiff's `generate(step_cache=, step_cache_threshold=)`;
+            diffusers puts its FirstBlockCache hook at that threshold on the denoiser ("first_block" only).
     """
 
     pipeline_class: str
@@ -39,6 +41,7 @@ class PipelineSpec:
     step: str = ""
     index: dict = field(default_factory=dict)
     diffusers_kwargs: dict = field(default_factory=dict)
+    step_cache: tuple[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -61,44 +61,84 @@ def _split_host(state: Any) -> tuple[list, Any, Any]:
     return host, device, rebuild
 
 
-def scan(blocks: nnx.Module, carry: Any, *args: Any, per_layer: Any = None, unroll: int | bool = 1) -> Any:
+def scan(
+    blocks: nnx.Module,
+    carry: Any,
+    *args: Any,
+    per_layer: Any = None,
+    unroll: int | bool = 1,
+    layers: slice | None = None,
+) -> Any:
     """Runs `carry = block(carry, *args)` for every block of a stack; `args` are shared by all layers.
 
     With `per_layer` (a pytree whose leaves have a leading layer axis), block i runs as
-    `block(carry, per_layer[i], *args)`. Host-memory weights are streamed (module docstring).
+    `block(carry, per_layer[i], *args)`. With `layers` (a slice with step 1, e.g. `slice(1, None)`), only those
+    blocks run (`per_layer` still covers every layer): step caching runs a model's first block apart from the
+    rest. The range's weights are read from the whole stack by a traced layer index, as the scan reads its own
+    inputs, never sliced out of it (a slice would copy them). Host-memory weights are streamed (module
+    docstring).
     """
     graphdef, state = nnx.split(blocks)
+    n = jax.tree.leaves(state)[0].shape[0]
+    start, stop = 0, n
+    if layers is not None:
+        start, stop, step = layers.indices(n)
+        if step != 1:
+            raise ValueError(f"layers must be a slice with step 1, got {layers}")
+        if stop <= start:
+            return carry
     host, device, rebuild = _split_host(state)
     if host:
-        return _streamed_scan(graphdef, host, device, rebuild, carry, args, per_layer, unroll)
+        return _streamed_scan(graphdef, host, device, rebuild, carry, args, per_layer, unroll, (start, stop))
 
-    def body(c, xs):
-        layer_state, layer_in = xs
+    if layers is None:
+
+        def body(c, xs):
+            layer_state, layer_in = xs
+            with scanned_weights():
+                block = nnx.merge(graphdef, layer_state)
+                return (block(c, *args) if per_layer is None else block(c, layer_in, *args)), None
+
+        carry, _ = jax.lax.scan(body, carry, (state, per_layer), unroll=unroll)
+        return carry
+
+    def ranged(c, i):
         with scanned_weights():
-            block = nnx.merge(graphdef, layer_state)
-            return (block(c, *args) if per_layer is None else block(c, layer_in, *args)), None
+            block = nnx.merge(graphdef, jax.tree.map(lambda a: _at(a, i), state))
+            return (
+                block(c, *args)
+                if per_layer is None
+                else block(c, jax.tree.map(lambda a: _at(a, i), per_layer), *args)
+            ), None
 
-    carry, _ = jax.lax.scan(body, carry, (state, per_layer), unroll=unroll)
+    carry, _ = jax.lax.scan(ranged, carry, jnp.arange(start, stop), unroll=unroll)
     return carry
 
 
-def _streamed_scan(graphdef, host, device, rebuild, carry, args, per_layer, unroll):
-    """`scan` over weights whose `host` leaves stay in host memory: layer i+1 is fetched while i runs."""
-    n = host[0].shape[0]
+def _at(a, i):
+    return jax.lax.dynamic_index_in_dim(a, i, keepdims=False)
 
-    def body(c, xs):
+
+def _streamed_scan(graphdef, host, device, rebuild, carry, args, per_layer, unroll, span):
+    """`scan` over layers [start, stop) of weights whose `host` leaves stay in host memory: layer i+1 is
+    fetched while i runs."""
+    start, stop = span
+
+    def body(c, i):
         x, current = c
-        i, layer_device, layer_in = xs
         # The next layer's copy does not depend on this layer's compute: XLA may run both at once. The last
-        # iteration fetches layer n-1 again (unused), which keeps the loop body uniform.
-        following = _fetch(host, jnp.minimum(i + 1, n - 1))
+        # iteration fetches layer stop-1 again (unused), which keeps the loop body uniform.
+        following = _fetch(host, jnp.minimum(i + 1, stop - 1))
+        layer_device = [_at(a, i) for a in device]
         with scanned_weights():
             block = nnx.merge(graphdef, rebuild(current, layer_device))
-            x = block(x, *args) if per_layer is None else block(x, layer_in, *args)
+            if per_layer is None:
+                x = block(x, *args)
+            else:
+                x = block(x, jax.tree.map(lambda a: _at(a, i), per_layer), *args)
         return (x, following), None
 
-    xs = (jnp.arange(n), device, per_layer)
-    (carry, _), _ = jax.lax.scan(body, (carry, _fetch(host, 0)), xs, unroll=unroll)
+    (carry, _), _ = jax.lax.scan(body, (carry, _fetch(host, start)), jnp.arange(start, stop), unroll=unroll)
     return carry
 
 

@@ -149,6 +149,8 @@ def run_while_preparing(
     if following is None or key in done:
         return stage(*args, **kwargs)
     info = stage.lower(*args, **kwargs).compile().out_info
+    if isinstance(info, tuple | list):  # (latents, statistics): the following stage takes the latents
+        info = info[0]
     # jit's output is committed to its sharding only when an input was; an uncommitted one (one device, host
     # inputs) is lowered for without a sharding, or the decoder would be compiled for another program.
     committed = any(getattr(x, "committed", False) for x in jax.tree.leaves((args, kwargs)))

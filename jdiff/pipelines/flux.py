@@ -33,6 +33,11 @@ from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
 from jdiff.sampling.loop import sample, steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.step_cache import CachedModel, StepCache
+
+# TeaCache's rescaling polynomial for FLUX.1 (np.poly1d order), fitted by its authors on FLUX.1-dev:
+# ali-vilab/TeaCache, TeaCache4FLUX/teacache_flux.py. diffusers 0.42.1 has no TeaCache hook.
+TEACACHE_FLUX = (4.98651651e02, -2.83781631e02, 5.58554382e01, -3.82021401e00, 2.64230861e-01)
 
 
 def pack_latents(latents: jax.Array) -> jax.Array:
@@ -64,6 +69,8 @@ class FluxPipeline(Pipeline):
     family = "FLUX.1"
     is_video = False
     accepts = frozenset({"negative_prompt", "guidance_scale", "true_cfg_scale", "max_sequence_length"})
+    # Default thresholds, measured on the embedded model (docs/benchmarks.md, "Step caching quality").
+    step_caches = {"first_block": 0.12, "teacache": 0.6}  # noqa: RUF012
     refusals = {  # noqa: RUF012
         "num_frames": "FLUX.1 makes images: num_frames must be omitted (or 1)",
         "image": "FLUX.1 text-to-image takes no conditioning image; use an image-edit model",
@@ -102,7 +109,7 @@ class FluxPipeline(Pipeline):
             self._defs[name], self._params[name] = nnx.split(module)
         self.lora = lora.Adapters(self, model, {"transformer": "transformer", "text_encoder": "clip"})
         self._encode = lora.jit(self._encode_fn)
-        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
+        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape", "step_cache"))
         self._decode = compiler_options.jit(self._decode_fn, static_argnames=("h", "w"))
 
     # ---- jitted stages ------------------------------------------------------------------------------------
@@ -126,15 +133,18 @@ class FluxPipeline(Pipeline):
         guidance,
         cfg_scale,
         progress,
+        cache_params=None,
         *,
         cfg,
         noise_shape,
+        step_cache=None,
     ):
         """Runs the whole sampling loop. With `cfg`, embeds/pooled hold [negative; positive] (true CFG).
 
         `init` is the packed starting latents, or with a `noise_shape` (C, h, w) the seeds' noise keys: the
         noise is drawn and packed here, so a request compiles nothing outside the three stages. `progress` is
-        a progress token (or None: no callback compiled in).
+        a progress token (or None: no callback compiled in). With a `step_cache` mode and its `cache_params`,
+        returns (latents, step-cache statistics).
         """
         self.trace_counts["denoise"] += 1
         model = nnx.merge(self._defs["transformer"], params)
@@ -153,16 +163,41 @@ class FluxPipeline(Pipeline):
         )
         per_step = jax.tree.map(lambda m: steps_first(m, n), modulation)
 
-        def velocity(x, t, mod):
-            xb = jnp.concatenate([x, x]) if cfg else x
-            v = model.predict(xb.astype(self.dtype), embeds, mod, (cos, sin)).astype(jnp.float32)
+        def batch(x):
+            return (jnp.concatenate([x, x]) if cfg else x).astype(self.dtype)
+
+        def guide(v):
+            v = v.astype(jnp.float32)
             if cfg:
                 neg, pos = jnp.split(v, 2)
                 v = neg + cfg_scale * (pos - neg)
             return v
 
+        def velocity(x, t, mod):
+            return guide(model.predict(batch(x), embeds, mod, (cos, sin)))
+
+        cache = None
+        if step_cache is not None:
+            rope = (cos, sin)
+            parts = CachedModel(
+                embed=lambda x, t, mod: (model.embed(batch(x), embeds), mod),
+                first=lambda h, mod: model.first_block(h, mod, rope),
+                rest=lambda h, mod: model.rest_blocks(h, mod, rope),
+                final=lambda h, mod: guide(model.output(h[0], mod)),
+                probe=lambda h: h[0],  # the image stream, as diffusers' hook compares
+                modulated=lambda h, mod: model.first_modulated(h[0], mod),
+                groups=2 if cfg else 1,
+            )
+            cache = StepCache(step_cache, parts, cache_params)
         return sample(
-            self.sampler, self.scheduler, velocity, latents, schedule, per_step=per_step, progress=progress
+            self.sampler,
+            self.scheduler,
+            velocity,
+            latents,
+            schedule,
+            per_step=per_step,
+            progress=progress,
+            cache=cache,
         )
 
     def _decode_fn(self, vae_params, latents, h: int, w: int):
@@ -215,6 +250,10 @@ class FluxPipeline(Pipeline):
         if request.negative_prompts is None and true_cfg > 1:
             warn(w, "true_cfg_scale is ignored without a negative_prompt (true CFG needs one)")
 
+    def teacache_coefficients(self, request: Request) -> tuple[float, ...]:
+        del request
+        return TEACACHE_FLUX
+
     def _true_cfg(self, request: Request) -> bool:
         return request.negative_prompts is not None and (request.true_cfg_scale or 1.0) > 1
 
@@ -246,8 +285,10 @@ class FluxPipeline(Pipeline):
         guided = self.transformer_config.guidance_embeds
         g = np.full((request.batch,), request.guidance_scale, np.float32) if guided else None
         true_cfg = np.float32(request.true_cfg_scale or 1.0)
+        mode, cache_params = self.step_cache(request)
         args = (self._params["transformer"], init, embeds, pooled, cos, sin, schedule, g, true_cfg, progress)
-        kwargs = dict(cfg=self._true_cfg(request), noise_shape=noise_shape)
+        args += (cache_params,)
+        kwargs = dict(cfg=self._true_cfg(request), noise_shape=noise_shape, step_cache=mode)
         return Stage(self._denoise, args, kwargs, key=(init.shape, embeds.shape, request.steps, h, w))
 
     def decode_stage(self, request: Request) -> Stage:

@@ -42,6 +42,7 @@ from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import default_sigmas
 from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.step_cache import CachedModel, StepCache
 
 # diffusers' pipelines/flux2/system_messages.py (from black-forest-labs/flux2), FLUX.2-dev's system turn.
 SYSTEM_MESSAGE = """You are an AI that reasons about image descriptions. You give structured responses focusing on object relationships, object
@@ -96,6 +97,8 @@ class Flux2Pipeline(Pipeline):
     family = "FLUX.2"
     is_video = False
     accepts = frozenset({"guidance_scale", "max_sequence_length", "image"})
+    # First-block caching at FLUX.1's default, not measured on FLUX.2 (no TeaCache polynomial is published).
+    step_caches = {"first_block": 0.12}  # noqa: RUF012
     max_images = 10
     refusals = {  # noqa: RUF012
         "num_frames": "FLUX.2 makes images: num_frames must be omitted (or 1)",
@@ -133,7 +136,7 @@ class Flux2Pipeline(Pipeline):
         self._encode = compiler_options.jit(self._encode_fn)
         self._encode_image = compiler_options.jit(self._encode_image_fn)
         self.lora = lora.Adapters(self, model, {"transformer": "transformer"})
-        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
+        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape", "step_cache"))
         self._decode = compiler_options.jit(self._decode_fn)
 
     def preset_name(self, model: ModelDir) -> str:
@@ -187,9 +190,11 @@ class Flux2Pipeline(Pipeline):
         return packed.reshape(packed.shape[0], -1, packed.shape[-1])  # [1, R, K]
 
     def _denoise_fn(
-        self, params, init, embeds, refs, cos, sin, schedule, guidance, scale, progress, *, cfg, noise_shape
-    ):
-        """The whole sampling loop; with `cfg` (klein base), embeds hold [negatives; prompts]."""
+        self, params, init, embeds, refs, cos, sin, schedule, guidance, scale, progress, cache_params=None, *,
+        cfg, noise_shape, step_cache=None,
+    ):  # fmt: skip
+        """The whole sampling loop; with `cfg` (klein base), embeds hold [negatives; prompts]. With a
+        `step_cache` mode and its `cache_params`, returns (latents, step-cache statistics)."""
         self.trace_counts["denoise"] += 1
         model = nnx.merge(self._defs["transformer"], params)
         # The loop's latents are packed but spatial, [B, h/2, w/2, K]: the decoder and `latents_out` see the size.
@@ -204,22 +209,47 @@ class Flux2Pipeline(Pipeline):
         modulation = model.modulation(jnp.repeat(schedule.timesteps / 1000, bm), g)
         per_step = jax.tree.map(lambda m: m.reshape(n, -1, m.shape[-1]), modulation)
 
-        def velocity(x, t, mod):
+        shape = latents.shape
+
+        def tokens(x):
             b, h2, w2, k = x.shape
             xb = x.reshape(b, h2 * w2, k)
             xb = jnp.concatenate([xb, xb]) if cfg else xb
             if refs is not None:
                 xb = jnp.concatenate([xb, jnp.broadcast_to(refs, (xb.shape[0], *refs.shape[1:]))], axis=1)
-            v = model.predict(xb.astype(self.dtype), embeds, mod, (cos, sin))[:, : h2 * w2].astype(
-                jnp.float32
-            )
+            return xb.astype(self.dtype)
+
+        def guide(v):
+            v = v[:, : shape[1] * shape[2]].astype(jnp.float32)
             if cfg:
                 neg, pos = jnp.split(v, 2)
                 v = neg + scale * (pos - neg)
-            return v.reshape(x.shape)
+            return v.reshape(shape)
 
+        def velocity(x, t, mod):
+            return guide(model.predict(tokens(x), embeds, mod, (cos, sin)))
+
+        cache = None
+        if step_cache is not None:
+            rope = (cos, sin)
+            parts = CachedModel(
+                embed=lambda x, t, mod: (model.embed(tokens(x), embeds), mod),
+                first=lambda h, mod: model.first_block(h, mod, rope),
+                rest=lambda h, mod: model.rest_blocks(h, mod, rope),
+                final=lambda h, mod: guide(model.output(h[0], mod)),
+                probe=lambda h: h[0],
+                groups=2 if cfg else 1,
+            )
+            cache = StepCache(step_cache, parts, cache_params)
         return sample(
-            self.sampler, self.scheduler, velocity, latents, schedule, per_step=per_step, progress=progress
+            self.sampler,
+            self.scheduler,
+            velocity,
+            latents,
+            schedule,
+            per_step=per_step,
+            progress=progress,
+            cache=cache,
         )
 
     def _decode_fn(self, vae_params, latents):
@@ -305,9 +335,10 @@ class Flux2Pipeline(Pipeline):
             self.guidance(request),
             scale,
         )
-        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape)
+        mode, cache_params = self.step_cache(request)
+        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape, step_cache=mode)
         key = (np.shape(init), embeds.shape, None if refs is None else refs.shape, request.steps, h2, w2)
-        return Stage(self._denoise, (*args, progress), kwargs, key=key)
+        return Stage(self._denoise, (*args, progress, cache_params), kwargs, key=key)
 
     def decode_stage(self, request: Request) -> Stage:
         return Stage(self._decode, (self._params["vae"],), {}, key=self.size(request))

@@ -18,6 +18,8 @@ hooks and declares what it takes:
         def decode_stage(self, request) -> Stage: ...              # the jitted decoder (its latents arg last)
 
 Fields a family does not declare are refused with one message naming them (`jdiff.pipelines.request`).
+A family whose `denoise_stage` can run a step cache lists the modes and their default thresholds in
+`step_caches` (its loop then returns (latents, statistics): `sample(..., cache=self.step_cache(request))`).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from jdiff.pipelines.base import (
 )
 from jdiff.pipelines.request import Request
 from jdiff.sampling import progress as progress_registry
+from jdiff.sampling import step_cache
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,8 @@ class Pipeline:
     placement: Any = None
     lora: Any = None  # a `jdiff.pipelines.lora.Adapters` where the family takes LoRA adapters
     offload: str | None = None  # None, "model" or "layers" (`jdiff.pipelines.offload.apply` sets it)
+    # Step-cache mode -> its default threshold (`jdiff.sampling.step_cache`), for families whose loop runs one.
+    step_caches: ClassVar[dict[str, float]] = {}
 
     @property
     def accepts_image(self) -> bool:
@@ -116,6 +121,21 @@ class Pipeline:
 
     def decode_stage(self, request: Request) -> Stage:
         raise NotImplementedError
+
+    def teacache_coefficients(self, request: Request) -> tuple[float, ...]:
+        """TeaCache's rescaling polynomial for this model (np.poly1d order); default: none (identity)."""
+        del request
+        return step_cache.IDENTITY
+
+    def step_cache(self, request: Request) -> tuple[str | None, step_cache.CacheParams | None]:
+        """(mode, traced settings) of the request's step cache for the denoising stage, or (None, None)."""
+        mode = request.step_cache
+        if mode is None:
+            return None, None
+        threshold = request.step_cache_threshold
+        threshold = self.step_caches[mode] if threshold is None else threshold
+        coefficients = self.teacache_coefficients(request) if mode == "teacache" else step_cache.IDENTITY
+        return mode, step_cache.params(threshold, coefficients)
 
     def latents_out(self, final: np.ndarray) -> np.ndarray:
         """The final latents in diffusers' pipeline layout (default: as the loop keeps them)."""
@@ -148,10 +168,11 @@ class Pipeline:
 
     def parse(self, prompt, **fields) -> Request:
         """The request for `generate(prompt, **fields)`, checked generically and by the family."""
+        caches = frozenset({"step_cache", "step_cache_threshold"} if self.step_caches else ())
         request = requests.parse(
             prompt,
             fields,
-            accepts=self.accepts,
+            accepts=self.accepts | caches,
             preset=self.preset,
             family=self.family,
             reasons=self.refusals,
@@ -162,6 +183,10 @@ class Pipeline:
         check_outputs(
             request.output_type, request.output_path, suffixes, "frames" if self.is_video else "images"
         )
+        if request.step_cache is not None and request.step_cache not in self.step_caches:
+            raise InputError(
+                f"{self.family} has no {request.step_cache!r} step cache; it runs {sorted(self.step_caches)}"
+            )
         self.check(request)
         self.lora_scales(request)  # unknown adapter names fail here, before any work
         check_trained_size(request.warnings, request.height, request.width, self.preset)
@@ -222,6 +247,12 @@ class Pipeline:
                 final = jax.block_until_ready(final)
             del denoise, cond  # offloaded weights leave the device before decoding
         timings["denoising"] = time.perf_counter() - t0
+        if isinstance(final, tuple):  # a step cache ran: (latents, statistics), `sampling.loop.sample`
+            final, stats = final
+            skipped = int(np.asarray(stats["skipped"].addressable_data(0)))  # a replicated scalar
+            timings["steps_skipped"] = skipped
+            timings["steps_computed"] = request.steps - skipped
+            timings["steps_cached_per_output"] = float(np.mean(gather(stats["reused"])))
 
         result = GenerationResult(
             latents=self.latents_out(gather(final)),

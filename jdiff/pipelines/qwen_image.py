@@ -45,6 +45,7 @@ from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
 from jdiff.sampling.loop import sample, steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.step_cache import CachedModel, StepCache
 
 
 def calculate_dimensions(target_area: int, ratio: float) -> tuple[int, int]:
@@ -73,6 +74,8 @@ class QwenImagePipeline(Pipeline):
     family = "Qwen-Image"
     is_video = False
     accepts = frozenset({"negative_prompt", "true_cfg_scale", "guidance_scale", "max_sequence_length"})
+    # First-block caching at FLUX.1's default, not measured on Qwen-Image (no TeaCache polynomial is published).
+    step_caches = {"first_block": 0.12}  # noqa: RUF012
     refusals = {  # noqa: RUF012
         "num_frames": "Qwen-Image makes images: num_frames must be omitted (or 1)",
         "image": "Qwen-Image text-to-image takes no input image; use a Qwen-Image-Edit model",
@@ -113,7 +116,7 @@ class QwenImagePipeline(Pipeline):
             self._defs[name], self._params[name] = nnx.split(module)
         self.lora = lora.Adapters(self, model, {"transformer": "transformer"})
         self._denoise = lora.jit(
-            self._denoise_fn, static_argnames=("cfg", "noise_shape", "grids", "noise_tokens")
+            self._denoise_fn, static_argnames=("cfg", "noise_shape", "grids", "noise_tokens", "step_cache")
         )
         self._decode = compiler_options.jit(self._decode_fn, static_argnames=("h", "w"))
         self._encode_image = compiler_options.jit(self._encode_image_fn)
@@ -121,12 +124,13 @@ class QwenImagePipeline(Pipeline):
     # ---- jitted stages ------------------------------------------------------------------------------------
 
     def _denoise_fn(
-        self, params, init, embeds, mask, image_latents, cos, sin, schedule, cfg_scale, progress, *, cfg,
-        noise_shape, grids, noise_tokens,
+        self, params, init, embeds, mask, image_latents, cos, sin, schedule, cfg_scale, progress,
+        cache_params=None, *, cfg, noise_shape, grids, noise_tokens, step_cache=None,
     ):  # fmt: skip
         """The whole sampling loop. `embeds`/`mask` hold [negatives; prompts] with `cfg`; `image_latents`
         [Bm, Sc, 4C] the conditioning images' packed latents (edits) or None; `init` the packed starting
-        latents, or with a `noise_shape` (C, h, w) the seeds' noise keys."""
+        latents, or with a `noise_shape` (C, h, w) the seeds' noise keys. With a `step_cache` mode and its
+        `cache_params`, returns (latents, step-cache statistics)."""
         self.trace_counts["denoise"] += 1
         del grids  # in the compile key only: the rope tables' shapes do not tell the layouts apart
         model = nnx.merge(self._defs["transformer"], params)
@@ -138,11 +142,16 @@ class QwenImagePipeline(Pipeline):
         modulation = model.modulation(jnp.repeat(timesteps / 1000, bm))
         per_step = jax.tree.map(lambda m: steps_first(m, n), modulation)
 
-        def velocity(x, t, mod):
+        def tokens(x):
             xb = jnp.concatenate([x, x]) if cfg else x
             if image_latents is not None:
                 xb = jnp.concatenate([xb, image_latents.astype(xb.dtype)], axis=1)
-            v = model.predict(xb.astype(self.dtype), embeds, mod, (cos, sin), mask, noise_tokens)
+            return xb.astype(self.dtype)
+
+        def velocity(x, t, mod):
+            return guide(model.predict(tokens(x), embeds, mod, (cos, sin), mask, noise_tokens))
+
+        def guide(v):
             v = v[:, :noise_tokens].astype(jnp.float32)
             if cfg:
                 neg, pos = jnp.split(v, 2)
@@ -153,8 +162,32 @@ class QwenImagePipeline(Pipeline):
                 )
             return v
 
+        cache = None
+        if step_cache is not None:
+            rope = (cos, sin)
+
+            def embed(x, t, mod):
+                h, m = model.embed(tokens(x), embeds, mask)
+                return h, (mod, m)
+
+            parts = CachedModel(
+                embed=embed,
+                first=lambda h, c: model.run_blocks(h, c[0], rope, c[1], noise_tokens, layers=slice(0, 1)),
+                rest=lambda h, c: model.run_blocks(h, c[0], rope, c[1], noise_tokens, layers=slice(1, None)),
+                final=lambda h, c: guide(model.output(h[0], c[0])),
+                probe=lambda h: h[0],
+                groups=2 if cfg else 1,
+            )
+            cache = StepCache(step_cache, parts, cache_params)
         return sample(
-            self.sampler, self.scheduler, velocity, latents, schedule, per_step=per_step, progress=progress
+            self.sampler,
+            self.scheduler,
+            velocity,
+            latents,
+            schedule,
+            per_step=per_step,
+            progress=progress,
+            cache=cache,
         )
 
     def _decode_fn(self, vae_params, latents, h: int, w: int):
@@ -248,7 +281,10 @@ class QwenImagePipeline(Pipeline):
             true_cfg,
             progress,
         )
+        mode, cache_params = self.step_cache(request)
+        args += (cache_params,)
         kwargs = dict(cfg=self._true_cfg(request), noise_shape=noise_shape, grids=grids, noise_tokens=s0)
+        kwargs["step_cache"] = mode
         key = (init.shape, embeds.shape, mask is None, request.steps, h, w)
         return Stage(self._denoise, args, kwargs, key=key)
 

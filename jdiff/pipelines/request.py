@@ -16,6 +16,7 @@ import numpy as np
 
 from jdiff.errors import InputError
 from jdiff.io.images import read_images
+from jdiff.sampling import step_cache
 
 OUTPUT_TYPES = ("pil", "np", "latent")
 
@@ -48,6 +49,8 @@ OPTIONAL = {
     "original_size": "an original-size conditioning (SDXL micro-conditioning)",
     "target_size": "a target-size conditioning (SDXL micro-conditioning)",
     "crops_coords_top_left": "a crop conditioning (SDXL micro-conditioning)",
+    "step_cache": "a step cache, for transformer (DiT) models",
+    "step_cache_threshold": "a step-cache threshold, for transformer (DiT) models",
 }
 FIELDS = COMMON | frozenset(OPTIONAL)
 
@@ -75,6 +78,8 @@ class Request:
             micro-conditioning, or None: not given (the pipeline's defaults).
         progress: show a progress bar.
         loras: per output, the LoRA adapters it uses (name -> scale), or None: none given.
+        step_cache: "first_block", "teacache" (`jdiff.sampling.step_cache`) or None: every step runs in full.
+        step_cache_threshold: as given (a finite number >= 0), or None: the family's default for the mode.
         given: the names of the fields the caller set (not None).
         warnings: what the request asks that is ignored or likely to come out badly (`base.warn` adds to
             it; it becomes `GenerationResult.warnings`).
@@ -103,6 +108,8 @@ class Request:
     target_size: tuple[int, int] | None = None
     crops_coords_top_left: tuple[int, int] | None = None
     loras: tuple[dict[str, float], ...] | None = None
+    step_cache: str | None = None
+    step_cache_threshold: float | None = None
     given: frozenset[str] = field(default_factory=frozenset)
     warnings: list[str] = field(default_factory=list)
 
@@ -176,6 +183,13 @@ def parse(
             raise InputError("latents contain NaN or infinite values")
     max_len = pick("max_sequence_length")
     fps = pick("fps")
+    cache, threshold = fields.get("step_cache"), fields.get("step_cache_threshold")
+    if cache is not None and cache not in step_cache.MODES:
+        raise InputError(f"step_cache must be one of {list(step_cache.MODES)} or None, got {cache!r}")
+    if threshold is not None:
+        if cache is None:
+            raise InputError("step_cache_threshold needs a step_cache ('first_block' or 'teacache')")
+        threshold = finite_nonneg(threshold, "step_cache_threshold")
 
     def scale(name: str) -> float | None:
         value = pick(name)
@@ -205,6 +219,8 @@ def parse(
         target_size=pair(fields.get("target_size"), "target_size", 1),
         crops_coords_top_left=pair(fields.get("crops_coords_top_left"), "crops_coords_top_left", 0),
         loras=loras_of(fields.get("loras"), len(prompts), n_per),
+        step_cache=cache,
+        step_cache_threshold=threshold,
         given=given,
     )
 

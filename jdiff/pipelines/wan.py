@@ -38,6 +38,17 @@ from jdiff.pipelines.request import Request, negatives_for
 from jdiff.presets import load_preset
 from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys
+from jdiff.sampling.step_cache import CachedModel, StepCache
+
+# TeaCache's rescaling polynomials for Wan2.1 (np.poly1d order), fitted by its authors on the time embedding:
+# ali-vilab/TeaCache, TeaCache4Wan2.1/teacache_generate.py (the default mode, not `use_ret_steps`). Models of
+# other widths (Wan2.2 TI2V-5B) take the 14B one, as TeaCache's Wan2.2 port does. diffusers has no TeaCache.
+TEACACHE_WAN = {
+    "1.3b": (2.39676752e03, -1.31110545e03, 2.01331979e02, -8.29855975e00, 1.37887774e-01),
+    "14b": (-5784.54975374, 5449.50911966, -1811.16591783, 256.27178429, -13.02252404),
+    "i2v_480p": (-3.02331670e02, 2.23948934e02, -5.25463970e01, 5.87348440e00, -2.01973289e-01),
+    "i2v_720p": (-114.36346466, 65.26524496, -18.82220707, 4.91518089, -0.23412683),
+}
 
 # Rotary tables depend only on the config and the latent shape: computed once per shape, on the host.
 _rope_tables = lru_cache(maxsize=16)(wan_rope_tables)
@@ -120,10 +131,19 @@ class WanPipeline(Pipeline):
         self.latent_mean = np.asarray(vc.latents_mean, np.float32)
         self.latent_std = np.asarray(vc.latents_std, np.float32)
         self.preset = load_preset(FAMILY.preset(model.index, self.transformer_config), model.root)
+        # One expert: the step caches, with TeaCache's published thresholds for a ~2x speed-up (TeaCache4Wan2.1
+        # README); first_block at ParaAttention's usual 0.1. Neither is measured on Wan here (docs/step_cache.md).
+        big = self.transformer_config.inner_dim > 1536
+        self.step_caches = {} if len(experts) == 2 else {"first_block": 0.1, "teacache": 0.2 if big else 0.08}
+        if len(experts) == 2:
+            why = "step caching does not run with two experts (Wan2.2 A14B) yet; leave step_cache out"
+            self.refusals = {**self.refusals, "step_cache": why, "step_cache_threshold": why}
         self.trace_counts: collections.Counter[str] = collections.Counter()
         self.lora = lora.Adapters(self, model, {"transformer": "transformer", "text_encoder": "t5"})
         self._encode_text = lora.jit(self._encode_text_fn)
-        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "mode", "noise_shape"))
+        self._denoise = lora.jit(
+            self._denoise_fn, static_argnames=("cfg", "mode", "noise_shape", "step_cache")
+        )
         self._decode = compiler_options.jit(self._decode_fn)
         self._encode_video = compiler_options.jit(self._encode_video_fn)
         self._encode_image = compiler_options.jit(self._encode_image_fn)
@@ -164,14 +184,17 @@ class WanPipeline(Pipeline):
         schedule,
         guidance,
         progress,
+        cache_params=None,
         *,
         cfg,
         mode,
         noise_shape,
+        step_cache=None,
     ):
         """The sampling loop. mode: "t2v", "i2v" (condition concatenated on channels) or "ti2v" (frame 0 of
         the latents replaced by the image latent, per-token timesteps zero there). `init` is the starting
-        latents [B, F, h, w, C], or with a `noise_shape` the seeds' noise keys (the noise is drawn here)."""
+        latents [B, F, h, w, C], or with a `noise_shape` the seeds' noise keys (the noise is drawn here).
+        With a `step_cache` mode (one expert only) and its `cache_params`, returns (latents, step-cache statistics)."""
         self.trace_counts["denoise"] += 1
         latents = init if noise_shape is None else noise_from_keys(init, noise_shape)
         latents = sh.constrain(latents, (sh.BATCH,) + (None,) * 4)
@@ -201,19 +224,25 @@ class WanPipeline(Pipeline):
                 return jnp.broadcast_to((per_token * t).reshape(1, -1), (b, per_token.size))
             return jnp.full((b,), t, jnp.float32)
 
-        def run_expert(model, x, t, scale):
+        def inputs(x, t):
+            """The model's batch at step input x: (latents, timesteps, image tokens), doubled for CFG."""
             xin = model_input(x).astype(self.dtype)
             tt = model_timestep(t)
-            if cfg:
-                xin, tt = jnp.concatenate([xin, xin]), jnp.concatenate([tt, tt])
-                img = None if image_embeds is None else jnp.concatenate([image_embeds, image_embeds])
-            else:
-                img = image_embeds
-            v = model(xin, tt, embeds, (cos, sin), img).astype(jnp.float32)
+            if not cfg:
+                return xin, tt, image_embeds
+            img = None if image_embeds is None else jnp.concatenate([image_embeds, image_embeds])
+            return jnp.concatenate([xin, xin]), jnp.concatenate([tt, tt]), img
+
+        def guide(v, scale):
+            v = v.astype(jnp.float32)
             if cfg:
                 neg, pos = jnp.split(v, 2)
                 v = neg + scale * (pos - neg)
             return v
+
+        def run_expert(model, x, t, scale):
+            xin, tt, img = inputs(x, t)
+            return guide(model(xin, tt, embeds, (cos, sin), img), scale)
 
         def velocity(x, t):
             if len(experts) == 1:
@@ -224,9 +253,35 @@ class WanPipeline(Pipeline):
                 lambda: run_expert(experts[1], x, t, guidance[1]),
             )
 
+        cache = None
+        if step_cache is not None:
+            model, rope = experts[0], (cos, sin)
+
+            def embed(x, t, _):
+                xin, tt, img = inputs(x, t)
+                return model.embed(xin, tt, embeds, img)
+
+            parts = CachedModel(
+                embed=embed,
+                first=lambda h, c: model.run_blocks(h, c, rope, layers=slice(0, 1)),
+                rest=lambda h, c: model.run_blocks(h, c, rope, layers=slice(1, None)),
+                final=lambda h, c: guide(model.output(h, c), guidance[0]),
+                probe=lambda h: h,
+                modulated=lambda h, c: c.temb,  # TeaCache4Wan2.1 reads the time embedding `e`
+                groups=2 if cfg else 1,
+            )
+            cache = StepCache(step_cache, parts, cache_params)
         out = sample(
-            self.sampler, self.scheduler, lambda x, t, _: velocity(x, t), latents, schedule, progress=progress
+            self.sampler,
+            self.scheduler,
+            lambda x, t, _: velocity(x, t),
+            latents,
+            schedule,
+            progress=progress,
+            cache=cache,
         )
+        if cache is not None:
+            return (model_input(out[0]) if mode == "ti2v" else out[0]), out[1]
         return model_input(out) if mode == "ti2v" else out
 
     def _num_train_timesteps(self) -> int:
@@ -284,6 +339,12 @@ class WanPipeline(Pipeline):
         if request.negative_prompts is not None and request.guidance_scale <= 1.0:
             warn(request.warnings, "negative_prompt is ignored: Wan uses it only with guidance_scale > 1")
         post_patch_grid(self.transformer_config, *self._latent_grid(request))  # validates the patch divides
+
+    def teacache_coefficients(self, request: Request) -> tuple[float, ...]:
+        big = self.transformer_config.inner_dim > 1536
+        if big and self.transformer_config.image_dim is not None:  # Wan2.1 I2V 14B, by resolution
+            return TEACACHE_WAN["i2v_720p" if request.height * request.width >= 1280 * 720 else "i2v_480p"]
+        return TEACACHE_WAN["14b" if big else "1.3b"]
 
     def _latent_grid(self, request: Request) -> tuple[int, int, int]:
         """(latent frames, latent height, latent width)."""
@@ -344,7 +405,11 @@ class WanPipeline(Pipeline):
             np.asarray(self._guidance(request), np.float32),
             progress,
         )
-        kwargs = dict(cfg=request.guidance_scale > 1.0, mode=mode, noise_shape=noise_shape)
+        cache_mode, cache_params = self.step_cache(request)
+        args += (cache_params,)
+        kwargs = dict(
+            cfg=request.guidance_scale > 1.0, mode=mode, noise_shape=noise_shape, step_cache=cache_mode
+        )
         return Stage(self._denoise, args, kwargs, key=(init.shape, embeds.shape, request.steps))
 
     def decode_stage(self, request: Request) -> Stage:

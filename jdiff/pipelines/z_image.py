@@ -38,6 +38,7 @@ from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
 from jdiff.sampling.loop import sample, steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
+from jdiff.sampling.step_cache import CachedModel, StepCache
 
 
 def real_tokens_first(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -52,6 +53,8 @@ class ZImagePipeline(Pipeline):
     family = "Z-Image"
     is_video = False
     accepts = frozenset({"negative_prompt", "guidance_scale", "max_sequence_length"})
+    # First-block caching at FLUX.1's default, not measured on Z-Image (no TeaCache polynomial is published).
+    step_caches = {"first_block": 0.12}  # noqa: RUF012
     refusals = {  # noqa: RUF012
         "num_frames": "Z-Image makes images: num_frames must be omitted (or 1)",
         "image": "Z-Image text-to-image takes no conditioning image",
@@ -88,7 +91,9 @@ class ZImagePipeline(Pipeline):
             self._defs[name], self._params[name] = nnx.split(module)
         self._encode = compiler_options.jit(self._encode_fn, static_argnames=("length",))
         self.lora = lora.Adapters(self, model, {"transformer": "transformer"})
-        self._denoise = lora.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape", "masked"))
+        self._denoise = lora.jit(
+            self._denoise_fn, static_argnames=("cfg", "noise_shape", "masked", "step_cache")
+        )
         self._decode = compiler_options.jit(self._decode_fn)
 
     # ---- jitted stages ------------------------------------------------------------------------------------
@@ -99,9 +104,11 @@ class ZImagePipeline(Pipeline):
         return real_tokens_first(hidden, mask)[:, :length].astype(self.dtype)
 
     def _denoise_fn(
-        self, params, init, caps, cap_lens, rope, schedule, scale, progress, *, cfg, noise_shape, masked
-    ):
-        """The whole sampling loop; with `cfg`, caps hold [negatives; prompts] (diffusers' CFG form)."""
+        self, params, init, caps, cap_lens, rope, schedule, scale, progress, cache_params=None, *, cfg,
+        noise_shape, masked, step_cache=None,
+    ):  # fmt: skip
+        """The whole sampling loop; with `cfg`, caps hold [negatives; prompts] (diffusers' CFG form). With a
+        `step_cache` mode and its `cache_params`, returns (latents, step-cache statistics)."""
         self.trace_counts["denoise"] += 1
         model = nnx.merge(self._defs["transformer"], params)
         latents = init if noise_shape is None else noise_from_keys(init, noise_shape)
@@ -112,17 +119,40 @@ class ZImagePipeline(Pipeline):
         modulation = model.modulation(jnp.repeat((1000 - schedule.timesteps) / 1000, bm))
         per_step = jax.tree.map(lambda m: steps_first(m, n), modulation)
 
-        def velocity(x, t, mod):
-            xb = jnp.concatenate([x, x]) if cfg else x
-            out = model.predict(patchify(xb.astype(self.dtype)), caps, cap_lens, mod, rope, masked=masked)
+        def tokens(x):
+            return patchify((jnp.concatenate([x, x]) if cfg else x).astype(self.dtype))
+
+        def guide(out):
             out = out.astype(jnp.float32)
             if cfg:
                 neg, pos = jnp.split(out, 2)
                 out = pos + scale * (pos - neg)
             return -unpatchify(out, h, w)
 
+        def velocity(x, t, mod):
+            return guide(model.predict(tokens(x), caps, cap_lens, mod, rope, masked=masked))
+
+        cache = None
+        if step_cache is not None:
+            s = (h // 2) * (w // 2)  # image tokens (2x2 patches)
+            parts = CachedModel(
+                embed=lambda x, t, mod: model.embed(tokens(x), caps, cap_lens, mod, rope, masked=masked),
+                first=lambda u, c: model.run_layers(u, c, layers=slice(0, 1)),
+                rest=lambda u, c: model.run_layers(u, c, layers=slice(1, None)),
+                final=lambda u, c: guide(model.output(u, c, s)),
+                probe=lambda u: u,
+                groups=2 if cfg else 1,
+            )
+            cache = StepCache(step_cache, parts, cache_params)
         return sample(
-            self.sampler, self.scheduler, velocity, latents, schedule, per_step=per_step, progress=progress
+            self.sampler,
+            self.scheduler,
+            velocity,
+            latents,
+            schedule,
+            per_step=per_step,
+            progress=progress,
+            cache=cache,
         )
 
     def _decode_fn(self, vae_params, latents):
@@ -188,9 +218,10 @@ class ZImagePipeline(Pipeline):
         schedule = self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
         rope = rope_tables(self.transformer_config, [int(n) for n in lens], caps.shape[1], h // 2, w // 2)
         scale = np.float32(request.guidance_scale or 0.0)
-        args = (self._params["transformer"], init, caps, lens, rope, schedule, scale, progress)
+        mode, cache_params = self.step_cache(request)
+        args = (self._params["transformer"], init, caps, lens, rope, schedule, scale, progress, cache_params)
         masked = any(padded(int(n)) != caps.shape[1] for n in lens)  # no mask when every row fills T
-        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape, masked=masked)
+        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape, masked=masked, step_cache=mode)
         return Stage(self._denoise, args, kwargs, key=(np.shape(init), caps.shape, request.steps, h, w))
 
     def decode_stage(self, request: Request) -> Stage:

@@ -18,8 +18,10 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from jdiff.sampling import progress as progress_registry
+from jdiff.sampling import step_cache
 from jdiff.sampling.noise import step_noise
 from jdiff.sampling.sampler import Sampler, Schedule
+from jdiff.sampling.step_cache import StepCache
 
 
 def sample(
@@ -32,7 +34,8 @@ def sample(
     per_step=None,
     progress: Int[Array, ""] | None = None,
     noise_keys: Array | None = None,
-) -> Float[Array, "*x"]:
+    cache: StepCache | None = None,
+) -> Float[Array, "*x"] | tuple[Float[Array, "*x"], dict[str, Array]]:
     """Runs `sampler` from the initial noise to the final latents, one model call per step.
 
     Each step: the model sees `sampler.scale_model_input(x)` at `schedule.timesteps[i]`, then `sampler.step`
@@ -54,23 +57,40 @@ def sample(
         noise_keys: [B, 2] uint32 key data, one per sample of the leading latents axis (`noise.noise_keys`),
             for solvers that add noise during sampling: step i draws from `fold_in(key, i)`, so the same keys
             give the same result. None: a solver that needs noise fails to trace, saying so.
+        cache: step caching (`step_cache.StepCache`): the model runs through `cache.model`'s parts and
+            `model_fn` is not called; None: every step calls `model_fn`.
 
     Returns:
-        The final latents, in the latents' dtype.
+        The final latents, in the latents' dtype; with a `cache`, (latents, statistics): "skipped", the steps on
+        which the remaining blocks did not run, and "reused" [B], per output the steps that took its cached
+        residual (what it would skip alone).
 
     Raises:
-        ValueError: the solver adds noise and `noise_keys` is None, or they do not match the latents' batch.
+        ValueError: the solver adds noise and `noise_keys` is None, or they do not match the latents' batch; a
+            cache with a solver calling the model twice per step.
     """
     # Inside the caller's jit the schedule is already traced; called eagerly, numpy leaves could not be indexed
     # by the traced step index.
     schedule = jax.tree.map(jnp.asarray, schedule)
     x = (latents * schedule.init_noise_sigma).astype(latents.dtype)
     state = sampler.init(cfg, schedule, x)
+    n = schedule.timesteps.shape[0]
+    cached = ()
+    if cache is not None:
+        if sampler.model_calls != 1:
+            raise ValueError("step caching needs a solver with one model call per step")
+        first = jax.tree.map(lambda a: a[0], per_step)
+        x0 = sampler.scale_model_input(cfg, schedule, 0, x)
+        cached = (step_cache.init(cache, x0, schedule.timesteps[0], first),)
 
     def body(carry, inputs):
-        x, state = carry
+        x, state, *cached = carry
         i, t, extra = inputs
-        if sampler.model_calls == 1:
+        if cache is not None:
+            out, cached[0] = step_cache.call(
+                cache, cached[0], i, n, sampler.scale_model_input(cfg, schedule, i, x), t, extra
+            )
+        elif sampler.model_calls == 1:
             out = model_fn(sampler.scale_model_input(cfg, schedule, i, x), t, extra)
         else:
             out = lambda model_input, tt: model_fn(model_input, tt, extra)
@@ -78,11 +98,14 @@ def sample(
         x, state = sampler.step(cfg, schedule, state, i, x, out, *noise)
         if progress is not None:
             progress_registry.tick(progress, i)
-        return (x, state), None
+        return (x, state, *cached), None
 
-    n = schedule.timesteps.shape[0]
-    (x, _), _ = jax.lax.scan(body, (x, state), (jnp.arange(n), schedule.timesteps, per_step))
-    return x
+    (x, _, *cached), _ = jax.lax.scan(
+        body, (x, state, *cached), (jnp.arange(n), schedule.timesteps, per_step)
+    )
+    if cache is None:
+        return x
+    return x, {k: cached[0][k] for k in ("skipped", "reused")}
 
 
 def _noise_source(noise_keys, i, x):

@@ -190,3 +190,19 @@ def test_real_size_weights_split_over_fsdp(name):
     one = sum(math.prod(shardings[p].shard_shape(s)) for p, s in shapes.items())
     assert abs(total / 1e9 - billions) < 0.01, total
     assert one <= 1.02 * total / 8, f"{name}: {one / total:.3f} of the parameters on one device under fsdp=8"
+
+
+def test_step_cache_sharded_matches_one_device(tiny_flux_dir):
+    """The cache's state sharded like the hidden states it holds (CFG pair over data, tokens over context):
+    the same steps skipped and the same images (teacache keeps the same state: first_block suffices)."""
+    kw = dict(KW, num_inference_steps=6, step_cache="first_block", step_cache_threshold=0.4)
+
+    def run(gen):
+        return gen.generate(["a red circle", "blue"], negative_prompt="x", true_cfg_scale=2.0, **kw)
+
+    base = run(jdiff.DiffGenerator.from_pretrained(tiny_flux_dir))
+    got = run(jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, mesh="context=2,data=2,fsdp=2"))
+    assert base.timings["steps_cached_per_output"] > 0
+    for key in ("steps_skipped", "steps_cached_per_output"):
+        assert got.timings[key] == base.timings[key], key
+    assert rel_err(got.latents, base.latents) <= 1e-4

@@ -102,6 +102,7 @@ def test_default_negative_and_outputs_per_prompt(sd):
         (dict(height=25), "height 25 is not divisible by 2"),
         (dict(true_cfg_scale=2.0), "takes no true_cfg_scale"),
         (dict(original_size=(64, 64)), "takes no original_size"),
+        (dict(step_cache="first_block"), r"takes no step_cache \(a step cache, for transformer"),
         (dict(guidance_rescale=-1), "guidance_rescale must be a finite number >= 0"),
         (dict(negative_prompt=["a", "b", "c"]), "3 negative prompts for 1 prompts"),
         (dict(latents=np.zeros((1, 4, 8, 8), np.float32)), r"expects \(1, 4, 12, 20\)"),

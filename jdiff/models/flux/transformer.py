@@ -341,13 +341,51 @@ class FluxTransformer2DModel(nnx.Module):
         rope: Rope,
     ) -> Float[Array, "b s c"]:
         """The velocity per latent token, given the evaluation's `modulation` (see `__call__`)."""
-        x = self.x_embedder(hidden_states)
-        txt = self.context_embedder(encoder_hidden_states.astype(x.dtype))
+        img, txt = self.embed(hidden_states, encoder_hidden_states)
         m = modulation
-        img, txt = scan(self.transformer_blocks, (x, txt), rope, per_layer=(m.double, m.double_context))
+        img, txt = scan(self.transformer_blocks, (img, txt), rope, per_layer=(m.double, m.double_context))
+        return self.output(self._single(img, txt, m, rope)[0], m)
+
+    # ---- the parts step caching runs apart (jdiff.sampling.step_cache) --------------------------------------
+
+    def embed(
+        self, hidden_states: Float[Array, "b s c"], encoder_hidden_states: Float[Array, "b t j"]
+    ) -> tuple[Float[Array, "b s d"], Float[Array, "b t d"]]:
+        """(image, text) tokens entering the first double block."""
+        x = self.x_embedder(hidden_states)
+        return x, self.context_embedder(encoder_hidden_states.astype(x.dtype))
+
+    def first_block(self, h: tuple[jax.Array, jax.Array], modulation: FluxModulation, rope: Rope):
+        """The first double block: (image, text) -> (image, text)."""
+        m = modulation
+        return scan(
+            self.transformer_blocks, h, rope, per_layer=(m.double, m.double_context), layers=slice(0, 1)
+        )
+
+    def rest_blocks(self, h: tuple[jax.Array, jax.Array], modulation: FluxModulation, rope: Rope):
+        """Every block after the first (the other double blocks, then the single blocks): (image, text) in and
+        out, the joint sequence split again into its streams."""
+        m = modulation
+        h = scan(
+            self.transformer_blocks, h, rope, per_layer=(m.double, m.double_context), layers=slice(1, None)
+        )
+        img, txt = self._single(*h, m, rope)
+        return img, txt
+
+    def first_modulated(
+        self, img: Float[Array, "b s d"], modulation: FluxModulation
+    ) -> Float[Array, "b s d"]:
+        """The first double block's modulated image input (TeaCache's signal: its `norm1(hidden_states, temb)`)."""
+        shift, scale = jnp.split(modulation.double[0], 6, axis=-1)[:2]
+        return _modulate(self.transformer_blocks.norm1.norm(img), shift, scale)
+
+    def output(self, img: Float[Array, "b s d"], modulation: FluxModulation) -> Float[Array, "b s c"]:
+        """The final modulated norm and projection of the image tokens."""
+        return self.proj_out(self.norm_out(img, modulation.out))
+
+    def _single(self, img, txt, m: FluxModulation, rope: Rope):
         t = txt.shape[1]
         joint = scan(
             self.single_transformer_blocks, jnp.concatenate([txt, img], axis=1), rope, per_layer=m.single
         )
-        img = joint[:, t:]
-        return self.proj_out(self.norm_out(img, m.out))
+        return joint[:, t:], joint[:, :t]

@@ -227,10 +227,33 @@ class Flux2Transformer2DModel(nnx.Module):
         rope: Rope,
     ) -> Float[Array, "b s c"]:
         """The velocity per token, given the evaluation's `modulation` (see `__call__`)."""
+        h = self.embed(hidden_states, encoder_hidden_states)
+        return self.output(self.rest_blocks(h, modulation, rope, first=0)[0], modulation)
+
+    # ---- the parts step caching runs apart (jdiff.sampling.step_cache) --------------------------------------
+
+    def embed(
+        self, hidden_states: jax.Array, encoder_hidden_states: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        """(image, text) tokens entering the first double block."""
         x = self.x_embedder(hidden_states)
-        txt = self.context_embedder(encoder_hidden_states.astype(x.dtype))
+        return x, self.context_embedder(encoder_hidden_states.astype(x.dtype))
+
+    def first_block(self, h: tuple[jax.Array, jax.Array], modulation: Flux2Modulation, rope: Rope):
+        """The first double block: (image, text) -> (image, text)."""
         m = modulation
-        img, txt = scan(self.transformer_blocks, (x, txt), m.double, m.double_context, rope)
+        return scan(self.transformer_blocks, h, m.double, m.double_context, rope, layers=slice(0, 1))
+
+    def rest_blocks(self, h: tuple[jax.Array, jax.Array], modulation: Flux2Modulation, rope: Rope, first=1):
+        """The double blocks from `first` on (0 in a plain evaluation), then the single blocks: (image, text) in
+        and out."""
+        m = modulation
+        layers = None if first == 0 else slice(first, None)  # all: the plain scan over the stack
+        img, txt = scan(self.transformer_blocks, h, m.double, m.double_context, rope, layers=layers)
         t = txt.shape[1]
         joint = scan(self.single_transformer_blocks, jnp.concatenate([txt, img], axis=1), m.single, rope)
-        return self.proj_out(self.norm_out(joint[:, t:], m.out))
+        return joint[:, t:], joint[:, :t]
+
+    def output(self, img: jax.Array, modulation: Flux2Modulation) -> jax.Array:
+        """The final modulated norm and projection of the image tokens."""
+        return self.proj_out(self.norm_out(img, modulation.out))

@@ -261,20 +261,38 @@ class QwenImageTransformer2DModel(nnx.Module):
         noise_tokens: int | None = None,
     ) -> Float[Array, "b s c"]:
         """The velocity per image token, given the evaluation's `modulation` (see `__call__`)."""
+        h, key_lengths = self.embed(hidden_states, encoder_hidden_states, encoder_hidden_states_mask)
+        img, _ = self.run_blocks(h, modulation, rope, key_lengths, noise_tokens)
+        return self.output(img, modulation)
+
+    # ---- the parts step caching runs apart (jdiff.sampling.step_cache) --------------------------------------
+
+    def embed(self, hidden_states, encoder_hidden_states, encoder_hidden_states_mask=None):
+        """((image, text) tokens entering the first block, the attention's key lengths or None); arguments as
+        `predict`."""
         x = self.img_in(hidden_states)
         txt = self.txt_in(self.txt_norm(encoder_hidden_states.astype(x.dtype)))
-        s = x.shape[1]
-        n = s if noise_tokens is None else noise_tokens
         key_lengths = None
         if encoder_hidden_states_mask is not None:
-            key_lengths = s + encoder_hidden_states_mask.astype(jnp.int32).sum(-1)  # [B]: image + real text
-        m = modulation
-        img, _ = scan(
+            # [B]: the image tokens and each prompt's real text (trailing padding; module docstring)
+            key_lengths = x.shape[1] + encoder_hidden_states_mask.astype(jnp.int32).sum(-1)
+        return (x, txt), key_lengths
+
+    def run_blocks(
+        self, h, modulation: QwenModulation, rope: Rope, key_lengths, noise_tokens=None, layers=None
+    ):
+        """The blocks in `layers` (default all): (image, text) in and out."""
+        m, n = modulation, h[0].shape[1] if noise_tokens is None else noise_tokens
+        return scan(
             self.transformer_blocks,
-            (x, txt),
+            h,
             rope,
             key_lengths,
             n,
             per_layer=(m.img, m.txt, m.img_cond),
+            layers=layers,
         )
-        return self.proj_out(self.norm_out(img, m.out))
+
+    def output(self, img: jax.Array, modulation: QwenModulation) -> jax.Array:
+        """The final modulated norm and projection of the image tokens."""
+        return self.proj_out(self.norm_out(img, modulation.out))

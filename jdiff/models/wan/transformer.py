@@ -16,6 +16,7 @@ from diffusers, none numerical:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,16 @@ from jdiff.layers.stack import scan, stacked
 from jdiff.models.wan.blocks import FeedForward, Rope, WanTransformerBlock, table_param
 from jdiff.models.wan.config import WanTransformerConfig
 from jdiff.models.wan.rope import post_patch_grid
+
+
+class WanContext(NamedTuple):
+    """What every block reads besides the video tokens, for one evaluation."""
+
+    temb: jax.Array  # [B, S, D], the time embedding (TeaCache's signal for Wan)
+    temb_proj: jax.Array  # [B, S, 6, D]
+    context: jax.Array  # [B, T, D]
+    image: jax.Array | None  # [B, I, D]
+    grid: tuple[int, int, int]  # (F', H', W') after patching
 
 
 class WanImageEmbedding(nnx.Module):
@@ -142,6 +153,20 @@ class WanTransformer3DModel(nnx.Module):
             InputError: image tokens missing for an I2V config or given to one without an image branch; a
                 latent the patch size does not divide; a per-token timestep of the wrong length.
         """
+        x, ctx = self.embed(hidden_states, timestep, encoder_hidden_states, encoder_hidden_states_image)
+        return self.output(self.run_blocks(x, ctx, rope), ctx)
+
+    # ---- the parts step caching runs apart (jdiff.sampling.step_cache) --------------------------------------
+
+    def embed(
+        self,
+        hidden_states: Float[Array, "b f h w c"],
+        timestep: Float[Array, " b"] | Float[Array, "b l"],
+        encoder_hidden_states: Float[Array, "b t j"],
+        encoder_hidden_states_image: Float[Array, "b i e"] | None = None,
+    ) -> tuple[Float[Array, "b l d"], WanContext]:
+        """The video tokens entering the first block, and what every block reads besides them (arguments and
+        errors as `__call__`)."""
         cfg = self.config
         has_image = self.condition_embedder.image_embedder is not None
         if has_image != (encoder_hidden_states_image is not None):
@@ -169,11 +194,17 @@ class WanTransformer3DModel(nnx.Module):
         image = None
         if has_image:
             image = self.condition_embedder.image_embedder(encoder_hidden_states_image.astype(dtype))
+        return x, WanContext(temb, temb_proj, context, image, grid)
 
-        x = scan(self.blocks, x, context, image, temb_proj, rope)
+    def run_blocks(self, x: Float[Array, "b l d"], ctx: WanContext, rope: Rope, layers: slice | None = None):
+        """The transformer blocks (those in `layers`: all by default) over the video tokens."""
+        return scan(self.blocks, x, ctx.context, ctx.image, ctx.temb_proj, rope, layers=layers)
 
+    def output(self, x: Float[Array, "b l d"], ctx: WanContext) -> Float[Array, "b f h w c"]:
+        """The final modulated norm, projection and unpatchifying."""
+        dtype = x.dtype
         # [1, 1, 2, D] + [B, S, 1, D] in float32, as diffusers' final modulation.
-        mod = self.scale_shift_table[...][None] + temb.astype(jnp.float32)[:, :, None]
+        mod = self.scale_shift_table[...][None] + ctx.temb.astype(jnp.float32)[:, :, None]
         shift, scale = mod[:, :, 0], mod[:, :, 1]
         x = (self.norm_out(x.astype(jnp.float32)) * (1 + scale) + shift).astype(dtype)
-        return self._unpatchify(self.proj_out(x), grid)
+        return self._unpatchify(self.proj_out(x), ctx.grid)

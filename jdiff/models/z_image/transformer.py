@@ -319,6 +319,15 @@ class ZImageTransformer2DModel(nnx.Module):
         prompts of similar length): attention then runs without a mask, on the unmasked (and sequence-parallel)
         kernels.
         """
+        s = tokens.shape[1]
+        unified, ctx = self.embed(tokens, cap_feats, cap_lens, modulation, rope, masked=masked)
+        return self.output(self.run_layers(unified, ctx), ctx, s)
+
+    # ---- the parts step caching runs apart (jdiff.sampling.step_cache) --------------------------------------
+
+    def embed(self, tokens, cap_feats, cap_lens, modulation: ZImageModulation, rope, *, masked: bool = True):
+        """The unified [image; caption] sequence entering the first main layer (after both refiners), and
+        (modulation, unified rope, mask) for the layers; arguments as `predict`."""
         img_cos, img_sin, cap_cos, cap_sin = rope
         b, s, _ = tokens.shape
         p, t = img_cos.shape[1], cap_feats.shape[1]
@@ -344,5 +353,13 @@ class ZImageTransformer2DModel(nnx.Module):
             for a, c in ((img_cos, cap_cos), (img_sin, cap_sin))
         )
         mask = jnp.concatenate([jnp.ones((b, p), bool), cap_valid], axis=1) if masked else None
-        unified = scan(self.layers, unified, u_rope, mask, per_layer=modulation.layers)
-        return self.final_layer(unified[:, :s], modulation.out)
+        return unified, (modulation, u_rope, mask)
+
+    def run_layers(self, unified: jax.Array, ctx, layers: slice | None = None) -> jax.Array:
+        """The main layers in `layers` (default all) over the unified sequence; `ctx` from `embed`."""
+        modulation, u_rope, mask = ctx
+        return scan(self.layers, unified, u_rope, mask, per_layer=modulation.layers, layers=layers)
+
+    def output(self, unified: jax.Array, ctx, s: int) -> jax.Array:
+        """The final layer over the `s` image tokens."""
+        return self.final_layer(unified[:, :s], ctx[0].out)
