@@ -37,6 +37,8 @@ class ImageGenerationBody(Body):
     guidance_scale: float | None = None
     true_cfg_scale: float | None = None  # extension (FLUX): > 1 runs true CFG with negative_prompt
     loras: dict[str, float] | None = None  # extension: loaded LoRA adapter name -> scale
+    step_cache: str | None = None  # extension: "first_block" | "teacache" where the model has it
+    step_cache_threshold: float | None = None  # extension: with step_cache; default: the model's
     response_format: str | None = "b64_json"
     output_format: str = "png"
     output_compression: int | None = None  # 0..100, jpeg/webp quality
@@ -71,6 +73,8 @@ class VideoBody(Body):
     guidance_scale_2: float | None = None
     input_reference: str | None = None  # base64 image, for image-to-video models
     loras: dict[str, float] | None = None
+    step_cache: str | None = None
+    step_cache_threshold: float | None = None
     model: str | None = None
     user: str | None = None
 

@@ -137,6 +137,34 @@ def _extension(params: dict, pipeline, name: str, value: float | None) -> None:
     params[name] = _scale(value, None, name)
 
 
+def _step_cache(params: dict, pipeline, mode: str | None, threshold: float | None) -> None:
+    """The request's `step_cache` / `step_cache_threshold` (`generate`'s), checked against the model."""
+    if mode is None:
+        if threshold is not None:
+            raise ApiError(
+                400,
+                "step_cache_threshold needs a step_cache; add one or leave it out",
+                param="step_cache_threshold",
+            )
+        return
+    modes = sorted(pipeline.step_caches)
+    if not modes:
+        raise ApiError(400, "this model takes no step_cache; leave it out", param="step_cache")
+    if mode not in modes:
+        raise ApiError(
+            400, f"step_cache must be one of {modes} for this model, got {mode!r}", param="step_cache"
+        )
+    params["step_cache"] = mode
+    if threshold is not None:
+        if not (isinstance(threshold, int | float) and math.isfinite(threshold) and threshold >= 0):
+            raise ApiError(
+                400,
+                f"step_cache_threshold must be a finite number >= 0, got {threshold!r}",
+                param="step_cache_threshold",
+            )
+        params["step_cache_threshold"] = float(threshold)
+
+
 def _field(name: str) -> str:
     """The form / JSON field an image name is from: `image[1]` -> `image`."""
     return name.partition("[")[0]
@@ -269,6 +297,7 @@ def image_params(body: ImageGenerationBody, pipeline, *, max_batch: int, max_pix
         "negative_prompt": body.negative_prompt,
     }
     _extension(params, pipeline, "true_cfg_scale", body.true_cfg_scale)
+    _step_cache(params, pipeline, body.step_cache, body.step_cache_threshold)
     loras = lora_scales(body.loras, pipeline)
     return {"params": params, "n": body.n, "seed": _seed(body.seed, body.n), "loras": loras}
 
@@ -323,6 +352,7 @@ def video_params(
         "seed": _seed(body.seed, 1),
     }
     _extension(params, pipeline, "guidance_scale_2", body.guidance_scale_2)
+    _step_cache(params, pipeline, body.step_cache, body.step_cache_threshold)
     if body.loras:
         params["loras"] = lora_scales(body.loras, pipeline)
     if body.input_reference is not None:

@@ -121,6 +121,18 @@ def test_warnings_reach_the_response(url):
     assert "warnings" not in post(url, {"prompt": "a red square", "seed": 1}).json()
 
 
+def test_step_cache_fields_reach_generate(url):
+    """`step_cache` at threshold 0 never skips: the same bytes as without; a huge threshold skips and differs."""
+    plain = post(url, {"prompt": "a red square", "seed": 5}).json()["data"][0]["b64_json"]
+    body = {"prompt": "a red square", "seed": 5, "step_cache": "first_block"}
+    r = post(url, {**body, "step_cache_threshold": 0})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["b64_json"] == plain
+    r = post(url, {**body, "step_cache_threshold": 1e6})
+    assert r.status_code == 200, r.text
+    assert r.json()["data"][0]["b64_json"] != plain
+
+
 def test_concurrent_requests_batch_and_match_alone(url):
     alone = post(url, {"prompt": "a red square", "seed": 11}).json()["data"][0]
     again = post(url, {"prompt": "a red square", "seed": 11}).json()["data"][0]
@@ -174,6 +186,9 @@ BAD = [
     ({"prompt": "x", "guidance_scale": 1e300}, 400, "guidance_scale"),
     ({"prompt": "x", "guidance_scale": "3.5"}, 400, "guidance_scale"),
     ({"prompt": "x", "true_cfg_scale": -2}, 400, "true_cfg_scale"),
+    ({"prompt": "x", "step_cache": "fast"}, 400, "step_cache must be one of ['first_block', 'teacache']"),
+    ({"prompt": "x", "step_cache_threshold": 0.1}, 400, "needs a step_cache"),
+    ({"prompt": "x", "step_cache": "teacache", "step_cache_threshold": -1}, 400, "finite number >= 0"),
     ({"prompt": "x", "seed": -1}, 400, "seed"),
     ({"prompt": "x", "seed": 2**64}, 400, "seed"),
     ({"prompt": "x", "seed": "7"}, 400, "seed"),
