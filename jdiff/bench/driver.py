@@ -4,6 +4,7 @@ each engine in its own process.
 Workloads (real configs, no weights loaded; every floating parameter is normal(0, 0.02), with each engine's
 float32-kept parameters in float32 as its loader would keep them):
   flux_step        FLUX.1-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
+  flux_step_fp8    the same with quantization="fp8" (block linears in float8 e4m3; jdiff only)
   z_image_step     Z-Image-Turbo transformer, one step at 1024x1024 (4096 image + 128 caption tokens, no CFG)
   flux2_klein_step FLUX.2-klein-4B transformer, one step at 1024x1024 (4096 image + 512 text tokens, no CFG)
   sdxl_unet_step   SDXL base UNet, one CFG step at 1024x1024 (batch 2 of 128x128 latents, 77 text tokens)
@@ -25,6 +26,8 @@ float32-kept parameters in float32 as its loader would keep them):
                    at 1024x1024, decoded to float32 arrays (no PNG); tokenizers from the embedded tiny model
   flux_pipeline_fbcache
                    the same with the first-block step cache at 0.12 (diffusers: its FirstBlockCache hook)
+  flux_pipeline_fp8
+                   the same with quantization="fp8" (jdiff only)
   z_image_pipeline Z-Image-Turbo end to end at 1024x1024 (Qwen3-4B, its preset's 9 steps, no CFG, VAE decode)
   flux2_klein_pipeline
                    FLUX.2-klein-4B end to end at 1024x1024 (Qwen3-4B, its preset's 4 steps, no CFG)

@@ -64,7 +64,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
     def rand(shape, dtype=bf16):
         return jax.random.normal(next(keys), shape, dtype)
 
-    if name in ("flux_step", *LORA_WORKLOADS):
+    if name in ("flux_step", "flux_step_fp8", *LORA_WORKLOADS):
         from jdiff.models.flux.plan import SPEC
         from jdiff.pipelines.flux import _rope_tables
 
@@ -89,6 +89,9 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         if name in LORA_WORKLOADS:
             graphdef, params = _jdiff_random(SPEC, cfg, bf16)
             return _with_lora(graphdef, params, apply, inputs, sz)
+        if name == "flux_step_fp8":
+            graphdef, params = quantized_fp8(SPEC, *_jdiff_random(SPEC, cfg, bf16))
+            return graphdef, params, apply, inputs
 
     elif name == "z_image_step":
         from jdiff.models.z_image.plan import SPEC
@@ -286,10 +289,24 @@ def _with_lora(graphdef, params, apply, inputs, sz: dict):
     return graphdef, params, with_rows, (jnp.asarray(scales), *inputs)
 
 
+def quantized_fp8(spec, graphdef, params):
+    """(graphdef, params) with the linears `spec.fp8` names quantized, as `quantization="fp8"` loads them."""
+    from flax import nnx
+
+    from jdiff.pipelines.quantize import fp8_linears
+
+    model = nnx.merge(graphdef, params)
+    del params
+    for _, linear in fp8_linears(model, spec.fp8):
+        linear.quantize_fp8()
+    return nnx.split(model)
+
+
 def _attention_head_dim(name: str, config: dict) -> int:
     """The head dim that decides the workload's attention kernel (the VAEs' mid-block attention is one head)."""
     if name in (
         "flux_step",
+        "flux_step_fp8",
         "wan_forward",
         "flux2_klein_step",
         "qwen_image_step",

@@ -173,6 +173,21 @@ WORKLOADS = {
         tiny_sizes=dict(h=4, w=4, text=8, negative_text=3),
         tiny_title="tiny Qwen-Image true-CFG step (toy config), 64x64",
     ),
+    # fp8 (issue 19): flux_step with the block linears quantized as `quantization="fp8"` quantizes them
+    # (jdiff.layers.quant, per-channel weight and per-token activation scales). diffusers' side would be torchao,
+    # which is not a dependency: benchmarks/fp8_error.py runs it next to jdiff where it is installed.
+    "flux_step_fp8": Workload(
+        "FLUX.1-dev transformer step, 1024x1024, fp8 linears",
+        FLUX_DEV,
+        dict(h=64, w=64, text=512),
+        74.4,
+        warmup=2,
+        repeats=10,
+        engines=("jdiff",),
+        tiny_config=FLUX_TINY,
+        tiny_sizes=dict(h=4, w=4, text=8),
+        tiny_title="tiny FLUX transformer step (toy config), 64x64, fp8 linears",
+    ),
     # LoRA (issue 20): one rank-32 adapter on every block linear but the modulation vs flux_step (no
     # adapter); a batch of 4 with 4 adapters loaded, each row its own, vs a batch of 4 with one loaded.
     "flux_lora_step": _lora_workload("one rank-32 LoRA", batch=1, slots=1),
