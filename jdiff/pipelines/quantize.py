@@ -47,20 +47,24 @@ def fp8_linears(module: nnx.Module, patterns: tuple[str, ...]) -> list[tuple[str
     ]
 
 
-def _quantize(linear: Linear) -> None:
-    """`linear.quantize_fp8()` on the device, results put back where the kernel was (device or host)."""
+def _quantize(linear: Linear, placement) -> None:
+    """`linear.quantize_fp8()` on the device; the results laid out by their logical names on the placement's
+    mesh (as the loader lays out parameters), in the memory the kernel was in (device or host)."""
     kernel = linear.kernel[...]
-    sharding = getattr(kernel, "sharding", None)
-    host = sharding is not None and sharding.memory_kind in HOST_KINDS
-    if host:
-        linear.kernel = linear.kernel.replace(jax.device_put(kernel, sharding.with_memory_kind("device")))
-    linear.quantize_fp8()
-    if host:
-        w, s = linear.kernel_fp8, linear.kernel_scale
-        linear.kernel_fp8 = w.replace(jax.device_put(w[...], sharding.with_memory_kind(sharding.memory_kind)))
-        linear.kernel_scale = s.replace(
-            jax.device_put(s[...], s[...].sharding.with_memory_kind(sharding.memory_kind))
+    memory = getattr(getattr(kernel, "sharding", None), "memory_kind", None)
+    if memory in HOST_KINDS:
+        linear.kernel = linear.kernel.replace(
+            jax.device_put(kernel, kernel.sharding.with_memory_kind("device"))
         )
+    linear.quantize_fp8()
+    for name in ("kernel_fp8", "kernel_scale"):
+        var = getattr(linear, name)
+        value = var[...]
+        if placement is not None:
+            value = placement.put(value, var.get_metadata()["out_sharding"])
+        if memory in HOST_KINDS:
+            value = jax.device_put(value, value.sharding.with_memory_kind(memory))
+        setattr(linear, name, var.replace(value))
 
 
 def apply(pipeline: Any, model: Any, quantization: str | None) -> list[str]:
@@ -94,7 +98,7 @@ def apply(pipeline: Any, model: Any, quantization: str | None) -> list[str]:
         module = nnx.merge(pipeline._defs[key], params)
         del params
         for path, linear in fp8_linears(module, model.spec(key).fp8):
-            _quantize(linear)
+            _quantize(linear, getattr(pipeline, "placement", None))
             done.append(f"{key}:{path}")
         pipeline._defs[key], pipeline._params[key] = nnx.split(module)
         if lora is not None and key in lora.components.values():
