@@ -13,9 +13,11 @@ PyTorch fp8 anchor runs (/work/shared/ANCHORS.md):
 Axis letters: I a linear's input width, O its output width, L a stack's layer axis (optional, leading).
 
 What XLA does with it on Hopper: `dot_general` of two `float8_e4m3fn` operands with a bf16
-`preferred_element_type` is rewritten to cuBLASLt's fp8 GEMM (scales 1). cuBLASLt's fp8 kernels take both
-operands with the contracting dimension minor ("TN"), so the quantized kernel is stored transposed, [.., O, I]
-(torch's `weight` layout): the GEMM reads it in place, with no transpose per call. The per-row and
+`preferred_element_type` is rewritten (XLA's GemmRewriter, fp8 path) to cuBLASLt's fp8 GEMM with unit
+scales, when each operand has one contracting and one non-contracting axis (the tokens are flattened here) and
+A is row-major and B column-major, i.e. both contract over their minor axis; otherwise it inserts a transpose
+of the operand on every call. So the quantized kernel is stored transposed, [.., O, I] (torch's `weight`
+layout), and the GEMM reads it in place. The per-row and
 per-column scale multiply (and bias) is elementwise on the GEMM's output and fuses into whatever consumes it
 (gate, residual, GELU); the activation's amax and its divide / clip / convert form one reduction fusion with
 whatever produced `x` (a norm, a modulate). The functions are pure, so they run the same inside the scan
@@ -92,8 +94,12 @@ def linear(
     """
     out_dtype = x.dtype if x.dtype in (jnp.float32, jnp.bfloat16, jnp.float16) else jnp.float32
     x_q, x_scale = quantize_tokens(x)
-    dims = (((x.ndim - 1,), (w_q.ndim - 1,)), ((), ()))
+    lead = x.shape[:-1]
+    if out_sharding is None:  # tokens flattened: XLA's fp8 GEMM rewrite wants one non-contracting axis
+        x_q = x_q.reshape(-1, x.shape[-1])
+    dims = (((x_q.ndim - 1,), (w_q.ndim - 1,)), ((), ()))
     y = jax.lax.dot_general(x_q, w_q, dims, preferred_element_type=out_dtype, out_sharding=out_sharding)
+    y = y.reshape(*lead, -1)
     y = y.astype(jnp.float32) * x_scale * w_scale.astype(jnp.float32)
     if bias is not None:
         y = y + bias.astype(jnp.float32)
