@@ -20,6 +20,7 @@ float32-kept parameters in float32 as its loader would keep them):
   hunyuan_video15_vae_decode
                    HunyuanVideo-1.5 VAE decode of 31 latent frames to 121 frames at 848x480
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
+  wan_forward_fp8  the same with quantization="fp8" (jdiff only)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480
   flux_pipeline    FLUX.1-dev text to image end to end (CLIP-L + T5-XXL, 28 steps, guidance 3.5, VAE decode)

@@ -206,6 +206,21 @@ WORKLOADS = {
         tiny_sizes=dict(f=3, h=4, w=4, text=8),
         tiny_title="tiny Wan transformer forward (toy config), 32x32x9",
     ),
+    # wan_forward with the blocks' linears in fp8 (issue 19; jdiff only, as flux_step_fp8).
+    "wan_forward_fp8": Workload(
+        "Wan2.1-T2V-1.3B transformer forward, 832x480x81, fp8 linears",
+        WAN_13B,
+        dict(f=21, h=60, w=104, text=512),
+        282.7,
+        warmup=2,
+        repeats=5,
+        engines=("jdiff",),
+        tiny_config=to_dict(
+            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
+        ),
+        tiny_sizes=dict(f=3, h=4, w=4, text=8),
+        tiny_title="tiny Wan transformer forward (toy config), 32x32x9, fp8 linears",
+    ),
     "flux_vae_decode": Workload(
         "FLUX VAE decode, 1024x1024",
         FLUX_VAE,
