@@ -93,7 +93,17 @@ def time_jdiff(graphdef, params, inputs, warmup: int, repeats: int):
     compiled = step.lower(params, *inputs).compile()
     compile_s = time.perf_counter() - t0
     out, _, times = timed_calls(lambda: jax.block_until_ready(compiled(params, *inputs)), warmup, repeats)
-    return np.asarray(out.astype(jnp.float32)), compile_s, times
+    return np.asarray(out.astype(jnp.float32)), compile_s, times, gemm_calls(compiled.as_text())
+
+
+def gemm_calls(hlo: str) -> dict:
+    """How the compiled step's matmuls lowered: cuBLASLt fp8 GEMM custom calls vs other cuBLAS ones (GPU);
+    fp8 dots left as `dot` (XLA's fallback: the operands widened) show under `dot`."""
+    return {
+        "cublaslt_f8": hlo.count('custom_call_target="__cublas$lt$matmul$f8"'),
+        "cublas_other": len(re.findall(r'custom_call_target="__cublas\$(?!lt\$matmul\$f8)', hlo)),
+        "dot": len(re.findall(r"\bdot\(", hlo)),
+    }
 
 
 def fp8_filter(all_linears: bool):
@@ -192,8 +202,8 @@ def main(argv=None) -> int:
     else:
         graphdef, params = _jdiff_random(SPEC, cfg, bf16)
 
-    y_bf16, compile_s, times = time_jdiff(graphdef, params, inputs, args.warmup, args.repeats)
-    row = dict(engine="jdiff", mode="bf16", ms=_median_ms(times), compile_s=round(compile_s, 1))
+    y_bf16, compile_s, times, gemms = time_jdiff(graphdef, params, inputs, args.warmup, args.repeats)
+    row = dict(engine="jdiff", mode="bf16", ms=_median_ms(times), compile_s=round(compile_s, 1), gemms=gemms)
     if y_torch is not None:
         row["rel_err_vs_diffusers_bf16"] = round(rel_err(y_bf16, y_torch), 5)
     emit(**row)
@@ -203,7 +213,7 @@ def main(argv=None) -> int:
     jax.block_until_ready(params8)
     quantize_s = time.perf_counter() - t0
     del params
-    y_fp8, compile_s, times = time_jdiff(graphdef8, params8, inputs, args.warmup, args.repeats)
+    y_fp8, compile_s, times, gemms = time_jdiff(graphdef8, params8, inputs, args.warmup, args.repeats)
     jdiff_err = rel_err(y_fp8, y_bf16)
     emit(
         engine="jdiff",
@@ -213,6 +223,7 @@ def main(argv=None) -> int:
         quantize_s=round(quantize_s, 1),
         rel_err_vs_bf16=round(jdiff_err, 5),
         finite=bool(np.isfinite(y_fp8).all()),
+        gemms=gemms,
     )
     del params8
 
