@@ -6,6 +6,7 @@ float32-kept parameters in float32 as its loader would keep them):
   flux_step        FLUX.1-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
   z_image_step     Z-Image-Turbo transformer, one step at 1024x1024 (4096 image + 128 caption tokens, no CFG)
   flux2_klein_step FLUX.2-klein-4B transformer, one step at 1024x1024 (4096 image + 512 text tokens, no CFG)
+  flux2_dev_step   FLUX.2-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
   sdxl_unet_step   SDXL base UNet, one CFG step at 1024x1024 (batch 2 of 128x128 latents, 77 text tokens)
   qwen_image_step  Qwen-Image transformer, one call at 1024x1024, batch 1 (4096 image + 16 text tokens); a
                    true-CFG step (SGLang's per-step figure) is two such calls

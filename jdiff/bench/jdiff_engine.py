@@ -109,7 +109,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             out = m.predict(patchify(x), caps, cap_lens, m.modulation(t), rope, masked=False)
             return unpatchify(out, *x.shape[2:])
 
-    elif name == "flux2_klein_step":
+    elif name in ("flux2_klein_step", "flux2_dev_step"):
         from jdiff.layers.rope import rope_cos_sin
         from jdiff.models.flux2.plan import SPEC
 
@@ -124,8 +124,10 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             sin,
         )
 
+        guidance = jnp.full((1,), 4.0, jnp.float32) if cfg.guidance_embeds else None
+
         def apply(m, x, txt, t, cos, sin):
-            return m(x, txt, t, (cos, sin))
+            return m(x, txt, t, (cos, sin), guidance=guidance)
 
     elif name == "sdxl_unet_step":
         from jdiff.models.unet.plan import SPEC
@@ -292,6 +294,7 @@ def _attention_head_dim(name: str, config: dict) -> int:
         "flux_step",
         "wan_forward",
         "flux2_klein_step",
+        "flux2_dev_step",
         "qwen_image_step",
         "qwen_image_cfg_step",
         "hunyuan_video15_step",

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from jdiff.bench.configs import (
+    FLUX2_DEV,
     FLUX2_KLEIN_4B,
     FLUX_DEV,
     FLUX_TINY,
@@ -127,6 +128,20 @@ WORKLOADS = {
         tiny_config=to_dict(Flux2Config.tiny()),
         tiny_sizes=dict(h=4, w=4, text=8),
         tiny_title="tiny FLUX.2 transformer step (toy config), 64x64",
+    ),
+    # FLUX.2-dev is guidance-distilled (one call per step, guidance 4.0 embedded); Flux2Pipeline pads the
+    # Mistral-3 prompt to 512 tokens.
+    "flux2_dev_step": Workload(
+        "FLUX.2-dev transformer step, 1024x1024",
+        FLUX2_DEV,
+        dict(h=64, w=64, text=512),
+        flux2_tflop(FLUX2_DEV, dict(h=64, w=64, text=512)),
+        warmup=2,
+        repeats=5,
+        engines=ENGINES,
+        tiny_config=to_dict(Flux2Config.tiny(guidance_embeds=True)),
+        tiny_sizes=dict(h=4, w=4, text=8),
+        tiny_title="tiny FLUX.2 transformer step with guidance (toy config), 64x64",
     ),
     # SDXL base with CFG as StableDiffusionXLPipeline runs it: [negative; prompt] in one batch of 2, 77 tokens
     # of the two encoders' 2048 features, pooled text 1280 and six size/crop numbers (text_time).
