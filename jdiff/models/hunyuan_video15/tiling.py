@@ -136,3 +136,22 @@ def tiled(
             row.append(t[:, :, : limit[0], : limit[1]])
         result_rows.append(jnp.concatenate(row, axis=3))
     return jnp.concatenate(result_rows, axis=2)
+
+
+# Live [B, r, H, W, c0] tensors (one frame chunk at full resolution, the last level's width c0) at the untiled
+# decoder's peak. Calibrated on the one measurement there is (H200, bfloat16, 480p: 31 x 30 x 53 latents to
+# 121 x 480 x 848, `jdiff bench` hunyuan_video15_vae_decode: 10.4 GiB peak with about 2.4 GiB of weights), so
+# an estimate, not a floor: about 19 such tensors besides the output.
+DECODE_FACTOR = 20
+
+
+def decode_activation_bytes(cfg, batch: int, frames: int, height: int, width: int, itemsize: int) -> int:
+    """Device bytes beyond the weights that an untiled decode of [batch, frames, height, width] latents
+    needs: `DECODE_FACTOR` full-resolution tensors of one frame chunk, the mid-block attention's keys and
+    values of every frame, and the video out (in `itemsize`, plus the pipeline's two float32 copies)."""
+    s, r = cfg.spatial_compression_ratio, cfg.temporal_compression_ratio
+    pixels = height * s * width * s
+    chunk = DECODE_FACTOR * r * pixels * cfg.block_out_channels[0] * itemsize
+    keys_values = 2 * frames * height * width * cfg.block_out_channels[-1] * itemsize
+    video = (1 + r * (frames - 1)) * pixels * cfg.out_channels * (2 * itemsize + 8)
+    return batch * (chunk + keys_values + video)
