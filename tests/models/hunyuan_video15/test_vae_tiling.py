@@ -155,3 +155,20 @@ def test_bad_tiling(case):
     _, vae = case
     with pytest.raises(InputError, match="multiples of 2"):
         vae.encode(jnp.zeros((1, 1, 16, 16, 3)), VAETiling(7, 8))
+
+
+def test_real_size_tiled_shapes():
+    """The released VAE traced abstractly at 720p in the default tiles (2 latent frames): 4 x 7 tiles of 4
+    shapes back to 1280 x 720."""
+    from flax import nnx
+
+    from jdiff.models.hunyuan_video15.vae import AutoencoderKLHunyuanVideo15
+
+    vae = nnx.eval_shape(
+        lambda: AutoencoderKLHunyuanVideo15(HunyuanVideo15VAEConfig.hunyuan_video15(), rngs=nnx.Rngs(0))
+    )
+    z = jax.ShapeDtypeStruct((1, 2, 45, 80, 32), jnp.bfloat16)
+    jaxpr = jax.make_jaxpr(lambda m, z: m.decode(z, VAETiling()))(vae, z)
+    assert jaxpr.out_avals[0].shape == (1, 5, 720, 1280, 3)
+    # One lax.map (a scan) per tile shape at the top level; the frame scans nest inside.
+    assert [e.primitive.name for e in jaxpr.jaxpr.eqns].count("scan") == 4
