@@ -2,8 +2,8 @@
 
 The models through the real loader (float32, 2x spatial / 2x temporal so that each tile shape compiles
 quickly), and the tiling algorithm alone (blend order, ragged tiles, kept rows) over more geometries, with a
-cheap stand-in network on both sides: the 480p and 720p latent tile grids at one pixel per latent (the real
-decode's blend and kept rows scaled by 1/16), and a 720p image encoded at the real size.
+cheap stand-in network on both sides: the 720p latent tile grid at one pixel per latent (the real decode's
+blend and kept rows scaled by 1/16), and a 720p image encoded at the real size.
 """
 
 import types
@@ -108,7 +108,6 @@ def _stand_in_jax(s: int):
     "hw, tiling, s",
     [
         ((7, 10), VAETiling(16, 24, 4, 6, 0.5), 4),  # 3 tile heights, the last smaller than the blend
-        ((30, 53), VAETiling(16, 16, 16, 16), 1),  # 480p's grid (848x480: 30 x 53 latents, tiles of 16)
         ((45, 80), VAETiling(16, 16, 16, 16), 1),  # 720p's grid (1280x720)
         ((26, 29), VAETiling(16, 16, 16, 16), 1),  # two ragged tiles on the bottom edge (14 and 2 high)
     ],
