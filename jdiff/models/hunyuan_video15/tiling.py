@@ -12,10 +12,10 @@ diffusers' algorithm (`tiled_decode` / `tiled_encode`), kept exactly, quirks inc
     neighbour's top rows were blended with the row above first;
   * each tile keeps its first `limit = tile_out - blend` rows and columns, concatenated.
 
-Tiles of equal shape run through one `lax.map`: one compiled body per tile shape (at most 3 x 3 shapes, usually
-2 x 2), and the device holds one tile's activations at a time plus the stacked tile outputs. A ragged tile is
-computed at its own size, never padded: the causal convs replicate edges and the mid-block attention spans the
-whole tile, so padding would change it.
+Tiles of equal shape run through one `lax.map`: one compiled body per tile shape (3 x 3 at most for overlaps up
+to 0.5; 2 x 2 at 480p and 720p), and the device holds one tile's activations at a time plus the stacked tile
+outputs. A ragged tile is computed at its own size, never padded: the causal convs replicate edges and the
+mid-block attention spans the whole tile, so padding would change it.
 """
 
 from __future__ import annotations
