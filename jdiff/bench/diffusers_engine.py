@@ -171,8 +171,12 @@ def _torch_setup(name: str, config: dict, sz: dict, device):
             for real in sz["text_lens"]
         ]
         return model, lambda m: torch.cat([m(**x)[0] for x in calls])
-    if name == "hunyuan_video15_vae_decode":
+    if name.startswith("hunyuan_video15_vae_decode"):
         model = _torch_random(diffusers.AutoencoderKLHunyuanVideo15, config, device, bf16)
+        if "tiling" in sz:  # enable_tiling's arguments in its order
+            names = ("tile_sample_min_height", "tile_sample_min_width", "tile_latent_min_height")
+            names += ("tile_latent_min_width", "tile_overlap_factor")
+            model.enable_tiling(**dict(zip(names, sz["tiling"], strict=True)))
         z = rand(1, config["latent_channels"], sz["f"], sz["h"], sz["w"])
         return model, lambda m: m.decode(z, return_dict=False)[0]
     if name == "wan_forward":

@@ -19,6 +19,9 @@ float32-kept parameters in float32 as its loader would keep them):
                    batch-1 calls (text padded to 1000, glyph 256, 729 zero image tokens, masked)
   hunyuan_video15_vae_decode
                    HunyuanVideo-1.5 VAE decode of 31 latent frames to 121 frames at 848x480
+  hunyuan_video15_vae_decode_720p_tiled
+                   the same at 1280x720 (31x45x80 latent) in diffusers' default tiles (enable_tiling():
+                   256 px, overlap 0.25) on both engines; its peak GiB is what tiling buys
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480

@@ -255,6 +255,20 @@ WORKLOADS = {
         tiny_sizes=dict(f=2, h=4, w=6),
         tiny_title="tiny HunyuanVideo-1.5 VAE decode (toy config), 2 latent frames -> 5 x 24x16",
     ),
+    # 720p decoded in diffusers' default tiles (`enable_tiling()`: 256 px, a quarter overlapping): 45 x 80
+    # latents are 4 x 7 tiles of 4 shapes, one lax.map each; the peak is one tile's activations + the video.
+    "hunyuan_video15_vae_decode_720p_tiled": Workload(
+        "HunyuanVideo-1.5 VAE decode, tiled (256 px tiles), 31 latent frames -> 121 x 1280x720",
+        HY15_VAE,
+        dict(f=31, h=45, w=80, tiling=(256, 256, 16, 16, 0.25)),
+        None,
+        warmup=1,
+        repeats=3,
+        engines=("jdiff", "diffusers"),
+        tiny_config=HY15_VAE_TINY,
+        tiny_sizes=dict(f=1, h=5, w=3, tiling=(16, 16, 4, 4, 0.25)),  # tiles 4 and 2 high, one column
+        tiny_title="tiny HunyuanVideo-1.5 VAE decode, tiled (toy config, 16 px tiles), 1 latent frame -> 12x20",
+    ),
     **PIPELINE_WORKLOADS,
 }
 
