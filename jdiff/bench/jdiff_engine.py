@@ -120,7 +120,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             out = m.predict(patchify(x), caps, cap_lens, m.modulation(t), rope, masked=False)
             return unpatchify(out, *x.shape[2:])
 
-    elif name == "flux2_klein_step":
+    elif name in ("flux2_klein_step", "flux2_dev_step"):
         from jdiff.layers.rope import rope_cos_sin
         from jdiff.models.flux2.plan import SPEC
 
@@ -135,8 +135,10 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             sin,
         )
 
+        guidance = jnp.full((1,), 4.0, jnp.float32) if cfg.guidance_embeds else None
+
         def apply(m, x, txt, t, cos, sin):
-            return m(x, txt, t, (cos, sin))
+            return m(x, txt, t, (cos, sin), guidance=guidance)
 
     elif name == "sdxl_unet_step":
         from jdiff.models.unet.plan import SPEC
@@ -209,14 +211,16 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         def apply(m, x, ts, txt, txt_mask, glyph, glyph_mask, cos, sin):
             return m(x, ts, txt, txt_mask, glyph, glyph_mask, (cos, sin))
 
-    elif name == "hunyuan_video15_vae_decode":
+    elif name in ("hunyuan_video15_vae_decode", "hunyuan_video15_vae_decode_720p_tiled"):
+        from jdiff.models.hunyuan_video15.tiling import VAETiling
         from jdiff.models.hunyuan_video15.vae_plan import SPEC
 
         cfg = from_dict(SPEC.config_cls, config)
         inputs = (rand((1, sz["f"], sz["h"], sz["w"], cfg.latent_channels)),)
+        tiling = VAETiling(*sz["tiling"]) if "tiling" in sz else None
 
         def apply(m, z):
-            return m.decode(z)
+            return m.decode(z, tiling)
 
     elif name == "wan_forward":
         from jdiff.models.wan.plan import SPEC
@@ -317,13 +321,14 @@ def _attention_head_dim(name: str, config: dict) -> int:
         "flux_step",
         "wan_forward",
         "flux2_klein_step",
+        "flux2_dev_step",
         "qwen_image_step",
         "qwen_image_cfg_step",
         "hunyuan_video15_step",
         *LORA_WORKLOADS,
     ):
         return config["attention_head_dim"]
-    if name == "hunyuan_video15_vae_decode":  # its mid-block attention: one head of the last width
+    if name.startswith("hunyuan_video15_vae_decode"):  # its mid-block attention: one head of the last width
         return config["block_out_channels"][-1]
     if name == "sdxl_unet_step":  # diffusers' attention_head_dim is the head count: 1280 / 20 = 64
         return config["block_out_channels"][-1] // config["attention_head_dim"][-1]

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from jdiff.bench.configs import (
+    FLUX2_DEV,
     FLUX2_KLEIN_4B,
     FLUX_DEV,
     FLUX_TINY,
@@ -127,6 +128,20 @@ WORKLOADS = {
         tiny_config=to_dict(Flux2Config.tiny()),
         tiny_sizes=dict(h=4, w=4, text=8),
         tiny_title="tiny FLUX.2 transformer step (toy config), 64x64",
+    ),
+    # FLUX.2-dev is guidance-distilled (one call per step, guidance 4.0 embedded); Flux2Pipeline pads the
+    # Mistral-3 prompt to 512 tokens.
+    "flux2_dev_step": Workload(
+        "FLUX.2-dev transformer step, 1024x1024",
+        FLUX2_DEV,
+        dict(h=64, w=64, text=512),
+        flux2_tflop(FLUX2_DEV, dict(h=64, w=64, text=512)),
+        warmup=2,
+        repeats=5,
+        engines=ENGINES,
+        tiny_config=to_dict(Flux2Config.tiny(guidance_embeds=True)),
+        tiny_sizes=dict(h=4, w=4, text=8),
+        tiny_title="tiny FLUX.2 transformer step with guidance (toy config), 64x64",
     ),
     # SDXL base with CFG as StableDiffusionXLPipeline runs it: [negative; prompt] in one batch of 2, 77 tokens
     # of the two encoders' 2048 features, pooled text 1280 and six size/crop numbers (text_time).
@@ -269,6 +284,20 @@ WORKLOADS = {
         tiny_config=HY15_VAE_TINY,
         tiny_sizes=dict(f=2, h=4, w=6),
         tiny_title="tiny HunyuanVideo-1.5 VAE decode (toy config), 2 latent frames -> 5 x 24x16",
+    ),
+    # 720p decoded in diffusers' default tiles (`enable_tiling()`: 256 px, a quarter overlapping): 45 x 80
+    # latents are 4 x 7 tiles of 4 shapes, one lax.map each; the peak is one tile's activations + the video.
+    "hunyuan_video15_vae_decode_720p_tiled": Workload(
+        "HunyuanVideo-1.5 VAE decode, tiled (256 px tiles), 31 latent frames -> 121 x 1280x720",
+        HY15_VAE,
+        dict(f=31, h=45, w=80, tiling=(256, 256, 16, 16, 0.25)),
+        None,
+        warmup=1,
+        repeats=3,
+        engines=("jdiff", "diffusers"),
+        tiny_config=HY15_VAE_TINY,
+        tiny_sizes=dict(f=1, h=5, w=3, tiling=(16, 16, 4, 4, 0.25)),  # tiles 4 and 2 high, one column
+        tiny_title="tiny HunyuanVideo-1.5 VAE decode, tiled (toy config, 16 px tiles), 1 latent frame -> 12x20",
     ),
     **PIPELINE_WORKLOADS,
 }
