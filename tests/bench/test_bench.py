@@ -84,6 +84,7 @@ PIXELS_PER_UNIT = {
     "flux_step_fp8": 16,
     "z_image_step": 16,
     "flux2_klein_step": 16,
+    "flux2_dev_step": 16,
     "qwen_image_step": 16,
 }
 PIXELS_PER_UNIT["qwen_image_cfg_step"] = 16
