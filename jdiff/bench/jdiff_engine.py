@@ -50,8 +50,14 @@ def _jdiff_random(spec, cfg, dtype):
     return graphdef, nnx.from_flat_state(flat)
 
 
+# fp8 workloads: `<base>_fp8` runs workload <base> with the denoiser as `quantization="fp8"` loads it.
+FP8_BASES = {"flux_step": "jdiff.models.flux.plan", "wan_forward": "jdiff.models.wan.plan"}
+
+
 def _jdiff_setup(name: str, config: dict, sz: dict):
     """(graphdef, params, apply(model, *inputs), inputs) for one single-model workload."""
+    import importlib
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -64,6 +70,11 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
     def rand(shape, dtype=bf16):
         return jax.random.normal(next(keys), shape, dtype)
 
+    if name.removesuffix("_fp8") in FP8_BASES and name.endswith("_fp8"):
+        base = name.removesuffix("_fp8")
+        graphdef, params, apply, inputs = _jdiff_setup(base, config, sz)
+        spec = importlib.import_module(FP8_BASES[base]).SPEC
+        return (*quantized_fp8(spec, graphdef, params), apply, inputs)
     if name in ("flux_step", *LORA_WORKLOADS):
         from jdiff.models.flux.plan import SPEC
         from jdiff.pipelines.flux import _rope_tables
@@ -290,8 +301,22 @@ def _with_lora(graphdef, params, apply, inputs, sz: dict):
     return graphdef, params, with_rows, (jnp.asarray(scales), *inputs)
 
 
+def quantized_fp8(spec, graphdef, params):
+    """(graphdef, params) with the linears `spec.fp8` names quantized, as `quantization="fp8"` loads them."""
+    from flax import nnx
+
+    from jdiff.pipelines.quantize import fp8_linears
+
+    model = nnx.merge(graphdef, params)
+    del params
+    for _, linear in fp8_linears(model, spec.fp8):
+        linear.quantize_fp8()
+    return nnx.split(model)
+
+
 def _attention_head_dim(name: str, config: dict) -> int:
     """The head dim that decides the workload's attention kernel (the VAEs' mid-block attention is one head)."""
+    name = name.removesuffix("_fp8")
     if name in (
         "flux_step",
         "wan_forward",

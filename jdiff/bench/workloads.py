@@ -188,6 +188,21 @@ WORKLOADS = {
         tiny_sizes=dict(h=4, w=4, text=8, negative_text=3),
         tiny_title="tiny Qwen-Image true-CFG step (toy config), 64x64",
     ),
+    # fp8 (issue 19): flux_step with the block linears quantized as `quantization="fp8"` quantizes them
+    # (jdiff.layers.quant, per-channel weight and per-token activation scales). diffusers' side would be torchao,
+    # which is not a dependency: benchmarks/fp8_error.py runs it next to jdiff where it is installed.
+    "flux_step_fp8": Workload(
+        "FLUX.1-dev transformer step, 1024x1024, fp8 linears",
+        FLUX_DEV,
+        dict(h=64, w=64, text=512),
+        74.4,
+        warmup=2,
+        repeats=10,
+        engines=("jdiff",),
+        tiny_config=FLUX_TINY,
+        tiny_sizes=dict(h=4, w=4, text=8),
+        tiny_title="tiny FLUX transformer step (toy config), 64x64, fp8 linears",
+    ),
     # LoRA (issue 20): one rank-32 adapter on every block linear but the modulation vs flux_step (no
     # adapter); a batch of 4 with 4 adapters loaded, each row its own, vs a batch of 4 with one loaded.
     "flux_lora_step": _lora_workload("one rank-32 LoRA", batch=1, slots=1),
@@ -205,6 +220,21 @@ WORKLOADS = {
         ),
         tiny_sizes=dict(f=3, h=4, w=4, text=8),
         tiny_title="tiny Wan transformer forward (toy config), 32x32x9",
+    ),
+    # wan_forward with the blocks' linears in fp8 (issue 19; jdiff only, as flux_step_fp8).
+    "wan_forward_fp8": Workload(
+        "Wan2.1-T2V-1.3B transformer forward, 832x480x81, fp8 linears",
+        WAN_13B,
+        dict(f=21, h=60, w=104, text=512),
+        282.7,
+        warmup=2,
+        repeats=5,
+        engines=("jdiff",),
+        tiny_config=to_dict(
+            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
+        ),
+        tiny_sizes=dict(f=3, h=4, w=4, text=8),
+        tiny_title="tiny Wan transformer forward (toy config), 32x32x9, fp8 linears",
     ),
     "flux_vae_decode": Workload(
         "FLUX VAE decode, 1024x1024",

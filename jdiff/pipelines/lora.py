@@ -179,12 +179,14 @@ class Adapters:
             module = nnx.merge(graphdef, state)
             table: dict[str, _Target] = {}
             for p, v in nnx.to_flat_state(state):
-                path = ".".join(str(x) for x in p)
-                if p[-1] != "kernel" or not isinstance(_module_at(module, path[: -len(".kernel")]), Linear):
+                path = ".".join(str(x) for x in p[:-1])
+                if p[-1] not in ("kernel", "kernel_fp8") or not isinstance(_module_at(module, path), Linear):
                     continue
                 shape, dtype = tuple(v.shape), v.dtype
-                for name, layer in _torch_modules(self._plans[comp], path, shape):
-                    t = _Target(key, path[: -len(".kernel")], layer, shape, dtype)
+                if p[-1] == "kernel_fp8":  # stored [.., O, I] (jdiff.layers.quant); adapters in bf16
+                    shape, dtype = (*shape[:-2], shape[-1], shape[-2]), self.pipeline.dtype
+                for name, layer in _torch_modules(self._plans[comp], path + ".kernel", shape):
+                    t = _Target(key, path, layer, shape, dtype)
                     table[name] = t
                     table.setdefault("_" + name.replace(".", "_"), t)
             index[comp] = table
@@ -270,6 +272,11 @@ class Adapters:
             for v in loras.values()
         ):
             raise InputError(f"fuse scales must be finite numbers, got {loras}")
+        if getattr(self.pipeline, "quantization", None) is not None:
+            raise InputError(
+                f"fuse_lora cannot fold adapters into quantization={self.pipeline.quantization!r} kernels; "
+                "apply them per request instead (loras={name: scale}), or load the model without quantization"
+            )
         self._rebuild(self._adapters, {n: float(v) for n, v in loras.items()})
 
     def unfuse(self) -> None:
@@ -323,7 +330,7 @@ class Adapters:
             for (k2, path), (a, b) in factors.items():
                 if k2 == key:
                     linear = _module_at(module, path)
-                    dtype = linear.kernel[...].dtype
+                    dtype = self.pipeline.dtype if linear.is_fp8 else linear.kernel[...].dtype
                     linear.lora_a = lora_layers.LoraParam(put(put_on, jnp.asarray(a, dtype)))
                     linear.lora_b = lora_layers.LoraParam(put(put_on, jnp.asarray(b, dtype)))
             out[key] = nnx.split(module)

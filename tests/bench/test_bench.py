@@ -79,7 +79,14 @@ def test_warm_needs_a_pipeline_workload():
 
 
 # Pixels per unit of a workload's h / w: the transformer steps count 2x2 patches of 8x latents.
-PIXELS_PER_UNIT = {"flux_step": 16, "z_image_step": 16, "flux2_klein_step": 16, "qwen_image_step": 16}
+PIXELS_PER_UNIT = {
+    "flux_step": 16,
+    "flux_step_fp8": 16,
+    "z_image_step": 16,
+    "flux2_klein_step": 16,
+    "flux2_dev_step": 16,
+    "qwen_image_step": 16,
+}
 PIXELS_PER_UNIT["qwen_image_cfg_step"] = 16
 PIXELS_PER_UNIT |= dict.fromkeys(
     ("hunyuan_video15_step", "hunyuan_video15_vae_decode", "hunyuan_video15_vae_decode_720p_tiled"), 4

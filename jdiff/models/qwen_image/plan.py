@@ -11,4 +11,9 @@ from jdiff.weights.plan import Plan
 
 PLAN = Plan(stacked=("transformer_blocks",))
 
-SPEC = ComponentSpec("QwenImageTransformer2DModel", QwenImageConfig, QwenImageTransformer2DModel, PLAN)
+# fp8 (quantization="fp8"): the blocks' attention and MLP linears; their modulation (`img_mod`, `txt_mod`),
+# the embedders and the final layer stay as they are.
+FP8 = (r"transformer_blocks\.(?!(img|txt)_mod\.).+",)
+SPEC = ComponentSpec(
+    "QwenImageTransformer2DModel", QwenImageConfig, QwenImageTransformer2DModel, PLAN, fp8=FP8
+)
