@@ -45,22 +45,3 @@ def test_fp8_workloads_are_flux_dev_and_jdiff_only():
             base.tflop,
             ("jdiff",),
         )
-
-
-def test_tiny_flux_pipeline_fp8(tmp_path, monkeypatch):
-    from jdiff.bench import jdiff_pipeline, model_dir
-
-    def write_here(name, tiny):
-        _, config, _ = bench._resolve(name, tiny)
-        return model_dir.write_model_dir(name, config, tmp_path / "model")
-
-    monkeypatch.setattr(jdiff_pipeline, "write_in_subprocess", write_here)
-    monkeypatch.setattr(jdiff_pipeline, "_enable_cache", lambda tiny, warm: tmp_path / "jax")
-    quantized = []
-    from jdiff.pipelines import quantize
-
-    real_apply = quantize.apply
-    monkeypatch.setattr(quantize, "apply", lambda p, m, q: quantized.extend(real_apply(p, m, q)) or quantized)
-    r = jdiff_pipeline.run_jdiff_pipeline("flux_pipeline_fp8", tiny=True, warm=False)
-    assert r["finite"] and r["out_shape"] == [1, 64, 64, 3], r
-    assert "transformer:transformer_blocks.attn.to_q" in quantized

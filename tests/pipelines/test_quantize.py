@@ -127,30 +127,32 @@ def test_family_without_fp8_is_refused():
     assert quantize.apply(unet, None, None) == []
 
 
-def test_fp8_sharded_matches_one_device(tiny_flux_dir):
+@pytest.fixture(scope="module")
+def fp8_one_device(tiny_flux_dir):
+    """The tiny FLUX.1 under fp8 on one device: what the mesh and offload runs must reproduce."""
+    gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, quantization="fp8")
+    return gen.generate("a red circle", **SMALL)
+
+
+SMALL = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=16, output_type="np", seed=3)
+
+
+def test_fp8_sharded_matches_one_device(tiny_flux_dir, fp8_one_device):
     from jax.sharding import PartitionSpec as P
 
-    kw = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=16, output_type="np", seed=3)
-    one = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, quantization="fp8").generate(
-        "a red circle", **kw
-    )
     gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, quantization="fp8", mesh="tensor=2,fsdp=4")
     tr = gen.pipeline._params["transformer"]
     q = tr["transformer_blocks"]["attn"]["to_q"]
     # The bf16 kernel's layout [L, in: fsdp, out: tensor], transposed with the kernel; scales by output.
     assert q["kernel_fp8"][...].sharding.spec == P(None, "tensor", "fsdp")
     assert q["kernel_scale"][...].sharding.spec == P(None, "tensor")
-    got = gen.generate("a red circle", **kw)
-    assert rel_err(got.latents, one.latents) <= 1e-3
+    got = gen.generate("a red circle", **SMALL)
+    assert rel_err(got.latents, fp8_one_device.latents) <= 1e-3
 
 
-def test_fp8_with_layer_offload_matches_on_device(tiny_flux_dir):
-    kw = dict(height=32, width=48, num_inference_steps=2, max_sequence_length=16, output_type="np", seed=3)
-    one = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, quantization="fp8").generate(
-        "a red circle", **kw
-    )
+def test_fp8_with_layer_offload_matches_on_device(tiny_flux_dir, fp8_one_device):
     gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, quantization="fp8", offload="layers")
     host = gen.pipeline._params.host("transformer")["transformer_blocks"]["attn"]["to_q"]
     assert all(host[k][...].sharding.memory_kind == "pinned_host" for k in ("kernel_fp8", "kernel_scale"))
-    got = gen.generate("a red circle", **kw)
-    np.testing.assert_array_equal(got.images, one.images)
+    got = gen.generate("a red circle", **SMALL)
+    np.testing.assert_array_equal(got.images, fp8_one_device.images)
