@@ -48,7 +48,7 @@ def _torch_kernel_perm(ndim: int) -> tuple[int, ...]:
 
 def _interleave(arrays: Sequence[np.ndarray], groups: int) -> np.ndarray:
     """The arrays merged along axis 0, head-major: group g of the result is group g of every array in turn."""
-    parts = [a.reshape(groups, a.shape[0] // groups, *a.shape[1:]) for a in arrays]
+    parts = [np.asarray(a).reshape(groups, a.shape[0] // groups, *a.shape[1:]) for a in arrays]
     merged = np.concatenate(parts, axis=1)
     return merged.reshape(-1, *merged.shape[2:])
 
@@ -337,11 +337,12 @@ def resolve(
             continue
         kw = {}
         if tf.grouped:
-            groups = _groups(rule, heads, targets, per_layer[0], sources)
-            if isinstance(groups, str):
-                problems.append(f"target {path!r}: {groups}")
+            found = {_groups(rule, heads, targets, keys, sources) for keys in per_layer}
+            wrong = sorted(g for g in found if isinstance(g, str))
+            if wrong or len(found) > 1:
+                problems.append(f"target {path!r}: {wrong[0] if wrong else f'head counts {sorted(found)}'}")
                 continue
-            kw["groups"] = groups
+            kw["groups"] = found.pop()
         layer_shapes = {tf.shape(*(tuple(sources[k]) for k in keys), **kw) for keys in per_layer}
         got = next(iter(layer_shapes))
         if stacked:
