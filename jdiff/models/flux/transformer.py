@@ -25,9 +25,10 @@ from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
 from jdiff.errors import InputError
-from jdiff.kernels.norm_rope import Heads, joint_rms_norm_rope
+from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, timestep_embedding
+from jdiff.layers.merged import project
 from jdiff.layers.stack import map_layers, scan, stacked
 from jdiff.models.flux.config import FluxConfig
 
@@ -120,9 +121,9 @@ class JointAttention(nnx.Module):
     `add_q_proj` / ...) are one linear here, merged at load (`jdiff.weights.plan`'s `torch_kernel_heads`):
     `merged_qkv` and `merged_added_qkv`, one GEMM per stream. With `mlp` > 0 (the single blocks) the
     image-stream projection also carries the block's MLP input (`proj_mlp`, `mlp` wide): `merged_qkv_mlp`.
-    Columns are head-major (every head's q, k, v and MLP share in turn), so a split by heads over the tensor
-    axis keeps each head's q, k and v on one device; LoRA adapters of the separate projections land in their
-    columns (`jdiff.pipelines.lora`).
+    Columns are head-major (every head's q, k, v and MLP share in turn; `jdiff.layers.merged`), so a split by
+    heads over the tensor axis keeps each head's q, k and v on one device; LoRA adapters of the separate
+    projections land in their columns (`jdiff.pipelines.lora`).
 
     `cfg` needs `inner_dim` and `attention_head_dim` (FLUX.2's config has them too); FLUX.2's double blocks use
     it with `bias=False`.
@@ -159,23 +160,6 @@ class JointAttention(nnx.Module):
             self.to_out = nnx.List([linear(d, (sh.HEADS, sh.EMBED))])
             self.to_add_out = linear(d, (sh.HEADS, sh.EMBED))
 
-    def _project(self, proj: Linear, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
-        """`x @ kernel` per head, [B, L, N, W] (W = 3H, + the MLP share), and the bias as [N, W] (or None)."""
-        y = proj.matmul(x)
-        y = y.reshape(*y.shape[:-1], self.heads, -1)
-        return y, None if proj.bias is None else proj.bias[...].reshape(self.heads, -1)
-
-    def _part(self, y: jax.Array, bias: jax.Array | None, i: int) -> tuple[Heads, jax.Array | None]:
-        """Part `i` (0: q, 1: k) of every head, as the norm + rope pass reads it in place, and its bias."""
-        h = self.head_dim
-        heads = Heads(y.reshape(*y.shape[:2], -1, h), i, y.shape[-1] // h, self.heads)
-        return heads, None if bias is None else bias[:, i * h : (i + 1) * h].reshape(-1)
-
-    def _v(self, y: jax.Array, bias: jax.Array | None, *, with_bias: bool) -> jax.Array:
-        h = self.head_dim
-        v = y[..., 2 * h : 3 * h]  # [B, L, N, H]
-        return v if bias is None or not with_bias else v + bias[:, 2 * h : 3 * h].astype(v.dtype)
-
     def __call__(self, x: Float[Array, "b l d"], rope: Rope, context: jax.Array | None = None):
         """Self-attention over `x`, or over [context; x] when `context` (text, [B, T, D]) is given.
 
@@ -187,40 +171,29 @@ class JointAttention(nnx.Module):
         streams = [(x, self.merged_qkv_mlp if self.mlp else self.merged_qkv, self.norm_q, self.norm_k)]
         if context is not None:  # text first, as the rope tables are laid out
             streams.insert(0, (context, self.merged_added_qkv, self.norm_added_q, self.norm_added_k))
-        projected = [self._project(proj, h) for h, proj, _, _ in streams]
+        ys = [project(proj, h, self.heads, self.head_dim) for h, proj, _, _ in streams]
 
         # The merged matmuls run without their biases, so that on GPU they read a scanned layer's weights in
         # place (jdiff.layers.linear), and no pass of their own adds them. q and k get theirs inside the fused
-        # norm + rope pass, which reads them straight out of the merged output. With one stream, v's is added
-        # to the attention output instead: each softmax row sums to one, so attention(q, k, v + b) =
-        # attention(q, k, v) + b, and that add joins the pass after attention. With two streams the bias
-        # depends on the key's stream, so it is added before, inside the concatenation of the two streams' v.
-        def norm_rope(i: int) -> jax.Array:
-            """q (i = 0) or k (1) of each stream: its bias, RMS norm (its own weights) and the joint rope, one
-            fused pass per stream, written straight into the joint sequence."""
-            parts = []
-            for (y, bias), stream in zip(projected, streams, strict=True):
-                norm = stream[2 + i]
-                parts.append((*self._part(y, bias, i), norm.scale[...], norm.eps))
-            return joint_rms_norm_rope(
-                [(x, scale, eps, b) for x, b, scale, eps in parts], *rope
-            )  # [B, L, N, H]
-
-        q, k = norm_rope(0), norm_rope(1)
+        # norm + rope pass (one per stream, written straight into the joint sequence), which reads them out of
+        # the merged output in place. With one stream, v's is added to the attention output instead: each
+        # softmax row sums to one, so attention(q, k, v + b) = attention(q, k, v) + b, and that add joins the
+        # pass after attention. With two streams the bias depends on the key's stream, so it is added before,
+        # inside the concatenation of the two streams' v.
+        q, k = (
+            joint_rms_norm_rope(
+                [y.norm_rope_part(i, s[2 + i]) for y, s in zip(ys, streams, strict=True)], *rope
+            )
+            for i in (0, 1)
+        )  # [B, L, N, H]
         joint = context is not None
-        v = jnp.concatenate([self._v(y, b, with_bias=joint) for y, b in projected], 1)
+        v = jnp.concatenate([y.v(with_bias=joint) for y in ys], 1)
         out = dot_product_attention(q, k, v, context_parallel=True)
         out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
         if not joint:
-            y, bias = projected[0]
-            if bias is not None:
-                out = out + bias[:, 2 * self.head_dim : 3 * self.head_dim].reshape(-1).astype(out.dtype)
-            if not self.mlp:
-                return out
-            mlp = y[..., 3 * self.head_dim :].reshape(*y.shape[:2], self.mlp)
-            return out, mlp if bias is None else mlp + bias[:, 3 * self.head_dim :].reshape(-1).astype(
-                mlp.dtype
-            )
+            if ys[0].bias is not None:
+                out = out + ys[0].part_bias(2).astype(out.dtype)
+            return (out, ys[0].rest()) if self.mlp else out
         t = context.shape[1]
         return self.to_out[0](out[:, t:]), self.to_add_out(out[:, :t])
 
