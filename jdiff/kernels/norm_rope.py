@@ -75,6 +75,11 @@ class Heads(NamedTuple):
         return self.x.dtype
 
     def array(self) -> jax.Array:
+        """The heads as their own array [B, L, count, H]: a reshape and a slice of the last axis but one
+        (never a strided slice of the heads axis, which a mesh splits)."""
+        b, length, m, h = self.x.shape
+        if m == self.count * self.step and self.start < self.step:
+            return self.x.reshape(b, length, self.count, self.step, h)[:, :, :, self.start]
         return self.x[:, :, self.start : self.start + self.step * (self.count - 1) + 1 : self.step]
 
 

@@ -19,7 +19,7 @@ import jax
 from jaxtyping import Array, Float
 
 from jdiff.kernels.norm_rope import Heads
-from jdiff.layers.linear import Linear
+from jdiff.layers.linear import Linear, _bias_apart
 
 
 class Merged(NamedTuple):
@@ -59,6 +59,9 @@ class Merged(NamedTuple):
 def project(proj: Linear, x: Float[Array, "b l d"], heads: int, head_dim: int) -> Merged:
     """`x @ proj.kernel` (LoRA adapters included, the bias left out) split per head."""
     y = proj.matmul(x)
+    if proj.bias is not None and _bias_apart(proj.bias_epilogue):
+        # As `Linear` keeps a bias apart: no later add of it may become the GEMM's epilogue.
+        y = jax.lax.optimization_barrier(y)
     bias = None if proj.bias is None else proj.bias[...].reshape(heads, -1)
     return Merged(y.reshape(*y.shape[:-1], heads, -1), bias, head_dim)
 
