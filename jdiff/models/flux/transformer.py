@@ -237,6 +237,12 @@ class DoubleStreamBlock(nnx.Module):
         return self.norm1(temb), self.norm1_context(temb)
 
 
+# Experiment (benchmarks/profile_step.py --single-mlp apart): False keeps the single blocks' MLP input
+# (`proj_mlp`) a linear of its own, q/k/v still merged; read when a model is built. With a LoRA that leaves
+# `proj_mlp` alone, the merged [D, 7D] projection's adapter delta spans the MLP columns too.
+MERGE_SINGLE_MLP = True
+
+
 class SingleStreamBlock(nnx.Module):
     """diffusers `FluxSingleTransformerBlock`: one stream over [text; image], attention and MLP in parallel."""
 
@@ -244,14 +250,18 @@ class SingleStreamBlock(nnx.Module):
         d = cfg.inner_dim
         self.norm = AdaLayerNormZero(d, 3, rngs=rngs)
         # diffusers' `proj_mlp` is merged into the attention's q/k/v projection: one GEMM over `h`.
-        self.attn = JointAttention(cfg, joint=False, mlp=4 * d, rngs=rngs)
+        if MERGE_SINGLE_MLP:
+            self.attn = JointAttention(cfg, joint=False, mlp=4 * d, rngs=rngs)
+        else:
+            self.proj_mlp = Linear(d, 4 * d, axes=(sh.EMBED, sh.MLP), rngs=rngs)
+            self.attn = JointAttention(cfg, joint=False, rngs=rngs)
         self.proj_out = Linear(5 * d, d, axes=(sh.MLP, sh.EMBED), rngs=rngs)
 
     def __call__(self, x: Float[Array, "b l d"], modulation: jax.Array, rope: Rope) -> Float[Array, "b l d"]:
         """`modulation`: this block's vectors, from `modulation(temb)`."""
         shift, scale, gate = jnp.split(modulation, 3, axis=-1)
         h = _modulate(self.norm.norm(x), shift, scale)
-        attn, mlp = self.attn(h, rope)
+        attn, mlp = self.attn(h, rope) if self.attn.mlp else (self.attn(h, rope), self.proj_mlp(h))
         out = self.proj_out(jnp.concatenate([attn, jax.nn.gelu(mlp, approximate=True)], axis=-1))
         return sh.constrain(x + _gated(gate, out), _TOKENS)
 
