@@ -39,7 +39,9 @@ def test_flux_sharded_matches_one_device(tiny_flux_dir, flux_base, mesh, mode):
 def test_param_and_activation_layouts(tiny_flux_dir):
     gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, mesh="tensor=2,fsdp=4")
     tr = gen.pipeline._params["transformer"]
-    assert tr["transformer_blocks"]["attn"]["merged_qkv"]["kernel"][...].sharding.spec == P(None, "fsdp", "tensor")
+    assert tr["transformer_blocks"]["attn"]["merged_qkv"]["kernel"][...].sharding.spec == P(
+        None, "fsdp", "tensor"
+    )
     assert tr["single_transformer_blocks"]["proj_out"]["kernel"][...].sharding.spec == P(
         None, "tensor", "fsdp"
     )
