@@ -221,24 +221,34 @@ class Batcher:
     # ---- the worker -------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
+        while self.run_one():
+            pass
+
+    def run_one(self, wait: bool = True) -> bool:
+        """Runs the next queued batch or task on the calling thread (the worker's loop; the continuous
+        batcher's thread, which owns this queue when it is not started). Returns False when there was nothing
+        to run: stopping with an empty queue, or with `wait` False an empty queue."""
+        with self._cond:
+            while wait and not self._pending and not self._stopping:
+                self._cond.wait()
+            if not self._pending:
+                return False
+            first = self._pending.popleft()
+            batch = self._fill(first) if isinstance(first, ImageRequest) else first
+        self._run(batch)
+        return True
+
+    def _run(self, batch) -> None:
+        try:
+            if isinstance(batch, Task):
+                self._run_task(batch)
+            else:
+                self._run_batch(batch)
+        except BaseException:  # a bug here must not kill the only worker: fail loudly, keep serving
+            log.exception("device worker: unexpected error")
+        finally:
             with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                first = self._pending.popleft()
-                batch = self._fill(first) if isinstance(first, ImageRequest) else first
-            try:
-                if isinstance(batch, Task):
-                    self._run_task(batch)
-                else:
-                    self._run_batch(batch)
-            except BaseException:  # a bug here must not kill the only worker: fail loudly, keep serving
-                log.exception("device worker: unexpected error")
-            finally:
-                with self._cond:
-                    self._running = 0
+                self._running = 0
 
     def _fill(self, first: ImageRequest) -> list[ImageRequest]:
         """Collects compatible requests behind `first` (called with the lock held)."""

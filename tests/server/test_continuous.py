@@ -1,0 +1,90 @@
+"""`jdiff serve --batching continuous` over HTTP with the embedded model: concurrent requests of different step
+counts give the bytes each gives alone; what slots cannot take runs request-level; a withdrawn request leaves
+its slot at the next chunk boundary; slot occupancy reaches /metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from jdiff.server import create_app
+from jdiff.server.batcher import ImageRequest
+from tests.server.test_server import live, post
+
+SLOTS = 2
+
+
+@pytest.fixture(scope="module")
+def server(tiny_gen):
+    app = create_app(
+        tiny_gen, batching="continuous", slots=SLOTS, chunk_steps=2, max_steps=8, max_batch=2, timeout_s=120,
+        warmup=[(64, 64)],
+    )  # fmt: skip
+    with live(app) as base:
+        deadline = time.monotonic() + 120
+        while httpx.get(base + "/health").status_code != 200:
+            assert time.monotonic() < deadline, "warm-up did not finish"
+            time.sleep(0.1)
+        yield base, app
+
+
+def test_concurrent_requests_give_their_bytes_alone(server):
+    base, _ = server
+    bodies = [
+        {"prompt": "a red square", "seed": 1, "num_inference_steps": 3},
+        {"prompt": "a blue circle", "seed": 2, "num_inference_steps": 6},
+        {"prompt": "a red square", "seed": 3, "num_inference_steps": 5, "n": 2},
+        {"prompt": "a green line", "seed": 4, "num_inference_steps": 2},
+    ]
+    alone = [post(base, b) for b in bodies]
+    assert [r.status_code for r in alone] == [200] * 4, alone[0].text
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda b: post(base, b), bodies))
+    assert [r.status_code for r in together] == [200] * 4
+    assert max(int(r.headers["x-batch-outputs"]) for r in together) > 1  # they did share the slots
+    for a, t in zip(alone, together, strict=True):
+        assert [d["b64_json"] for d in t.json()["data"]] == [d["b64_json"] for d in a.json()["data"]]
+        assert [d["seed"] for d in t.json()["data"]] == [d["seed"] for d in a.json()["data"]]
+    # Longer than --max-steps, or true CFG: request-level batching, still answered.
+    assert post(base, {"prompt": "x", "seed": 1, "num_inference_steps": 9}).status_code == 200
+    body = {"prompt": "x", "negative_prompt": "y", "true_cfg_scale": 2.0, "num_inference_steps": 2}
+    assert post(base, body).status_code == 200
+
+
+def test_a_withdrawn_request_frees_its_slot_and_metrics_count_slots(server):
+    base, app = server
+    batcher = app.state.batcher
+    gates = [threading.Event(), threading.Event()]
+    # Tasks run on the device worker between chunks: the first holds it while the request queues behind it,
+    # the second pauses it while the request sits in its slot.
+    batcher.submit_task(gates[0].wait)
+    _until(lambda: batcher.stats()["running"] == 1)
+    params = {"height": 64, "width": 64, "num_inference_steps": 8}  # four chunks of 2 steps
+    chunks = batcher.stats()["chunks"]
+    future = batcher.submit(ImageRequest("a long one", 1, 5, params))
+    batcher.submit_task(gates[1].wait)
+    gates[0].set()
+    _until(lambda: batcher.stats()["slots_busy"] == 1)
+    metrics = {
+        s.name: s.value
+        for f in text_string_to_metric_families(httpx.get(base + "/metrics").text)
+        for s in f.samples
+    }
+    assert metrics["jdiff_slots"] == SLOTS and metrics["jdiff_slots_busy"] == 1
+    assert batcher.withdraw(future) is False  # running: it stops at the next chunk boundary
+    gates[1].set()
+    _until(lambda: batcher.stats()["slots_busy"] == 0)
+    assert not future.done() and batcher.counts["cancelled"] == 1
+    assert batcher.stats()["chunks"] - chunks == 2  # one before the pause, one with the withdrawal pending
+
+
+def _until(condition, seconds=60):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
