@@ -5,7 +5,8 @@ a `Server-Timing` header (queue, generate, the pipeline's stages text_encoding /
 total) and `X-Batch-Outputs` (how many outputs the `generate` call that made them had, padding aside).
 
 A request whose client goes away, or whose `--timeout` passes, before its `generate` call starts is taken off
-the queue at once; one already running finishes for its batch and its images are dropped.
+the queue at once; one already running finishes for its batch and its images are dropped, except with
+continuous batching (`continuous.py`), where it leaves its slots at the next chunk boundary.
 """
 
 from __future__ import annotations

@@ -88,3 +88,16 @@ def _until(condition, seconds=60):
     while not condition():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.01)
+
+
+def test_cli_batching_flags():
+    from jdiff.cli import _parser, main
+    from jdiff.server.options import app_options
+
+    args = _parser().parse_args(["serve", "--batching", "continuous", "--slots", "3", "--chunk-steps", "2"])
+    got = app_options(args)
+    assert (got["batching"], got["slots"], got["chunk_steps"], got["max_steps"]) == ("continuous", 3, 2, None)
+    assert app_options(_parser().parse_args(["serve"]))["batching"] == "request"
+    assert main(["serve", "--slots", "0"]) == 2  # checked before the model loads
+    with pytest.raises(SystemExit):  # argparse: not one of the choices
+        _parser().parse_args(["serve", "--batching", "steps"])
