@@ -80,7 +80,8 @@ class _Programs:
             def model_fn(x, t, cond):
                 return pipeline.slot_model(params, shared, cond, x, t)
 
-            return slot_ops.run_chunk(sampler, cfg, model_fn, slots, chunk_steps)
+            slots = slot_ops.run_chunk(sampler, cfg, model_fn, slots, chunk_steps)
+            return slots, slots.step.sum()  # a marker that is not donated to the next chunk
 
         def make(x, schedule, steps, keys, cond):
             return slot_ops.slot(sampler, cfg, x, schedule, steps, keys, cond)
@@ -97,7 +98,7 @@ class _Programs:
 class _Bucket:
     def __init__(self, programs: _Programs, first: Job, size: int):
         self.programs = programs
-        self.shared = first.shared
+        self.shared = jax.device_put(first.shared)  # once, not with every chunk
         self.slots = programs.empty(first.row, size)
         self.jobs: list[Job | None] = [None] * size
         self.waiting: collections.deque[Job] = collections.deque()
@@ -126,6 +127,7 @@ class SlotRunner:
         self.size, self.chunk_steps, self.max_steps = slots, chunk_steps, max_steps
         self._programs = _Programs(pipeline, chunk_steps)
         self.buckets: dict[tuple, _Bucket] = {}
+        self._markers: list = []  # one per bucket that ran in the last chunk
 
     def refusal(self, request: Request) -> str | None:
         """Why `request` cannot run here (None: it can); such requests keep request-level batching."""
@@ -170,14 +172,22 @@ class SlotRunner:
     def running(self) -> list[Job]:
         return [j for b in self.buckets.values() for j in b.jobs if j is not None]
 
+    def preview(self, job: Job) -> jax.Array:
+        """A running job's current prediction (`Slots.pred`), decoded [1, ...]: dispatched, not waited for."""
+        bucket = self.buckets[job.bucket]
+        latents = self._programs.take(bucket.slots.pred, np.int32(job.slot))
+        stage = self.pipeline.decode_stage(job.request)
+        return stage.fn(*stage.args, latents, **stage.kwargs)
+
     def advance(self) -> list[tuple[Job, jax.Array, jax.Array | None]]:
         """One chunk on every bucket with work: frees cancelled slots, fills free slots, runs k steps.
 
         Returns:
             (job, latents [1, *X], decoded output or None for output_type "latent") for each request that
-            finished in this chunk; arrays are dispatched, not waited for.
+            finished in this chunk; arrays are dispatched, not waited for (the previous chunk is: at most one
+            chunk runs ahead of the host).
         """
-        finished = []
+        finished, markers = [], []
         for bucket in self.buckets.values():
             prog = self._programs
             for s, job in enumerate(bucket.jobs):
@@ -192,7 +202,8 @@ class SlotRunner:
                     job.row, job.slot, bucket.jobs[s] = None, s, job
             if not bucket.busy:
                 continue
-            bucket.slots = prog.chunk(self.pipeline.slot_params(), bucket.shared, bucket.slots)
+            bucket.slots, marker = prog.chunk(self.pipeline.slot_params(), bucket.shared, bucket.slots)
+            markers.append(marker)
             for s, job in enumerate(bucket.jobs):
                 if job is None:
                     continue
@@ -205,12 +216,11 @@ class SlotRunner:
                         stage = self.pipeline.decode_stage(job.request)
                         decoded = stage.fn(*stage.args, latents, **stage.kwargs)
                     finished.append((job, latents, decoded))
+        # The host's bookkeeping needs nothing from the device, so it could run many chunks ahead; a request
+        # joining or leaving would then wait for all of them. One chunk ahead keeps the device busy.
+        jax.block_until_ready(self._markers)
+        self._markers = markers
         return finished
-
-    def wait(self) -> None:
-        """Blocks until every dispatched chunk has run (the server keeps at most one chunk ahead)."""
-        for b in self.buckets.values():
-            jax.block_until_ready(b.slots.step)
 
 
 __all__ = ["Job", "SlotRunner", "refusal"]

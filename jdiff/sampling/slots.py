@@ -80,6 +80,8 @@ class Slots:
         keys: [S, 2] uint32 noise keys (`noise.noise_keys`), for solvers adding noise while sampling.
         cond: the family's per-slot conditioning (text embeddings, guidance scale, ...).
         active: [S] bool; inactive slots are computed but never advanced.
+        pred: [S, *X] the current prediction of the final sample, for previews: for flow-matching models
+            x - sigma * v at the last step run (the data estimate), else the sample itself.
     """
 
     x: Array
@@ -90,6 +92,7 @@ class Slots:
     keys: Array
     cond: Any
     active: Array
+    pred: Array
 
 
 def pad_schedule(schedule: Schedule, max_steps: int) -> Schedule:
@@ -124,6 +127,7 @@ def slot(sampler: Sampler, cfg, x: Array, schedule: Schedule, steps, keys, cond:
         keys=jnp.asarray(keys, jnp.uint32),
         cond=cond,
         active=jnp.bool_(True),
+        pred=x,
     )
 
 
@@ -178,13 +182,22 @@ def run_chunk(
         model_in = jax.vmap(lambda sch, i, x: sampler.scale_model_input(cfg, sch, i, x))(s.schedule, i, s.x)
         out = model_fn(model_in, t, s.cond)
         x, state = jax.vmap(one_step)(s.schedule, s.state, i, s.x, out, s.keys)
+        if sampler.prediction(cfg) == "flow":
+            sigma = jnp.take_along_axis(s.schedule.sigmas, i[:, None], axis=1)[:, 0]
+            pred = s.x - sigma.reshape(-1, *(1,) * (s.x.ndim - 1)) * out.astype(jnp.float32)
+        else:
+            pred = x
         run = s.active & (s.step < s.steps)
 
         def keep(new, old):
             return jnp.where(run.reshape(-1, *(1,) * (new.ndim - 1)), new.astype(old.dtype), old)
 
         s = dataclasses.replace(
-            s, x=keep(x, s.x), state=jax.tree.map(keep, state, s.state), step=s.step + run.astype(jnp.int32)
+            s,
+            x=keep(x, s.x),
+            state=jax.tree.map(keep, state, s.state),
+            step=s.step + run.astype(jnp.int32),
+            pred=keep(pred, s.pred),
         )
         return s, None
 

@@ -61,6 +61,9 @@ class ImageRequest:
     params: dict[str, Any]
     batchable: bool = True
     loras: dict[str, float] | None = None
+    # Streaming previews (continuous batching only): how many, and where each goes (index, image [H, W, 3]).
+    partial_images: int = 0
+    on_preview: Callable[[int, np.ndarray], None] | None = None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 

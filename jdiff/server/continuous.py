@@ -49,6 +49,7 @@ class _Entry:
     images: dict = field(default_factory=dict)
     started: float = 0.0
     withdrawn: bool = False
+    previews: int = 0  # partial images sent (or dispatched)
 
 
 class ContinuousBatcher:
@@ -61,6 +62,8 @@ class ContinuousBatcher:
             slotted request may take; a request over it runs request-level).
         max_batch, batch_wait_s, max_queue, on_generate: as `Batcher`'s (`max_queue` counts both paths).
     """
+
+    streams = True  # `streaming.py`: Server-Sent Events with partial images from the slots
 
     def __init__(
         self,
@@ -93,6 +96,7 @@ class ContinuousBatcher:
         self._stopping = False
         self._abandon = False
         self._last: list = []  # what the chunk just dispatched will finish
+        self._last_previews: list = []  # (entry, index, decoded) dispatched after that chunk
         self._seconds = 0.0  # a running mean of request seconds, for 429s' Retry-After
         self._slot_stats = {"slots": 0, "slots_busy": 0, "slots_waiting": 0}
         self.counts = collections.Counter(chunks=0, outputs=0, requests=0, failures=0, cancelled=0)
@@ -124,6 +128,10 @@ class ContinuousBatcher:
                 request.future.set_exception(e)
                 return request.future
             why = self.runner.refusal(parsed[0])
+        if why is not None and request.partial_images:
+            raise InputError(
+                f"partial_images needs step-level batching, which this request cannot have: {why}"
+            )
         if why is not None:
             log.debug("request-level batching: %s", why)
             future = self.inner.submit(request)
@@ -224,10 +232,10 @@ class ContinuousBatcher:
 
     def _has_work(self, carry) -> bool:
         r = self.runner
-        return bool(self._incoming or carry or r.busy or r.pending or self.inner.stats()["queued"])
+        return bool(self._incoming or any(carry) or r.busy or r.pending or self.inner.stats()["queued"])
 
     def _loop(self) -> None:
-        carry: list = []  # outputs that finished in the chunk before the one now dispatched
+        carry: tuple = ([], [])  # outputs and previews due from the chunk before the one now dispatched
         while True:
             with self._cond:
                 while not self._has_work(carry) and not self._stopping and not self._abandon:
@@ -239,16 +247,16 @@ class ContinuousBatcher:
                 withdrawn = [e for e in self._entries.values() if e.withdrawn]
             try:
                 self._step(new, withdrawn, carry)
-                carry = self._last
+                carry = (self._last, self._last_previews)
             except BaseException:  # a bug here must not kill the only worker: fail loudly, keep serving
                 log.exception("device worker: unexpected error")
                 self._fail_all(RuntimeError("the device worker failed; see the server log"))
-                carry = []
+                carry = ([], [])
         self._fail_all(
             ShuttingDown("the server shut down before this request finished; retry on another replica")
         )
 
-    def _step(self, new: list[_Entry], withdrawn: list[_Entry], carry: list) -> None:
+    def _step(self, new: list[_Entry], withdrawn: list[_Entry], carry: tuple) -> None:
         for entry in new:
             self._start(entry)
         for entry in withdrawn:
@@ -257,12 +265,13 @@ class ContinuousBatcher:
             self.counts["cancelled"] += 1
             with self._cond:
                 self._entries.pop(entry.request.future, None)
-        self._last = []
+        self._last, self._last_previews = [], []
         if self.runner.busy or self.runner.pending:
             self._last = self.runner.advance()
             self.counts["chunks"] += 1
+            self._last_previews = self._previews()
         self._publish()
-        self._complete(carry)
+        self._complete(*carry)
         if self.inner.stats()["queued"]:
             self.inner.run_one(wait=False)  # a request-level batch or a task, between two chunks
 
@@ -281,7 +290,26 @@ class ContinuousBatcher:
                 self.runner.cancel(job)
             self._finish(entry, error=e)
 
-    def _complete(self, finished: list) -> None:
+    def _previews(self) -> list:
+        """Dispatches the previews due after the chunk just dispatched: the j-th of a request's P partial
+        images once it has run ceil(j * steps / (P + 1)) steps (one per chunk at most; late ones are merged)."""
+        due = []
+        with self._cond:
+            entries = [e for e in self._entries.values() if e.request.partial_images and not e.withdrawn]
+        for entry in entries:
+            job, p = entry.jobs[0], entry.request.partial_images
+            if job.slot is None or not 0 < job.done < job.steps:
+                continue
+            crossed = max((j for j in range(1, p + 1) if job.done >= -(-j * job.steps // (p + 1))), default=0)
+            if crossed > entry.previews:
+                due.append((entry, entry.previews, self.runner.preview(job)))
+                entry.previews = crossed
+        return due
+
+    def _complete(self, finished: list, previews: list = ()) -> None:
+        for entry, index, image in previews:
+            if not entry.withdrawn and not entry.request.future.done():
+                entry.request.on_preview(index, np.asarray(image)[0])
         for job, _, image in finished:
             entry, i = job.tag
             entry.images[i] = np.asarray(image)[0]  # waits for its decoding

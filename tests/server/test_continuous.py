@@ -4,6 +4,7 @@ its slot at the next chunk boundary; slot occupancy reaches /metrics."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -101,3 +102,36 @@ def test_cli_batching_flags():
     assert main(["serve", "--slots", "0"]) == 2  # checked before the model loads
     with pytest.raises(SystemExit):  # argparse: not one of the choices
         _parser().parse_args(["serve", "--batching", "steps"])
+
+
+def test_streaming_sends_partial_images_then_the_image(server):
+    base, _ = server
+    body = {"prompt": "a red square", "seed": 7, "num_inference_steps": 6}
+    plain = post(base, body).json()["data"][0]
+    events = []
+    with httpx.stream("POST", base + "/v1/images/generations", json={**body, "stream": True, "partial_images": 2},
+                      timeout=120) as r:  # fmt: skip
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    kinds = [e["type"] for e in events]
+    assert kinds == ["image_generation.partial_image"] * 2 + ["image_generation.completed"], kinds
+    assert [e["partial_image_index"] for e in events[:2]] == [0, 1]
+    assert (
+        events[-1]["b64_json"] == plain["b64_json"] and events[-1]["seed"] == 7
+    )  # streaming changes nothing
+    assert events[0]["b64_json"] != events[1]["b64_json"] != plain["b64_json"]  # previews of the prediction
+
+    from openai import OpenAI
+
+    client = OpenAI(base_url=base + "/v1", api_key="none")
+    got = list(client.images.generate(prompt="a red square", stream=True, partial_images=1, extra_body=body))
+    assert [e.type for e in got] == ["image_generation.partial_image", "image_generation.completed"]
+    assert got[-1].b64_json == plain["b64_json"]
+    r = post(base, {**body, "stream": True, "n": 2})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "n"
+    r = post(
+        base, {**body, "stream": True, "partial_images": 1, "true_cfg_scale": 2.0, "negative_prompt": "y"}
+    )
+    assert r.status_code == 400 and "step-level" in r.json()["error"]["message"]
