@@ -67,6 +67,7 @@ class Job:
     slot: int | None = None
     done: int = 0
     cancelled: bool = False
+    busy: int = 0  # slots of its bucket in use during its last chunk
 
 
 class _Programs:
@@ -128,6 +129,8 @@ class SlotRunner:
         self._programs = _Programs(pipeline, chunk_steps)
         self.buckets: dict[tuple, _Bucket] = {}
         self._markers: list = []  # one per bucket that ran in the last chunk
+        self.hold = False  # True: no request takes a free slot (the running ones go on)
+        self.chunks = 0  # chunks run so far, over all buckets
 
     def refusal(self, request: Request) -> str | None:
         """Why `request` cannot run here (None: it can); such requests keep request-level batching."""
@@ -196,7 +199,7 @@ class SlotRunner:
                     bucket.jobs[s] = None
             bucket.waiting = collections.deque(j for j in bucket.waiting if not j.cancelled)
             for s in range(self.size):
-                if bucket.jobs[s] is None and bucket.waiting:
+                if bucket.jobs[s] is None and bucket.waiting and not self.hold:
                     job = bucket.waiting.popleft()
                     bucket.slots = prog.insert(bucket.slots, np.int32(s), job.row)
                     job.row, job.slot, bucket.jobs[s] = None, s, job
@@ -204,10 +207,13 @@ class SlotRunner:
                 continue
             bucket.slots, marker = prog.chunk(self.pipeline.slot_params(), bucket.shared, bucket.slots)
             markers.append(marker)
+            self.chunks += 1
+            busy = bucket.busy
             for s, job in enumerate(bucket.jobs):
                 if job is None:
                     continue
                 job.done = min(job.steps, job.done + self.chunk_steps)
+                job.busy = busy
                 if job.done == job.steps:
                     latents = prog.take(bucket.slots.x, np.int32(s))
                     bucket.jobs[s] = None

@@ -192,6 +192,11 @@ class Batcher:
     def stopping(self) -> bool:
         return self._stopping
 
+    def next_is_task(self) -> bool:
+        """Whether the next queued item is a task (not an image request)."""
+        with self._cond:
+            return bool(self._pending) and isinstance(self._pending[0], Task)
+
     def stats(self) -> dict[str, int]:
         with self._cond:
             return {"queued": len(self._pending), "running": self._running, **self.counts}

@@ -265,15 +265,24 @@ class ContinuousBatcher:
             self.counts["cancelled"] += 1
             with self._cond:
                 self._entries.pop(entry.request.future, None)
+        # A task (LoRA loading or fusing, a warm-up) may change the weights: it waits for the running slots
+        # to finish, and no request takes a slot meanwhile, so no request sees two sets of weights.
+        barrier = self.inner.next_is_task()
+        self.runner.hold = barrier
         self._last, self._last_previews = [], []
-        if self.runner.busy or self.runner.pending:
+        if self.runner.busy or (self.runner.pending and not barrier):
             self._last = self.runner.advance()
-            self.counts["chunks"] += 1
+            self.counts["chunks"] = self.runner.chunks
             self._last_previews = self._previews()
         self._publish()
         self._complete(*carry)
-        if self.inner.stats()["queued"]:
-            self.inner.run_one(wait=False)  # a request-level batch or a task, between two chunks
+        if self.inner.stats()["queued"]:  # a request-level batch or a task, between two chunks
+            if not self.inner.next_is_task():
+                self.inner.run_one(wait=False)
+            elif not self.runner.busy:  # (read again: a task may have come since `barrier`)
+                self._complete(self._last, self._last_previews)  # answered before the weights may change
+                self._last, self._last_previews = [], []
+                self.inner.run_one(wait=False)
 
     def _start(self, entry: _Entry) -> None:
         future = entry.request.future
@@ -329,12 +338,12 @@ class ContinuousBatcher:
         images = np.stack([entry.images[i] for i in range(r.n)])
         warnings = list(dict.fromkeys(w for p in entry.parsed for w in p.warnings))
         timings = {"total": seconds}
-        busy = self._slot_stats["slots_busy"]
+        busy = max(job.busy for job in entry.jobs)  # outputs in the chunk that finished it
         self.counts["outputs"] += r.n
         self.counts["requests"] += 1
         r.future.set_result(
             ImageResult(images, [p.seeds[0] for p in entry.parsed], entry.started - r.enqueued, seconds,
-                        max(busy, r.n), warnings, timings)
+                        busy, warnings, timings)
         )  # fmt: skip
         if self._on_generate is not None:
             self._on_generate(r.n, timings)

@@ -57,20 +57,21 @@ def test_concurrent_requests_give_their_bytes_alone(server):
     assert post(base, body).status_code == 200
 
 
-def test_a_withdrawn_request_frees_its_slot_and_metrics_count_slots(server):
+def test_a_withdrawn_request_frees_its_slot_and_tasks_wait_for_slots(server):
     base, app = server
     batcher = app.state.batcher
-    gates = [threading.Event(), threading.Event()]
-    # Tasks run on the device worker between chunks: the first holds it while the request queues behind it,
-    # the second pauses it while the request sits in its slot.
-    batcher.submit_task(gates[0].wait)
-    _until(lambda: batcher.stats()["running"] == 1)
-    params = {"height": 64, "width": 64, "num_inference_steps": 8}  # four chunks of 2 steps
+    gate, seen = threading.Event(), []
     chunks = batcher.stats()["chunks"]
-    future = batcher.submit(ImageRequest("a long one", 1, 5, params))
-    batcher.submit_task(gates[1].wait)
-    gates[0].set()
-    _until(lambda: batcher.stats()["slots_busy"] == 1)
+
+    def submit(seed):
+        # A preview is delivered on the device worker: blocking it pauses the worker with the request in its slot.
+        params = {"height": 64, "width": 64, "num_inference_steps": 8}  # four chunks of 2 steps
+        return batcher.submit(
+            ImageRequest("a long one", 1, seed, params, partial_images=1, on_preview=lambda *_: gate.wait())
+        )
+
+    future = submit(5)
+    _until(lambda: batcher.stats()["slots_busy"] == 1 and batcher.stats()["chunks"] - chunks == 3)
     metrics = {
         s.name: s.value
         for f in text_string_to_metric_families(httpx.get(base + "/metrics").text)
@@ -78,10 +79,21 @@ def test_a_withdrawn_request_frees_its_slot_and_metrics_count_slots(server):
     }
     assert metrics["jdiff_slots"] == SLOTS and metrics["jdiff_slots_busy"] == 1
     assert batcher.withdraw(future) is False  # running: it stops at the next chunk boundary
-    gates[1].set()
+    gate.set()
     _until(lambda: batcher.stats()["slots_busy"] == 0)
     assert not future.done() and batcher.counts["cancelled"] == 1
-    assert batcher.stats()["chunks"] - chunks == 2  # one before the pause, one with the withdrawal pending
+    assert batcher.stats()["chunks"] - chunks == 3  # no chunk ran after the withdrawal
+
+    # A task (e.g. loading a LoRA) waits for the running slots, and no request takes a slot meanwhile.
+    gate.clear()
+    first = submit(6)
+    _until(lambda: batcher.stats()["slots_busy"] == 1)
+    task = batcher.submit_task(lambda: seen.append((batcher.runner.busy, first.done())))
+    second = submit(7)
+    gate.set()
+    task.result(60)
+    assert seen == [(0, True)]
+    assert second.result(60).images.shape == (1, 64, 64, 3)
 
 
 def _until(condition, seconds=60):
