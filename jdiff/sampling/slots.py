@@ -31,9 +31,10 @@ per-step values for all steps at once and runs at the request's own batch size, 
 differently (~1e-6 relative in float32).
 
 Solvers: those whose step does not read the number of steps from the schedule's shape (`SLOT_STEPS`: flow
-matching Euler, Euler, Euler ancestral, DDIM) and that call the model once per step. UniPC, DPM-Solver, LCM,
-PNDM and Heun use the static step count for their final-step rules, which padding would break; their models
-keep request-level batching.
+matching Euler, Euler, Euler ancestral, DDIM), or reads it from `aux["num_steps"]` where present (UniPC), and
+that call the model once per step. DPM-Solver, LCM, PNDM and Heun use the static step count in their
+final-step rules, which padding would break; their models keep request-level batching. Under `jax.vmap` a
+solver's `lax.switch` over orders (UniPC) computes every branch and selects: cheap, elementwise work.
 
 Axis letters: S slots, N the bucket's max_steps, X a sample's shape (without batch axis).
 """
@@ -49,12 +50,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array
 
-from jdiff.sampling import ddim, euler, flow_match
+from jdiff.sampling import ddim, euler, flow_match, unipc
 from jdiff.sampling.noise import step_noise
 from jdiff.sampling.sampler import Sampler, Schedule
 
 # Solver steps that read nothing from the schedule's length, so a schedule padded to max_steps steps is safe.
-SLOT_STEPS = frozenset({flow_match.euler_step, euler.euler_step, euler.ancestral_step, ddim.ddim_step})
+SLOT_STEPS = frozenset(
+    {flow_match.euler_step, euler.euler_step, euler.ancestral_step, ddim.ddim_step, unipc.unipc_step}
+)
 
 
 def supports(sampler: Sampler) -> str | None:
@@ -97,7 +100,8 @@ class Slots:
 
 def pad_schedule(schedule: Schedule, max_steps: int) -> Schedule:
     """`schedule` (numpy, n steps) with its per-step arrays padded to `max_steps` steps by repeating their last
-    value (never read: a slot stops at its own n). Leaves with n or n + 1 leading values are per-step."""
+    value (never read: a slot stops at its own n), and n itself as `aux["num_steps"]` (UniPC's final-order rule
+    reads it). Leaves with n or n + 1 leading values are per-step."""
     n = schedule.num_steps
     if n > max_steps:
         raise ValueError(f"{n} steps exceed the slots' max_steps {max_steps}")
@@ -109,7 +113,8 @@ def pad_schedule(schedule: Schedule, max_steps: int) -> Schedule:
             return np.concatenate([a, np.repeat(a[-1:], extra, axis=0)])
         return a
 
-    return jax.tree.map(pad, schedule)
+    padded = jax.tree.map(pad, schedule)
+    return dataclasses.replace(padded, aux={**padded.aux, "num_steps": np.int32(n)})
 
 
 def slot(sampler: Sampler, cfg, x: Array, schedule: Schedule, steps, keys, cond: Any) -> Slots:

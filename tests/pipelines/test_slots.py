@@ -111,3 +111,24 @@ def test_what_slots_refuse(runner):
     r = _request(runner, negative_prompt="blur", true_cfg_scale=2.0)
     assert "true CFG" in runner.refusal(r)
     assert runner.refusal(_request(runner)) is None
+
+
+def test_wan_video_slots_byte_identical_and_close_to_generate():
+    """A video family with UniPC (its own step count read from the padded schedule) and per-slot CFG."""
+    from tests.fixtures_wan import saved, tiny_wan
+
+    gen = jdiff.DiffGenerator.from_pretrained(saved(tiny_wan("t2v")), dtype="float32")
+    wan = SlotRunner(gen.pipeline, slots=2, chunk_steps=2, max_steps=6)
+    kw = dict(height=32, width=48, num_frames=5, max_sequence_length=16, negative_prompt="blue")
+    specs = {"a": dict(seed=1, steps=5, guidance_scale=4.0), "b": dict(seed=2, steps=3, guidance_scale=2.5)}
+    alone = {t: _alone(wan, prompt="a cat", **kw, **s) for t, s in specs.items()}
+
+    def add(tag):
+        return lambda: wan.add(_request(wan, "a cat", **kw, **specs[tag]), tag)
+
+    got = _drain(wan, {0: add("a"), 1: add("b")})  # b joins a chunk later, in the other slot
+    assert got["b"][0] == 1
+    for tag in specs:
+        np.testing.assert_array_equal(got[tag][1], alone[tag], err_msg=tag)
+    plain = gen.generate("a cat", seed=1, num_inference_steps=5, guidance_scale=4.0, output_type="np", **kw)
+    np.testing.assert_allclose(alone["a"], plain.frames, atol=2e-5)
