@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse, Response
 from jdiff.server import images, loras, page, videos
 from jdiff.server.batcher import Batcher, ImageRequest, ShuttingDown, batch_buckets
 from jdiff.server.context import ServerContext, context
-from jdiff.server.continuous import ContinuousBatcher
+from jdiff.server.continuous import ContinuousBatcher, VideoJobs
 from jdiff.server.errors import ApiError, error_response, install_handlers
 from jdiff.server.jobs import JobStore
 from jdiff.server.metrics import Metrics
@@ -118,7 +118,13 @@ def create_app(
         metrics.generated(1, timings, video=True)
         return {"warnings": list(getattr(result, "warnings", None) or []), "timings": timings}
 
-    jobs = JobStore(run_video, batcher.submit_task, withdraw=batcher.withdraw) if pipeline.is_video else None
+    jobs = None
+    if pipeline.is_video and isinstance(batcher, ContinuousBatcher):  # video jobs through the slots too
+        video_jobs = VideoJobs(batcher, run_video, workers=max(4, 2 * batcher.runner.size + max_queue // 8))
+        jobs = JobStore(video_jobs.run, video_jobs.schedule, withdraw=video_jobs.withdraw)
+        jobs.close = lambda close=jobs.close: (video_jobs.close(), close())
+    elif pipeline.is_video:
+        jobs = JobStore(run_video, batcher.submit_task, withdraw=batcher.withdraw)
 
     def run_warmup() -> None:
         for height, width in warmup or ():

@@ -26,19 +26,25 @@ image alone or under load; they are close to, not bytewise equal to, request-lev
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from jdiff.errors import InputError
+from jdiff.pipelines.base import save_video
 from jdiff.pipelines.slots import SlotRunner
 from jdiff.server.batcher import Batcher, ImageRequest, ImageResult, QueueFull, ShuttingDown
 
 log = logging.getLogger("jdiff.server")
+
+
+class Withdrawn(RuntimeError):
+    """The request was withdrawn (its client left, its timeout passed, its job was deleted) while running."""
 
 
 @dataclass(eq=False)
@@ -112,22 +118,11 @@ class ContinuousBatcher:
         """Queues `request` for slots, or for request-level batching where slots cannot take it."""
         if not 1 <= request.n <= self.max_batch:
             raise ValueError(f"a request makes 1 to {self.max_batch} outputs, got {request.n}")
-        parsed, why = (
-            [],
-            "it carries LoRA adapters or images" if request.loras or not request.batchable else None,
-        )
-        if why is None:
-            try:
-                parsed = [
-                    self.pipeline.parse(
-                        request.prompt, seed=request.seed + i, output_type="np", **request.params
-                    )
-                    for i in range(request.n)
-                ]
-            except InputError as e:
-                request.future.set_exception(e)
-                return request.future
-            why = self.runner.refusal(parsed[0])
+        try:
+            parsed, why = self.route(request)
+        except InputError as e:
+            request.future.set_exception(e)
+            return request.future
         if why is not None and request.partial_images:
             raise InputError(
                 f"partial_images needs step-level batching, which this request cannot have: {why}"
@@ -142,6 +137,21 @@ class ContinuousBatcher:
             self._incoming.append(_Entry(request, parsed))
             self._cond.notify()
         return request.future
+
+    def route(self, request: ImageRequest) -> tuple[list, str | None]:
+        """(one parsed `Request` per output, None) where slots take `request`, else ([], why not).
+
+        Raises:
+            InputError: the request's parameters are refused by the pipeline.
+        """
+        if request.loras or not request.batchable:
+            return [], "it carries LoRA adapters or images"
+        parsed = [
+            self.pipeline.parse(request.prompt, seed=request.seed + i, output_type="np", **request.params)
+            for i in range(request.n)
+        ]
+        why = self.runner.refusal(parsed[0])
+        return (parsed, None) if why is None else ([], why)
 
     def submit_task(self, fn) -> Future:
         future = self.inner.submit_task(fn)
@@ -346,7 +356,7 @@ class ContinuousBatcher:
                         busy, warnings, timings)
         )  # fmt: skip
         if self._on_generate is not None:
-            self._on_generate(r.n, timings)
+            self._on_generate(r.n, timings, **({"video": True} if self.pipeline.is_video else {}))
 
     def _publish(self) -> None:
         r = self.runner
@@ -367,4 +377,63 @@ class ContinuousBatcher:
             self._publish()
 
 
-__all__ = ["ContinuousBatcher"]
+class VideoJobs:
+    """Video jobs through the slots: `JobStore`'s `runner`, `schedule` and `withdraw` with continuous batching.
+
+    A job waits for its slot request on a pool thread (never on the device worker, which runs the slots);
+    one that slots cannot take (an input image, LoRA adapters, ...) runs `run_video` request-level as a task
+    on the device worker. `DELETE /v1/videos/{id}` of a running job stops it at the next chunk boundary.
+    """
+
+    def __init__(self, batcher: ContinuousBatcher, run_video, workers: int):
+        self.batcher, self._run_video = batcher, run_video
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="jdiff-video-job")
+        self._boxes: dict[Future, dict] = {}  # a job's pool future -> {"slot": its slot request's future}
+        self._local = threading.local()
+
+    def schedule(self, fn) -> Future:
+        if self.batcher.stopping:
+            raise ShuttingDown("the server is shutting down; retry on another replica")
+        box: dict = {}
+
+        def call():
+            self._local.box = box
+            return fn()
+
+        future = self._pool.submit(call)
+        self._boxes[future] = box
+        future.add_done_callback(lambda f: self._boxes.pop(f, None))
+        return future
+
+    def withdraw(self, future: Future) -> bool:
+        if future.cancel():
+            return True
+        box = self._boxes.get(future, {})
+        box["withdrawn"] = True
+        if box.get("slot") is not None:
+            self.batcher.withdraw(box["slot"])
+        return False
+
+    def run(self, params: dict, path) -> dict:
+        p = dict(params)
+        prompt, seed, loras = p.pop("prompt"), p.pop("seed"), p.pop("loras", None)
+        request = ImageRequest(prompt, 1, seed, p, batchable="image" not in p, loras=loras)
+        if self.batcher.route(request)[1] is not None:
+            return self.batcher.submit_task(lambda: self._run_video(dict(params), path)).result()
+        box = self._local.box
+        slot = box["slot"] = self.batcher.submit(request)
+        while True:  # a withdrawn slot request never completes: stop waiting for it
+            if box.get("withdrawn"):
+                self.batcher.withdraw(slot)
+                raise Withdrawn("the job was cancelled")
+            with contextlib.suppress(TimeoutError):
+                result = slot.result(timeout=0.25)
+                break
+        save_video(result.images, path, fps=self.batcher.pipeline.preset.get("fps") or 16)
+        return {"warnings": result.warnings, "timings": {k: round(v, 4) for k, v in result.timings.items()}}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["ContinuousBatcher", "VideoJobs", "Withdrawn"]

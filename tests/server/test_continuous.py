@@ -10,9 +10,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+import jdiff
 from jdiff.server import create_app
 from jdiff.server.batcher import ImageRequest
 from tests.server.test_server import live, post
@@ -147,3 +149,38 @@ def test_streaming_sends_partial_images_then_the_image(server):
         base, {**body, "stream": True, "partial_images": 1, "true_cfg_scale": 2.0, "negative_prompt": "y"}
     )
     assert r.status_code == 400 and "step-level" in r.json()["error"]["message"]
+
+
+def test_video_jobs_share_slots_and_give_their_frames_alone():
+    import imageio.v3 as iio
+
+    from tests.fixtures_wan import saved, tiny_wan
+
+    gen = jdiff.DiffGenerator.from_pretrained(saved(tiny_wan("t2v")))
+    app = create_app(gen, batching="continuous", slots=2, chunk_steps=2, max_steps=4, timeout_s=120)
+    base_body = {"prompt": "a cat", "size": "48x32", "num_frames": 5}
+    bodies = [
+        {**base_body, "seed": 3, "num_inference_steps": 4},
+        {**base_body, "seed": 4, "num_inference_steps": 2},
+    ]
+    with live(app) as base:
+
+        def run(body):
+            job = post(base, body, "/v1/videos").json()
+            assert "id" in job, job
+            _until(
+                lambda: (
+                    httpx.get(f"{base}/v1/videos/{job['id']}").json()["status"] in ("completed", "failed")
+                ),
+                120,
+            )
+            assert httpx.get(f"{base}/v1/videos/{job['id']}").json()["status"] == "completed"
+            return iio.imread(httpx.get(f"{base}/v1/videos/{job['id']}/content").content, extension=".mp4")
+
+        alone = [run(b) for b in bodies]
+        with ThreadPoolExecutor(2) as pool:
+            together = list(pool.map(run, bodies))
+        assert app.state.batcher.stats()["slots"] == 2 and app.state.batcher.stats()["chunks"] > 0
+    for a, t in zip(alone, together, strict=True):
+        assert a.shape == (5, 32, 48, 3)
+        np.testing.assert_array_equal(a, t)  # the same frames, so the same decoded mp4
