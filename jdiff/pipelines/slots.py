@@ -153,6 +153,11 @@ class SlotRunner:
         bucket.waiting.append(job)
         return job
 
+    def reset(self) -> None:
+        """Forgets every bucket and the requests in it (after a failed chunk, whose state may be lost)."""
+        self.buckets.clear()
+        self._markers = []
+
     def cancel(self, job: Job) -> None:
         """Stops `job`: off the waiting list now, or out of its slot at the next chunk boundary."""
         job.cancelled = True

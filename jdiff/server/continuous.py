@@ -1,13 +1,14 @@
 """`jdiff serve --batching continuous`: step-level continuous batching on the device worker thread.
 
 `ContinuousBatcher` has `Batcher`'s interface (the endpoints cannot tell them apart) and one worker thread that
-owns the device. Image requests the model can run in slots (`jdiff.pipelines.slots`: FLUX.1 without true CFG,
-step caching, given latents or loaded LoRA adapters, on one device) go to a `SlotRunner`: each output of a
-request is one slot of its shape bucket, requests join at the next chunk boundary and leave when done, so a
-4-step request does not wait behind a 50-step batch. Everything else (other families, edits, the excluded
-cases above, video jobs, LoRA loading, warm-up) goes to an inner `Batcher` whose queue this thread serves
-between chunks (`Batcher.run_one`): request-level batching as before, and still one thread on the device, so a
-LoRA load never races a chunk.
+owns the device. Requests the model can run in slots (`jdiff.pipelines.slots`: FLUX.1 text-to-image and Wan
+text-to-video with one expert, without step caching, given latents or loaded LoRA adapters, on one device) go
+to a `SlotRunner`: each output of a request is one slot of its shape bucket, requests join at the next chunk
+boundary and leave when done, so a 4-step request does not wait behind a 50-step batch. Everything else
+(other families, edits, the excluded cases above, LoRA loading, warm-up) goes to an inner `Batcher` whose
+queue this thread serves between chunks (`Batcher.run_one`): request-level batching as before, and still one
+thread on the device. A task (which may change the weights) waits for the running slots to finish. Video
+jobs go through `VideoJobs` (a pool thread per waiting job; the slots, or a request-level task).
 
 The loop: take new requests (encode their prompts, queue their slot rows), cancel withdrawn ones, dispatch
 one chunk on every bucket with work, read out the outputs that finished in the previous chunk (their decoding
@@ -373,7 +374,7 @@ class ContinuousBatcher:
             if not entry.request.future.done():
                 entry.request.future.set_exception(error)
         if entries:
-            self.runner.advance()  # frees the cancelled slots
+            self.runner.reset()  # a failed chunk may have left its buckets unusable: start them afresh
             self._publish()
 
 

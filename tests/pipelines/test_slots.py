@@ -132,3 +132,20 @@ def test_wan_video_slots_byte_identical_and_close_to_generate():
         np.testing.assert_array_equal(got[tag][1], alone[tag], err_msg=tag)
     plain = gen.generate("a cat", seed=1, num_inference_steps=5, guidance_scale=4.0, output_type="np", **kw)
     np.testing.assert_allclose(alone["a"], plain.frames, atol=2e-5)
+
+
+def test_guided_flux_gives_each_slot_its_guidance(tmp_path):
+    """FLUX.1-dev-like (guidance embedding): two guidance scales share a chunk, each matches plain `generate`."""
+    from tests.fixtures import tiny_flux_pipeline
+
+    tiny_flux_pipeline(guidance_embeds=True).save_pretrained(tmp_path)
+    gen = jdiff.DiffGenerator.from_pretrained(tmp_path, dtype="float32")
+    dev = SlotRunner(gen.pipeline, slots=2, chunk_steps=2, max_steps=6)
+    kw = dict(height=32, width=48, max_sequence_length=24, output_type="np")
+    specs = {"a": (3.5, 1), "b": (1.5, 2)}
+    for tag, (g, seed) in specs.items():
+        dev.add(gen.pipeline.parse("a cat", seed=seed, num_inference_steps=5, guidance_scale=g, **kw), tag)
+    got = {job.tag: np.asarray(image) for job, _, image in _advance_all(dev)}
+    for tag, (g, seed) in specs.items():
+        plain = gen.generate("a cat", seed=seed, num_inference_steps=5, guidance_scale=g, **kw)
+        np.testing.assert_allclose(got[tag], plain.images, atol=2e-5, err_msg=tag)

@@ -98,6 +98,23 @@ def test_a_withdrawn_request_frees_its_slot_and_tasks_wait_for_slots(server):
     assert second.result(60).images.shape == (1, 64, 64, 3)
 
 
+def test_a_failing_chunk_fails_its_request_and_the_server_goes_on(server, monkeypatch):
+    base, app = server
+    runner, real, calls = app.state.batcher.runner, app.state.batcher.runner.advance, []
+
+    def advance():
+        if not calls:
+            calls.append(1)
+            raise RuntimeError("the device fell over")
+        return real()
+
+    monkeypatch.setattr(runner, "advance", advance)
+    body = {"prompt": "x", "seed": 1, "num_inference_steps": 2}
+    r = post(base, body)
+    assert r.status_code == 500 and "device worker failed" in r.json()["error"]["message"], r.text
+    assert post(base, body).status_code == 200 and runner.busy == 0
+
+
 def _until(condition, seconds=60):
     deadline = time.monotonic() + seconds
     while not condition():
