@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import jdiff
 from jdiff.server import create_app
-from jdiff.server.batcher import ImageRequest
+from jdiff.server.batcher import ImageRequest, ShuttingDown
+from jdiff.server.continuous import ContinuousBatcher
 from tests.server.test_server import live, post
 
 SLOTS = 2
@@ -113,6 +114,26 @@ def test_a_failing_chunk_fails_its_request_and_the_server_goes_on(server, monkey
     r = post(base, body)
     assert r.status_code == 500 and "device worker failed" in r.json()["error"]["message"], r.text
     assert post(base, body).status_code == 200 and runner.busy == 0
+
+
+def test_stop_past_its_grace_cancels_the_running_slots(tiny_gen):
+    batcher = ContinuousBatcher(
+        tiny_gen.pipeline, tiny_gen.generate, slots=1, chunk_steps=2, max_steps=8, max_batch=1
+    )
+    batcher.start()
+    gate = threading.Event()
+    params = {"height": 64, "width": 64, "num_inference_steps": 8}
+    future = batcher.submit(
+        ImageRequest("x", 1, 1, params, partial_images=1, on_preview=lambda *_: gate.wait())
+    )
+    _until(lambda: batcher.stats()["chunks"] == 3)  # paused in its preview, 6 of 8 steps done
+    stopper = threading.Thread(target=batcher.stop, args=(0.2,))
+    stopper.start()
+    time.sleep(0.5)  # past the grace: the running slot is cancelled at the next chunk boundary
+    gate.set()
+    stopper.join(60)
+    assert not batcher.alive and isinstance(future.exception(5), ShuttingDown)
+    assert batcher.stats()["chunks"] == 3
 
 
 def _until(condition, seconds=60):
