@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/server_load.py [--model PATH | --workload flux_pipeline [--tiny]] [--dtype bfloat16]
         [--size 1024x1024] [--steps 4,8,20,28] [--loads 0.5,0.8,1.0,1.2] [--requests 64] [--slots 4]
-        [--chunk-steps 4] [--seed 0]
+        [--chunk-steps 4] [--seed 0] [--serial]
 
 One model is loaded in this process (a model directory, the embedded default, or a benchmark workload's
 directory with random weights at real size, `jdiff.bench.jdiff_pipeline.random_model_dir`). For each batching
@@ -16,7 +16,8 @@ Prints one markdown row per mode and load: arrival rate, p50 / p99 latency (arri
 (finished requests over the span from the first arrival to the last response).
 
 The issue's target (issue 21): at 80% load continuous batching's p99 at least 1.5x lower, throughput at
-saturation (120%) not lower. A CPU smoke run: `--requests 6 --steps 2,3 --loads 0.8 --slots 2`.
+saturation (120%) not lower. `--serial` adds continuous batching with batch-1 model calls that skip idle
+slots (`jdiff serve --serial-slots`). A CPU smoke run: `--requests 6 --steps 2,3 --loads 0.8 --slots 2`.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ def main() -> None:
     p.add_argument("--slots", type=int, default=4, help="continuous slots = request-level max batch")
     p.add_argument("--chunk-steps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--serial", action="store_true", help="also measure continuous batching with --serial-slots"
+    )
     args = p.parse_args()
     args.steps = [int(s) for s in args.steps.split(",")]
     loads = [float(x) for x in args.loads.split(",")]
@@ -154,6 +158,8 @@ def main() -> None:
         "continuous": dict(batching="continuous", slots=args.slots, chunk_steps=args.chunk_steps,
                            max_steps=max(args.steps)),
     }  # fmt: skip
+    if args.serial:
+        modes["continuous, serial"] = {**modes["continuous"], "serial_slots": True}
     rng = np.random.default_rng(args.seed)
     burst = workload(args, 4 * args.slots, rng)
     plans = []

@@ -159,6 +159,7 @@ def run_chunk(
     model_fn: Callable[[Array, Array, Any], Array],
     slots: Slots,
     k: int,
+    serial: bool = False,
 ) -> Slots:
     """k denoising steps over every slot: one model call per step on all slots, the solver per slot.
 
@@ -169,6 +170,9 @@ def run_chunk(
             timesteps t [S] with the slots' conditioning.
         slots: the bucket's state.
         k: steps per chunk (static).
+        serial: call the model once per slot at batch 1 (`lax.map`), skipping slots that do not run
+            (`lax.cond`): idle slots then cost nothing and every call has one shape, so bytes never depend
+            on the other slots either; worth it where the model is compute-bound at batch 1 (large images).
 
     Returns:
         The state after k steps; a slot advances only while active and short of its steps.
@@ -185,14 +189,17 @@ def run_chunk(
         i = jnp.minimum(s.step, n_max - 1)
         t = jnp.take_along_axis(s.schedule.timesteps, i[:, None], axis=1)[:, 0]
         model_in = jax.vmap(lambda sch, i, x: sampler.scale_model_input(cfg, sch, i, x))(s.schedule, i, s.x)
-        out = model_fn(model_in, t, s.cond)
+        run = s.active & (s.step < s.steps)
+        if serial:
+            out = _serial(model_fn, run, model_in, t, s.cond)
+        else:
+            out = model_fn(model_in, t, s.cond)
         x, state = jax.vmap(one_step)(s.schedule, s.state, i, s.x, out, s.keys)
         if sampler.prediction(cfg) == "flow":
             sigma = jnp.take_along_axis(s.schedule.sigmas, i[:, None], axis=1)[:, 0]
             pred = s.x - sigma.reshape(-1, *(1,) * (s.x.ndim - 1)) * out.astype(jnp.float32)
         else:
             pred = x
-        run = s.active & (s.step < s.steps)
 
         def keep(new, old):
             return jnp.where(run.reshape(-1, *(1,) * (new.ndim - 1)), new.astype(old.dtype), old)
@@ -208,6 +215,18 @@ def run_chunk(
 
     slots, _ = jax.lax.scan(body, slots, None, length=k)
     return slots
+
+
+def _serial(model_fn, run, x, t, cond):
+    """`model_fn` slot by slot at batch 1, zeros for slots that do not run."""
+
+    def one(args):
+        go, xs, ts, cs = args
+        call = lambda: model_fn(xs[None], ts[None], jax.tree.map(lambda a: a[None], cs))[0]
+        shape = jax.eval_shape(call)
+        return jax.lax.cond(go, call, lambda: jnp.zeros(shape.shape, shape.dtype))
+
+    return jax.lax.map(one, (run, x, t, cond))
 
 
 __all__ = [

@@ -54,6 +54,7 @@ def create_app(
     slots: int | None = None,
     chunk_steps: int = 4,
     max_steps: int | None = None,
+    serial_slots: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving `gen` (a `DiffGenerator`).
 
@@ -82,6 +83,7 @@ def create_app(
         slots, chunk_steps, max_steps: continuous batching's slots per shape bucket (default max_batch),
             steps per chunk, and most steps a slotted request may take (default 64, or the model's default
             steps if more).
+        serial_slots: continuous batching runs the model slot by slot at batch 1, skipping idle slots.
     """
     pipeline = gen.pipeline
     name = model_name or Path(str(gen.model_path)).name
@@ -105,6 +107,7 @@ def create_app(
             slots=slots or max_batch,
             chunk_steps=chunk_steps,
             max_steps=steps,
+            serial=serial_slots,
             **common,
         )
     elif batching == "request":

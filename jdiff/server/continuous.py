@@ -65,8 +65,8 @@ class ContinuousBatcher:
     Args:
         pipeline: the loaded pipeline (`gen.pipeline`).
         generate: `gen.generate`, for the request-level path.
-        slots, chunk_steps, max_steps: the `SlotRunner`'s (slots per bucket, steps per chunk, most steps a
-            slotted request may take; a request over it runs request-level).
+        slots, chunk_steps, max_steps, serial: the `SlotRunner`'s (slots per bucket, steps per chunk, most
+            steps a slotted request may take, a request over it running request-level; batch-1 model calls).
         max_batch, batch_wait_s, max_queue, on_generate: as `Batcher`'s (`max_queue` counts both paths).
     """
 
@@ -80,13 +80,16 @@ class ContinuousBatcher:
         slots: int = 4,
         chunk_steps: int = 4,
         max_steps: int = 64,
+        serial: bool = False,
         max_batch: int = 4,
         batch_wait_s: float = 0.005,
         max_queue: int = 256,
         on_generate=None,
     ):
         self.pipeline = pipeline
-        self.runner = SlotRunner(pipeline, slots=slots, chunk_steps=chunk_steps, max_steps=max_steps)
+        self.runner = SlotRunner(
+            pipeline, slots=slots, chunk_steps=chunk_steps, max_steps=max_steps, serial=serial
+        )
         self.inner = Batcher(
             generate,
             max_batch=max_batch,

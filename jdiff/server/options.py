@@ -68,6 +68,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: 64, or the model's default steps if more)",
     )
 
+    parser.add_argument(
+        "--serial-slots",
+        action="store_true",
+        help="continuous batching: run the model one slot at a time (batch 1), skipping idle slots: no cost "
+        "for idle slots; for models that keep the device busy at batch 1 (large images)",
+    )
+
 
 def app_options(args: argparse.Namespace) -> dict:
     """`serve` keywords from the parsed options; raises `InputError` naming a bad one."""
@@ -91,7 +98,11 @@ def app_options(args: argparse.Namespace) -> dict:
         if value is not None and value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
     batching = dict(
-        batching=args.batching, slots=args.slots, chunk_steps=args.chunk_steps, max_steps=args.max_steps
+        batching=args.batching,
+        slots=args.slots,
+        chunk_steps=args.chunk_steps,
+        max_steps=args.max_steps,
+        serial_slots=args.serial_slots,
     )
     return {"api_key": key, "shutdown_grace_s": grace, "max_frames": args.max_frames, **batching}
 

@@ -149,3 +149,14 @@ def test_guided_flux_gives_each_slot_its_guidance(tmp_path):
     for tag, (g, seed) in specs.items():
         plain = gen.generate("a cat", seed=seed, num_inference_steps=5, guidance_scale=g, **kw)
         np.testing.assert_allclose(got[tag], plain.images, atol=2e-5, err_msg=tag)
+
+
+def test_serial_slots_byte_identical_and_close_to_batched(runner):
+    """`serial`: the model at batch 1 per slot, idle slots skipped; bytes still independent of the neighbours."""
+    serial = SlotRunner(runner.pipeline, slots=SLOTS, chunk_steps=CHUNK, max_steps=MAX_STEPS, serial=True)
+    alone = _alone(serial, seed=3, steps=5)
+    got = _drain(serial, {0: lambda: serial.add(_request(serial, seed=8, steps=7), "x"),
+                          1: lambda: serial.add(_request(serial, seed=3, steps=5), "y")})  # fmt: skip
+    assert got["y"][0] == 1
+    np.testing.assert_array_equal(got["y"][1], alone)
+    np.testing.assert_allclose(alone, _alone(runner, seed=3, steps=5), atol=2e-5)

@@ -150,6 +150,10 @@ def test_cli_batching_flags():
     args = _parser().parse_args(["serve", "--batching", "continuous", "--slots", "3", "--chunk-steps", "2"])
     got = app_options(args)
     assert (got["batching"], got["slots"], got["chunk_steps"], got["max_steps"]) == ("continuous", 3, 2, None)
+    assert (
+        not got["serial_slots"]
+        and app_options(_parser().parse_args(["serve", "--serial-slots"]))["serial_slots"]
+    )
     assert app_options(_parser().parse_args(["serve"]))["batching"] == "request"
     assert main(["serve", "--slots", "0"]) == 2  # checked before the model loads
     with pytest.raises(SystemExit):  # argparse: not one of the choices
