@@ -14,12 +14,15 @@ run. What makes it hold:
 - Shapes are fixed per bucket (S slots, max_steps schedule rows, k steps per chunk): the same compiled program
   runs whatever the load, so XLA never picks another kernel, tiling or reduction order for a request because
   the batch changed size. Idle slots compute anyway; that is the cost (a bucket of S slots costs S rows per
-  step with one request in it).
+  step with one request in it), unless the model runs slot by slot (`serial`, below).
 - Rows never mix: every op of the denoisers is per row (attention and normalisation within a sample), the
   solver is elementwise, and the mask is a select. With fixed shapes, row s's bytes depend only on row s's
   inputs -- provided the backend computes every row of a matmul the same way whatever its position. That is
-  checked on CPU by `tests/sampling/test_slots.py` (a request gives the same bytes in every slot, alone or with
-  others); a backend whose GEMM treats edge rows differently would fail it.
+  checked on CPU by `tests/pipelines/test_slots.py` (a request gives the same bytes in every slot, alone or
+  with others, joining at any chunk; it holds on XLA CPU for the tiny FLUX and Wan); a backend whose GEMM
+  treated edge rows differently would fail it (not yet run on a GPU).
+- With `serial` (`run_chunk`), every model call has batch 1 whatever the other slots hold, so the row
+  question does not arise; idle slots are skipped (`lax.cond`), which removes the idle cost.
 - Every step of a chunk is the same loop body (the scan is a while loop, not unrolled), so a request that
   joins at another point of a chunk sees the same program for each of its steps; a request's k-step
   alignment does not matter.
