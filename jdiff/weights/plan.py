@@ -33,7 +33,7 @@ class Transform:
     shape: Callable[..., Shape]
 
 
-def _torch_kernel_perm(ndim: int) -> tuple[int, ...]:
+def torch_kernel_perm(ndim: int) -> tuple[int, ...]:
     # Linear [out, in] -> [in, out]; ConvNd [out, in, *spatial] -> [*spatial, in, out].
     if ndim == 2:
         return (1, 0)
@@ -44,8 +44,8 @@ TRANSFORMS: dict[str, Transform] = {
     "identity": Transform(lambda x: x, lambda s: s),
     # torch.nn.Linear / ConvNd weight -> flax kernel.
     "torch_kernel": Transform(
-        lambda x: np.transpose(x, _torch_kernel_perm(x.ndim)),
-        lambda s: tuple(s[i] for i in _torch_kernel_perm(len(s))),
+        lambda x: np.transpose(x, torch_kernel_perm(x.ndim)),
+        lambda s: tuple(s[i] for i in torch_kernel_perm(len(s))),
     ),
 }
 
@@ -239,7 +239,7 @@ def _source_index(transform: str, index: tuple, ndim: int) -> tuple | None:
     if transform == "identity":
         return index
     if transform == "torch_kernel":
-        perm = _torch_kernel_perm(ndim)  # target axis j is source axis perm[j]
+        perm = torch_kernel_perm(ndim)  # target axis j is source axis perm[j]
         src = [slice(None)] * ndim
         for j, k in enumerate(perm):
             src[k] = index[j]
@@ -279,7 +279,7 @@ def materialize(assignment: Assignment, read: Callable[[str], np.ndarray]) -> np
 # Inverses of the transforms that have one, for writing jdiff parameters back in the reference layout.
 _INVERSE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
-    "torch_kernel": lambda x: np.transpose(x, np.argsort(_torch_kernel_perm(x.ndim))),
+    "torch_kernel": lambda x: np.transpose(x, np.argsort(torch_kernel_perm(x.ndim))),
 }
 
 
