@@ -10,8 +10,9 @@ memory the transfers take beyond the finished parameters; the host holds nothing
 
 The result is bit-identical to `loading.fill` (the same transposes, the same round-to-nearest-even casts);
 tests/weights/test_device_fill.py checks it. Transforms without a device version here (none today) are built
-on the host as before, per parameter. Only for a module on one device (no sharding, no host memory kind):
-sharded and offloaded loads keep `loading.fill`'s per-device slices.
+on the host as before, per parameter. Only for a module on one device (no sharding; or a sharding on
+one device, e.g. its host memory for offload: built on the device, then moved): sharded loads keep
+`loading.fill`'s per-device slices.
 """
 
 from __future__ import annotations
@@ -37,7 +38,18 @@ DEVICE_TRANSFORMS: dict[str, Callable[..., jax.Array]] = {
     "torch_kernel": lambda x: jnp.transpose(x, torch_kernel_perm(x.ndim)),
 }
 THREADS = 8
+HOST_KINDS = ("pinned_host", "unpinned_host")
 GIB = 1 << 30
+
+
+def one_device(shardings: Mapping[str, jax.sharding.Sharding] | None) -> bool:
+    """Whether `shardings` (path -> sharding) put every parameter whole on the default device (or its host
+    memory): what `fill_on_device` builds."""
+    device = jax.local_devices()[0]
+    return all(
+        isinstance(s, jax.sharding.SingleDeviceSharding) and s.device_set == {device}
+        for s in (shardings or {}).values()
+    )
 
 
 def enabled() -> bool:
@@ -97,11 +109,16 @@ def fill_on_device(
     read: Callable[[str], np.ndarray],
     *,
     dtype_of: Callable[[str], Any],
+    sharding_of: Callable[[str], jax.sharding.Sharding | None] = lambda _: None,
     threads: int | None = None,
     budget: int | None = None,
 ) -> nnx.Module:
     """Merges `graphdef` with parameters built on the default device from `read(key)` (memory-mapped source
-    tensors) by `assignments` (target path -> Assignment); uncommitted arrays, as `jnp.asarray` makes."""
+    tensors) by `assignments` (target path -> Assignment); uncommitted arrays, as `jnp.asarray` makes.
+
+    A parameter with a sharding (`sharding_of(path)`: one device, e.g. its host memory for offload) is built
+    on the default device and then moved there; the budget counts it until it has left.
+    """
     flat = list(nnx.to_flat_state(abstract_state))
     names = [path_str(p) for p, _ in flat]
     budget_ = _Budget(budget or default_budget(jax.local_devices()[0]))
@@ -112,18 +129,25 @@ def fill_on_device(
         return src + int(np.prod(a.shape, dtype=np.int64)) * np.dtype(dtype_of(name)).itemsize
 
     def build(name: str) -> jax.Array:
-        a, dtype = assignments[name], np.dtype(dtype_of(name))
-        held = budget_.take(nbytes(name))
+        a, dtype, target = assignments[name], np.dtype(dtype_of(name)), sharding_of(name)
+        size = nbytes(name)
+        held = budget_.take(size)
+        # Offload (a host-memory target) promises a bounded device footprint: a parameter over the budget
+        # is built on the host, as `loading.fill` does.
+        on_host = target is not None and target.memory_kind in HOST_KINDS and size > budget_.limit
         try:
             if a.stacked and not a.sources:  # an empty stack: nothing to read
                 out = jnp.zeros(a.shape, dtype)
-            elif a.transform not in DEVICE_TRANSFORMS:
-                out = jnp.asarray(np.asarray(materialize(a, read)).astype(dtype, copy=False))
+            elif a.transform not in DEVICE_TRANSFORMS or on_host:
+                out = np.asarray(materialize(a, read)).astype(dtype, copy=False)
+                out = jax.device_put(out, target) if target is not None else jnp.asarray(out)
             elif not a.stacked and a.transform == "identity" and read(a.sources[0][0]).dtype == dtype:
                 out = jax.device_put(read(a.sources[0][0]), may_alias=False)  # a copy: never the file
             else:
                 parts = tuple(tuple(jax.device_put(read(k)) for k in keys) for keys in a.sources)
                 out = _assemble(parts, transform=a.transform, stacked=a.stacked, dtype=dtype)
+            if target is not None and out.sharding != target:
+                out = jax.device_put(out, target)
             out.block_until_ready()  # the budget counts bytes until the device holds them
             return out
         finally:

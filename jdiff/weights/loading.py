@@ -126,7 +126,7 @@ def load_component(
         component: a name for error messages (defaults to the folder name).
         cfg: an already-read config (defaults to reading `folder/config.json`).
         shardings: parameter path -> target sharding; each process then reads only its devices' slices.
-            None: the default device, filled by `device_fill` (transforms on the device).
+            None (or all on the default device): filled by `device_fill` (transforms on the device).
         abstract: `spec.abstract(cfg)` when the caller has it already.
 
     Returns:
@@ -144,9 +144,11 @@ def load_component(
     )
     by_target: Mapping[str, Assignment] = {a.target: a for a in assignments}
     dtype_of = functools.partial(spec.plan.target_dtype, dtype=dtype)
-    if not shardings and device_fill.enabled():
+    if device_fill.one_device(shardings) and device_fill.enabled():
         # One device: source bytes to the device, transforms there (jdiff.weights.device_fill).
-        module = device_fill.fill_on_device(graphdef, state, by_target, weights.read, dtype_of=dtype_of)
+        module = device_fill.fill_on_device(
+            graphdef, state, by_target, weights.read, dtype_of=dtype_of, sharding_of=(shardings or {}).get
+        )
         return cfg, module
     module = fill(
         graphdef,

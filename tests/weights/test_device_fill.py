@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from jdiff import registry
 from jdiff.weights import device_fill, plan
 from jdiff.weights.loading import load_component, param_shapes, source_shapes
-from jdiff.weights.plan import resolve
+from jdiff.weights.plan import materialize, resolve
 from jdiff.weights.safetensors import open_weights
 from tests.fixtures_wan import saved, tiny_wan
 from tests.weights.test_plan import PLAN, TorchToy, _spec
@@ -126,3 +126,55 @@ def test_budget_bounds_bytes_in_flight(tmp_path, monkeypatch):
     )
     assert len(used) == len(assignments) and max(used) <= 300
     np.testing.assert_array_equal(module.head.kernel[...], ref.head_weight.weight.detach().numpy().T)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_checkpoint_params_equal_diffusers_dir(tiny_flux_dir, tmp_path, monkeypatch, dtype):
+    from jdiff.convert.run import convert
+
+    ckpt = registry.open_model(convert(tiny_flux_dir, tmp_path / "ckpt", dtype=dtype))
+    model = registry.open_model(tiny_flux_dir)
+    monkeypatch.setenv("JDIFF_FAST_LOAD", "1")
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        want = _flat(model.load(name, dtype=jnp.dtype(dtype))[1])
+        _assert_identical(_flat(ckpt.load(name, dtype=jnp.dtype(dtype))[1]), want)
+
+
+def test_offload_host_memory_identical(tiny_flux_dir, monkeypatch):
+    model = registry.open_model(tiny_flux_dir)
+    model.host_memory = True  # offload=: every parameter in the device's pinned host memory
+    fast, slow = _both(monkeypatch, lambda: model.load("transformer", dtype=jnp.bfloat16)[1])
+    _assert_identical(fast, slow)
+    assert {v.sharding.memory_kind for v in fast.values()} == {"pinned_host"}
+    assert {v.sharding for v in fast.values()} == {v.sharding for v in slow.values()}
+
+
+def test_offload_over_budget_built_on_host(tmp_path, monkeypatch):
+    """An offloaded parameter larger than the budget never passes through the device."""
+    from jdiff.pipelines.offload import host_shardings
+
+    ref = TorchToy(8, 3)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    weights = open_weights(tmp_path)
+    graphdef, state = _spec().abstract({"d": 8, "n": 3})
+    assignments = resolve(PLAN, param_shapes(state), source_shapes(weights), component="toy")
+    on_host = []
+    monkeypatch.setattr(
+        device_fill, "materialize", lambda a, r: on_host.append(a.target) or materialize(a, r)
+    )
+    shardings = host_shardings(state, None)
+    module = device_fill.fill_on_device(
+        graphdef,
+        state,
+        {a.target: a for a in assignments},
+        weights.read,
+        dtype_of=lambda _: np.float32,
+        sharding_of=shardings.get,
+        budget=200,  # bytes read + bytes built: the stacked [3, 8] norms and biases (192) fit, kernels not
+    )
+    assert sorted(on_host) == ["blocks.proj.kernel", "conv.kernel"]
+    flat = _flat(module)
+    assert {v.sharding.memory_kind for v in flat.values()} == {"pinned_host"}
+    np.testing.assert_array_equal(
+        flat["blocks.proj.kernel"][1], ref.blocks[1]["proj"].weight.detach().numpy().T
+    )
