@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/load_speed.py --model DIR [--build flux_pipeline] [--tiny] [--diffusers] [--no-ttfi]
-                                  [--repeats 2] [--out load_speed.json]
+                                  [--compare-host] [--repeats 2] [--out load_speed.json]
   python benchmarks/load_speed.py --host-read 2 [--scratch DIR]
 
 --model DIR: a diffusers-format directory (e.g. FLUX.1-dev). With --build WORKLOAD and DIR absent, a
@@ -13,9 +13,11 @@ Usage:
 Measures, each a fresh `python` (page cache warmed first by reading every weight file once, whose
 throughput is reported as the host's page-cache read speed):
   * jdiff `DiffGenerator.from_pretrained(DIR)` (all parameters ready), and `ModelDir.load` of each component
-    alone, in seconds and GB/s of safetensors bytes; JDIFF_FAST_LOAD=0 (the host fill) too with --compare-host;
-  * with --diffusers (torch, diffusers, a GPU): `DiffusionPipeline.from_pretrained(DIR, torch_dtype=bf16)
-    .to("cuda")` on the same directory, and diffusers' time to first image;
+    alone, in seconds and GB/s of safetensors bytes, with the device fill (JDIFF_FAST_LOAD=1); with
+    --compare-host also the host fill it replaces (JDIFF_FAST_LOAD=0);
+  * with --diffusers (torch, diffusers): `DiffusionPipeline.from_pretrained(DIR, torch_dtype=bf16)
+    .to("cuda")` (CPU where there is no GPU) on the same directory, and diffusers' time to first image
+    (a script: load, generate, save the PNG);
   * time to first image: `python -m jdiff generate` (1024x1024, 28 steps for FLUX.1-dev; --tiny 64x64, 2
     steps) from process start to the PNG written, on an empty compilation cache (cold) and again on the
     cache that run filled (warm).
@@ -184,16 +186,18 @@ def measure(args) -> dict:
         row = {"what": what, "engine": engine, "process_s": round(wall, 2), **res}
         if nbytes and "load_s" in res:
             row["gbps"] = round(nbytes / GB / res["load_s"], 2)
-            row["gb"] = round(nbytes / GB, 2)
+            row["gb"] = round(nbytes / GB, 3)
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
 
-    modes = [("jdiff", {})] + ([("jdiff host fill", {"JDIFF_FAST_LOAD": "0"})] if args.compare_host else [])
+    # JDIFF_FAST_LOAD=1: the device fill on any backend (unset, a CPU run would take the host fill).
+    modes = [("jdiff", {"JDIFF_FAST_LOAD": "1"})]
+    modes += [("jdiff host fill", {"JDIFF_FAST_LOAD": "0"})] if args.compare_host else []
     for _ in range(args.repeats):
         for engine, env in modes:
             add("from_pretrained", engine, *_run([*me, "jdiff", str(root)], env), total)
         if args.diffusers:
-            add("from_pretrained", "diffusers .to(cuda)", *_run([*me, "diffusers", str(root)]), total)
+            add("from_pretrained", "diffusers .to(device)", *_run([*me, "diffusers", str(root)]), total)
     for comp in components(root):
         for engine, env in modes:
             n = sum(f.stat().st_size for f in weight_files(root, comp))
@@ -223,12 +227,12 @@ def measure(args) -> dict:
 
 def table(results: dict) -> str:
     lines = [
-        "| what | engine | load s | GB | GB/s | first image s | process s |",
-        "|---|---|---|---|---|---|---|",
+        "| what | engine | device | load s | GB | GB/s | first image s | process s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results["rows"]:
         load = f"{r['load_s']:.2f}" if "load_s" in r else "-"
-        cells = [r["what"], r["engine"], load, r.get("gb", "-"), r.get("gbps", "-")]
+        cells = [r["what"], r["engine"], r.get("device", "-"), load, r.get("gb", "-"), r.get("gbps", "-")]
         cells += [r.get("first_image_s", "-"), r["process_s"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return "\n".join(lines)

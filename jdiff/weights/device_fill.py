@@ -121,7 +121,9 @@ def fill_on_device(
     """
     flat = list(nnx.to_flat_state(abstract_state))
     names = [path_str(p) for p, _ in flat]
-    budget_ = _Budget(budget or default_budget(jax.local_devices()[0]))
+    # `jax.default_device(...)` is thread-local: the workers re-enter the caller's.
+    default = jax.config.jax_default_device
+    budget_ = _Budget(budget or default_budget(default or jax.local_devices()[0]))
 
     def nbytes(name: str) -> int:
         a = assignments[name]
@@ -129,6 +131,12 @@ def fill_on_device(
         return src + int(np.prod(a.shape, dtype=np.int64)) * np.dtype(dtype_of(name)).itemsize
 
     def build(name: str) -> jax.Array:
+        if default is None:
+            return _build(name)
+        with jax.default_device(default):
+            return _build(name)
+
+    def _build(name: str) -> jax.Array:
         a, dtype, target = assignments[name], np.dtype(dtype_of(name)), sharding_of(name)
         size = nbytes(name)
         held = budget_.take(size)

@@ -178,3 +178,13 @@ def test_offload_over_budget_built_on_host(tmp_path, monkeypatch):
     np.testing.assert_array_equal(
         flat["blocks.proj.kernel"][1], ref.blocks[1]["proj"].weight.detach().numpy().T
     )
+
+
+def test_default_device_context_is_kept(tmp_path, monkeypatch):
+    ref = TorchToy(8, 2)
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    monkeypatch.setenv("JDIFF_FAST_LOAD", "1")
+    device = jax.devices()[-1]
+    with jax.default_device(device):
+        _, model = load_component(_spec(), tmp_path, cfg={"d": 8, "n": 2})
+    assert all(v.sharding.device_set == {device} for v in _flat(model).values())
