@@ -1,8 +1,9 @@
 """Loading speed and time to first image, each in a fresh process, weights in the page cache.
 
 Usage:
-  python benchmarks/load_speed.py --model DIR [--build flux_pipeline] [--tiny] [--diffusers] [--no-ttfi]
-                                  [--compare-host] [--repeats 2] [--out load_speed.json]
+  python benchmarks/load_speed.py --model DIR [--build flux_pipeline [--build-only]] [--tiny] [--diffusers]
+                                  [--compare-host] [--no-ttfi] [--no-components] [--repeats 2]
+                                  [--out load_speed.json]
   python benchmarks/load_speed.py --host-read 2 [--scratch DIR]
 
 --model DIR: a diffusers-format directory (e.g. FLUX.1-dev). With --build WORKLOAD and DIR absent, a
@@ -198,7 +199,7 @@ def measure(args) -> dict:
             add("from_pretrained", engine, *_run([*me, "jdiff", str(root)], env), total)
         if args.diffusers:
             add("from_pretrained", "diffusers .to(device)", *_run([*me, "diffusers", str(root)]), total)
-    for comp in components(root):
+    for comp in components(root) if args.per_component else ():
         for engine, env in modes:
             n = sum(f.stat().st_size for f in weight_files(root, comp))
             add(f"load {comp}", engine, *_run([*me, "jdiff", str(root), comp], env), n)
@@ -279,6 +280,10 @@ def main() -> None:
     ap.add_argument("--diffusers", action="store_true", help="also diffusers on the same directory")
     ap.add_argument("--compare-host", action="store_true", help="also jdiff's host fill (JDIFF_FAST_LOAD=0)")
     ap.add_argument("--no-ttfi", dest="ttfi", action="store_false", help="skip time to first image")
+    ap.add_argument(
+        "--no-components", dest="per_component", action="store_false", help="skip per-component loads"
+    )
+    ap.add_argument("--build-only", action="store_true", help="write the --build directory and stop")
     ap.add_argument("--repeats", type=int, default=2, help="whole-directory loads per engine")
     ap.add_argument("--out", default="load_speed.json")
     ap.add_argument(
@@ -297,6 +302,8 @@ def main() -> None:
         t0 = time.perf_counter()
         build(args.build, Path(args.model), args.tiny)
         print(f"built {args.model} in {time.perf_counter() - t0:.0f} s")
+    if args.build_only:
+        return None
     results = measure(args)
     print(table(results))
     Path(args.out).write_text(json.dumps(results, indent=1))
