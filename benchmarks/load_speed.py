@@ -2,7 +2,7 @@
 
 Usage:
   python benchmarks/load_speed.py --model DIR [--build flux_pipeline [--build-only]] [--tiny] [--diffusers]
-                                  [--compare-host] [--no-ttfi] [--no-components] [--repeats 2]
+                                  [--compare-host] [--threads 4,16] [--no-ttfi] [--no-components] [--repeats 2]
                                   [--out load_speed.json]
   python benchmarks/load_speed.py --host-read 2 [--scratch DIR]
 
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -193,16 +194,24 @@ def measure(args) -> dict:
 
     # JDIFF_FAST_LOAD=1: the device fill on any backend (unset, a CPU run would take the host fill).
     modes = [("jdiff", {"JDIFF_FAST_LOAD": "1"})]
+    modes += [(f"jdiff {t} threads", {"JDIFF_FAST_LOAD": "1", "JDIFF_LOAD_THREADS": t}) for t in args.threads]
     modes += [("jdiff host fill", {"JDIFF_FAST_LOAD": "0"})] if args.compare_host else []
-    for _ in range(args.repeats):
+    # Each jdiff mode gets its own compilation cache: the first load compiles the device fill's programs
+    # (cold), later ones find them there (warm), as a user's first and later starts do.
+    caches = Path(tempfile.mkdtemp(prefix="load-speed-cache-"))
+    for i, (_, env) in enumerate(modes):
+        env["JDIFF_CACHE_DIR"] = str(caches / str(i))
+    for i in range(args.repeats):
         for engine, env in modes:
-            add("from_pretrained", engine, *_run([*me, "jdiff", str(root)], env), total)
+            what = "from_pretrained, " + ("cold" if i == 0 else "warm") + " compilation cache"
+            add(what, engine, *_run([*me, "jdiff", str(root)], env), total)
         if args.diffusers:
             add("from_pretrained", "diffusers .to(device)", *_run([*me, "diffusers", str(root)]), total)
     for comp in components(root) if args.per_component else ():
         for engine, env in modes:
             n = sum(f.stat().st_size for f in weight_files(root, comp))
             add(f"load {comp}", engine, *_run([*me, "jdiff", str(root), comp], env), n)
+    shutil.rmtree(caches, ignore_errors=True)
     if args.ttfi:
         size, steps = (64, 2) if args.tiny else (1024, 28)
         with tempfile.TemporaryDirectory() as scratch:
@@ -286,6 +295,9 @@ def main() -> None:
     ap.add_argument("--no-ttfi", dest="ttfi", action="store_false", help="skip time to first image")
     ap.add_argument(
         "--no-components", dest="per_component", action="store_false", help="skip per-component loads"
+    )
+    ap.add_argument(
+        "--threads", type=lambda v: v.split(","), default=[], help="also these JDIFF_LOAD_THREADS, e.g. 4,16"
     )
     ap.add_argument("--build-only", action="store_true", help="write the --build directory and stop")
     ap.add_argument("--repeats", type=int, default=2, help="whole-directory loads per engine")

@@ -13,6 +13,9 @@ tests/weights/test_device_fill.py checks it. Transforms without a device version
 on the host as before, per parameter. Only for a module on one device (no sharding; or a sharding on
 one device, e.g. its host memory for offload: built on the device, then moved): sharded loads keep
 `loading.fill`'s per-device slices.
+
+Settings: JDIFF_FAST_LOAD (1 / 0: on / off; default on except on CPU), JDIFF_LOAD_THREADS (parameters in
+flight, default 8), JDIFF_LOAD_INFLIGHT_GB (the byte budget, default an eighth of the device's memory).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ DEVICE_TRANSFORMS: dict[str, Callable[..., jax.Array]] = {
     "identity": lambda x: x,
     "torch_kernel": lambda x: jnp.transpose(x, torch_kernel_perm(x.ndim)),
 }
-THREADS = 8
+THREADS = 8  # parameters in flight at once (JDIFF_LOAD_THREADS)
 HOST_KINDS = ("pinned_host", "unpinned_host")
 GIB = 1 << 30
 
@@ -177,7 +180,8 @@ def fill_on_device(
 
     # Largest first, so the pool's tail is small tensors.
     order = sorted(names, key=nbytes, reverse=True)
-    pool = ThreadPoolExecutor(max_workers=threads or THREADS, thread_name_prefix="jdiff-load")
+    threads = threads or int(os.environ.get("JDIFF_LOAD_THREADS", THREADS))
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="jdiff-load")
     try:
         futures = {name: pool.submit(build, name) for name in order}
         values = {name: futures[name].result() for name in order}
