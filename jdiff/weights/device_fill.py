@@ -10,9 +10,10 @@ memory the transfers take beyond the finished parameters; the host holds nothing
 
 The result is bit-identical to `loading.fill` (the same transposes, the same round-to-nearest-even casts);
 tests/weights/test_device_fill.py checks it. Transforms without a device version here (none today) are built
-on the host as before, per parameter. Only for a module on one device (no sharding; or a sharding on
-one device, e.g. its host memory for offload: built on the device, then moved): sharded loads keep
-`loading.fill`'s per-device slices.
+on the host as before, per parameter. For a module on one device (no sharding; or a sharding on one
+device, e.g. its host memory for offload: built on the device, then moved) and for one sharded over this
+process's devices (each device gets its source slices, transformed there); multi-process (multi-host) and
+sharded host-memory loads keep `loading.fill`'s per-device callbacks.
 
 Settings: JDIFF_FAST_LOAD (1 / 0: on / off; default on except on CPU), JDIFF_LOAD_THREADS (parameters in
 flight, default 8), JDIFF_LOAD_INFLIGHT_GB (the byte budget, default an eighth of the device's memory).
@@ -46,12 +47,12 @@ HOST_KINDS = ("pinned_host", "unpinned_host")
 GIB = 1 << 30
 
 
-def one_device(shardings: Mapping[str, jax.sharding.Sharding] | None) -> bool:
-    """Whether `shardings` (path -> sharding) put every parameter whole on the default device (or its host
-    memory): what `fill_on_device` builds."""
+def handles(shardings: Mapping[str, jax.sharding.Sharding] | None) -> bool:
+    """Whether `fill_on_device` builds parameters with `shardings` (path -> sharding): each whole on the
+    default device (or its host memory), or laid out over several devices of this process (`sharded`)."""
     device = jax.local_devices()[0]
     return all(
-        isinstance(s, jax.sharding.SingleDeviceSharding) and s.device_set == {device}
+        (isinstance(s, jax.sharding.SingleDeviceSharding) and s.device_set == {device}) or sharded(s)
         for s in (shardings or {}).values()
     )
 
@@ -64,13 +65,15 @@ def enabled() -> bool:
     return env != "0" if env else jax.default_backend() != "cpu"
 
 
-@functools.partial(jax.jit, static_argnames=("transform", "stacked", "dtype"))
-def _assemble(parts, *, transform: str, stacked: bool, dtype):
+def _assemble_fn(parts, *, transform: str, stacked: bool, dtype):
     """parts[layer][source] (device arrays in the source layout and dtype) -> the parameter."""
     tf = DEVICE_TRANSFORMS[transform]
     out = [tf(*p) for p in parts]
     x = jnp.stack(out) if stacked else out[0]
     return x.astype(dtype)
+
+
+_assemble = jax.jit(_assemble_fn, static_argnames=("transform", "stacked", "dtype"))
 
 
 def _cache_every_program():
@@ -86,6 +89,48 @@ def _cache_every_program():
         return jax_config.persistent_cache_min_compile_time_secs(0.0)
     except (ImportError, AttributeError, TypeError):  # another jax: compile as before
         return contextlib.nullcontext()
+
+
+def _put_sharded(x: np.ndarray, sharding: jax.sharding.Sharding) -> jax.Array:
+    """`x` (memory-mapped) laid out as `sharding`: each device gets only its slice's bytes."""
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def sharded(target: jax.sharding.Sharding | None) -> bool:
+    """A sharding over several devices of this process, in device memory: built from per-device source
+    slices by `_assemble_to`."""
+    return (
+        isinstance(target, jax.sharding.NamedSharding)
+        and target.is_fully_addressable
+        and len(target.device_set) > 1
+        and target.memory_kind not in HOST_KINDS
+    )
+
+
+def _source_sharding(target: jax.sharding.NamedSharding, a: Assignment) -> jax.sharding.NamedSharding | None:
+    """The sharding of one layer's source tensor under which `a.transform` yields `target`'s shards in place
+    (the target's partition spec carried back through the transform); None for a transform without one."""
+    spec = (*target.spec, *(None,) * (len(a.shape) - len(target.spec)))
+    inner = spec[1:] if a.stacked else spec
+    if a.transform == "identity":
+        src = list(inner)
+    elif a.transform == "torch_kernel":
+        src = [None] * len(inner)
+        for j, k in enumerate(torch_kernel_perm(len(inner))):  # target axis j is source axis k
+            src[k] = inner[j]
+    else:
+        return None
+    return jax.sharding.NamedSharding(
+        target.mesh, jax.sharding.PartitionSpec(*src), memory_kind=target.memory_kind
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _assemble_to(target: jax.sharding.Sharding, transform: str, stacked: bool, dtype) -> Callable:
+    """`_assemble` compiled once for all devices, its output laid out as `target`: each device transforms
+    its own source slices (no communication when the sources carry `_source_sharding`)."""
+    fn = functools.partial(_assemble_fn, transform=transform, stacked=stacked, dtype=dtype)
+    return jax.jit(fn, out_shardings=target)
 
 
 class _Budget:
@@ -135,8 +180,10 @@ def fill_on_device(
     """Merges `graphdef` with parameters built on the default device from `read(key)` (memory-mapped source
     tensors) by `assignments` (target path -> Assignment); uncommitted arrays, as `jnp.asarray` makes.
 
-    A parameter with a sharding (`sharding_of(path)`: one device, e.g. its host memory for offload) is built
-    on the default device and then moved there; the budget counts it until it has left.
+    A parameter with a sharding on one device (`sharding_of(path)`, e.g. its host memory for offload) is
+    built on the default device and then moved there; the budget counts it until it has left. One laid out
+    over several devices (`sharded`) is put there as source slices, each device reading only its own (the
+    target's partition spec carried back through the transform), and transformed in place.
     """
     flat = list(nnx.to_flat_state(abstract_state))
     names = [path_str(p) for p, _ in flat]
@@ -163,6 +210,10 @@ def fill_on_device(
         try:
             if a.stacked and not a.sources:  # an empty stack: nothing to read
                 out = jnp.zeros(a.shape, dtype)
+            elif sharded(target) and a.transform in DEVICE_TRANSFORMS:
+                src = _source_sharding(target, a)
+                parts = tuple(tuple(_put_sharded(read(k), src) for k in keys) for keys in a.sources)
+                out = _assemble_to(target, a.transform, a.stacked, dtype)(parts)
             elif a.transform not in DEVICE_TRANSFORMS or on_host:
                 out = np.asarray(materialize(a, read)).astype(dtype, copy=False)
                 out = jax.device_put(out, target) if target is not None else jnp.asarray(out)

@@ -144,8 +144,8 @@ def load_component(
     )
     by_target: Mapping[str, Assignment] = {a.target: a for a in assignments}
     dtype_of = functools.partial(spec.plan.target_dtype, dtype=dtype)
-    if device_fill.one_device(shardings) and device_fill.enabled():
-        # One device: source bytes to the device, transforms there (jdiff.weights.device_fill).
+    if device_fill.handles(shardings) and device_fill.enabled():
+        # One process: source bytes to the devices, transforms there (jdiff.weights.device_fill).
         module = device_fill.fill_on_device(
             graphdef, state, by_target, weights.read, dtype_of=dtype_of, sharding_of=(shardings or {}).get
         )
