@@ -210,8 +210,7 @@ def fill_on_device(
         try:
             if a.stacked and not a.sources:  # an empty stack: nothing to read
                 out = jnp.zeros(a.shape, dtype)
-            elif sharded(target) and a.transform in DEVICE_TRANSFORMS:
-                src = _source_sharding(target, a)
+            elif sharded(target) and (src := _source_sharding(target, a)) is not None:
                 parts = tuple(tuple(_put_sharded(read(k), src) for k in keys) for keys in a.sources)
                 out = _assemble_to(target, a.transform, a.stacked, dtype)(parts)
             elif a.transform not in DEVICE_TRANSFORMS or on_host:
