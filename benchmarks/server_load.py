@@ -1,162 +1,198 @@
-"""Load on `jdiff serve`: requests/s and p50/p95 latency at 1, 4 and 16 concurrent clients, batching on vs off.
+"""Open-loop load on the HTTP server: request-level vs step-level continuous batching under Poisson arrivals.
 
-Usage: python benchmarks/server_load.py [--model PATH] [--requests 32] [--concurrency 1,4,16]
-       [--max-batch 8] [--batch-wait-ms 10] [--size WxH] [--steps N] [--url http://host:port]
+Usage:
+    python benchmarks/server_load.py [--model PATH | --workload flux_pipeline [--tiny]] [--dtype bfloat16]
+        [--size 1024x1024] [--steps 4,8,20,28] [--loads 0.5,0.8,1.0,1.2] [--requests 64] [--slots 4]
+        [--chunk-steps 4] [--seed 0] [--serial]
 
-For each mode it starts a local server (`python -m jdiff serve`, warmed up at the request size) on a free
-port: batching on (`--max-batch`, `--batch-wait-ms`) and off (`--max-batch 1 --batch-wait-ms 0`). Each
-client sends one request (n=1) at a time, back to back. With `--url` it measures that running server once,
-as configured. Prints a markdown table; "batch" is the mean number of outputs per generate call the
-requests were part of (the server's X-Batch-Outputs header).
+One model is loaded in this process (a model directory, the embedded default, or a benchmark workload's
+directory with random weights at real size, `jdiff.bench.jdiff_pipeline.random_model_dir`). For each batching
+mode an app (`jdiff.server.create_app`) is served by uvicorn on a local port, and every (step count, batch size)
+program the mode can run is compiled before measuring. Capacity is request-level batching's throughput with
+every request queued at once (images/s over a burst of 4 x slots requests of mixed step counts). Then, for each
+load factor, `--requests` requests arrive as a Poisson process at that fraction of capacity (the same arrival
+times, step counts, prompts and seeds for both modes), each with a step count drawn uniformly from `--steps`.
+Prints one markdown row per mode and load: arrival rate, p50 / p99 latency (arrival to response) and images/s
+(finished requests over the span from the first arrival to the last response).
+
+The issue's target (issue 21): at 80% load continuous batching's p99 at least 1.5x lower, throughput at
+saturation (120%) not lower. `--serial` adds continuous batching with batch-1 model calls that skip idle
+slots (`jdiff serve --serial-slots`). A CPU smoke run: `--requests 6 --steps 2,3 --loads 0.8 --slots 2`.
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
-import json
-import os
-import signal
+import asyncio
 import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
+import httpx
 import numpy as np
+import uvicorn
 
-PROMPTS = [
-    f"a {c} {s} on a {b} background"
-    for c, s, b in itertools.product(
-        ["red", "green", "blue", "yellow"], ["circle", "square"], ["black", "white"]
-    )
-]
+PROMPTS = ["a red circle on a black background", "a lighthouse at dusk", "a bowl of fruit", "a green square"]
 
 
-def post(url: str, body: dict) -> tuple[float, int]:
-    """One request: (latency in s, outputs in the batch it ran in)."""
-    req = urllib.request.Request(
-        url + "/v1/images/generations", json.dumps(body).encode(), {"Content-Type": "application/json"}
-    )
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(req, timeout=600) as resp:
-        resp.read()
-        batch = int(resp.headers.get("X-Batch-Outputs", "1"))
-    return time.perf_counter() - t0, batch
+def load_generator(args):
+    import jdiff
+
+    if args.workload is None:
+        return jdiff.DiffGenerator.from_pretrained(args.model, dtype=args.dtype)
+    from jdiff.api import DiffGenerator
+    from jdiff.bench.jdiff_pipeline import random_model_dir
+
+    model = random_model_dir(args.workload, args.tiny, args.dtype)
+    pipeline = model.family.pipeline(model, dtype=model.dtype, placement=None)
+    return DiffGenerator(pipeline, model_path=model.root, dtype=args.dtype)
 
 
-def load(url: str, clients: int, requests: int, extra: dict) -> dict:
-    """`clients` threads send `requests` requests in all, each client one at a time."""
-    counter, lock = itertools.count(), threading.Lock()
-    latencies, batches, errors = [], [], []
+class Server:
+    """`app` served by uvicorn in a thread on a free port."""
 
-    def client():
-        while True:
-            with lock:
-                i = next(counter)
-            if i >= requests:
-                return
-            try:
-                lat, batch = post(url, {"prompt": PROMPTS[i % len(PROMPTS)], "seed": i, **extra})
-            except (urllib.error.URLError, OSError) as e:
-                errors.append(repr(e))
-                continue
-            with lock:
-                latencies.append(lat)
-                batches.append(batch)
+    def __init__(self, app):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
-    lat = np.array(latencies) * 1e3
+    def __enter__(self):
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        while httpx.get(self.url + "/health").status_code != 200:
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(120)
+        self.sock.close()
+
+
+async def send(client: httpx.AsyncClient, url: str, body: dict, at: float, t0: float) -> dict:
+    await asyncio.sleep(max(0.0, t0 + at - time.perf_counter()))
+    start = time.perf_counter()
+    r = await client.post(url + "/v1/images/generations", json=body, timeout=3600)
+    end = time.perf_counter()
+    return {"ok": r.status_code == 200, "latency": end - start, "end": end - t0, "start": start - t0,
+            "batch": int(r.headers.get("x-batch-outputs", "0"))}  # fmt: skip
+
+
+async def run(url: str, bodies: list[dict], arrivals: list[float]) -> list[dict]:
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(limits=limits) as client:
+        t0 = time.perf_counter()
+        return await asyncio.gather(
+            *(send(client, url, b, a, t0) for b, a in zip(bodies, arrivals, strict=True))
+        )
+
+
+def summary(results: list[dict]) -> dict:
+    ok = [r for r in results if r["ok"]]
+    lat = np.array([r["latency"] for r in ok])
+    span = max(r["end"] for r in ok) - min(r["start"] for r in results) if ok else float("nan")
     return {
-        "clients": clients,
-        "ok": len(latencies),
-        "errors": len(errors),
-        "rps": len(latencies) / wall,
+        "done": len(ok),
+        "failed": len(results) - len(ok),
         "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-        "p95": float(np.percentile(lat, 95)) if len(lat) else float("nan"),
-        "batch": float(np.mean(batches)) if batches else float("nan"),
+        "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan"),
+        "ips": len(ok) / span if ok else 0.0,
+        "batch": float(np.mean([r["batch"] for r in ok])) if ok else float("nan"),
     }
 
 
-def wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            sys.exit(f"the server exited with code {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.5)
-    sys.exit(f"{url} did not become healthy in {timeout:.0f}s")
+def workload(args, n: int, rng: np.random.Generator) -> list[dict]:
+    return [
+        {"prompt": PROMPTS[i % len(PROMPTS)], "seed": int(rng.integers(1 << 31)), "size": args.size,
+         "num_inference_steps": int(rng.choice(args.steps))}
+        for i in range(n)
+    ]  # fmt: skip
 
 
-def start_server(args, max_batch: int, wait_ms: float) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "jdiff", "serve", "--port", str(port), "--log-level", "warning"]
-    cmd += ["--max-batch", str(max_batch), "--batch-wait-ms", str(wait_ms)]
-    cmd += ["--warmup", args.size or "default"]
-    if args.model:
-        cmd += ["--model", args.model]
-    proc = subprocess.Popen(cmd, env=os.environ)
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url, proc)
-    return proc, url
-
-
-def run_mode(url: str, args, extra: dict) -> list[dict]:
-    for i in range(2):  # first-request costs (connections, caches) stay out of the figures
-        post(url, {"prompt": PROMPTS[i], "seed": i, **extra})
-    return [load(url, c, max(args.requests, 2 * c), extra) for c in args.concurrency]
+def warm(url: str, args) -> None:
+    """Compiles what each mode runs: every step count at every batch size request-level batching may form
+    (n = batch fills one call), and the continuous slots' chunk program."""
+    sizes = sorted({1, 2, 4, args.slots} & set(range(1, args.slots + 1)))
+    for steps in args.steps:
+        for n in sizes:
+            body = {"prompt": "warm", "seed": 1, "size": args.size, "num_inference_steps": steps, "n": n}
+            r = httpx.post(url + "/v1/images/generations", json=body, timeout=3600)
+            r.raise_for_status()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="model directory (default: the embedded model)")
-    p.add_argument("--url", default=None, help="measure this running server instead of starting ones")
-    p.add_argument("--requests", type=int, default=32, help="requests per concurrency level (>= 2 x clients)")
-    p.add_argument("--concurrency", default="1,4,16", help="comma-separated client counts")
-    p.add_argument("--max-batch", type=int, default=8)
-    p.add_argument("--batch-wait-ms", type=float, default=10.0)
+    p.add_argument(
+        "--workload", default=None, help="a jdiff.bench workload (e.g. flux_pipeline), random weights"
+    )
+    p.add_argument("--tiny", action="store_true", help="the workload's toy config")
+    p.add_argument("--dtype", default=None, help="default: the model's (bfloat16 for --workload)")
     p.add_argument("--size", default=None, help="WxH (default: the model's)")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", default="4,8,20,28", help="step counts, drawn uniformly per request")
+    p.add_argument("--loads", default="0.5,0.8,1.0,1.2", help="arrival rates as fractions of capacity")
+    p.add_argument("--requests", type=int, default=64, help="requests per load level")
+    p.add_argument("--slots", type=int, default=4, help="continuous slots = request-level max batch")
+    p.add_argument("--chunk-steps", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--serial", action="store_true", help="also measure continuous batching with --serial-slots"
+    )
     args = p.parse_args()
-    args.concurrency = [int(c) for c in args.concurrency.split(",")]
-    extra = {k: v for k, v in (("size", args.size), ("num_inference_steps", args.steps)) if v is not None}
+    args.steps = [int(s) for s in args.steps.split(",")]
+    loads = [float(x) for x in args.loads.split(",")]
+    if args.workload is not None and args.dtype is None:
+        args.dtype = "bfloat16"
 
-    rows = []
-    if args.url:
-        wait_healthy(args.url, None)
-        rows += [("as running", r) for r in run_mode(args.url, args, extra)]
-    else:
-        modes = [(f"on ({args.max_batch}, {args.batch_wait_ms:g} ms)", args.max_batch, args.batch_wait_ms)]
-        modes.append(("off", 1, 0.0))
-        for name, max_batch, wait_ms in modes:
-            proc, url = start_server(args, max_batch, wait_ms)
-            try:
-                rows += [(name, r) for r in run_mode(url, args, extra)]
-            finally:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(120)
+    from jdiff.server import create_app
 
-    print("| batching (max, wait) | clients | requests | req/s | p50 ms | p95 ms | mean batch | errors |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, r in rows:
+    gen = load_generator(args)
+    if args.size is None:
+        args.size = f"{gen.pipeline.preset['width']}x{gen.pipeline.preset['height']}"
+    common = dict(max_batch=args.slots, batch_wait_ms=5, timeout_s=3600, max_queue=100000, warmup=[])
+    modes = {
+        "request": dict(batching="request"),
+        "continuous": dict(batching="continuous", slots=args.slots, chunk_steps=args.chunk_steps,
+                           max_steps=max(args.steps)),
+    }  # fmt: skip
+    if args.serial:
+        modes["continuous, serial"] = {**modes["continuous"], "serial_slots": True}
+    rng = np.random.default_rng(args.seed)
+    burst = workload(args, 4 * args.slots, rng)
+    plans = []
+    for load in loads:
+        bodies = workload(args, args.requests, rng)
+        plans.append((load, bodies, np.cumsum(rng.exponential(1.0, args.requests)).tolist()))
+
+    rows, capacity = [], None
+    for mode, options in modes.items():
+        with Server(create_app(gen, **common, **options)) as server:
+            warm(server.url, args)
+            sat = summary(asyncio.run(run(server.url, burst, [0.0] * len(burst))))
+            if capacity is None:  # request-level batching's saturated throughput sets the arrival rates
+                capacity = sat["ips"]
+                print(f"capacity (request-level, burst of {len(burst)}): {capacity:.3f} images/s", flush=True)
+            rows.append((mode, "burst", float("inf"), sat))
+            for load, bodies, unit in plans:
+                rate = load * capacity
+                arrivals = [t / rate for t in unit]
+                rows.append(
+                    (mode, f"{load:.0%}", rate, summary(asyncio.run(run(server.url, bodies, arrivals))))
+                )
+                print(mode, rows[-1][1], rows[-1][3], flush=True)
+
+    print(
+        f"\nsize {args.size}, steps {args.steps}, {args.slots} slots / max batch, chunk {args.chunk_steps} steps\n"
+    )
+    print("| batching | load | arrivals/s | done | failed | p50 s | p99 s | images/s | mean batch |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mode, load, rate, s in rows:
         print(
-            f"| {name} | {r['clients']} | {r['ok']} | {r['rps']:.1f} | {r['p50']:.0f} | {r['p95']:.0f} "
-            f"| {r['batch']:.1f} | {r['errors']} |"
+            f"| {mode} | {load} | {rate:.3f} | {s['done']} | {s['failed']} | {s['p50']:.3f} | {s['p99']:.3f} "
+            f"| {s['ips']:.3f} | {s['batch']:.2f} |"
         )
 
 

@@ -176,15 +176,17 @@ def run_eval(
     captions: int = 48,
     seeds: tuple[int, ...] = (0, 1),
     size: tuple[int, int] | None = None,
+    dtype: str = "float32",
+    quantization: str | None = None,
     **cache,
 ) -> dict:
     """Accuracy of colour, shape and background over `captions` fixed captions x `seeds` (None: the shipped
     model), at the model's own size or `size` (height, width); `cache`: step_cache / step_cache_threshold
-    (the scores then include the fraction of steps skipped)."""
+    (the scores then include the fraction of steps skipped); `dtype` and `quantization` as `from_pretrained`."""
     import jdiff
     from jdiff.tiny.evaluate import eval_captions, evaluate
 
-    gen = jdiff.DiffGenerator.from_pretrained(model_dir, dtype="float32")
+    gen = jdiff.DiffGenerator.from_pretrained(model_dir, dtype=dtype, quantization=quantization)
     kw = ({} if size is None else {"height": size[0], "width": size[1]}) | cache
     timings = []
 
@@ -221,6 +223,10 @@ def main() -> None:
     ap.add_argument("--step-cache", choices=["first_block", "teacache"], help="eval: with this step cache")
     ap.add_argument("--step-cache-threshold", type=float, help="eval: its threshold (default: the model's)")
     ap.add_argument(
+        "--dtype", choices=["float32", "bfloat16"], default="float32", help="eval: weights' dtype"
+    )
+    ap.add_argument("--quantization", choices=["fp8"], help="eval: from_pretrained(quantization=)")
+    ap.add_argument(
         "--quick", action="store_true", help=f"a toy budget that runs in minutes on a CPU: {QUICK}"
     )
     args = ap.parse_args()
@@ -232,7 +238,8 @@ def main() -> None:
     if args.phase == "eval":
         size = tuple(int(v) for v in reversed(args.size.split("x"))) if args.size else None  # (h, w)
         cache = {"step_cache": args.step_cache, "step_cache_threshold": args.step_cache_threshold}
-        run_eval(args.model, *((24, (0,)) if args.quick else (48, (0, 1))), size=size, **cache)
+        load = {"dtype": args.dtype, "quantization": args.quantization}
+        run_eval(args.model, *((24, (0,)) if args.quick else (48, (0, 1))), size=size, **load, **cache)
         return
     if args.phase in ("train", "all"):
         run_train(args.out, args.seed, **budget)

@@ -64,6 +64,7 @@ class DiffGenerator:
         scheduler: str | None = None,
         scheduler_config: dict[str, Any] | None = None,
         offload: str | None = None,
+        quantization: str | None = None,
     ) -> DiffGenerator:
         """Loads a diffusers-format directory, a `jdiff convert` output, or (None) the embedded default model.
 
@@ -79,10 +80,15 @@ class DiffGenerator:
             offload: None (all weights on the device), "model" (each component in host memory, brought onto the
                 device for its stage) or "layers" (as "model", and the DiT's layers streamed in one by one
                 inside the denoising loop); see docs/memory.md.
+            quantization: None (the weights' dtype) or "fp8": the DiT's block linears in float8 e4m3 with
+                per-output-channel weight scales and per-token activation scales, quantized once here from the
+                checkpoint's weights (`jdiff.layers.quant`); modulation, norms, embedders and the final layer
+                stay as they are. DiT families only.
 
         Raises:
-            InputError: a missing or malformed directory, unsupported model, bad dtype, mesh or offload, or a scheduler
-                jdiff does not run (the message lists those it does) or a config value it refuses.
+            InputError: a missing or malformed directory, unsupported model, bad dtype, mesh, offload or
+                quantization (or fp8 for a family without it), or a scheduler jdiff does not run (the message
+                lists those it does) or a config value it refuses.
         """
         from jdiff import compilation_cache
 
@@ -95,6 +101,9 @@ class DiffGenerator:
         from jdiff.pipelines import offload as offloading
 
         offloading.check_mode(offload)
+        from jdiff.pipelines import quantize
+
+        quantize.check_mode(quantization)
         placement = _placement(mesh, sequence_parallel)
         if model_path is None:
             model_path = embedded_model_path()
@@ -107,6 +116,7 @@ class DiffGenerator:
             model.swap_scheduler(scheduler, scheduler_config)
         model.host_memory = offload is not None
         pipeline = model.family.pipeline(model, dtype=DTYPES[dtype], placement=placement)
+        quantize.apply(pipeline, model, quantization)
         offloading.apply(pipeline, offload)
         return cls(pipeline, model_path=model.root, dtype=dtype)
 

@@ -20,13 +20,13 @@ import sys
 import warnings
 from pathlib import Path
 
+from jdiff import load_options
 from jdiff.errors import InputError
 from jdiff.server import options as serve_options
 
 PRESET = "the model's preset"
 SIZES = "1024 for FLUX.1, 64 for the embedded model, a small model's own sample size"
 DTYPE_HELP = "weights and activations (default: bfloat16 on GPU/TPU, float32 on CPU)"
-OFFLOAD_HELP = "keep weights in host memory: per component, or DiT layers streamed (docs/memory.md)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -113,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     g.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=DTYPE_HELP)
     g.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1 (default: one device)")
-    g.add_argument("--offload", choices=["model", "layers"], default=None, help=OFFLOAD_HELP)
+    load_options.add_arguments(g)  # --offload, --quantization
     g.add_argument(
         "--sequence-parallel",
         choices=["ulysses", "ring"],
@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=30000, help="port to listen on")
     s.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help=DTYPE_HELP)
     s.add_argument("--mesh", default=None, help="e.g. data=2,fsdp=1,context=4,tensor=1 (default: one device)")
-    s.add_argument("--offload", choices=["model", "layers"], default=None, help=OFFLOAD_HELP)
+    load_options.add_arguments(s)  # --offload, --quantization
     s.add_argument(
         "--sequence-parallel",
         choices=["ulysses", "ring"],
@@ -297,7 +297,7 @@ def _generate(args) -> int:
         mesh=args.mesh,
         sequence_parallel=args.sequence_parallel,
         scheduler=args.scheduler,
-        offload=args.offload,
+        **load_options.load_kwargs(args),
     )
     scales = {gen.load_lora(path, f"lora{i}"): scale for i, (path, scale) in enumerate(loras)}
     suffix = ".mp4" if gen.pipeline.is_video else ".png"
@@ -397,7 +397,7 @@ def _serve(args) -> int:
         mesh=args.mesh,
         sequence_parallel=args.sequence_parallel,
         scheduler=args.scheduler,
-        offload=args.offload,
+        **load_options.load_kwargs(args),
     )
     for name, path in loras:  # every process: the followers run the same requests
         gen.load_lora(path, name)

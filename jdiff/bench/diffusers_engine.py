@@ -95,13 +95,15 @@ def _torch_setup(name: str, config: dict, sz: dict, device):
         t = torch.full((1,), 0.5, device=device)
         caps = [rand(sz["text"], config["cap_feat_dim"])]
         return model, lambda m: m(latents, t, caps, return_dict=False)[0][0]
-    if name == "flux2_klein_step":
+    if name in ("flux2_klein_step", "flux2_dev_step"):
         model = _torch_random(diffusers.Flux2Transformer2DModel, config, device, bf16)
         x = dict(
             hidden_states=rand(1, sz["h"] * sz["w"], config["in_channels"]),
             encoder_hidden_states=rand(1, sz["text"], config["joint_attention_dim"]),
-            # Flux2KleinPipeline: t / 1000 in the latents' dtype, no guidance (klein has no embedding)
+            # Flux2(Klein)Pipeline: t / 1000 in the latents' dtype; klein has no guidance embedding, dev gets
+            # its guidance (4.0) in float32
             timestep=torch.full((1,), 0.5, device=device, dtype=bf16),
+            guidance=torch.full((1,), 4.0, device=device) if config["guidance_embeds"] else None,
             **ids(4),
             return_dict=False,
         )
@@ -169,8 +171,12 @@ def _torch_setup(name: str, config: dict, sz: dict, device):
             for real in sz["text_lens"]
         ]
         return model, lambda m: torch.cat([m(**x)[0] for x in calls])
-    if name == "hunyuan_video15_vae_decode":
+    if name.startswith("hunyuan_video15_vae_decode"):
         model = _torch_random(diffusers.AutoencoderKLHunyuanVideo15, config, device, bf16)
+        if "tiling" in sz:  # enable_tiling's arguments in its order
+            names = ("tile_sample_min_height", "tile_sample_min_width", "tile_latent_min_height")
+            names += ("tile_latent_min_width", "tile_overlap_factor")
+            model.enable_tiling(**dict(zip(names, sz["tiling"], strict=True)))
         z = rand(1, config["latent_channels"], sz["f"], sz["h"], sz["w"])
         return model, lambda m: m.decode(z, return_dict=False)[0]
     if name == "wan_forward":

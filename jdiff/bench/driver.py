@@ -4,8 +4,10 @@ each engine in its own process.
 Workloads (real configs, no weights loaded; every floating parameter is normal(0, 0.02), with each engine's
 float32-kept parameters in float32 as its loader would keep them):
   flux_step        FLUX.1-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
+  flux_step_fp8    the same with quantization="fp8" (block linears in float8 e4m3; jdiff only)
   z_image_step     Z-Image-Turbo transformer, one step at 1024x1024 (4096 image + 128 caption tokens, no CFG)
   flux2_klein_step FLUX.2-klein-4B transformer, one step at 1024x1024 (4096 image + 512 text tokens, no CFG)
+  flux2_dev_step   FLUX.2-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
   sdxl_unet_step   SDXL base UNet, one CFG step at 1024x1024 (batch 2 of 128x128 latents, 77 text tokens)
   qwen_image_step  Qwen-Image transformer, one call at 1024x1024, batch 1 (4096 image + 16 text tokens); a
                    true-CFG step (SGLang's per-step figure) is two such calls
@@ -18,13 +20,19 @@ float32-kept parameters in float32 as its loader would keep them):
                    batch-1 calls (text padded to 1000, glyph 256, 729 zero image tokens, masked)
   hunyuan_video15_vae_decode
                    HunyuanVideo-1.5 VAE decode of 31 latent frames to 121 frames at 848x480
+  hunyuan_video15_vae_decode_720p_tiled
+                   the same at 1280x720 (31x45x80 latent) in diffusers' default tiles (enable_tiling():
+                   256 px, overlap 0.25) on both engines; its peak GiB is what tiling buys
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
+  wan_forward_fp8  the same with quantization="fp8" (jdiff only)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480
   flux_pipeline    FLUX.1-dev text to image end to end (CLIP-L + T5-XXL, 28 steps, guidance 3.5, VAE decode)
                    at 1024x1024, decoded to float32 arrays (no PNG); tokenizers from the embedded tiny model
   flux_pipeline_fbcache
                    the same with the first-block step cache at 0.12 (diffusers: its FirstBlockCache hook)
+  flux_pipeline_fp8
+                   the same with quantization="fp8" (jdiff only)
   z_image_pipeline Z-Image-Turbo end to end at 1024x1024 (Qwen3-4B, its preset's 9 steps, no CFG, VAE decode)
   flux2_klein_pipeline
                    FLUX.2-klein-4B end to end at 1024x1024 (Qwen3-4B, its preset's 4 steps, no CFG)

@@ -50,8 +50,14 @@ def _jdiff_random(spec, cfg, dtype):
     return graphdef, nnx.from_flat_state(flat)
 
 
+# fp8 workloads: `<base>_fp8` runs workload <base> with the denoiser as `quantization="fp8"` loads it.
+FP8_BASES = {"flux_step": "jdiff.models.flux.plan", "wan_forward": "jdiff.models.wan.plan"}
+
+
 def _jdiff_setup(name: str, config: dict, sz: dict):
     """(graphdef, params, apply(model, *inputs), inputs) for one single-model workload."""
+    import importlib
+
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -64,6 +70,11 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
     def rand(shape, dtype=bf16):
         return jax.random.normal(next(keys), shape, dtype)
 
+    if name.removesuffix("_fp8") in FP8_BASES and name.endswith("_fp8"):
+        base = name.removesuffix("_fp8")
+        graphdef, params, apply, inputs = _jdiff_setup(base, config, sz)
+        spec = importlib.import_module(FP8_BASES[base]).SPEC
+        return (*quantized_fp8(spec, graphdef, params), apply, inputs)
     if name in ("flux_step", *LORA_WORKLOADS):
         from jdiff.models.flux.plan import SPEC
         from jdiff.pipelines.flux import _rope_tables
@@ -88,7 +99,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
 
         if name in LORA_WORKLOADS:
             graphdef, params = _jdiff_random(SPEC, cfg, bf16)
-            return _with_lora(graphdef, params, apply, inputs, sz)
+            return _with_lora(graphdef, params, apply, inputs, sz, SPEC.plan)
 
     elif name == "z_image_step":
         from jdiff.models.z_image.plan import SPEC
@@ -109,7 +120,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             out = m.predict(patchify(x), caps, cap_lens, m.modulation(t), rope, masked=False)
             return unpatchify(out, *x.shape[2:])
 
-    elif name == "flux2_klein_step":
+    elif name in ("flux2_klein_step", "flux2_dev_step"):
         from jdiff.layers.rope import rope_cos_sin
         from jdiff.models.flux2.plan import SPEC
 
@@ -124,8 +135,10 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
             sin,
         )
 
+        guidance = jnp.full((1,), 4.0, jnp.float32) if cfg.guidance_embeds else None
+
         def apply(m, x, txt, t, cos, sin):
-            return m(x, txt, t, (cos, sin))
+            return m(x, txt, t, (cos, sin), guidance=guidance)
 
     elif name == "sdxl_unet_step":
         from jdiff.models.unet.plan import SPEC
@@ -198,14 +211,16 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         def apply(m, x, ts, txt, txt_mask, glyph, glyph_mask, cos, sin):
             return m(x, ts, txt, txt_mask, glyph, glyph_mask, (cos, sin))
 
-    elif name == "hunyuan_video15_vae_decode":
+    elif name in ("hunyuan_video15_vae_decode", "hunyuan_video15_vae_decode_720p_tiled"):
+        from jdiff.models.hunyuan_video15.tiling import VAETiling
         from jdiff.models.hunyuan_video15.vae_plan import SPEC
 
         cfg = from_dict(SPEC.config_cls, config)
         inputs = (rand((1, sz["f"], sz["h"], sz["w"], cfg.latent_channels)),)
+        tiling = VAETiling(*sz["tiling"]) if "tiling" in sz else None
 
         def apply(m, z):
-            return m.decode(z)
+            return m.decode(z, tiling)
 
     elif name == "wan_forward":
         from jdiff.models.wan.plan import SPEC
@@ -252,9 +267,12 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
 LORA_WORKLOADS = ("flux_lora_step", "flux_lora_batch4_one", "flux_lora_batch4_mixed")
 
 
-def _with_lora(graphdef, params, apply, inputs, sz: dict):
+def _with_lora(graphdef, params, apply, inputs, sz: dict, plan):
     """The model with random adapters in every block linear but the AdaLN modulation (what FLUX LoRAs
-    train), as `jdiff.pipelines.lora` loads them, and per-row scales as an input: row i uses slot i mod S."""
+    train), as `jdiff.pipelines.lora` loads them, and per-row scales as an input: row i uses slot i mod S.
+
+    A linear merged at load from P torch linears (q/k/v, and the single blocks' MLP input: `plan`'s grouped
+    rules) holds P blocks of factors, as adapters trained on every one of those torch linears fill it."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -262,8 +280,11 @@ def _with_lora(graphdef, params, apply, inputs, sz: dict):
 
     from jdiff.layers import lora
     from jdiff.layers.linear import Linear
+    from jdiff.weights.loading import param_shapes
+    from jdiff.weights.plan import merged_parts
 
     slots, rank, b = sz["slots"], sz["rank"], sz.get("batch", 1)
+    shapes = param_shapes(params)
     model = nnx.merge(graphdef, params)
     key = jax.random.key(2)
     for path, node in nnx.iter_graph(model):
@@ -271,9 +292,10 @@ def _with_lora(graphdef, params, apply, inputs, sz: dict):
         if not isinstance(node, Linear) or "transformer_blocks" not in names[0] or "norm" in ".".join(names):
             continue
         *lead, d_in, d_out = node.kernel.shape
+        k = slots * rank * len(merged_parts(plan, ".".join(names) + ".kernel", shapes) or [None])
         key, ka, kb = jax.random.split(key, 3)
-        node.lora_a = lora.LoraParam(jax.random.normal(ka, (*lead, d_in, slots * rank), jnp.bfloat16) * 0.02)
-        node.lora_b = lora.LoraParam(jax.random.normal(kb, (*lead, slots * rank, d_out), jnp.bfloat16) * 0.02)
+        node.lora_a = lora.LoraParam(jax.random.normal(ka, (*lead, d_in, k), jnp.bfloat16) * 0.02)
+        node.lora_b = lora.LoraParam(jax.random.normal(kb, (*lead, k, d_out), jnp.bfloat16) * 0.02)
     graphdef, params = nnx.split(model)
     scales = np.zeros((b, slots * rank), np.float32)
     for i in range(b):
@@ -286,19 +308,34 @@ def _with_lora(graphdef, params, apply, inputs, sz: dict):
     return graphdef, params, with_rows, (jnp.asarray(scales), *inputs)
 
 
+def quantized_fp8(spec, graphdef, params):
+    """(graphdef, params) with the linears `spec.fp8` names quantized, as `quantization="fp8"` loads them."""
+    from flax import nnx
+
+    from jdiff.pipelines.quantize import fp8_linears
+
+    model = nnx.merge(graphdef, params)
+    del params
+    for _, linear in fp8_linears(model, spec.fp8):
+        linear.quantize_fp8()
+    return nnx.split(model)
+
+
 def _attention_head_dim(name: str, config: dict) -> int:
     """The head dim that decides the workload's attention kernel (the VAEs' mid-block attention is one head)."""
+    name = name.removesuffix("_fp8")
     if name in (
         "flux_step",
         "wan_forward",
         "flux2_klein_step",
+        "flux2_dev_step",
         "qwen_image_step",
         "qwen_image_cfg_step",
         "hunyuan_video15_step",
         *LORA_WORKLOADS,
     ):
         return config["attention_head_dim"]
-    if name == "hunyuan_video15_vae_decode":  # its mid-block attention: one head of the last width
+    if name.startswith("hunyuan_video15_vae_decode"):  # its mid-block attention: one head of the last width
         return config["block_out_channels"][-1]
     if name == "sdxl_unet_step":  # diffusers' attention_head_dim is the head count: 1280 / 20 = 64
         return config["block_out_channels"][-1] // config["attention_head_dim"][-1]

@@ -191,6 +191,7 @@ def run_jdiff_pipeline(name: str, tiny: bool, warm: bool) -> dict:
 
     from jdiff.bench.jdiff_engine import _attention_head_dim
     from jdiff.layers.attention import default_implementation
+    from jdiff.pipelines import quantize
 
     wl, config, sz = _resolve(name, tiny)
     spec = wl.pipeline
@@ -215,6 +216,7 @@ def run_jdiff_pipeline(name: str, tiny: bool, warm: bool) -> dict:
     with events:
         t0 = time.perf_counter()
         pipe = model.family.pipeline(model, dtype=bf16)
+        quantize.apply(pipe, model, spec.quantization)
         construct_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         first = generate(pipe)

@@ -30,6 +30,7 @@ class PipelineSpec:
         diffusers_kwargs: more arguments of diffusers' pipeline constructor.
         step_cache: (mode, threshold) of a step cache: jdiff's `generate(step_cache=, step_cache_threshold=)`;
             diffusers puts its FirstBlockCache hook at that threshold on the denoiser ("first_block" only).
+        quantization: jdiff's `from_pretrained(quantization=)` ("fp8"), applied after construction; jdiff only.
     """
 
     pipeline_class: str
@@ -42,6 +43,7 @@ class PipelineSpec:
     index: dict = field(default_factory=dict)
     diffusers_kwargs: dict = field(default_factory=dict)
     step_cache: tuple[str, float] | None = None
+    quantization: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING
 
 from jdiff.bench.configs import (
+    FLUX2_DEV,
     FLUX2_KLEIN_4B,
     FLUX_DEV,
     FLUX_TINY,
@@ -128,6 +129,20 @@ WORKLOADS = {
         tiny_sizes=dict(h=4, w=4, text=8),
         tiny_title="tiny FLUX.2 transformer step (toy config), 64x64",
     ),
+    # FLUX.2-dev is guidance-distilled (one call per step, guidance 4.0 embedded); Flux2Pipeline pads the
+    # Mistral-3 prompt to 512 tokens.
+    "flux2_dev_step": Workload(
+        "FLUX.2-dev transformer step, 1024x1024",
+        FLUX2_DEV,
+        dict(h=64, w=64, text=512),
+        flux2_tflop(FLUX2_DEV, dict(h=64, w=64, text=512)),
+        warmup=2,
+        repeats=5,
+        engines=ENGINES,
+        tiny_config=to_dict(Flux2Config.tiny(guidance_embeds=True)),
+        tiny_sizes=dict(h=4, w=4, text=8),
+        tiny_title="tiny FLUX.2 transformer step with guidance (toy config), 64x64",
+    ),
     # SDXL base with CFG as StableDiffusionXLPipeline runs it: [negative; prompt] in one batch of 2, 77 tokens
     # of the two encoders' 2048 features, pooled text 1280 and six size/crop numbers (text_time).
     "sdxl_unet_step": Workload(
@@ -173,6 +188,21 @@ WORKLOADS = {
         tiny_sizes=dict(h=4, w=4, text=8, negative_text=3),
         tiny_title="tiny Qwen-Image true-CFG step (toy config), 64x64",
     ),
+    # fp8 (issue 19): flux_step with the block linears quantized as `quantization="fp8"` quantizes them
+    # (jdiff.layers.quant, per-channel weight and per-token activation scales). diffusers' side would be torchao,
+    # which is not a dependency: benchmarks/fp8_error.py runs it next to jdiff where it is installed.
+    "flux_step_fp8": Workload(
+        "FLUX.1-dev transformer step, 1024x1024, fp8 linears",
+        FLUX_DEV,
+        dict(h=64, w=64, text=512),
+        74.4,
+        warmup=2,
+        repeats=10,
+        engines=("jdiff",),
+        tiny_config=FLUX_TINY,
+        tiny_sizes=dict(h=4, w=4, text=8),
+        tiny_title="tiny FLUX transformer step (toy config), 64x64, fp8 linears",
+    ),
     # LoRA (issue 20): one rank-32 adapter on every block linear but the modulation vs flux_step (no
     # adapter); a batch of 4 with 4 adapters loaded, each row its own, vs a batch of 4 with one loaded.
     "flux_lora_step": _lora_workload("one rank-32 LoRA", batch=1, slots=1),
@@ -190,6 +220,21 @@ WORKLOADS = {
         ),
         tiny_sizes=dict(f=3, h=4, w=4, text=8),
         tiny_title="tiny Wan transformer forward (toy config), 32x32x9",
+    ),
+    # wan_forward with the blocks' linears in fp8 (issue 19; jdiff only, as flux_step_fp8).
+    "wan_forward_fp8": Workload(
+        "Wan2.1-T2V-1.3B transformer forward, 832x480x81, fp8 linears",
+        WAN_13B,
+        dict(f=21, h=60, w=104, text=512),
+        282.7,
+        warmup=2,
+        repeats=5,
+        engines=("jdiff",),
+        tiny_config=to_dict(
+            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
+        ),
+        tiny_sizes=dict(f=3, h=4, w=4, text=8),
+        tiny_title="tiny Wan transformer forward (toy config), 32x32x9, fp8 linears",
     ),
     "flux_vae_decode": Workload(
         "FLUX VAE decode, 1024x1024",
@@ -239,6 +284,20 @@ WORKLOADS = {
         tiny_config=HY15_VAE_TINY,
         tiny_sizes=dict(f=2, h=4, w=6),
         tiny_title="tiny HunyuanVideo-1.5 VAE decode (toy config), 2 latent frames -> 5 x 24x16",
+    ),
+    # 720p decoded in diffusers' default tiles (`enable_tiling()`: 256 px, a quarter overlapping): 45 x 80
+    # latents are 4 x 7 tiles of 4 shapes, one lax.map each; the peak is one tile's activations + the video.
+    "hunyuan_video15_vae_decode_720p_tiled": Workload(
+        "HunyuanVideo-1.5 VAE decode, tiled (256 px tiles), 31 latent frames -> 121 x 1280x720",
+        HY15_VAE,
+        dict(f=31, h=45, w=80, tiling=(256, 256, 16, 16, 0.25)),
+        None,
+        warmup=1,
+        repeats=3,
+        engines=("jdiff", "diffusers"),
+        tiny_config=HY15_VAE_TINY,
+        tiny_sizes=dict(f=1, h=5, w=3, tiling=(16, 16, 4, 4, 0.25)),  # tiles 4 and 2 high, one column
+        tiny_title="tiny HunyuanVideo-1.5 VAE decode, tiled (toy config, 16 px tiles), 1 latent frame -> 12x20",
     ),
     **PIPELINE_WORKLOADS,
 }

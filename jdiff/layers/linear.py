@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jdiff import sharding as sh
-from jdiff.layers import lora
+from jdiff.layers import lora, quant
 
 
 def _init(init, axes):
@@ -60,6 +60,11 @@ class Linear(nnx.Linear):
     that follows anyway (gated residual, GELU and concatenation) or costs a pass over the output.
     `bias_epilogue=True` keeps the fused epilogue where that pass would cost more than the copy: a GELU
     projection, or an output much larger than the weight (Wan's q/k/v over 32k video tokens).
+
+    `quantize_fp8()` turns the layer into an fp8 one (`jdiff.layers.quant`): `kernel` is replaced by
+    `kernel_fp8` [.., O, I] and `kernel_scale` [.., O]. Its bias then always joins the scale multiply after the
+    fp8 GEMM (one elementwise pass that fuses into the consumer; nothing goes into the GEMM's epilogue, so no
+    barrier is needed), and LoRA adapters add their delta in the activation dtype, from the unquantized input.
     """
 
     def __init__(
@@ -82,7 +87,33 @@ class Linear(nnx.Linear):
         )
         self.bias_epilogue = bias_epilogue
 
+    @property
+    def is_fp8(self) -> bool:
+        return getattr(self, "kernel_scale", None) is not None
+
+    def quantize_fp8(self) -> None:
+        """Replaces the kernel by its fp8 form and per-output-channel scales (`jdiff.layers.quant`), once.
+
+        Works on a stacked layer (kernel [L, I, O]) too; the new variables keep the kernel's logical axis names
+        (the quantized kernel's last two swapped, the scales without the input axis), so placements and
+        `offload` treat them as they treated the kernel.
+        """
+        if self.is_fp8:
+            return
+        names = tuple(self.kernel.get_metadata().get("out_sharding") or (None,) * self.kernel.ndim)
+        w_q, scale = quant.quantize_weight(self.kernel[...])
+        w_names, s_names = (*names[:-2], names[-1], names[-2]), (*names[:-2], names[-1])
+        self.kernel_fp8 = quant.Fp8Kernel(w_q, out_sharding=w_names, eager_sharding=False)
+        self.kernel_scale = quant.Fp8Scale(scale, out_sharding=s_names, eager_sharding=False)
+        del self.kernel
+
     def __call__(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if self.is_fp8:
+            bias = None if self.bias is None else self.bias[...]
+            y = quant.linear(
+                inputs, self.kernel_fp8[...], self.kernel_scale[...], bias, out_sharding=out_sharding
+            )
+            return self._with_lora(inputs, y)
         if self.bias is None or not _bias_apart(self.bias_epilogue):
             return self._with_lora(inputs, super().__call__(inputs, out_sharding))
         y = jax.lax.optimization_barrier(self.matmul(inputs, out_sharding))
@@ -101,6 +132,10 @@ class Linear(nnx.Linear):
         return self._with_lora(inputs, self._matmul(inputs, out_sharding))
 
     def _matmul(self, inputs: jax.Array, out_sharding=None) -> jax.Array:
+        if self.is_fp8:
+            return quant.linear(
+                inputs, self.kernel_fp8[...], self.kernel_scale[...], out_sharding=out_sharding
+            )
         inputs, kernel = self.promote_dtype((inputs, self.kernel[...]), dtype=self.dtype)
         kw = {"out_sharding": out_sharding}
         if self.preferred_element_type is not None:

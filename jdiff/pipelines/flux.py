@@ -11,7 +11,7 @@ every prompt, seed, guidance scale and resolution-dependent shift. `trace_counts
 from __future__ import annotations
 
 import collections
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -52,6 +52,11 @@ def unpack_latents_nhwc(latents: jax.Array, h: int, w: int) -> jax.Array:
     b, _, c4 = latents.shape
     x = latents.reshape(b, h // 2, w // 2, c4 // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
     return x.reshape(b, h, w, c4 // 4)
+
+
+@partial(jax.jit, static_argnums=1)
+def _packed_noise(keys, shape: tuple[int, int, int]) -> jax.Array:
+    return pack_latents(noise_from_keys(keys, shape))
 
 
 @lru_cache(maxsize=16)
@@ -274,11 +279,7 @@ class FluxPipeline(Pipeline):
         h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
         init, noise_shape = self._initial_latents(request.latents, list(request.seeds), request.batch, h, w)
         init = put(self.placement, init, None if noise_shape else (sh.BATCH, None, None))
-        sc = self.scheduler
-        mu = calculate_shift(
-            (h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
-        )
-        schedule = self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
+        schedule = self.slot_schedule(request)
         cos, sin = _rope_tables(
             embeds.shape[1], h // 2, w // 2, tuple(self.transformer_config.axes_dims_rope)
         )
@@ -290,6 +291,54 @@ class FluxPipeline(Pipeline):
         args += (cache_params,)
         kwargs = dict(cfg=self._true_cfg(request), noise_shape=noise_shape, step_cache=mode)
         return Stage(self._denoise, args, kwargs, key=(init.shape, embeds.shape, request.steps, h, w))
+
+    # ---- step-level continuous batching (`jdiff.pipelines.slots`) ------------------------------------------
+
+    def slot_refusal(self, request: Request) -> str | None:
+        for why, refused in (
+            ("true CFG (a negative prompt with true_cfg_scale > 1)", self._true_cfg(request)),
+            ("step caching", request.step_cache is not None),
+            ("given latents", request.latents is not None),
+            ("loaded LoRA adapters", self.lora is not None and bool(self.lora.names)),
+            ("a model sharded over several devices", self.placement is not None),
+        ):
+            if refused:
+                return f"{why} runs with request-level batching"
+        return None
+
+    def slot_bucket(self, request: Request) -> tuple:
+        return ("flux", request.height, request.width, request.max_sequence_length)
+
+    def slot_schedule(self, request: Request):
+        h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
+        sc = self.scheduler
+        mu = calculate_shift(
+            (h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
+        )
+        return self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
+
+    def slot_inputs(self, request: Request, cond):
+        embeds, pooled = cond
+        h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
+        noise = _packed_noise(noise_keys(list(request.seeds)), (self.latent_channels, h, w))
+        g = np.float32(request.guidance_scale) if self.transformer_config.guidance_embeds else None
+        return noise[0], (embeds[0], pooled[0], g)
+
+    def slot_shared(self, request: Request):
+        h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
+        return _rope_tables(
+            request.max_sequence_length, h // 2, w // 2, tuple(self.transformer_config.axes_dims_rope)
+        )
+
+    def slot_params(self):
+        return self._params["transformer"]
+
+    def slot_model(self, params, rope, cond, x, t):
+        """The velocity for every slot [S, S_tok, 4C] at per-slot timesteps t [S] (traced)."""
+        embeds, pooled, g = cond
+        model = nnx.merge(self._defs["transformer"], params)
+        modulation = model.modulation(t / 1000, pooled, g)
+        return model.predict(x.astype(self.dtype), embeds, modulation, rope).astype(jnp.float32)
 
     def decode_stage(self, request: Request) -> Stage:
         h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor

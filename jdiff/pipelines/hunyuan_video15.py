@@ -37,10 +37,12 @@ from jdiff.models.hunyuan_video15.text import (
     SYSTEM_MESSAGE,
     glyph_text,
 )
+from jdiff.models.hunyuan_video15.tiling import VAETiling, decode_activation_bytes
 from jdiff.models.hunyuan_video15.transformer import post_patch_grid
 from jdiff.models.hunyuan_video15.transformer import rope_tables as _rope_tables_uncached
 from jdiff.models.siglip.vision import preprocess_images
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines import memory
 from jdiff.pipelines.base import video_latents, warn, warn_truncated
 from jdiff.pipelines.chat_template import read_template, render
 from jdiff.pipelines.family import Family
@@ -87,6 +89,10 @@ class HunyuanVideo15Pipeline(Pipeline):
 
     family = "HunyuanVideo-1.5"
     is_video = True
+    # VAE tiling (diffusers' `vae.enable_tiling()`): None decodes in tiles only where memory planning finds
+    # that the whole frame would not fit the device (`decode_tiling`); True tiles decode and encode with
+    # diffusers' default tiles, a `VAETiling` with its own; False never tiles.
+    vae_tiling: bool | VAETiling | None = None
     refusals = {  # noqa: RUF012
         "true_cfg_scale": "HunyuanVideo-1.5 runs classifier-free guidance with guidance_scale",
         "max_sequence_length": "HunyuanVideo-1.5 reads a fixed 1000 prompt tokens (and 256 glyph tokens)",
@@ -134,8 +140,8 @@ class HunyuanVideo15Pipeline(Pipeline):
         self._encode_text = compiler_options.jit(self._encode_text_fn)
         self._encode_glyph = compiler_options.jit(self._encode_glyph_fn)
         self._denoise = compiler_options.jit(self._denoise_fn, static_argnames=("cfg", "noise_shape"))
-        self._decode = compiler_options.jit(self._decode_fn)
-        self._encode_image = compiler_options.jit(self._encode_image_fn)
+        self._decode = compiler_options.jit(self._decode_fn, static_argnames=("tiling",))
+        self._encode_image = compiler_options.jit(self._encode_image_fn, static_argnames=("tiling",))
 
     # ---- jitted stages ------------------------------------------------------------------------------------
 
@@ -151,18 +157,18 @@ class HunyuanVideo15Pipeline(Pipeline):
         embeds = nnx.merge(self._defs["glyph"], params)(ids, mask)
         return (embeds * mask[..., None].astype(embeds.dtype)).astype(self.dtype)
 
-    def _encode_image_fn(self, vae_params, siglip_params, video, pixel_values):
+    def _encode_image_fn(self, vae_params, siglip_params, video, pixel_values, tiling=None):
         """(first-frame latents [1, 1, h, w, C] times scaling_factor (diffusers: the mode), SigLIP tokens)."""
         self.trace_counts["encode_image"] += 1
-        mean, _ = nnx.merge(self._defs["vae"], vae_params).encode(video.astype(self.dtype))
+        mean, _ = nnx.merge(self._defs["vae"], vae_params).encode(video.astype(self.dtype), tiling)
         tokens = nnx.merge(self._defs["image_encoder"], siglip_params)(pixel_values)
         return mean.astype(jnp.float32) * self.vae_config.scaling_factor, tokens.astype(self.dtype)
 
-    def _decode_fn(self, params, latents):
+    def _decode_fn(self, params, latents, tiling=None):
         self.trace_counts["decode"] += 1
         latents = sh.constrain(latents, (sh.BATCH, None, None, None, None))  # batch-split only
         z = latents / self.vae_config.scaling_factor
-        video = nnx.merge(self._defs["vae"], params).decode(z.astype(self.dtype)).astype(jnp.float32)
+        video = nnx.merge(self._defs["vae"], params).decode(z.astype(self.dtype), tiling).astype(jnp.float32)
         return jnp.clip(video * 0.5 + 0.5, 0, 1)
 
     def _denoise_fn(
@@ -329,6 +335,7 @@ class HunyuanVideo15Pipeline(Pipeline):
                 self._params["image_encoder"],
                 put(self.placement, vae_pixels(image)),
                 put(self.placement, pixel_values),
+                tiling=self._tiling(),
             )
         # diffusers: the image latent in frame 0 of the condition latents, the mask 1 there and 0 elsewhere.
         first = jnp.concatenate([latent[:, 0], jnp.ones(latent.shape[:1] + latent.shape[2:4] + (1,))], -1)
@@ -365,7 +372,25 @@ class HunyuanVideo15Pipeline(Pipeline):
         return Stage(self._denoise, args, kwargs, key=key)
 
     def decode_stage(self, request: Request) -> Stage:
-        return Stage(self._decode, (self._params["vae"],))
+        params = self._params["vae"]  # first: under offload this brings the VAE in, counted as resident
+        tiling = self.decode_tiling(request)
+        return Stage(self._decode, (params,), {"tiling": tiling}, key=(tiling,))
+
+    def _tiling(self) -> VAETiling | None:
+        """The explicit `vae_tiling` setting as a `VAETiling` (None: untiled, or the automatic choice)."""
+        if self.vae_tiling is True:
+            return VAETiling()
+        return self.vae_tiling or None
+
+    def decode_tiling(self, request: Request) -> VAETiling | None:
+        """The decode's tiles: `vae_tiling` where set, else diffusers' default tiles where memory planning is
+        on (`jdiff.pipelines.memory`) and the whole-frame decode's estimate
+        (`hunyuan_video15.tiling.decode_activation_bytes`) does not fit what the device has free now."""
+        if self.vae_tiling is not None or not memory.enabled():
+            return self._tiling()
+        f, h, w = self._latent_grid(request)
+        need = decode_activation_bytes(self.vae_config, request.batch, f, h, w, self.dtype.itemsize)
+        return None if memory.fits(need) else VAETiling()
 
     def latents_out(self, final: np.ndarray) -> np.ndarray:
         return final.transpose(0, 4, 1, 2, 3)  # channels-last -> diffusers' [B, C, F, H, W]

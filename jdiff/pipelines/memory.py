@@ -158,6 +158,17 @@ def check_estimate(incoming: dict[jax.Device, int], activations: int, offload: s
             )
 
 
+def fits(activations: int, incoming: dict[jax.Device, int] | None = None) -> bool:
+    """Whether resident + `incoming` + `activations` bytes fit every local device whose capacity is known
+    (True where none is): for choices such as decoding in tiles, where `check_estimate` would refuse."""
+    incoming = incoming or {}
+    for d, used in resident().items():
+        cap = capacity(d)
+        if cap is not None and used + incoming.get(d, 0) + activations > cap:
+            return False
+    return True
+
+
 def program_bytes(compiled) -> int:
     """A compiled program's device bytes beyond its (already resident) arguments: temporaries + outputs
     that do not alias an argument."""

@@ -88,6 +88,7 @@ class Pipeline:
     size_multiple: int
     placement: Any = None
     lora: Any = None  # a `jdiff.pipelines.lora.Adapters` where the family takes LoRA adapters
+    quantization: str | None = None  # "fp8" once `jdiff.pipelines.quantize.apply` ran
     offload: str | None = None  # None, "model" or "layers" (`jdiff.pipelines.offload.apply` sets it)
     # Step-cache mode -> its default threshold (`jdiff.sampling.step_cache`), for families whose loop runs one.
     step_caches: ClassVar[dict[str, float]] = {}

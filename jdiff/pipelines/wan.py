@@ -35,6 +35,7 @@ from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request, negatives_for
+from jdiff.pipelines.wan_slots import WanSlots
 from jdiff.presets import load_preset
 from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys
@@ -66,7 +67,7 @@ def prompt_clean(text: str) -> str:
     return re.sub(r"\s+", " ", html.unescape(html.unescape(text)).strip()).strip()
 
 
-class WanPipeline(Pipeline):
+class WanPipeline(WanSlots, Pipeline):
     """Wan text-to-video and image-to-video from a diffusers-format directory (or a jdiff checkpoint)."""
 
     family = "Wan"

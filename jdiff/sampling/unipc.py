@@ -239,7 +239,7 @@ def unipc_init(cfg: UniPCConfig, schedule: Schedule, latents: Float[Array, "*x"]
     return UniPCState(zeros, (zeros,) * cfg.solver_order)
 
 
-def _order(k: Array, n: int, cfg: UniPCConfig) -> Array:
+def _order(k: Array, n: int | Array, cfg: UniPCConfig) -> Array:
     """The UniP order diffusers uses at step k: warm up from 1, and with lower_order_final drop to 1 at the end."""
     order = jnp.minimum(cfg.solver_order, k + 1)
     if cfg.lower_order_final:
@@ -351,7 +351,8 @@ def unipc_step(
         (the sample at sigmas[i + 1] in x's dtype, next state). Computed in float32 throughout.
     """
     sigmas = schedule.sigmas.astype(jnp.float32)
-    n = sigmas.shape[0] - 1
+    # A schedule padded for continuous batching carries its own length (`slots.pad_schedule`).
+    n = schedule.aux.get("num_steps", sigmas.shape[0] - 1)
     sample = x.astype(jnp.float32)
     out = model_output.astype(jnp.float32)
     alpha, sigma_t = _alpha_sigma(sigmas[i], cfg)

@@ -26,8 +26,9 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from jdiff.server import images, loras, page, videos
-from jdiff.server.batcher import Batcher, ShuttingDown, batch_buckets
+from jdiff.server.batcher import Batcher, ImageRequest, ShuttingDown, batch_buckets
 from jdiff.server.context import ServerContext, context
+from jdiff.server.continuous import ContinuousBatcher, VideoJobs
 from jdiff.server.errors import ApiError, error_response, install_handlers
 from jdiff.server.jobs import JobStore
 from jdiff.server.metrics import Metrics
@@ -49,6 +50,11 @@ def create_app(
     max_queue: int = 256,
     warmup: list[tuple[int, int]] | None = None,
     api_key: str | None = None,
+    batching: str = "request",
+    slots: int | None = None,
+    chunk_steps: int = 4,
+    max_steps: int | None = None,
+    serial_slots: bool = False,
 ) -> FastAPI:
     """The FastAPI app serving `gen` (a `DiffGenerator`).
 
@@ -72,6 +78,12 @@ def create_app(
         max_queue: requests that may wait for the device; more get 429.
         warmup: (height, width) sizes to compile before serving.
         api_key: when set, every `/v1/*` request needs `Authorization: Bearer <api_key>` (else 401).
+        batching: "request" (whole requests of the same settings batched, `batcher.py`) or "continuous"
+            (step-level, `continuous.py`, where the model supports it; request-level for the rest).
+        slots, chunk_steps, max_steps: continuous batching's slots per shape bucket (default max_batch),
+            steps per chunk, and most steps a slotted request may take (default 64, or the model's default
+            steps if more).
+        serial_slots: continuous batching runs the model slot by slot at batch 1, skipping idle slots.
     """
     pipeline = gen.pipeline
     name = model_name or Path(str(gen.model_path)).name
@@ -79,13 +91,29 @@ def create_app(
     max_frames = MAX_FRAMES if max_frames is None else max_frames
     state = {"ready": False}
     metrics = Metrics(lambda: batcher.stats(), lambda: state["ready"])
-    batcher = Batcher(
-        gen.generate,
+    common = dict(
         max_batch=max_batch,
         batch_wait_s=batch_wait_ms / 1000,
         max_queue=max_queue,
         on_generate=metrics.generated,
     )
+    if batching == "continuous":
+        steps = (
+            max(64, int(pipeline.preset.get("num_inference_steps") or 0)) if max_steps is None else max_steps
+        )
+        batcher = ContinuousBatcher(
+            pipeline,
+            gen.generate,
+            slots=slots or max_batch,
+            chunk_steps=chunk_steps,
+            max_steps=steps,
+            serial=serial_slots,
+            **common,
+        )
+    elif batching == "request":
+        batcher = Batcher(gen.generate, **common)
+    else:
+        raise ValueError(f"batching must be 'request' or 'continuous', got {batching!r}")
 
     def run_video(params: dict, path: Path) -> dict:
         result = gen.generate(params.pop("prompt"), output_type="np", output_path=path, **params)
@@ -93,11 +121,21 @@ def create_app(
         metrics.generated(1, timings, video=True)
         return {"warnings": list(getattr(result, "warnings", None) or []), "timings": timings}
 
-    jobs = JobStore(run_video, batcher.submit_task, withdraw=batcher.withdraw) if pipeline.is_video else None
+    jobs = None
+    if pipeline.is_video and isinstance(batcher, ContinuousBatcher):  # video jobs through the slots too
+        video_jobs = VideoJobs(batcher, run_video, workers=max(4, 2 * batcher.runner.size + max_queue // 8))
+        jobs = JobStore(video_jobs.run, video_jobs.schedule, withdraw=video_jobs.withdraw)
+        jobs.close = lambda close=jobs.close: (video_jobs.close(), close())
+    elif pipeline.is_video:
+        jobs = JobStore(run_video, batcher.submit_task, withdraw=batcher.withdraw)
 
     def run_warmup() -> None:
         for height, width in warmup or ():
-            sizes = [1] if pipeline.is_video else batch_buckets(max_batch)
+            continuous = isinstance(batcher, ContinuousBatcher) and not pipeline.is_video
+            if continuous:  # the slots' chunk program, with a request as short as a chunk
+                params = {"height": height, "width": width, "num_inference_steps": chunk_steps}
+                batcher.submit(ImageRequest("", 1, 0, params)).result()
+            sizes = [1] if pipeline.is_video or continuous else batch_buckets(max_batch)
             for b in sizes:
                 t0 = time.perf_counter()
                 kw = {"seed": list(range(b)), "output_type": "np", "height": height, "width": width}

@@ -61,6 +61,9 @@ class ImageRequest:
     params: dict[str, Any]
     batchable: bool = True
     loras: dict[str, float] | None = None
+    # Streaming previews (continuous batching only): how many, and where each goes (index, image [H, W, 3]).
+    partial_images: int = 0
+    on_preview: Callable[[int, np.ndarray], None] | None = None
     future: Future = field(default_factory=Future)
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -189,6 +192,11 @@ class Batcher:
     def stopping(self) -> bool:
         return self._stopping
 
+    def next_is_task(self) -> bool:
+        """Whether the next queued item is a task (not an image request)."""
+        with self._cond:
+            return bool(self._pending) and isinstance(self._pending[0], Task)
+
     def stats(self) -> dict[str, int]:
         with self._cond:
             return {"queued": len(self._pending), "running": self._running, **self.counts}
@@ -221,24 +229,34 @@ class Batcher:
     # ---- the worker -------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
-        while True:
+        while self.run_one():
+            pass
+
+    def run_one(self, wait: bool = True) -> bool:
+        """Runs the next queued batch or task on the calling thread (the worker's loop; the continuous
+        batcher's thread, which owns this queue when it is not started). Returns False when there was nothing
+        to run: stopping with an empty queue, or with `wait` False an empty queue."""
+        with self._cond:
+            while wait and not self._pending and not self._stopping:
+                self._cond.wait()
+            if not self._pending:
+                return False
+            first = self._pending.popleft()
+            batch = self._fill(first) if isinstance(first, ImageRequest) else first
+        self._run(batch)
+        return True
+
+    def _run(self, batch) -> None:
+        try:
+            if isinstance(batch, Task):
+                self._run_task(batch)
+            else:
+                self._run_batch(batch)
+        except BaseException:  # a bug here must not kill the only worker: fail loudly, keep serving
+            log.exception("device worker: unexpected error")
+        finally:
             with self._cond:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if not self._pending:
-                    return
-                first = self._pending.popleft()
-                batch = self._fill(first) if isinstance(first, ImageRequest) else first
-            try:
-                if isinstance(batch, Task):
-                    self._run_task(batch)
-                else:
-                    self._run_batch(batch)
-            except BaseException:  # a bug here must not kill the only worker: fail loudly, keep serving
-                log.exception("device worker: unexpected error")
-            finally:
-                with self._cond:
-                    self._running = 0
+                self._running = 0
 
     def _fill(self, first: ImageRequest) -> list[ImageRequest]:
         """Collects compatible requests behind `first` (called with the lock held)."""

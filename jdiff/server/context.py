@@ -18,7 +18,7 @@ class ServerContext:
     gen: Any  # a `DiffGenerator` (or `distributed.Leader` over one)
     pipeline: Any  # gen.pipeline: preset, is_video, accepts_image, ...
     name: str  # the model's public id
-    batcher: Batcher
+    batcher: Batcher  # or a `continuous.ContinuousBatcher` (the same interface)
     jobs: JobStore | None  # video models only
     max_batch: int
     max_pixels: int

@@ -5,7 +5,8 @@ a `Server-Timing` header (queue, generate, the pipeline's stages text_encoding /
 total) and `X-Batch-Outputs` (how many outputs the `generate` call that made them had, padding aside).
 
 A request whose client goes away, or whose `--timeout` passes, before its `generate` call starts is taken off
-the queue at once; one already running finishes for its batch and its images are dropped.
+the queue at once; one already running finishes for its batch and its images are dropped, except with
+continuous batching (`continuous.py`), where it leaves its slots at the next chunk boundary.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from jdiff.errors import InputError
+from jdiff.server import streaming
 from jdiff.server.batcher import ImageRequest, QueueFull, ShuttingDown
 from jdiff.server.context import ServerContext, context
 from jdiff.server.encoding import encode_images
@@ -43,8 +45,15 @@ async def generations(request: Request):
     body = await parse_body(request, ImageGenerationBody)
     if ctx.pipeline.is_video:
         raise ApiError(400, f"model {ctx.name} makes videos, not images; use POST /v1/videos")
-    p = image_params(body, ctx.pipeline, max_batch=ctx.max_batch, max_pixels=ctx.max_pixels)
+    streams = getattr(ctx.batcher, "streams", False)  # continuous batching streams Server-Sent Events
+    p = image_params(
+        body, ctx.pipeline, max_batch=ctx.max_batch, max_pixels=ctx.max_pixels, streaming=streams
+    )
     req = ImageRequest(body.prompt, p["n"], p["seed"], p["params"], loras=p["loras"])
+    if streams and body.stream:
+        return await streaming.stream(request, ctx, req, body)
+    if streams and body.partial_images:
+        raise ApiError(400, "partial_images needs stream=true", param="partial_images")
     return await _run(request, ctx, req, body)
 
 

@@ -8,6 +8,8 @@ What is counted (names as exported; counters get `_total`, histograms `_bucket` 
 - `jdiff_request_seconds{endpoint}`: seconds from a request's arrival to its response.
 - `jdiff_queue_depth`: requests and tasks waiting for the device worker; `jdiff_running_outputs`: outputs
   (or 1 for a task) on the device now; `jdiff_ready`: 1 once warm-up has finished.
+- `jdiff_slots`, `jdiff_slots_busy`: with `--batching continuous`, the slots of every shape bucket made so
+  far and those holding a request now (slot occupancy = busy / slots); 0 with request-level batching.
 - `jdiff_batch_outputs`: real outputs (padding aside) per image `generate` call.
 - `jdiff_queue_wait_seconds`: how long image requests waited for their `generate` call.
 - `jdiff_stage_seconds{stage}`: seconds per pipeline stage per `generate` call, from its `timings`
@@ -104,6 +106,12 @@ class Metrics:
         )
         Gauge("jdiff_running_outputs", "outputs (or 1 task) on the device now", registry=r).set_function(
             lambda: stats()["running"]
+        )
+        Gauge("jdiff_slots", "continuous batching's slots over all shape buckets", registry=r).set_function(
+            lambda: stats().get("slots", 0)
+        )
+        Gauge("jdiff_slots_busy", "slots holding a request now", registry=r).set_function(
+            lambda: stats().get("slots_busy", 0)
         )
         Gauge("jdiff_ready", "1 once warm-up has finished", registry=r).set_function(lambda: float(ready()))
         self.batch_outputs = Histogram(

@@ -38,6 +38,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: until it finishes)",
     )
 
+    parser.add_argument(
+        "--batching",
+        choices=("request", "continuous"),
+        default="request",
+        help="request: batch whole requests of the same settings; continuous: step-level batching in slots, "
+        "requests joining and leaving every --chunk-steps steps (models that support it; docs/serving.md)",
+    )
+    parser.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        metavar="S",
+        help="continuous batching: slots per output size, all computed every step (default: --max-batch)",
+    )
+    parser.add_argument(
+        "--chunk-steps",
+        type=int,
+        default=4,
+        metavar="K",
+        help="continuous batching: steps per compiled chunk; requests join and leave between chunks (default 4)",
+    )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="continuous batching: most steps a slotted request may take; more run request-level "
+        "(default: 64, or the model's default steps if more)",
+    )
+
+    parser.add_argument(
+        "--serial-slots",
+        action="store_true",
+        help="continuous batching: run the model one slot at a time (batch 1), skipping idle slots: no cost "
+        "for idle slots; for models that keep the device busy at batch 1 (large images)",
+    )
+
 
 def app_options(args: argparse.Namespace) -> dict:
     """`serve` keywords from the parsed options; raises `InputError` naming a bad one."""
@@ -53,7 +90,21 @@ def app_options(args: argparse.Namespace) -> dict:
         raise InputError(f"--max-frames must be >= 1, got {args.max_frames}")
     if args.max_pixels is not None and args.max_pixels < 1:
         raise InputError(f"--max-pixels must be >= 1, got {args.max_pixels}")
-    return {"api_key": key, "shutdown_grace_s": grace, "max_frames": args.max_frames}
+    for name, value in (
+        ("--slots", args.slots),
+        ("--chunk-steps", args.chunk_steps),
+        ("--max-steps", args.max_steps),
+    ):
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+    batching = dict(
+        batching=args.batching,
+        slots=args.slots,
+        chunk_steps=args.chunk_steps,
+        max_steps=args.max_steps,
+        serial_slots=args.serial_slots,
+    )
+    return {"api_key": key, "shutdown_grace_s": grace, "max_frames": args.max_frames, **batching}
 
 
 __all__ = ["API_KEY_ENV", "add_arguments", "app_options"]

@@ -2,7 +2,8 @@
 connections, fails queued-but-unstarted requests with 503, lets the running batch (or video job) finish and
 its responses go out, then exits normally (exit code 0). With `shutdown_grace_s`, work still running after
 that many seconds is abandoned: its image requests are answered 503 and the server exits 0 without waiting
-for the device (a `generate` call cannot be interrupted midway). A second SIGINT forces the exit.
+for the device (a `generate` call cannot be interrupted midway; continuous batching's slots are cancelled at
+the next chunk boundary). A second SIGINT forces the exit.
 
 The server listens at once; warm-up compiles in the background (`/health` 503 until it is done). A failed
 warm-up stops the server and `serve` returns False (the CLI exits 1).
@@ -42,7 +43,7 @@ def serve(
         log_level: for jdiff's one-line-per-request log and uvicorn's.
         shutdown_grace_s: after SIGTERM, how long in-flight work may run on; None: as long as it takes.
         **options: `create_app` keywords (max_batch, batch_wait_ms, timeout_s, max_pixels, max_queue,
-            warmup, model_name, api_key).
+            warmup, model_name, api_key, batching, slots, chunk_steps, max_steps).
 
     Returns:
         Whether the server started (False: start-up failed, e.g. a warm-up error or a port in use;

@@ -45,8 +45,8 @@ class ImageGenerationBody(Body):
     model: str | None = None  # accepted for OpenAI clients; the server has one model
     user: str | None = None  # OpenAI's end-user id: accepted and ignored
     # OpenAI's fields this server honours only at their default (`validation.openai_fields`):
-    stream: bool | None = None  # False only: no Server-Sent Events
-    partial_images: int | None = None  # 0 only (streaming previews)
+    stream: bool | None = None  # Server-Sent Events with --batching continuous (`streaming.py`), else False
+    partial_images: int | None = None  # 0..3 previews while streaming, else 0
     background: str | None = None  # "auto" / "opaque": the models draw no alpha channel
     quality: str | None = None  # "auto": use num_inference_steps for quality vs. speed
     moderation: str | None = None  # "low": this server filters nothing

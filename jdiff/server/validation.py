@@ -237,8 +237,11 @@ def lora_scales(value: dict[str, float] | None, pipeline) -> dict[str, float] | 
 
 # OpenAI image fields -> the values this server honours (what it does anyway), and what to do instead.
 OPENAI_FIELDS = {
-    "stream": ((False,), "streaming (Server-Sent Events) is not supported; leave stream out"),
-    "partial_images": ((0,), "partial images need streaming, which is not supported; leave it out"),
+    "stream": (
+        (False,),
+        "streaming (Server-Sent Events) needs `jdiff serve --batching continuous`; leave it out",
+    ),
+    "partial_images": ((0,), "partial images need streaming (`--batching continuous`); leave it out"),
     "background": (("auto", "opaque"), "the model draws opaque images only; use 'opaque' or leave it out"),
     "quality": (("auto",), "set num_inference_steps to trade quality for speed; leave quality out"),
     "moderation": (("low",), "this server filters no content; send 'low' or leave it out"),
@@ -248,17 +251,25 @@ OPENAI_FIELDS = {
 }
 
 
-def openai_fields(body) -> None:
-    """Refuses OpenAI fields the server cannot honour (400 naming the field), instead of dropping them."""
+STREAMING = ("stream", "partial_images")
+
+
+def openai_fields(body, streaming: bool = False) -> None:
+    """Refuses OpenAI fields the server cannot honour (400 naming the field), instead of dropping them;
+    `streaming`: the server streams (`streaming.py`), so stream and partial_images are checked there."""
     for name, (honoured, hint) in OPENAI_FIELDS.items():
+        if streaming and name in STREAMING:
+            continue
         value = getattr(body, name, None)
         if value is not None and value not in honoured:
             raise ApiError(400, f"{name}={value!r} is not supported: {hint}", param=name)
 
 
-def image_params(body: ImageGenerationBody, pipeline, *, max_batch: int, max_pixels: int) -> dict:
-    """Validated `generate` keywords shared by a batch, plus n and seed."""
-    openai_fields(body)
+def image_params(
+    body: ImageGenerationBody, pipeline, *, max_batch: int, max_pixels: int, streaming: bool = False
+) -> dict:
+    """Validated `generate` keywords shared by a batch, plus n and seed (`streaming`: see `openai_fields`)."""
+    openai_fields(body, streaming)
     _check_text(body.prompt, "prompt")
     _check_text(body.negative_prompt, "negative_prompt")
     if not 1 <= body.n <= max_batch:

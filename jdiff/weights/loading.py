@@ -32,12 +32,19 @@ HOST_KINDS = ("pinned_host", "unpinned_host")
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """What jdiff needs to know about one reference model class (e.g. diffusers' `AutoencoderKL`)."""
+    """What jdiff needs to know about one reference model class (e.g. diffusers' `AutoencoderKL`).
+
+    `fp8` names the `jdiff.layers.Linear`s that `quantization="fp8"` quantizes (`jdiff.pipelines.quantize`):
+    regular expressions fullmatched against a Linear's dotted module path (stacked blocks have no layer index).
+    Empty: the model has no fp8 mode. A DiT lists its blocks' attention and MLP linears and leaves out what the
+    reference keeps in high precision: AdaLN modulation, embedders, the final layer.
+    """
 
     class_name: str
     config_cls: type
     module_cls: type
     plan: Plan
+    fp8: tuple[str, ...] = ()
 
     def read_config(self, folder: str | Path):
         return from_dict(self.config_cls, read_json(Path(folder) / "config.json"))

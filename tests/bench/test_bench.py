@@ -79,9 +79,18 @@ def test_warm_needs_a_pipeline_workload():
 
 
 # Pixels per unit of a workload's h / w: the transformer steps count 2x2 patches of 8x latents.
-PIXELS_PER_UNIT = {"flux_step": 16, "z_image_step": 16, "flux2_klein_step": 16, "qwen_image_step": 16}
+PIXELS_PER_UNIT = {
+    "flux_step": 16,
+    "flux_step_fp8": 16,
+    "z_image_step": 16,
+    "flux2_klein_step": 16,
+    "flux2_dev_step": 16,
+    "qwen_image_step": 16,
+}
 PIXELS_PER_UNIT["qwen_image_cfg_step"] = 16
-PIXELS_PER_UNIT |= dict.fromkeys(("hunyuan_video15_step", "hunyuan_video15_vae_decode"), 4)  # the toy VAE: 4x
+PIXELS_PER_UNIT |= dict.fromkeys(
+    ("hunyuan_video15_step", "hunyuan_video15_vae_decode", "hunyuan_video15_vae_decode_720p_tiled"), 4
+)  # the toy VAE: 4x
 PIXELS_PER_UNIT |= dict.fromkeys(("flux_lora_step", "flux_lora_batch4_one", "flux_lora_batch4_mixed"), 16)
 
 
@@ -119,7 +128,7 @@ def test_a_run_that_could_not_run_exits_1(tmp_path, capsys):
 # The newer families' steps, each engine's worker called in this process (the subprocess path is the one
 # test_bench_tiny_with_diffusers covers): same setup, timed call and result row as `jdiff bench`.
 STEPS = ["z_image_step", "flux2_klein_step", "sdxl_unet_step", "qwen_image_step", "qwen_image_cfg_step"]
-STEPS += ["hunyuan_video15_step", "hunyuan_video15_vae_decode"]
+STEPS += ["hunyuan_video15_step", "hunyuan_video15_vae_decode", "hunyuan_video15_vae_decode_720p_tiled"]
 
 
 @pytest.mark.parametrize("name", STEPS)

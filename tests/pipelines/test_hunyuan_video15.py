@@ -1,14 +1,18 @@
 """HunyuanVideo-1.5 text-to-video vs diffusers' HunyuanVideo15Pipeline from the same latents; mp4; bad input."""
 
+import gc
 import json
 
 import imageio.v3 as iio
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 
 import jdiff
 from jdiff.errors import InputError
+from jdiff.models.hunyuan_video15.tiling import VAETiling, decode_activation_bytes
+from jdiff.pipelines import memory
 from tests.fixtures_hunyuan_video15 import F, reference, saved, tiny_hunyuan_video15
 from tests.utils import rel_err
 
@@ -16,6 +20,7 @@ H, W = 32, 48  # 8 x 12 latents
 GLYPH = 'a red "OPEN" sign'
 PLAIN = "a blue circle"
 SMALL = dict(height=H, width=W, num_frames=5, num_inference_steps=2)
+TILED = dict(height=H, width=W, num_frames=F, num_inference_steps=2, output_type="np")
 
 
 @pytest.fixture(scope="module")
@@ -125,3 +130,59 @@ def test_cli_writes_the_asked_video(case, tmp_path):
     assert main([*args, "--steps", "2", "--num-frames", "5", "--output", str(out)]) == 0
     video = iio.imread(out)
     assert video.shape == (5, H, W, 3) and video.std() > 1  # the asked frames and size, not blank
+
+
+# ---- VAE tiling: the `vae_tiling` setting, memory planning's automatic choice under a faked device limit ----
+
+
+@pytest.fixture
+def pipeline(case):
+    pipeline = case[1].pipeline
+    yield pipeline
+    pipeline.vae_tiling = None
+
+
+def test_automatic_choice(pipeline, monkeypatch):
+    request = pipeline.parse("a red circle", **TILED)
+    monkeypatch.delenv(memory.ENV, raising=False)
+    assert pipeline.decode_tiling(request) is None  # CPU, no limit: planning is off
+    monkeypatch.setenv(memory.ENV, "1TB")
+    assert pipeline.decode_tiling(request) is None  # fits
+    need = decode_activation_bytes(pipeline.vae_config, 1, 3, H // 4, W // 4, 4)
+    assert need > 3 * F * H * W * 4  # at least the float32 video
+    gc.collect()
+    monkeypatch.setenv(memory.ENV, str(max(memory.resident().values()) + need // 2))
+    assert pipeline.decode_tiling(request) == VAETiling()  # does not fit: diffusers' default tiles
+    stage = pipeline.decode_stage(request)
+    assert stage.kwargs == {"tiling": VAETiling()} and stage.key == (VAETiling(),)
+    # An explicit setting wins over the planner.
+    pipeline.vae_tiling = False
+    assert pipeline.decode_tiling(request) is None
+    pipeline.vae_tiling = VAETiling(64, 64)
+    assert pipeline.decode_tiling(request) == VAETiling(64, 64)
+    monkeypatch.setenv(memory.ENV, "1TB")
+    pipeline.vae_tiling = True
+    assert pipeline.decode_tiling(request) == VAETiling()
+
+
+def test_tiled_decode_stage_matches_diffusers(case, pipeline):
+    """The decode stage with `vae_tiling` set: diffusers' `enable_tiling()` decode and post-processing of the
+    same latents (one row of latent tiles 6 wide every 3 columns, the last 3 wide: 2 tile shapes)."""
+    pipe, _ = case
+    tiling = VAETiling(64, 24, 16, 6, 0.5)
+    pipeline.vae_tiling = tiling
+    request = pipeline.parse("a red circle", **TILED)
+    latents = np.random.default_rng(0).standard_normal((1, 1, H // 4, W // 4, 4)).astype(np.float32)
+    stage = pipeline.decode_stage(request)
+    got = stage.fn(*stage.args, jnp.asarray(latents), **stage.kwargs)
+    pipe.vae.enable_tiling(**vars(tiling))
+    try:
+        with torch.no_grad():
+            z = torch.from_numpy(latents.transpose(0, 4, 1, 2, 3)) / pipe.vae.config.scaling_factor
+            video = pipe.vae.decode(z).sample.permute(0, 2, 3, 4, 1)
+    finally:
+        pipe.vae.disable_tiling()
+    want = (video * 0.5 + 0.5).clamp(0, 1).numpy()
+    assert got.shape == want.shape == (1, 1, H, W, 3)
+    assert np.abs(np.asarray(got) - want).max() <= 1e-5
+    assert ((want > 0.01) & (want < 0.99)).mean() > 0.5  # unclamped: a real comparison

@@ -88,7 +88,14 @@ def test_cli_api_key_and_grace_options(monkeypatch):
     from jdiff.server.options import app_options
 
     args = _parser().parse_args(["serve", "--api-key", "k1", "--shutdown-grace", "5", "--max-frames", "33"])
-    assert app_options(args) == {"api_key": "k1", "shutdown_grace_s": 5.0, "max_frames": 33}
+    batching = {
+        "batching": "request",
+        "slots": None,
+        "chunk_steps": 4,
+        "max_steps": None,
+        "serial_slots": False,
+    }
+    assert app_options(args) == {"api_key": "k1", "shutdown_grace_s": 5.0, "max_frames": 33, **batching}
     assert _parser().parse_args(["serve"]).max_pixels is None  # the model and device decide
     monkeypatch.setenv("JDIFF_API_KEY", "from-env")
     assert app_options(_parser().parse_args(["serve"]))["api_key"] == "from-env"

@@ -10,4 +10,7 @@ from jdiff.weights.plan import Plan
 
 PLAN = Plan(stacked=("transformer_blocks", "single_transformer_blocks"))
 
-SPEC = ComponentSpec("Flux2Transformer2DModel", Flux2Config, Flux2Transformer2DModel, PLAN)
+# fp8 (quantization="fp8"): every linear of the blocks; the shared modulations, embedders and final layer
+# live outside them and stay as they are.
+FP8 = (r"(single_)?transformer_blocks\..+",)
+SPEC = ComponentSpec("Flux2Transformer2DModel", Flux2Config, Flux2Transformer2DModel, PLAN, fp8=FP8)

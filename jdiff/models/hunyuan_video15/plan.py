@@ -12,6 +12,10 @@ from jdiff.weights.plan import Plan
 
 PLAN = Plan(stacked=("transformer_blocks", "context_embedder.token_refiner.refiner_blocks"))
 
+# fp8 (quantization="fp8"): the double-stream blocks' attention and MLP linears; their AdaLN modulation
+# (`norm1.linear`, `norm1_context.linear`), the text token refiner, the embedders and the final layer stay as
+# they are.
+FP8 = (r"transformer_blocks\.(?!norm1).+",)
 SPEC = ComponentSpec(
-    "HunyuanVideo15Transformer3DModel", HunyuanVideo15Config, HunyuanVideo15Transformer3DModel, PLAN
+    "HunyuanVideo15Transformer3DModel", HunyuanVideo15Config, HunyuanVideo15Transformer3DModel, PLAN, fp8=FP8
 )

@@ -35,6 +35,7 @@ from jaxtyping import Array, Float
 from jdiff.errors import InputError
 from jdiff.layers import Conv, dot_product_attention
 from jdiff.models.hunyuan_video15.config import HunyuanVideo15VAEConfig
+from jdiff.models.hunyuan_video15.tiling import VAETiling, tiled
 from jdiff.models.wan_vae.blocks import RMSNorm, child
 
 Cache = Any  # a pytree of arrays; None on the first chunk
@@ -288,13 +289,15 @@ class AutoencoderKLHunyuanVideo15(nnx.Module):
         self.decoder = Decoder(cfg, rngs=rngs)
 
     def encode(
-        self, x: Float[Array, "b T H W ci"]
+        self, x: Float[Array, "b T H W ci"], tiling: VAETiling | None = None
     ) -> tuple[Float[Array, "b t h w z"], Float[Array, "b t h w z"]]:
         """The moments of the latent distribution (diffusers `encode(x).latent_dist.mean` / `.logvar`).
 
         Args:
             x: video [B, T, H, W, Ci] in [-1, 1], T = 1 + k * `temporal_compression_ratio`, H and W multiples
                 of `spatial_compression_ratio`.
+            tiling: encode in overlapping spatial tiles (`jdiff.models.hunyuan_video15.tiling`) where the video
+                is larger than a tile, as diffusers' `enable_tiling()` does; None: the whole frame at once.
 
         Returns:
             (mean, logvar), each [B, 1 + k, H / s, W / s, Z]; logvar clamped to [-30, 20] as diffusers does.
@@ -315,19 +318,52 @@ class AutoencoderKLHunyuanVideo15(nnx.Module):
                 f"AutoencoderKLHunyuanVideo15.encode: frames must be 1 + a multiple of {r} and height / width "
                 f"multiples of {s}, got {t} frames of {h}x{w}; resize or trim the video"
             )
-        b, n = x.shape[0], (t - 1) // r
-        rest = None if n == 0 else x[:, 1:].reshape(b, n, r, *x.shape[2:]).swapaxes(0, 1)
-        mean, logvar = jnp.split(_chunked(self.encoder, x[:, :1], rest, 1 + n), 2, axis=-1)
+        if tiling is None or (h <= tiling.tile_sample_min_height and w <= tiling.tile_sample_min_width):
+            moments = self._moments(x)
+        else:  # diffusers blends the raw moments, the logvar clamp after
+            tile = (tiling.tile_sample_min_height, tiling.tile_sample_min_width)
+            stride = [int(n * (1 - tiling.tile_overlap_factor)) for n in tile]
+            if any(n % s for n in (*tile, *stride)):
+                raise InputError(
+                    f"AutoencoderKLHunyuanVideo15.encode: tiles of {tile[0]}x{tile[1]} pixels advancing by "
+                    f"{stride[0]}x{stride[1]} must be multiples of {s}; pick tile sizes and an overlap that keep them so"
+                )
+            latent = tiling.latent(s)
+            moments = tiled(self._moments, x, tile=tile, overlap=tiling.tile_overlap_factor, tile_out=latent)
+        mean, logvar = jnp.split(moments, 2, axis=-1)
         return mean, jnp.clip(logvar, LOGVAR_MIN, LOGVAR_MAX)
 
-    def decode(self, z: Float[Array, "b t h w z"]) -> Float[Array, "b T H W co"]:
+    def _moments(self, x: Float[Array, "b T H W ci"]) -> Float[Array, "b t h w 2z"]:
+        """The encoder's raw output (mean and unclamped logvar on channels), over frame chunks."""
+        b, t = x.shape[:2]
+        n = (t - 1) // self.cfg.temporal_compression_ratio
+        rest = None if n == 0 else x[:, 1:].reshape(b, n, -1, *x.shape[2:]).swapaxes(0, 1)
+        return _chunked(self.encoder, x[:, :1], rest, 1 + n)
+
+    def decode(
+        self, z: Float[Array, "b t h w z"], tiling: VAETiling | None = None
+    ) -> Float[Array, "b T H W co"]:
         """Decodes latents (in the VAE's own scale: the pipeline divides by `scaling_factor` first) to video
-        [B, 1 + r * (t - 1), h * s, w * s, Co], not clamped (diffusers clamps in post-processing)."""
+        [B, 1 + r * (t - 1), h * s, w * s, Co], not clamped (diffusers clamps in post-processing).
+
+        `tiling`: decode in overlapping spatial tiles (`jdiff.models.hunyuan_video15.tiling`) where the latents
+        are larger than a tile, as diffusers' `enable_tiling()` does (the device then holds one tile's
+        activations at a time); None: the whole frame at once.
+        """
         if z.ndim != 5 or z.shape[-1] != self.cfg.latent_channels:
             raise InputError(
                 f"AutoencoderKLHunyuanVideo15.decode: expected latents [B, t, h, w, {self.cfg.latent_channels}], "
                 f"got shape {tuple(z.shape)}"
             )
+        if tiling is not None:
+            s = self.cfg.spatial_compression_ratio
+            tile = tiling.latent(s)
+            if z.shape[2] > tile[0] or z.shape[3] > tile[1]:
+                out = (tiling.tile_sample_min_height, tiling.tile_sample_min_width)
+                return tiled(self._decode, z, tile=tile, overlap=tiling.tile_overlap_factor, tile_out=out)
+        return self._decode(z)
+
+    def _decode(self, z: Float[Array, "b t h w z"]) -> Float[Array, "b T H W co"]:
         t = z.shape[1]
         rest = None if t == 1 else z[:, 1:, None].swapaxes(0, 1)  # [t - 1, B, 1, h, w, Z]
         return _chunked(self.decoder, z[:, :1], rest, t)

@@ -51,4 +51,7 @@ PLAN = Plan(
     ),
 )
 
-SPEC = ComponentSpec("WanTransformer3DModel", WanTransformerConfig, WanTransformer3DModel, PLAN)
+# fp8 (quantization="fp8"): every linear of the blocks (their modulation is the `scale_shift_table`
+# parameter); the patch, text and time embedders and the output projection stay as they are.
+FP8 = (r"blocks\..+",)
+SPEC = ComponentSpec("WanTransformer3DModel", WanTransformerConfig, WanTransformer3DModel, PLAN, fp8=FP8)

@@ -22,4 +22,7 @@ PLAN = Plan(
     stacked=("noise_refiner", "context_refiner", "layers"),
 )
 
-SPEC = ComponentSpec("ZImageTransformer2DModel", ZImageConfig, ZImageTransformer2DModel, PLAN)
+# fp8 (quantization="fp8"): the attention and feed-forward linears of the main layers and both refiners;
+# their `adaLN_modulation`, the embedders and the final layer stay as they are.
+FP8 = (r"(layers|noise_refiner|context_refiner)\.(?!adaLN_modulation\.).+",)
+SPEC = ComponentSpec("ZImageTransformer2DModel", ZImageConfig, ZImageTransformer2DModel, PLAN, fp8=FP8)

@@ -1,0 +1,244 @@
+"""Step-level continuous batching for a pipeline: buckets of slots, requests joining and leaving between chunks.
+
+`SlotRunner` is the host side of `jdiff.sampling.slots`: requests of one *bucket* (the family's key: output
+size, text length, ...; everything that fixes the shapes) share a fixed set of S slots whatever their step
+counts; `add` encodes a request's prompt and prepares its slot row, `advance` writes waiting requests into free
+slots, runs one chunk of k steps on every bucket with work, and hands back the requests that finished with
+their decoded outputs (dispatched, not waited for: the caller reads them while the next chunk runs). A
+cancelled request (`cancel`) leaves its slot at the next chunk boundary. The runner has no thread and no
+clock; the server's scheduler (`jdiff.server.continuous`) drives it.
+
+A family takes part by giving its pipeline these hooks (FLUX.1 does, `flux.py`):
+
+    slot_refusal(request) -> str | None    # why this request cannot run in slots (None: it can)
+    slot_bucket(request) -> tuple          # what fixes the shapes: requests with equal keys share slots
+    slot_schedule(request) -> Schedule     # the sampler's schedule for it (host, numpy)
+    slot_inputs(request, cond) -> (noise, cond_row)   # its initial noise [*X] and conditioning (no batch axis)
+    slot_shared(request) -> pytree         # the bucket's constants (e.g. RoPE tables)
+    slot_model(params, shared, cond, x, t) # traced: the model output for all slots [S, *X] at timesteps t [S]
+    slot_params() -> pytree                # the denoiser's weights (an argument of the chunk program)
+
+plus `sampler`, `scheduler` and the usual `encode` / `decode_stage`. Requests run with batch 1 each (a request
+for n outputs is n requests): text encoding, the slot row and decoding then have one shape whatever the load,
+so a request's bytes never depend on what else runs (`jdiff.sampling.slots` says what else makes that hold).
+
+Costs: idle slots compute (a bucket of S slots costs S rows per step, busy or not); a request that ends inside
+a chunk waits for the chunk's end (at most k - 1 steps of its slot wasted); decoding runs at batch 1; every
+bucket compiles its own chunk program (warm-up compiles the sizes it is given). With `serial`, the model runs
+slot by slot at batch 1 and idle slots are skipped: no idle cost and no batching gain, the better choice
+where one image already keeps the accelerator busy (e.g. FLUX.1 at 1024x1024 on an H200: about 590 TFLOP/s
+at batch 1), since a lone request then runs at its batch-1 speed instead of S times slower.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from jdiff import compiler_options
+from jdiff.pipelines.request import Request
+from jdiff.sampling import slots as slot_ops
+from jdiff.sampling.noise import noise_keys
+
+
+def refusal(pipeline, request: Request) -> str | None:
+    """Why `request` cannot run in `pipeline`'s slots, or None."""
+    if not hasattr(pipeline, "slot_model"):
+        return f"{pipeline.family} has no step-level batching yet"
+    why = slot_ops.supports(pipeline.sampler)
+    if why is not None:
+        return f"{pipeline.family} with this scheduler cannot: {why}"
+    if request.batch != 1:
+        return "slots take one output per request (the runner splits larger ones)"
+    return pipeline.slot_refusal(request)
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One output's request in the runner. `done` counts the steps its slot has run (the host's view)."""
+
+    request: Request
+    tag: Any
+    bucket: tuple
+    row: slot_ops.Slots | None
+    shared: Any
+    steps: int
+    slot: int | None = None
+    done: int = 0
+    cancelled: bool = False
+    busy: int = 0  # slots of its bucket in use during its last chunk
+
+
+class _Programs:
+    """The jitted functions of one pipeline's slot runner, shared by its buckets (one compile per shape)."""
+
+    def __init__(self, pipeline, chunk_steps: int, serial: bool):
+        sampler, cfg = pipeline.sampler, pipeline.scheduler
+        donate = jax.default_backend() != "cpu"  # CPU ignores donation, with a warning per call
+
+        def chunk(params, shared, slots):
+            def model_fn(x, t, cond):
+                return pipeline.slot_model(params, shared, cond, x, t)
+
+            slots = slot_ops.run_chunk(sampler, cfg, model_fn, slots, chunk_steps, serial)
+            return slots, slots.step.sum()  # a marker that is not donated to the next chunk
+
+        def make(x, schedule, steps, keys, cond):
+            return slot_ops.slot(sampler, cfg, x, schedule, steps, keys, cond)
+
+        jit = compiler_options.jit
+        self.chunk = jit(chunk, donate_argnums=(2,) if donate else ())
+        self.make = jit(make)
+        self.insert = jit(slot_ops.insert, donate_argnums=(0,) if donate else ())
+        self.release = jit(slot_ops.release, donate_argnums=(0,) if donate else ())
+        self.take = jit(lambda x, i: x[i][None])
+        self.empty = jit(slot_ops.empty, static_argnums=(1,))
+
+
+class _Bucket:
+    def __init__(self, programs: _Programs, first: Job, size: int):
+        self.programs = programs
+        self.shared = jax.device_put(first.shared)  # once, not with every chunk
+        self.slots = programs.empty(first.row, size)
+        self.jobs: list[Job | None] = [None] * size
+        self.waiting: collections.deque[Job] = collections.deque()
+
+    @property
+    def busy(self) -> int:
+        return sum(j is not None for j in self.jobs)
+
+
+class SlotRunner:
+    """Continuous batching over one pipeline (see the module docstring).
+
+    Args:
+        pipeline: a family's pipeline with the slot hooks.
+        slots: S, the slots per bucket (every chunk computes all of them).
+        chunk_steps: k, the steps per chunk: requests join and leave every k steps.
+        max_steps: the most steps a request may take (its schedule is padded to this many).
+        serial: run the model one slot at a time at batch 1, skipping idle slots (`slots.run_chunk`): no
+            cost for idle slots, no batching gain; for models compute-bound at batch 1.
+    """
+
+    def __init__(
+        self, pipeline, *, slots: int = 4, chunk_steps: int = 4, max_steps: int = 64, serial: bool = False
+    ):
+        if slots < 1 or chunk_steps < 1 or max_steps < 1:
+            raise ValueError(
+                f"slots, chunk_steps and max_steps must be >= 1, got {slots}, {chunk_steps}, {max_steps}"
+            )
+        self.pipeline = pipeline
+        self.size, self.chunk_steps, self.max_steps = slots, chunk_steps, max_steps
+        self._programs = _Programs(pipeline, chunk_steps, serial)
+        self.buckets: dict[tuple, _Bucket] = {}
+        self._markers: list = []  # one per bucket that ran in the last chunk
+        self.hold = False  # True: no request takes a free slot (the running ones go on)
+        self.chunks = 0  # chunks run so far, over all buckets
+
+    def refusal(self, request: Request) -> str | None:
+        """Why `request` cannot run here (None: it can); such requests keep request-level batching."""
+        if request.steps > self.max_steps:
+            return f"{request.steps} steps exceed the slots' max_steps {self.max_steps}"
+        return refusal(self.pipeline, request)
+
+    def add(self, request: Request, tag: Any = None) -> Job:
+        """Encodes `request` (batch 1, `refusal` None) and queues it for its bucket's next free slot."""
+        p = self.pipeline
+        cond = p.encode(request)
+        noise, cond_row = p.slot_inputs(request, cond)
+        schedule = slot_ops.pad_schedule(p.slot_schedule(request), self.max_steps)
+        keys = noise_keys([request.seeds[0]])[0]
+        row = self._programs.make(noise, schedule, np.int32(request.steps), keys, cond_row)
+        job = Job(request, tag, p.slot_bucket(request), row, p.slot_shared(request), request.steps)
+        bucket = self.buckets.get(job.bucket)
+        if bucket is None:
+            bucket = self.buckets[job.bucket] = _Bucket(self._programs, job, self.size)
+        bucket.waiting.append(job)
+        return job
+
+    def reset(self) -> None:
+        """Forgets every bucket and the requests in it (after a failed chunk, whose state may be lost)."""
+        self.buckets.clear()
+        self._markers = []
+
+    def cancel(self, job: Job) -> None:
+        """Stops `job`: off the waiting list now, or out of its slot at the next chunk boundary."""
+        job.cancelled = True
+
+    @property
+    def busy(self) -> int:
+        """Slots holding a request now."""
+        return sum(b.busy for b in self.buckets.values())
+
+    @property
+    def capacity(self) -> int:
+        """Slots over all buckets made so far."""
+        return self.size * len(self.buckets)
+
+    @property
+    def pending(self) -> int:
+        """Requests waiting for a slot."""
+        return sum(len(b.waiting) for b in self.buckets.values())
+
+    def running(self) -> list[Job]:
+        return [j for b in self.buckets.values() for j in b.jobs if j is not None]
+
+    def preview(self, job: Job) -> jax.Array:
+        """A running job's current prediction (`Slots.pred`), decoded [1, ...]: dispatched, not waited for."""
+        bucket = self.buckets[job.bucket]
+        latents = self._programs.take(bucket.slots.pred, np.int32(job.slot))
+        stage = self.pipeline.decode_stage(job.request)
+        return stage.fn(*stage.args, latents, **stage.kwargs)
+
+    def advance(self) -> list[tuple[Job, jax.Array, jax.Array | None]]:
+        """One chunk on every bucket with work: frees cancelled slots, fills free slots, runs k steps.
+
+        Returns:
+            (job, latents [1, *X], decoded output or None for output_type "latent") for each request that
+            finished in this chunk; arrays are dispatched, not waited for (the previous chunk is: at most one
+            chunk runs ahead of the host).
+        """
+        finished, markers = [], []
+        for bucket in self.buckets.values():
+            prog = self._programs
+            for s, job in enumerate(bucket.jobs):
+                if job is not None and job.cancelled:
+                    bucket.slots = prog.release(bucket.slots, np.int32(s))
+                    bucket.jobs[s] = None
+            bucket.waiting = collections.deque(j for j in bucket.waiting if not j.cancelled)
+            for s in range(self.size):
+                if bucket.jobs[s] is None and bucket.waiting and not self.hold:
+                    job = bucket.waiting.popleft()
+                    bucket.slots = prog.insert(bucket.slots, np.int32(s), job.row)
+                    job.row, job.slot, bucket.jobs[s] = None, s, job
+            if not bucket.busy:
+                continue
+            bucket.slots, marker = prog.chunk(self.pipeline.slot_params(), bucket.shared, bucket.slots)
+            markers.append(marker)
+            self.chunks += 1
+            busy = bucket.busy
+            for s, job in enumerate(bucket.jobs):
+                if job is None:
+                    continue
+                job.done = min(job.steps, job.done + self.chunk_steps)
+                job.busy = busy
+                if job.done == job.steps:
+                    latents = prog.take(bucket.slots.x, np.int32(s))
+                    bucket.jobs[s] = None
+                    decoded = None
+                    if job.request.output_type != "latent":
+                        stage = self.pipeline.decode_stage(job.request)
+                        decoded = stage.fn(*stage.args, latents, **stage.kwargs)
+                    finished.append((job, latents, decoded))
+        # The host's bookkeeping needs nothing from the device, so it could run many chunks ahead; a request
+        # joining or leaving would then wait for all of them. One chunk ahead keeps the device busy.
+        jax.block_until_ready(self._markers)
+        self._markers = markers
+        return finished
+
+
+__all__ = ["Job", "SlotRunner", "refusal"]
