@@ -98,7 +98,15 @@ class ModelDir:
                 folder, graphdef, state, lambda path: spec.plan.target_dtype(path, dtype), shardings=shardings
             )
             return cfg, module
-        return load_component(spec, folder, dtype=dtype, component=name, cfg=cfg, shardings=shardings)
+        return load_component(
+            spec,
+            folder,
+            dtype=dtype,
+            component=name,
+            cfg=cfg,
+            shardings=shardings,
+            abstract=(graphdef, state),
+        )
 
     def check(self, name: str):
         """Header-only resolution of component `name` (for dry runs): its assignments, or ConversionError."""

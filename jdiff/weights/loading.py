@@ -3,7 +3,8 @@
 A model is never materialised whole with random weights: `nnx.eval_shape` gives the parameter tree's shapes
 and metadata, the plan resolves every parameter against the safetensors headers (all problems at once), and
 each tensor is then read from its memory map, transformed in numpy, cast to its target dtype and placed on
-device (with the target sharding when one is given).
+device (with the target sharding when one is given). On one device without a sharding, `device_fill` does
+the same with the transforms on the device, several tensors at once.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from jdiff.sharding import path_str
+from jdiff.weights import device_fill
 from jdiff.weights.config import from_dict, read_json
 from jdiff.weights.plan import Assignment, Plan, materialize, materialize_slice, resolve
 from jdiff.weights.safetensors import WeightSet, open_weights
@@ -120,6 +122,7 @@ def load_component(
     component: str | None = None,
     cfg=None,
     shardings: Mapping[str, jax.sharding.Sharding] | None = None,
+    abstract: tuple[nnx.GraphDef, nnx.State] | None = None,
 ) -> tuple[Any, nnx.Module]:
     """Loads a reference component folder (config.json + safetensors) into a jdiff module.
 
@@ -130,6 +133,8 @@ def load_component(
         component: a name for error messages (defaults to the folder name).
         cfg: an already-read config (defaults to reading `folder/config.json`).
         shardings: parameter path -> target sharding; each process then reads only its devices' slices.
+            None (or all on the default device): filled by `device_fill` (transforms on the device).
+        abstract: `spec.abstract(cfg)` when the caller has it already.
 
     Returns:
         (config, module).
@@ -140,16 +145,23 @@ def load_component(
     folder = Path(folder)
     cfg = spec.read_config(folder) if cfg is None else cfg
     weights = open_weights(folder)
-    graphdef, state = spec.abstract(cfg)
+    graphdef, state = spec.abstract(cfg) if abstract is None else abstract
     assignments = resolve(
         spec.plan, param_shapes(state), source_shapes(weights), component=component or folder.name
     )
     by_target: Mapping[str, Assignment] = {a.target: a for a in assignments}
+    dtype_of = functools.partial(spec.plan.target_dtype, dtype=dtype)
+    if device_fill.handles(shardings) and device_fill.enabled():
+        # One process: source bytes to the devices, transforms there (jdiff.weights.device_fill).
+        module = device_fill.fill_on_device(
+            graphdef, state, by_target, weights.read, dtype_of=dtype_of, sharding_of=(shardings or {}).get
+        )
+        return cfg, module
     module = fill(
         graphdef,
         state,
         lambda name: materialize(by_target[name], weights.read),
-        dtype_of=lambda name: spec.plan.target_dtype(name, dtype),
+        dtype_of=dtype_of,
         sharding_of=(shardings or {}).get,
         slices=lambda name, index: materialize_slice(by_target[name], weights.read, index),
     )

@@ -39,7 +39,7 @@ class Transform:
     grouped: bool = False
 
 
-def _torch_kernel_perm(ndim: int) -> tuple[int, ...]:
+def torch_kernel_perm(ndim: int) -> tuple[int, ...]:
     # Linear [out, in] -> [in, out]; ConvNd [out, in, *spatial] -> [*spatial, in, out].
     if ndim == 2:
         return (1, 0)
@@ -76,8 +76,8 @@ TRANSFORMS: dict[str, Transform] = {
     "identity": Transform(lambda x: x, lambda s: s),
     # torch.nn.Linear / ConvNd weight -> flax kernel.
     "torch_kernel": Transform(
-        lambda x: np.transpose(x, _torch_kernel_perm(x.ndim)),
-        lambda s: tuple(s[i] for i in _torch_kernel_perm(len(s))),
+        lambda x: np.transpose(x, torch_kernel_perm(x.ndim)),
+        lambda s: tuple(s[i] for i in torch_kernel_perm(len(s))),
     ),
     # Several torch.nn.Linear weights [O_i, I] -> one flax kernel [I, sum O_i] whose columns are laid out
     # head-major: for each of the `groups` heads, its rows of every source in turn (q, k, v[, MLP share]). A
@@ -367,7 +367,7 @@ def _source_index(transform: str, index: tuple, ndim: int) -> tuple | None:
     if transform == "identity":
         return index
     if transform == "torch_kernel":
-        perm = _torch_kernel_perm(ndim)  # target axis j is source axis perm[j]
+        perm = torch_kernel_perm(ndim)  # target axis j is source axis perm[j]
         src = [slice(None)] * ndim
         for j, k in enumerate(perm):
             src[k] = index[j]
@@ -445,7 +445,7 @@ def materialize(assignment: Assignment, read: Callable[[str], np.ndarray]) -> np
 # grouped transform's sources are first taken apart (`merged_parts`), then each goes through its inverse.
 _INVERSE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
-    "torch_kernel": lambda x: np.transpose(x, np.argsort(_torch_kernel_perm(x.ndim))),
+    "torch_kernel": lambda x: np.transpose(x, np.argsort(torch_kernel_perm(x.ndim))),
     "torch_kernel_heads": lambda x: x.T,
     "heads": lambda x: x,
 }
