@@ -32,7 +32,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format jdiff tests examples benchmarks
 
 test: lint
-	$(PY) -m pytest -n 2 --dist loadfile -q tests
+	$(PY) -m pytest -n 2 --dist loadfile -q --durations=40 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info outputs .pytest_cache

@@ -24,13 +24,6 @@ def test_flux_step_fp8_runs_quantized(tmp_path, capsys):
     assert "64x64, fp8 linears | jdiff |" in capsys.readouterr().out
 
 
-def test_wan_forward_fp8_runs(tmp_path):
-    argv = ["bench", "--tiny", "--only", "wan_forward_fp8", "--engines", "jdiff", "--out", str(tmp_path)]
-    assert main(argv) == 0
-    (r,) = json.loads((tmp_path / "compare.json").read_text())
-    assert r["finite"] and r["ms"] > 0, r
-
-
 def test_fp8_workloads_are_flux_dev_and_jdiff_only():
     _, cfg, sizes = bench._resolve("flux_step_fp8", tiny=False)
     assert cfg["num_layers"] == 19 and sizes == dict(h=64, w=64, text=512)
