@@ -295,15 +295,8 @@ class FluxPipeline(Pipeline):
     # ---- step-level continuous batching (`jdiff.pipelines.slots`) ------------------------------------------
 
     def slot_refusal(self, request: Request) -> str | None:
-        for why, refused in (
-            ("true CFG (a negative prompt with true_cfg_scale > 1)", self._true_cfg(request)),
-            ("step caching", request.step_cache is not None),
-            ("given latents", request.latents is not None),
-            ("loaded LoRA adapters", self.lora is not None and bool(self.lora.names)),
-            ("a model sharded over several devices", self.placement is not None),
-        ):
-            if refused:
-                return f"{why} runs with request-level batching"
+        if self._true_cfg(request):
+            return "true CFG (a negative prompt with true_cfg_scale > 1) runs with request-level batching"
         return None
 
     def slot_bucket(self, request: Request) -> tuple:

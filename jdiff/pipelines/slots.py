@@ -10,7 +10,7 @@ clock; the server's scheduler (`jdiff.server.continuous`) drives it.
 
 A family takes part by giving its pipeline these hooks (FLUX.1 does, `flux.py`):
 
-    slot_refusal(request) -> str | None    # why this request cannot run in slots (None: it can)
+    slot_refusal(request) -> str | None    # a family's own reason a request cannot run in slots, or None
     slot_bucket(request) -> tuple          # what fixes the shapes: requests with equal keys share slots
     slot_schedule(request) -> Schedule     # the sampler's schedule for it (host, numpy)
     slot_inputs(request, cond) -> (noise, cond_row)   # its initial noise [*X] and conditioning (no batch axis)
@@ -54,6 +54,14 @@ def refusal(pipeline, request: Request) -> str | None:
         return f"{pipeline.family} with this scheduler cannot: {why}"
     if request.batch != 1:
         return "slots take one output per request (the runner splits larger ones)"
+    for why, refused in (
+        ("step caching", request.step_cache is not None),
+        ("given latents", request.latents is not None),
+        ("loaded LoRA adapters", pipeline.lora is not None and bool(pipeline.lora.names)),
+        ("a model sharded over several devices", pipeline.placement is not None),
+    ):
+        if refused:
+            return f"{why} runs with request-level batching"
     return pipeline.slot_refusal(request)
 
 

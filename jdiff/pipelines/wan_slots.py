@@ -36,10 +36,6 @@ class WanSlots:
         for why, refused in (
             ("a conditioning image", self.i2v or request.images is not None),
             ("a two-expert model", "transformer_2" in self._params),
-            ("step caching", request.step_cache is not None),
-            ("given latents", request.latents is not None),
-            ("loaded LoRA adapters", self.lora is not None and bool(self.lora.names)),
-            ("a model sharded over several devices", self.placement is not None),
         ):
             if refused:
                 return f"{why} runs with request-level batching"

@@ -110,6 +110,7 @@ def test_what_slots_refuse(runner):
     assert runner.refusal(_request(runner, steps=MAX_STEPS + 1)).startswith("9 steps exceed")
     r = _request(runner, negative_prompt="blur", true_cfg_scale=2.0)
     assert "true CFG" in runner.refusal(r)
+    assert "step caching runs with" in runner.refusal(_request(runner, step_cache="first_block"))
     assert runner.refusal(_request(runner)) is None
 
 
