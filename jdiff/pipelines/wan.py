@@ -347,6 +347,10 @@ class WanPipeline(WanSlots, Pipeline):
             return TEACACHE_WAN["i2v_720p" if request.height * request.width >= 1280 * 720 else "i2v_480p"]
         return TEACACHE_WAN["14b" if big else "1.3b"]
 
+    def _rope(self, request: Request) -> tuple[np.ndarray, np.ndarray]:
+        """The rotary tables (cos, sin) of the request's latent grid (cached per grid)."""
+        return _rope_tables(self.transformer_config, *self._latent_grid(request))
+
     def _latent_grid(self, request: Request) -> tuple[int, int, int]:
         """(latent frames, latent height, latent width)."""
         f = (request.num_frames - 1) // self.temporal + 1
@@ -392,7 +396,7 @@ class WanPipeline(WanSlots, Pipeline):
         )
         init = put(self.placement, init, None if noise_shape else (sh.BATCH,) + (None,) * 4)
         schedule = self.sampler.schedule(self.scheduler, request.steps)
-        cos, sin = _rope_tables(self.transformer_config, f, h, w)
+        cos, sin = self._rope(request)
         args = (
             self._params["transformer"],
             self._params.get("transformer_2"),

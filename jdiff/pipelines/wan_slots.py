@@ -54,9 +54,7 @@ class WanSlots:
         return noise[0], (embeds, np.float32(request.guidance_scale))
 
     def slot_shared(self, request: Request):
-        from jdiff.pipelines.wan import _rope_tables
-
-        return _rope_tables(self.transformer_config, *self._latent_grid(request))
+        return self._rope(request)
 
     def slot_params(self):
         return self._params["transformer"]
