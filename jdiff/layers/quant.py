@@ -1,7 +1,7 @@
 """fp8 (e4m3) linears: per-output-channel weight scales, per-token dynamic activation scales.
 
 The recipe is torchao's `Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())`, the one the
-PyTorch fp8 anchor runs (/work/shared/ANCHORS.md):
+PyTorch fp8 anchor of the project's reference figures runs:
 
 * weights, once at load: `w_scale[o] = max_i |W[i, o]| / 448` (float32, one per output channel, with the
   stack's leading layer axis where the kernel has one), `W_q = fp8(clip(W / w_scale, -448, 448))`;
