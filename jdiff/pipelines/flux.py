@@ -31,9 +31,9 @@ from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
-from jdiff.sampling.loop import sample, steps_first
+from jdiff.sampling.loop import steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
-from jdiff.sampling.step_cache import CachedModel, StepCache
+from jdiff.sampling.step_cache import CachedModel
 
 # TeaCache's rescaling polynomial for FLUX.1 (np.poly1d order), fitted by its authors on FLUX.1-dev:
 # ali-vilab/TeaCache, TeaCache4FLUX/teacache_flux.py. diffusers 0.42.1 has no TeaCache hook.
@@ -181,7 +181,7 @@ class FluxPipeline(Pipeline):
         def velocity(x, t, mod):
             return guide(model.predict(batch(x), embeds, mod, (cos, sin)))
 
-        cache = None
+        parts = None
         if step_cache is not None:
             rope = (cos, sin)
             parts = CachedModel(
@@ -193,16 +193,13 @@ class FluxPipeline(Pipeline):
                 modulated=lambda h, mod: model.first_modulated(h[0], mod),
                 groups=2 if cfg else 1,
             )
-            cache = StepCache(step_cache, parts, cache_params)
-        return sample(
-            self.sampler,
-            self.scheduler,
+        return self.run_sampler(
             velocity,
             latents,
             schedule,
             per_step=per_step,
             progress=progress,
-            cache=cache,
+            cache=(step_cache, cache_params, parts),
         )
 
     def _decode_fn(self, vae_params, latents, h: int, w: int):

@@ -40,9 +40,8 @@ from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import default_sigmas
-from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys, noise_keys
-from jdiff.sampling.step_cache import CachedModel, StepCache
+from jdiff.sampling.step_cache import CachedModel
 
 # diffusers' pipelines/flux2/system_messages.py (from black-forest-labs/flux2), FLUX.2-dev's system turn.
 SYSTEM_MESSAGE = """You are an AI that reasons about image descriptions. You give structured responses focusing on object relationships, object
@@ -229,7 +228,7 @@ class Flux2Pipeline(Pipeline):
         def velocity(x, t, mod):
             return guide(model.predict(tokens(x), embeds, mod, (cos, sin)))
 
-        cache = None
+        parts = None
         if step_cache is not None:
             rope = (cos, sin)
             parts = CachedModel(
@@ -240,16 +239,13 @@ class Flux2Pipeline(Pipeline):
                 probe=lambda h: h[0],
                 groups=2 if cfg else 1,
             )
-            cache = StepCache(step_cache, parts, cache_params)
-        return sample(
-            self.sampler,
-            self.scheduler,
+        return self.run_sampler(
             velocity,
             latents,
             schedule,
             per_step=per_step,
             progress=progress,
-            cache=cache,
+            cache=(step_cache, cache_params, parts),
         )
 
     def _decode_fn(self, vae_params, latents):

@@ -53,6 +53,7 @@ from jdiff.pipelines.base import (
 from jdiff.pipelines.request import Request
 from jdiff.sampling import progress as progress_registry
 from jdiff.sampling import step_cache
+from jdiff.sampling.loop import sample
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,26 @@ class Pipeline:
         threshold = self.step_caches[mode] if threshold is None else threshold
         coefficients = self.teacache_coefficients(request) if mode == "teacache" else step_cache.IDENTITY
         return mode, step_cache.params(threshold, coefficients)
+
+    def run_sampler(
+        self, velocity, latents, schedule, *, per_step=None, progress=None, cache=(None, None, None)
+    ):
+        """`sampling.loop.sample` with this pipeline's solver, inside the denoising stage's trace.
+
+        `cache` is (mode, settings, parts) from `step_cache(request)` plus the family's `CachedModel` (None
+        when mode is None): with a mode, the loop runs the step cache and returns (latents, statistics).
+        """
+        mode, settings, parts = cache
+        return sample(
+            self.sampler,
+            self.scheduler,
+            velocity,
+            latents,
+            schedule,
+            per_step=per_step,
+            progress=progress,
+            cache=None if mode is None else step_cache.StepCache(mode, parts, settings),
+        )
 
     def latents_out(self, final: np.ndarray) -> np.ndarray:
         """The final latents in diffusers' pipeline layout (default: as the loop keeps them)."""

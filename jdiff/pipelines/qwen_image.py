@@ -43,9 +43,9 @@ from jdiff.pipelines.qwen_image_text import QwenVLText
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
-from jdiff.sampling.loop import sample, steps_first
+from jdiff.sampling.loop import steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
-from jdiff.sampling.step_cache import CachedModel, StepCache
+from jdiff.sampling.step_cache import CachedModel
 
 
 def calculate_dimensions(target_area: int, ratio: float) -> tuple[int, int]:
@@ -162,7 +162,7 @@ class QwenImagePipeline(Pipeline):
                 )
             return v
 
-        cache = None
+        parts = None
         if step_cache is not None:
             rope = (cos, sin)
 
@@ -178,16 +178,13 @@ class QwenImagePipeline(Pipeline):
                 probe=lambda h: h[0],
                 groups=2 if cfg else 1,
             )
-            cache = StepCache(step_cache, parts, cache_params)
-        return sample(
-            self.sampler,
-            self.scheduler,
+        return self.run_sampler(
             velocity,
             latents,
             schedule,
             per_step=per_step,
             progress=progress,
-            cache=cache,
+            cache=(step_cache, cache_params, parts),
         )
 
     def _decode_fn(self, vae_params, latents, h: int, w: int):

@@ -37,9 +37,8 @@ from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request, negatives_for
 from jdiff.pipelines.wan_slots import WanSlots
 from jdiff.presets import load_preset
-from jdiff.sampling.loop import sample
 from jdiff.sampling.noise import noise_from_keys
-from jdiff.sampling.step_cache import CachedModel, StepCache
+from jdiff.sampling.step_cache import CachedModel
 
 # TeaCache's rescaling polynomials for Wan2.1 (np.poly1d order), fitted by its authors on the time embedding:
 # ali-vilab/TeaCache, TeaCache4Wan2.1/teacache_generate.py (the default mode, not `use_ret_steps`). Models of
@@ -254,7 +253,7 @@ class WanPipeline(WanSlots, Pipeline):
                 lambda: run_expert(experts[1], x, t, guidance[1]),
             )
 
-        cache = None
+        parts = None
         if step_cache is not None:
             model, rope = experts[0], (cos, sin)
 
@@ -271,17 +270,14 @@ class WanPipeline(WanSlots, Pipeline):
                 modulated=lambda h, c: c.temb,  # TeaCache4Wan2.1 reads the time embedding `e`
                 groups=2 if cfg else 1,
             )
-            cache = StepCache(step_cache, parts, cache_params)
-        out = sample(
-            self.sampler,
-            self.scheduler,
+        out = self.run_sampler(
             lambda x, t, _: velocity(x, t),
             latents,
             schedule,
             progress=progress,
-            cache=cache,
+            cache=(step_cache, cache_params, parts),
         )
-        if cache is not None:
+        if step_cache is not None:
             return (model_input(out[0]) if mode == "ti2v" else out[0]), out[1]
         return model_input(out) if mode == "ti2v" else out
 

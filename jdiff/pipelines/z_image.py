@@ -36,9 +36,9 @@ from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
-from jdiff.sampling.loop import sample, steps_first
+from jdiff.sampling.loop import steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
-from jdiff.sampling.step_cache import CachedModel, StepCache
+from jdiff.sampling.step_cache import CachedModel
 
 
 def real_tokens_first(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -132,7 +132,7 @@ class ZImagePipeline(Pipeline):
         def velocity(x, t, mod):
             return guide(model.predict(tokens(x), caps, cap_lens, mod, rope, masked=masked))
 
-        cache = None
+        parts = None
         if step_cache is not None:
             s = (h // 2) * (w // 2)  # image tokens (2x2 patches)
             parts = CachedModel(
@@ -143,16 +143,13 @@ class ZImagePipeline(Pipeline):
                 probe=lambda u: u,
                 groups=2 if cfg else 1,
             )
-            cache = StepCache(step_cache, parts, cache_params)
-        return sample(
-            self.sampler,
-            self.scheduler,
+        return self.run_sampler(
             velocity,
             latents,
             schedule,
             per_step=per_step,
             progress=progress,
-            cache=cache,
+            cache=(step_cache, cache_params, parts),
         )
 
     def _decode_fn(self, vae_params, latents):
