@@ -112,6 +112,7 @@ class DiffGenerator:
         from jdiff import registry
 
         model = registry.open_model(model_path)
+        quantize.check_model(model, quantization)  # before the weights load
         if scheduler is not None or scheduler_config is not None:
             model.swap_scheduler(scheduler, scheduler_config)
         model.host_memory = offload is not None

@@ -33,6 +33,22 @@ def check_mode(quantization: str | None) -> None:
         )
 
 
+def _refuse(quantization: str, family: str) -> InputError:
+    return InputError(
+        f"quantization={quantization!r} is for DiT families (FLUX.1, FLUX.2, Wan, Qwen-Image, Z-Image, "
+        f"HunyuanVideo-1.5); {family} has no fp8 mode: leave quantization out"
+    )
+
+
+def check_model(model: Any, quantization: str | None) -> None:
+    """Refuses fp8 for a model directory whose family has no fp8 linears, before anything is loaded."""
+    check_mode(quantization)
+    if quantization is None:
+        return
+    if not any(k in model.components() and model.spec(k).fp8 for k in DENOISERS):
+        raise _refuse(quantization, model.family.name)
+
+
 def _path(path) -> str:
     return ".".join(str(p) for p in path)
 
@@ -84,10 +100,7 @@ def apply(pipeline: Any, model: Any, quantization: str | None) -> list[str]:
         return []
     keys = [k for k in DENOISERS if k in pipeline._defs and model.spec(k).fp8]
     if not keys:
-        raise InputError(
-            f"quantization={quantization!r} is for DiT families (FLUX.1, FLUX.2, Wan, Qwen-Image, Z-Image, "
-            f"HunyuanVideo-1.5); {pipeline.family} has no fp8 mode: leave quantization out"
-        )
+        raise _refuse(quantization, pipeline.family)
     done = []
     lora = getattr(pipeline, "lora", None)
     for key in keys:
@@ -107,4 +120,4 @@ def apply(pipeline: Any, model: Any, quantization: str | None) -> list[str]:
     return done
 
 
-__all__ = ["DENOISERS", "MODES", "apply", "check_mode", "fp8_linears"]
+__all__ = ["DENOISERS", "MODES", "apply", "check_mode", "check_model", "fp8_linears"]

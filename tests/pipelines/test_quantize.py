@@ -127,6 +127,21 @@ def test_family_without_fp8_is_refused():
     assert quantize.apply(unet, None, None) == []
 
 
+def test_family_without_fp8_is_refused_before_loading(monkeypatch):
+    from jdiff import registry
+
+    def never(*a, **kw):
+        raise AssertionError("the pipeline was built (weights loaded) before the refusal")
+
+    spec = SimpleNamespace(fp8=())
+    family = SimpleNamespace(name="stable_diffusion", pipeline=never)
+    model = SimpleNamespace(components=lambda: {"unet": 0, "vae": 0}, spec=lambda k: spec, family=family)
+    monkeypatch.setattr(registry, "open_model", lambda path: model)
+    with pytest.raises(InputError, match="stable_diffusion has no fp8 mode"):
+        jdiff.DiffGenerator.from_pretrained("/nonexistent-sd", quantization="fp8")
+    quantize.check_model(model, None)  # no quantization: nothing to refuse
+
+
 @pytest.fixture(scope="module")
 def fp8_one_device(tiny_flux_dir):
     """The tiny FLUX.1 under fp8 on one device: what the mesh and offload runs must reproduce."""
