@@ -16,6 +16,31 @@ from jdiff import sharding as sh
 from jdiff.layers.linear import Linear
 
 
+def rounded(x: jax.Array, dtype) -> jax.Array:
+    """`x` as float32 holding the value `x.to(dtype)` has in torch: rounded to `dtype`'s precision when it is
+    narrower than float32 (bfloat16, float16), unchanged otherwise.
+
+    diffusers rounds timesteps and guidance scales to the model's dtype before embedding them (e.g. FLUX's
+    `timestep.to(hidden_states.dtype) * 1000`: in bfloat16, a guidance of 3.5 becomes 3504, not 3500), and
+    the sinusoidal embedding's fast frequencies turn that into a large change of the model's output. Rounding
+    the same way keeps jdiff's bfloat16 outputs next to the reference's. `lax.reduce_precision` and not an
+    `astype` round trip: under XLA's default `xla_allow_excess_precision`, bfloat16 arithmetic between
+    float32 ops may run in float32, and the rounding is lost.
+    """
+    x = x.astype(jnp.float32)
+    info = jnp.finfo(dtype)
+    if info.bits >= 32:
+        return x
+    return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+
+
+def pipeline_sigma(timesteps: jax.Array, dtype) -> jax.Array:
+    """The sigma diffusers' flow pipelines pass their transformer, `t.to(latents.dtype) / 1000`, with the
+    latents in the model's `dtype` (FLUX.1, FLUX.2, Qwen-Image): `timesteps` on the 0..1000 scale, rounded,
+    divided, rounded again (`rounded`), as float32."""
+    return rounded(rounded(timesteps, dtype) / 1000, dtype)
+
+
 def timestep_embedding(
     t: Float[Array, " b"],
     dim: int,

@@ -31,6 +31,7 @@ from flax import nnx
 from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
+from jdiff.layers.embeddings import pipeline_sigma
 from jdiff.models.qwen_image.rope import rope_tables
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines import lora
@@ -139,7 +140,7 @@ class QwenImagePipeline(Pipeline):
         timesteps = schedule.timesteps
         n, bm = timesteps.shape[0], embeds.shape[0]
         # Every step's modulation vectors at once, before the loop (see the FLUX pipeline).
-        modulation = model.modulation(jnp.repeat(timesteps / 1000, bm))
+        modulation = model.modulation(jnp.repeat(pipeline_sigma(timesteps, self.dtype), bm))
         per_step = jax.tree.map(lambda m: steps_first(m, n), modulation)
 
         def tokens(x):
