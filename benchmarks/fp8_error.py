@@ -2,7 +2,8 @@
 
 Usage:
     python benchmarks/fp8_error.py [--tiny] [--repeats 10] [--torch | --no-torch] [--torchao-compile]
-                                   [--torchao-all-linears]
+                                   [--torchao-all-linears] [--layers D,S] [--grid HxW] [--text T]
+                                   [--torchao-anywhere]
 
 Weights are normal(0, 0.02), as `jdiff bench` draws them (ANCHORS.md's "PyTorch fp8 anchor" uses the same).
 With torch and diffusers importable (default: used when they are), the weights are drawn once for diffusers'
@@ -17,9 +18,20 @@ Prints one JSON line per measurement, then a summary line:
     match: bf16 noise, ~1e-2), and, when torchao imports, torchao's
     `Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())` on the same linears jdiff quantizes
     (`--torchao-all-linears`: every nn.Linear, torchao's default filter), eager or `--torchao-compile`d, with
-    its rel_err against diffusers bf16. torchao missing: a message, and the rest still runs.
+    its rel_err against diffusers bf16 and jdiff fp8's distance to it. torchao missing: a message, and the
+    rest still runs.
+
+Each engine's error is against its own bf16 output; jdiff fp8's against diffusers bf16 is printed too (a
+common reference: the two bf16 outputs differ by bf16 noise, ~0.02 at 5 blocks, which deep random-weight
+stacks amplify). The recipes are the same (`jdiff.layers.quant`), so jdiff fp8 and torchao fp8 differ by
+about that noise as well.
 
 The fp8 error that counts (ANCHORS.md): jdiff's is no worse than torchao's on the same weights and inputs.
+
+On a CPU (or to save time), `--layers 2,3 --grid 16x16 --text 32` keeps FLUX.1-dev's widths with 2 double and
+3 single blocks and a 16x16 token grid; `--torchao-anywhere` lets torchao's recipe run where its hardware check
+refuses (it asks for CUDA SM 8.9+; `torch._scaled_mm` itself runs on CPU), e.g.
+`python benchmarks/fp8_error.py --layers 2,3 --grid 16x16 --text 32 --torchao-anywhere --repeats 1 --warmup 0`.
 """
 
 from __future__ import annotations
@@ -131,9 +143,23 @@ def main(argv=None) -> int:
         "--torchao-compile", action="store_true", help="torch.compile the torchao model (minutes)"
     )
     ap.add_argument("--torchao-all-linears", action="store_true", help="torchao on every nn.Linear")
+    ap.add_argument("--layers", help="D,S: double and single blocks instead of FLUX.1-dev's 19,38")
+    ap.add_argument("--grid", help="HxW: latent token grid instead of 64x64 (1024x1024)")
+    ap.add_argument("--text", type=int, help="text tokens instead of 512")
+    ap.add_argument(
+        "--torchao-anywhere", action="store_true", help="skip torchao's CUDA SM 8.9+ check (e.g. on CPU)"
+    )
     args = ap.parse_args(argv)
 
     _, config, sz = _resolve("flux_step", args.tiny)
+    if args.layers:
+        double, single = (int(n) for n in args.layers.split(","))
+        config = {**config, "num_layers": double, "num_single_layers": single}
+    if args.grid:
+        h, w = (int(n) for n in args.grid.lower().split("x"))
+        sz = {**sz, "h": h, "w": w}
+    if args.text:
+        sz = {**sz, "text": args.text}
     cfg = from_dict(SPEC.config_cls, config)
     use_torch = args.torch
     if use_torch is None:
@@ -222,6 +248,7 @@ def main(argv=None) -> int:
         compile_s=round(compile_s, 1),
         quantize_s=round(quantize_s, 1),
         rel_err_vs_bf16=round(jdiff_err, 5),
+        rel_err_vs_diffusers_bf16=None if y_torch is None else round(rel_err(y_fp8, y_torch), 5),
         finite=bool(np.isfinite(y_fp8).all()),
         gemms=gemms,
     )
@@ -231,6 +258,11 @@ def main(argv=None) -> int:
     if tmodel is not None:
         try:
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+            if args.torchao_anywhere:
+                import torchao.quantization.quant_api as quant_api
+
+                quant_api._check_hardware_support = lambda *a, **k: None
         except ImportError as e:
             emit(note=f"torchao not importable ({e}); skipped its recipe (pip install torchao)")
         else:
@@ -245,7 +277,8 @@ def main(argv=None) -> int:
                 model = torch.compile(tmodel) if args.torchao_compile else tmodel
                 t0 = time.perf_counter()
                 out, first_s, times = timed_calls(torch_call(model), args.warmup, args.repeats)
-                torchao_err = rel_err(out.float().cpu().numpy(), y_torch)
+                y_ao = out.float().cpu().numpy()
+                torchao_err = rel_err(y_ao, y_torch)
                 emit(
                     engine="torchao",
                     mode="fp8 PerRow " + ("compiled" if args.torchao_compile else "eager"),
@@ -253,12 +286,15 @@ def main(argv=None) -> int:
                     ms=_median_ms(times),
                     first_call_s=round(first_s, 1),
                     rel_err_vs_bf16=round(torchao_err, 5),
+                    jdiff_fp8_vs_torchao_fp8=round(rel_err(y_fp8, y_ao), 5),
                 )
             except Exception as e:  # torchao's fp8 needs CUDA SM 8.9+; report and go on
                 emit(note=f"torchao's recipe failed here: {type(e).__name__}: {e}")
     emit(
         summary=True,
         tiny=args.tiny,
+        config={k: config[k] for k in ("num_layers", "num_single_layers")},
+        sizes=sz,
         device=jax.devices()[0].device_kind,
         jdiff_fp8_rel_err=round(jdiff_err, 5),
         torchao_fp8_rel_err=None if torchao_err is None else round(torchao_err, 5),

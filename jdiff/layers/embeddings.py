@@ -14,24 +14,7 @@ from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
 from jdiff.layers.linear import Linear
-
-
-def rounded(x: jax.Array, dtype) -> jax.Array:
-    """`x` as float32 holding the value `x.to(dtype)` has in torch: rounded to `dtype`'s precision when it is
-    narrower than float32 (bfloat16, float16), unchanged otherwise.
-
-    diffusers rounds timesteps and guidance scales to the model's dtype before embedding them (e.g. FLUX's
-    `timestep.to(hidden_states.dtype) * 1000`: in bfloat16, a guidance of 3.5 becomes 3504, not 3500), and
-    the sinusoidal embedding's fast frequencies turn that into a large change of the model's output. Rounding
-    the same way keeps jdiff's bfloat16 outputs next to the reference's. `lax.reduce_precision` and not an
-    `astype` round trip: under XLA's default `xla_allow_excess_precision`, bfloat16 arithmetic between
-    float32 ops may run in float32, and the rounding is lost.
-    """
-    x = x.astype(jnp.float32)
-    info = jnp.finfo(dtype)
-    if info.bits >= 32:
-        return x
-    return jax.lax.reduce_precision(x, exponent_bits=info.nexp, mantissa_bits=info.nmant)
+from jdiff.layers.rounding import rounded
 
 
 def pipeline_sigma(timesteps: jax.Array, dtype) -> jax.Array:

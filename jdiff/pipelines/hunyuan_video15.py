@@ -29,7 +29,7 @@ from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.io.images import read_images
-from jdiff.layers.embeddings import rounded
+from jdiff.layers.rounding import rounded
 from jdiff.models.hunyuan_video15.text import (
     CROP_START,
     GLYPH_MAX_LENGTH,

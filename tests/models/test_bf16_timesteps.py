@@ -15,8 +15,9 @@ import pytest
 import torch
 from diffusers import FluxTransformer2DModel as TorchFlux
 
-from jdiff.layers.embeddings import pipeline_sigma, rounded
+from jdiff.layers.embeddings import pipeline_sigma
 from jdiff.layers.rope import rope_cos_sin
+from jdiff.layers.rounding import rounded
 from jdiff.models.flux.config import FluxConfig
 from jdiff.models.flux.plan import SPEC
 from tests import parity

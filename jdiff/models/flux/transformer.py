@@ -27,8 +27,9 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
-from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, rounded, timestep_embedding
+from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, timestep_embedding
 from jdiff.layers.merged import project
+from jdiff.layers.rounding import rounded
 from jdiff.layers.stack import map_layers, scan, stacked
 from jdiff.models.flux.config import FluxConfig
 

@@ -22,7 +22,8 @@ from jaxtyping import Array, Float
 from jdiff import sharding as sh
 from jdiff.kernels.norm_rope import rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
-from jdiff.layers.embeddings import TimestepEmbedding, rounded, timestep_embedding
+from jdiff.layers.embeddings import TimestepEmbedding, timestep_embedding
+from jdiff.layers.rounding import rounded
 from jdiff.layers.stack import scan, stacked
 from jdiff.models.flux.transformer import AdaLayerNormContinuous, JointAttention, _gated, _modulate
 from jdiff.models.flux2.config import Flux2Config

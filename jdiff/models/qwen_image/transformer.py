@@ -33,8 +33,9 @@ from jaxtyping import Array, Bool, Float, Int
 from jdiff import sharding as sh
 from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
-from jdiff.layers.embeddings import TimestepEmbedding, rounded, timestep_embedding
+from jdiff.layers.embeddings import TimestepEmbedding, timestep_embedding
 from jdiff.layers.merged import project
+from jdiff.layers.rounding import rounded
 from jdiff.layers.stack import map_layers, scan, stacked
 from jdiff.models.flux.transformer import AdaLayerNormContinuous, FeedForward
 from jdiff.models.qwen_image.config import QwenImageConfig
