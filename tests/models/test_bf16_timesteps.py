@@ -1,4 +1,4 @@
-"""Timesteps and guidance rounded to the model's dtype as diffusers rounds them (`jdiff.layers.embeddings`).
+"""Timesteps and guidance rounded to the model's dtype as diffusers rounds them (`jdiff.layers.rounding`).
 
 In bfloat16, diffusers' flow pipelines pass `t.to(latents.dtype) / 1000` and FLUX's transformer embeds
 `timestep.to(dtype) * 1000` (a guidance of 3.5 becomes 3504); the sinusoidal embeddings turn those roundings
