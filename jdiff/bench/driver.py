@@ -6,6 +6,7 @@ float32-kept parameters in float32 as its loader would keep them):
   flux_step        FLUX.1-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
   flux_step_fp8    the same with quantization="fp8" (block linears in float8 e4m3; jdiff only)
   z_image_step     Z-Image-Turbo transformer, one step at 1024x1024 (4096 image + 128 caption tokens, no CFG)
+  z_image_step_fp8 the same with quantization="fp8" (jdiff only)
   flux2_klein_step FLUX.2-klein-4B transformer, one step at 1024x1024 (4096 image + 512 text tokens, no CFG)
   flux2_dev_step   FLUX.2-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
   sdxl_unet_step   SDXL base UNet, one CFG step at 1024x1024 (batch 2 of 128x128 latents, 77 text tokens)
@@ -14,6 +15,8 @@ float32-kept parameters in float32 as its loader would keep them):
   qwen_image_cfg_step
                    Qwen-Image true-CFG step at 1024x1024 as each pipeline runs it: jdiff one batch-2 call,
                    negative (5 text tokens) padded to the prompt's 16 with key lengths; diffusers two calls
+  qwen_image_cfg_step_fp8
+                   the same with quantization="fp8" (jdiff only)
   hunyuan_video15_step
                    HunyuanVideo-1.5 480p T2V transformer, one CFG step at 848x480x121 (31x30x53 latent) as each
                    pipeline runs it: jdiff one batch-2 call (text bucket 128, glyph 64, masked), diffusers two
@@ -34,11 +37,15 @@ float32-kept parameters in float32 as its loader would keep them):
   flux_pipeline_fp8
                    the same with quantization="fp8" (jdiff only)
   z_image_pipeline Z-Image-Turbo end to end at 1024x1024 (Qwen3-4B, its preset's 9 steps, no CFG, VAE decode)
+  z_image_pipeline_fp8
+                   the same with quantization="fp8" (jdiff only)
   flux2_klein_pipeline
                    FLUX.2-klein-4B end to end at 1024x1024 (Qwen3-4B, its preset's 4 steps, no CFG)
   sdxl_pipeline    SDXL base end to end at 1024x1024 (CLIP-L + bigG, 30 Euler steps, CFG 5, negative prompt)
   qwen_image_pipeline
                    Qwen-Image end to end at 1024x1024 (Qwen2.5-VL-7B, 50 steps, true CFG 4, negative prompt)
+  qwen_image_pipeline_fp8
+                   the same with quantization="fp8" (jdiff only)
 The *_pipeline workloads are declared in jdiff.bench.pipeline_workloads; their tokenizers are built offline
 (jdiff.bench.tokenizers); their TFLOP counts the denoiser only (steps x calls per step x the step formula).
 

@@ -309,12 +309,20 @@ PIPELINE_WORKLOADS["flux_pipeline_fbcache"] = replace(
     tiny_title="tiny FLUX text-to-image (toy config), 64x64, 2 steps, first-block cache",
 )
 
-# FLUX.1-dev's pipeline with `quantization="fp8"` (jdiff only: diffusers' fp8 is torchao, not a dependency).
+
+# The pipelines with `quantization="fp8"` (jdiff only: diffusers' fp8 is torchao, not a dependency).
 # Quantizing the random bf16 weights is part of construct_s, as `from_pretrained` does it.
-PIPELINE_WORKLOADS["flux_pipeline_fp8"] = replace(
-    PIPELINE_WORKLOADS["flux_pipeline"],
-    title="FLUX.1-dev text-to-image, 1024x1024, 28 steps, fp8 linears",
-    engines=("jdiff",),
-    pipeline=replace(PIPELINE_WORKLOADS["flux_pipeline"].pipeline, quantization="fp8"),
-    tiny_title="tiny FLUX text-to-image (toy config), 64x64, 2 steps, fp8 linears",
-)
+def _fp8_pipeline(wl: Workload) -> Workload:
+    return replace(
+        wl,
+        title=f"{wl.title}, fp8 linears",
+        engines=("jdiff",),
+        pipeline=replace(wl.pipeline, quantization="fp8"),
+        tiny_title=f"{wl.tiny_title}, fp8 linears",
+    )
+
+
+PIPELINE_WORKLOADS |= {
+    f"{name}_fp8": _fp8_pipeline(PIPELINE_WORKLOADS[name])
+    for name in ("flux_pipeline", "z_image_pipeline", "qwen_image_pipeline")
+}
