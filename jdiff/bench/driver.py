@@ -28,6 +28,8 @@ float32-kept parameters in float32 as its loader would keep them):
                    256 px, overlap 0.25) on both engines; its peak GiB is what tiling buys
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
   wan_forward_fp8  the same with quantization="fp8" (jdiff only)
+  wan_forward_14b, wan_forward_14b_720p (and their _fp8)
+                   Wan2.1-T2V-14B transformer, one forward at 832x480x81 / 1280x720x81 (32760 / 75600 tokens)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480
   flux_pipeline    FLUX.1-dev text to image end to end (CLIP-L + T5-XXL, 28 steps, guidance 3.5, VAE decode)
@@ -46,6 +48,9 @@ float32-kept parameters in float32 as its loader would keep them):
                    Qwen-Image end to end at 1024x1024 (Qwen2.5-VL-7B, 50 steps, true CFG 4, negative prompt)
   qwen_image_pipeline_fp8
                    the same with quantization="fp8" (jdiff only)
+  wan_pipeline     Wan2.1-T2V-1.3B end to end at 832x480x81 (UMT5-XXL, 50 UniPC steps, CFG 5, VAE decode)
+  wan_pipeline_fp8, wan_pipeline_fp8_teacache
+                   the same with quantization="fp8" (and TeaCache at 0.08; jdiff only)
 The *_pipeline workloads are declared in jdiff.bench.pipeline_workloads; their tokenizers are built offline
 (jdiff.bench.tokenizers); their TFLOP counts the denoiser only (steps x calls per step x the step formula).
 

@@ -218,7 +218,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         def apply(m, z):
             return m.decode(z, tiling)
 
-    elif name == "wan_forward":
+    elif name.startswith("wan_forward"):
         from jdiff.models.wan.plan import SPEC
         from jdiff.models.wan.rope import wan_rope_tables
 
@@ -323,6 +323,8 @@ def _attention_head_dim(name: str, config: dict) -> int:
     if name in (
         "flux_step",
         "wan_forward",
+        "wan_forward_14b",
+        "wan_forward_14b_720p",
         "flux2_klein_step",
         "flux2_dev_step",
         "qwen_image_step",

@@ -31,6 +31,7 @@ from jdiff.bench.configs import (
     SDXL_UNET,
     SDXL_UNET_TINY,
     WAN_13B,
+    WAN_14B,
     WAN_VAE,
     Z_IMAGE_TEXT,
     Z_IMAGE_TURBO,
@@ -86,6 +87,24 @@ def _lora_workload(what: str, *, batch: int, slots: int) -> Workload:
         tiny_config=FLUX_TINY,
         tiny_sizes=dict(h=4, w=4, text=8, batch=batch, slots=slots, rank=4),
         tiny_title=f"tiny FLUX transformer step (toy config), 64x64, {what.replace('32', '4')}",
+    )
+
+
+def _wan_forward(model: str, config: dict, h: int, w: int, tflop: float, *, warmup: int, repeats: int):
+    """One Wan T2V transformer forward over 81 frames (21 latent frames) at h x w latents (8x pixels), 512 text
+    tokens; its toy variant is the same for every size."""
+    return Workload(
+        f"{model} transformer forward, {8 * w}x{8 * h}x81",
+        config,
+        dict(f=21, h=h, w=w, text=512),
+        tflop,
+        warmup=warmup,
+        repeats=repeats,
+        tiny_config=to_dict(
+            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
+        ),
+        tiny_sizes=dict(f=3, h=4, w=4, text=8),
+        tiny_title="tiny Wan transformer forward (toy config), 32x32x9",
     )
 
 
@@ -194,19 +213,10 @@ WORKLOADS = {
     "flux_lora_step": _lora_workload("one rank-32 LoRA", batch=1, slots=1),
     "flux_lora_batch4_one": _lora_workload("batch 4, one rank-32 LoRA", batch=4, slots=1),
     "flux_lora_batch4_mixed": _lora_workload("batch 4, 4 rank-32 LoRAs (one per row)", batch=4, slots=4),
-    "wan_forward": Workload(
-        "Wan2.1-T2V-1.3B transformer forward, 832x480x81",
-        WAN_13B,
-        dict(f=21, h=60, w=104, text=512),
-        282.7,
-        warmup=2,
-        repeats=5,
-        tiny_config=to_dict(
-            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
-        ),
-        tiny_sizes=dict(f=3, h=4, w=4, text=8),
-        tiny_title="tiny Wan transformer forward (toy config), 32x32x9",
-    ),
+    "wan_forward": _wan_forward("Wan2.1-T2V-1.3B", WAN_13B, 60, 104, 282.7, warmup=2, repeats=5),
+    # Issue 19's Wan2.1-14B rows (ANCHORS.md's TFLOP): 40 layers of width 5120, 32760 and 75600 tokens.
+    "wan_forward_14b": _wan_forward("Wan2.1-T2V-14B", WAN_14B, 60, 104, 1663.0, warmup=1, repeats=3),
+    "wan_forward_14b_720p": _wan_forward("Wan2.1-T2V-14B", WAN_14B, 90, 160, 6489.0, warmup=1, repeats=2),
     "flux_vae_decode": Workload(
         "FLUX VAE decode, 1024x1024",
         FLUX_VAE,
@@ -278,6 +288,8 @@ WORKLOADS = {
 FP8_STEPS = {
     "flux_step": "jdiff.models.flux.plan",
     "wan_forward": "jdiff.models.wan.plan",
+    "wan_forward_14b": "jdiff.models.wan.plan",
+    "wan_forward_14b_720p": "jdiff.models.wan.plan",
     "z_image_step": "jdiff.models.z_image.plan",
     "qwen_image_cfg_step": "jdiff.models.qwen_image.plan",
 }
