@@ -12,8 +12,8 @@ would have on the device: `ModelDir.load` with `memory_kind`), never whole on th
   fetching layer i+1 while layer i runs. Device memory then holds two layers of the DiT, not all of them.
 
 Families need no code for this: they read `self._params[name]` when they build a stage's arguments, as they
-do without offload. Families keeping a component elsewhere (Qwen-Image's text encoder object) have that
-component left resident on the device (`apply` puts it back there).
+do without offload. A component kept elsewhere (none now) is left resident on the device (`apply` puts it
+back there).
 """
 
 from __future__ import annotations

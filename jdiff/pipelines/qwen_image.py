@@ -115,6 +115,8 @@ class QwenImagePipeline(Pipeline):
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
+        self._params["text_encoder"] = self.text.params
+        del self.text.params  # one owner: offload swaps the pipeline's `_params`
         self.lora = lora.Adapters(self, model, {"transformer": "transformer"})
         self._denoise = lora.jit(
             self._denoise_fn, static_argnames=("cfg", "noise_shape", "grids", "noise_tokens", "step_cache")
@@ -240,7 +242,9 @@ class QwenImagePipeline(Pipeline):
                 1024 + self.text.drop_idx, "Qwen2.5-VL",
             )  # fmt: skip
         vl_images, vae_images = self._images(request)
-        embeds, mask = self.text.encode(texts, vl_images, request.max_sequence_length)
+        embeds, mask = self.text.encode(
+            self._params["text_encoder"], texts, vl_images, request.max_sequence_length
+        )
         grids = ((1, request.height // self.size_multiple, request.width // self.size_multiple),)
         image_latents = None
         if vae_images:
