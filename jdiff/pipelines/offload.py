@@ -156,9 +156,15 @@ class Offloaded(MutableMapping):
 
     def __setitem__(self, name: str, state: nnx.State) -> None:
         self._host[name] = jax.tree.map(_host_aval, state)
+        self._drop_heads(name, {id(v.get_value()) for _, v in nnx.to_flat_state(self._host[name])})
 
     def __delitem__(self, name: str) -> None:
         del self._host[name]
+        self._drop_heads(name, set())
+
+    def _drop_heads(self, name: str, live: set[int]) -> None:
+        """Frees the resident layers of `name`'s host stacks that are no longer among `live` (by id)."""
+        self._heads = {k: v for k, v in self._heads.items() if k[0] != name or id(v[0]) in live}
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._host)
