@@ -6,6 +6,8 @@ the same way, so that its bfloat16 outputs stay next to the reference's:
 * timesteps and guidance scales (`jdiff.layers.embeddings.pipeline_sigma` and the FLUX families'
   `timestep.to(hidden_states.dtype) * 1000`): in bfloat16 a guidance of 3.5 becomes 3504, not 3500, and
   the sinusoidal embeddings' fast frequencies turn that into a large change of the model's output;
+* SDXL's size/crop time ids, which diffusers' pipeline builds in the text embeddings' dtype (an original size
+  of 1500 is 1504 in bfloat16) before the UNet embeds them (`jdiff.pipelines.stable_diffusion`);
 * fp8 scales (`jdiff.layers.quant`): torchao divides a bfloat16 amax by 448 in bfloat16.
 """
 

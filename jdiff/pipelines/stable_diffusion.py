@@ -23,6 +23,7 @@ from flax import nnx
 from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
+from jdiff.layers.rounding import rounded
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines import lora
 from jdiff.pipelines.base import warn, warn_truncated
@@ -137,7 +138,11 @@ class StableDiffusionPipeline(Pipeline):
         unet = nnx.merge(self._defs["unet"], params)
         x = init if noise_shape is None else noise_from_keys(init, noise_shape).transpose(0, 2, 3, 1)
         x = sh.constrain(x, (sh.BATCH, None, None, None))
-        added = {} if time_ids is None else {"text_embeds": pooled, "time_ids": time_ids}
+        added = {}
+        if time_ids is not None:
+            # diffusers builds the time ids in the text embeddings' dtype (`_get_add_time_ids(dtype=...)`): in
+            # bfloat16 an original size of 1500 is 1504 to the UNet's sinusoidal embedding.
+            added = {"text_embeds": pooled, "time_ids": rounded(time_ids, self.dtype)}
 
         def predict(x, t, _):
             xb = jnp.concatenate([x, x]) if cfg else x

@@ -1,9 +1,13 @@
-"""Timesteps and guidance rounded to the model's dtype as diffusers rounds them (`jdiff.layers.rounding`).
+"""bfloat16 next to the references: the small values they round to the model's dtype before embedding them,
+rounded the same way (`jdiff.layers.rounding`).
 
 In bfloat16, diffusers' flow pipelines pass `t.to(latents.dtype) / 1000` and FLUX's transformer embeds
 `timestep.to(dtype) * 1000` (a guidance of 3.5 becomes 3504); the sinusoidal embeddings turn those roundings
-into a large change of the output (FLUX.1-dev widths, 1 double + 1 single block: 0.29 relative). The
-parity tests elsewhere run in float32, where the rounding is the identity; these run in bfloat16.
+into a large change of the output (FLUX.1-dev widths, 1 double + 1 single block: 0.29 relative). SDXL's
+pipeline builds its size/crop time ids in the text embeddings' dtype (an original size of 1500 becomes 1504).
+The parity tests elsewhere run in float32, where the rounding is the identity; these run in bfloat16.
+`benchmarks/bf16_survey.py` measures every component this way (docs/devlog.md has its table); only the ones
+that needed a fix have a test here.
 """
 
 import tempfile
@@ -77,3 +81,32 @@ def test_flux_bf16_output_next_to_diffusers_bf16():
     )
     err = rel_err(np.asarray(got, np.float32), want.float().numpy())
     assert err < 0.01, err
+
+
+def test_sdxl_size_conditioning_rounded_as_diffusers(tmp_path):
+    """SDXL's size/crop time ids: diffusers builds them in the text embeddings' dtype, so in bfloat16 an
+    original size of 3000 x 1500 is 3008 x 1504 to the UNet's sinusoidal embedding. The same tiny SDXL pipeline
+    in bfloat16 on both sides, one step from the same latents: jdiff's latents stay at bfloat16 noise from
+    diffusers'."""
+    import jdiff
+    from tests.fixtures_sd import tiny_sdxl_pipeline
+
+    pipe = tiny_sdxl_pipeline()
+    pipe.save_pretrained(tmp_path)
+    gen = jdiff.DiffGenerator.from_pretrained(tmp_path, dtype="bfloat16")
+    pipe.to(torch.bfloat16)
+    lat = torch.randn(1, 4, 12, 20, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    kw = dict(height=24, width=40, num_inference_steps=1, guidance_scale=1.0, original_size=(3000, 1500),
+              crops_coords_top_left=(0, 0), target_size=(24, 40))  # fmt: skip
+    final = {}
+
+    def keep(_, i, t, tensors):
+        final["latents"] = tensors["latents"]
+        return tensors
+
+    with torch.no_grad():
+        pipe("a red circle", latents=lat, output_type="latent", callback_on_step_end=keep, **kw)
+    got = gen.generate("a red circle", latents=lat.float().numpy(), output_type="latent", **kw)
+    # 0.002 (diffusers' final latents are bfloat16 values); 0.0097 with the time ids in float32.
+    err = rel_err(got.latents, final["latents"].float().numpy())
+    assert err < 0.005, err
