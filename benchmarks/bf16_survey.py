@@ -20,7 +20,16 @@ them to). One JSON line per component:
 
 A healthy component has `a` of the order of `b` and `c` (both engines bf16 noise apart). `a` much larger than
 both is a divergence: the reference computes something in the lower dtype that jdiff computes otherwise (FLUX's
-timestep and guidance before docs/devlog.md's 2026-12-05 fix: a = 0.29 at real width).
+timestep and guidance before docs/devlog.md's 2026-12-05 fix: a = 0.29 at real width). Where the reference's
+pipeline rounds an input that the float32 reference gets exactly (a timestep of 723.4 is 724 in bfloat16), `b`
+and `c` include that rounding and can both sit far above `a`.
+
+The `*_pipeline` components run a whole tiny pipeline (tests/fixtures*: the parity tests' directories) the same
+four ways from the same latents and compare the final latents: they catch what a pipeline casts before the
+model call (SDXL's size/crop time ids, 2026-12-05).
+
+To locate a divergence: forward hooks on the reference's modules (`register_forward_hook`) against jdiff's
+intermediate outputs, in bfloat16 on both sides.
 """
 
 from __future__ import annotations
@@ -822,6 +831,131 @@ def hunyuan_video15_vae():
     video = rng.uniform(-1, 1, (1, 5, 16, 24, 3)).astype(np.float32)
     z = rng.standard_normal((1, 3, 3, 2, cfg.latent_channels)).astype(np.float32)
     return _vae(ref, SPEC, video, z, to_torch=_ncthw, from_torch=_nhwc)
+
+
+# ------------------------------------------------------------------------------------ whole pipelines
+
+
+def _pipeline(
+    pipe, prompt: str, latents: torch.Tensor, *, keep_bf16: bool = False, callback: bool = False, **kw
+):
+    """A tiny diffusers pipeline (tests/fixtures*) saved, then run whole from the same latents four ways: as
+    `from_pretrained(torch_dtype=bf16)` and in float32, and jdiff's in bfloat16 and float32. Figures on the final
+    latents (diffusers' `output_type="latent"` output, or with `callback` its last step's latents, in the layout
+    jdiff's `result.latents` has for that family). The latents are bfloat16 values, given as
+    float32 (the pipelines cast them where they keep them in the model's dtype) or, `keep_bf16`, as bfloat16 (the
+    SD pipelines use them as given)."""
+    import jdiff
+
+    path = Path(tempfile.mkdtemp())
+    pipe.save_pretrained(path)
+    r16 = type(pipe).from_pretrained(path, torch_dtype=BF)
+    latents = latents.to(BF).float()
+
+    def reference(p, lat):
+        final = {}
+
+        def keep(_p, _i, _t, tensors):
+            final["latents"] = tensors["latents"]
+            return {}
+
+        with torch.no_grad():
+            extra = {"callback_on_step_end": keep} if callback else {}
+            out = p(prompt=prompt, latents=lat, output_type="latent", **extra, **kw)
+        if callback:
+            return final["latents"]
+        return out.frames if hasattr(out, "frames") else out.images
+
+    w16 = reference(r16, latents.to(BF) if keep_bf16 else latents)
+    w32 = reference(pipe, latents)
+    got = {}
+    for dtype in ("bfloat16", "float32"):
+        gen = jdiff.DiffGenerator.from_pretrained(path, dtype=dtype)
+        got[dtype] = gen.generate(prompt, latents=latents.numpy(), output_type="latent", **kw).latents
+    return figures(got["bfloat16"], got["float32"], w16, w32)
+
+
+@component
+def flux_pipeline():
+    """FLUX.1-dev-like, guidance 3.5, 4 steps."""
+    from tests.fixtures import tiny_flux_pipeline
+
+    lat = torch.randn(1, 96, 16, generator=torch.Generator().manual_seed(1))
+    return _pipeline(tiny_flux_pipeline(guidance_embeds=True), "a red circle", lat, height=32, width=48,
+                     num_inference_steps=4, max_sequence_length=24, guidance_scale=3.5)  # fmt: skip
+
+
+@component
+def flux2_klein_pipeline():
+    """FLUX.2-klein (base: CFG 3.0), 3 steps."""
+    from tests.fixtures_zimage_flux2 import tiny_flux2_klein_pipeline
+
+    lat = torch.randn(1, 16, 6, 10, generator=torch.Generator().manual_seed(1))
+    return _pipeline(tiny_flux2_klein_pipeline(is_distilled=False), "a red circle", lat, height=24, width=40,
+                     num_inference_steps=3, max_sequence_length=64, guidance_scale=3.0)  # fmt: skip
+
+
+@component
+def z_image_pipeline():
+    """Z-Image, CFG 2.0 with a negative prompt, 3 steps."""
+    from tests.fixtures_zimage_flux2 import tiny_z_image_pipeline
+
+    lat = torch.randn(1, 4, 12, 20, generator=torch.Generator().manual_seed(1))
+    return _pipeline(tiny_z_image_pipeline(), "a red circle", lat, height=24, width=40, num_inference_steps=3,
+                     max_sequence_length=64, guidance_scale=2.0, negative_prompt="blue")  # fmt: skip
+
+
+@component
+def qwen_image_pipeline():
+    """Qwen-Image text-to-image, true CFG 4.0 with a negative prompt, 3 steps."""
+    from tests.fixtures_qwen_image import tiny_qwen_image_pipeline
+
+    lat = torch.randn(1, 6, 16, generator=torch.Generator().manual_seed(1))
+    return _pipeline(tiny_qwen_image_pipeline("t2i"), "a red circle", lat, callback=True, height=32, width=48,
+                     num_inference_steps=3, true_cfg_scale=4.0, negative_prompt="blue")  # fmt: skip
+
+
+@component
+def wan_pipeline():
+    """Wan2.1 T2V, CFG 4.0 with a negative prompt, UniPC, 4 steps, 9 frames."""
+    from tests.fixtures_wan import tiny_wan
+
+    pipe = tiny_wan("t2v")
+    z, sp = pipe.vae.config.z_dim, pipe.vae.config.scale_factor_spatial
+    lat = torch.randn(1, z, 3, 32 // sp, 48 // sp, generator=torch.Generator().manual_seed(1))
+    return _pipeline(pipe, "a cat running in the snow", lat, height=32, width=48, num_frames=9,
+                     num_inference_steps=4, guidance_scale=4.0, negative_prompt="blue", max_sequence_length=16)  # fmt: skip
+
+
+@component
+def hunyuan_video15_pipeline():
+    """HunyuanVideo-1.5 T2V, CFG 6.0, 3 steps, 9 frames."""
+    from tests.fixtures_hunyuan_video15 import tiny_hunyuan_video15
+
+    lat = torch.randn(1, 4, 3, 8, 12, generator=torch.Generator().manual_seed(1))
+    return _pipeline(tiny_hunyuan_video15(), 'a red "OPEN" sign', lat, height=32, width=48, num_frames=9,
+                     num_inference_steps=3, negative_prompt="blue")  # fmt: skip
+
+
+@component
+def sdxl_pipeline():
+    """SDXL, CFG 5.0 with a negative prompt, an original size of 3000 x 1500, 3 steps."""
+    from tests.fixtures_sd import tiny_sdxl_pipeline
+
+    lat = torch.randn(1, 4, 12, 20, generator=torch.Generator().manual_seed(1))
+    return _pipeline(tiny_sdxl_pipeline(), "a red circle", lat, keep_bf16=True, callback=True, height=24, width=40,
+                     num_inference_steps=3, guidance_scale=5.0, negative_prompt="blue", original_size=(3000, 1500),
+                     target_size=(24, 40))  # fmt: skip
+
+
+@component
+def sd15_pipeline():
+    """SD 1.5, CFG 7.5 with a negative prompt, 3 steps."""
+    from tests.fixtures_sd import tiny_sd_pipeline
+
+    lat = torch.randn(1, 4, 12, 20, generator=torch.Generator().manual_seed(1))
+    return _pipeline(tiny_sd_pipeline(), "a red circle", lat, keep_bf16=True, callback=True, height=24, width=40,
+                     num_inference_steps=3, guidance_scale=7.5, negative_prompt="blue")  # fmt: skip
 
 
 def main(argv=None) -> int:
