@@ -8,19 +8,30 @@ their decoded outputs (dispatched, not waited for: the caller reads them while t
 cancelled request (`cancel`) leaves its slot at the next chunk boundary. The runner has no thread and no
 clock; the server's scheduler (`jdiff.server.continuous`) drives it.
 
-A family takes part by giving its pipeline these hooks (FLUX.1 does, `flux.py`):
+A family takes part by giving its pipeline these hooks (see `flux.py`, `wan_slots.py`, `qwen_image_slots.py`):
 
     slot_refusal(request) -> str | None    # a family's own reason a request cannot run in slots, or None
-    slot_bucket(request) -> tuple          # what fixes the shapes: requests with equal keys share slots
+    slot_bucket(request, cond) -> tuple    # what fixes the shapes besides the slot row's own (the runner
+                                           # adds those: text lengths, CFG rows, ...); equal keys share slots
     slot_schedule(request) -> Schedule     # the sampler's schedule for it (host, numpy)
     slot_inputs(request, cond) -> (noise, cond_row)   # its initial noise [*X] and conditioning (no batch axis)
-    slot_shared(request) -> pytree         # the bucket's constants (e.g. RoPE tables)
-    slot_model(params, shared, cond, x, t) # traced: the model output for all slots [S, *X] at timesteps t [S]
+    slot_shared(request, cond) -> pytree   # the bucket's constants (e.g. RoPE tables)
+    slot_model(params, shared, cond, x, t, run)   # traced: the model output for all slots [S, *X] at
+                                           # timesteps t [S]; run [S]: the slots that advance
     slot_params() -> pytree                # the denoiser's weights (an argument of the chunk program)
+    slot_output(cond, x) -> x              # optional, traced: one slot's final sample from its last state
 
 plus `sampler`, `scheduler` and the usual `encode` / `decode_stage`. Requests run with batch 1 each (a request
 for n outputs is n requests): text encoding, the slot row and decoding then have one shape whatever the load,
 so a request's bytes never depend on what else runs (`jdiff.sampling.slots` says what else makes that hold).
+The helpers below hold what the families' hooks share: the plain loop's noise (`noise`), the flow schedule of
+FLUX.1, Qwen-Image and Z-Image (`flow_schedule`), and CFG's batch of [negatives; prompts] over the slots
+(`cfg_rows`, `per_slot`).
+
+Who takes part: FLUX.1 (without true CFG), Qwen-Image text-to-image (true CFG on or off), Z-Image, FLUX.2 and
+FLUX.2-klein text-to-image, Wan text-to-video and image-to-video (Wan2.1 I2V, Wan2.2 TI2V-5B with or without
+an image) with one expert or two (Wan2.2 A14B: `wan_slots.py`). Everything else (edits, reference images,
+other families, the cases `refusal` lists) keeps request-level batching, with its reason.
 
 Costs: idle slots compute (a bucket of S slots costs S rows per step, busy or not); a request that ends inside
 a chunk waits for the chunk's end (at most k - 1 steps of its slot wasted); decoding runs at batch 1; every
@@ -34,15 +45,70 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from functools import partial
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from jdiff import compiler_options
 from jdiff.pipelines.request import Request
 from jdiff.sampling import slots as slot_ops
-from jdiff.sampling.noise import noise_keys
+from jdiff.sampling.flow_match import calculate_shift, default_sigmas
+from jdiff.sampling.noise import noise_from_keys, noise_keys
+
+# ---- what the families' hooks share ---------------------------------------------------------------------------
+
+
+def noise(request: Request, shape: tuple[int, ...], layout=None) -> jax.Array:
+    """The request's initial noise [*X] as its plain loop draws it: `noise_from_keys` of its first seed at
+    `shape`, then `layout` (a module-level function of the batched noise, e.g. FLUX's packing), or None."""
+    return _noise(noise_keys(list(request.seeds[:1])), tuple(shape), layout)[0]
+
+
+@partial(jax.jit, static_argnums=(1, 2))
+def _noise(keys, shape: tuple[int, ...], layout) -> jax.Array:
+    x = noise_from_keys(keys, shape)
+    return x if layout is None else layout(x)
+
+
+def flow_schedule(pipeline, steps: int, image_tokens: int):
+    """FLUX.1's, Qwen-Image's and Z-Image's schedule (plain loop and slots): the default sigmas, shifted by the
+    resolution-dependent mu of `image_tokens` (diffusers' `calculate_shift`, used where the scheduler shifts
+    dynamically)."""
+    sc = pipeline.scheduler
+    mu = calculate_shift(
+        image_tokens, sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
+    )
+    return pipeline.sampler.schedule(sc, steps, mu=mu, sigmas=default_sigmas(steps))
+
+
+def cfg_rows(x: jax.Array, t: jax.Array, texts: Any) -> tuple[jax.Array, jax.Array, Any]:
+    """The model batch for every slot's R text rows, ordered as the plain loop's CFG batch: all slots' first
+    rows (negatives where R = 2), then all their second (prompts).
+
+    Args:
+        x: [S, ...] the slots' model inputs; t: [S, ...] their timesteps.
+        texts: the slots' text conditioning, leaves [S, R, ...] (None leaves stay None).
+
+    Returns:
+        (x [R S, ...], t [R S, ...], texts with leaves [R S, ...]); `jnp.split(out, R)` gives back each row's.
+    """
+    r = jax.tree.leaves(texts)[0].shape[1]
+    rows = jax.tree.map(lambda a: a.swapaxes(0, 1).reshape(-1, *a.shape[2:]), texts)
+    return jnp.concatenate([x] * r), jnp.concatenate([t] * r), rows
+
+
+def per_slot(a: jax.Array, like: jax.Array) -> jax.Array:
+    """Per-slot values [S] shaped to broadcast against `like` [S, ...] (e.g. each slot's guidance scale)."""
+    return a.reshape(-1, *(1,) * (like.ndim - 1))
+
+
+def _signature(row) -> tuple:
+    """What fixes a slot row's compiled programs: its tree structure and every leaf's shape and dtype."""
+    leaves, tree = jax.tree.flatten(row)
+    return (tree, *((np.shape(a), str(a.dtype)) for a in leaves))
 
 
 def refusal(pipeline, request: Request) -> str | None:
@@ -89,8 +155,8 @@ class _Programs:
         donate = jax.default_backend() != "cpu"  # CPU ignores donation, with a warning per call
 
         def chunk(params, shared, slots):
-            def model_fn(x, t, cond):
-                return pipeline.slot_model(params, shared, cond, x, t)
+            def model_fn(x, t, cond, run):
+                return pipeline.slot_model(params, shared, cond, x, t, run)
 
             slots = slot_ops.run_chunk(sampler, cfg, model_fn, slots, chunk_steps, serial)
             return slots, slots.step.sum()  # a marker that is not donated to the next chunk
@@ -103,7 +169,15 @@ class _Programs:
         self.make = jit(make)
         self.insert = jit(slot_ops.insert, donate_argnums=(0,) if donate else ())
         self.release = jit(slot_ops.release, donate_argnums=(0,) if donate else ())
-        self.take = jit(lambda x, i: x[i][None])
+        output = getattr(pipeline, "slot_output", None)
+
+        def take(slots, x, i):
+            one = x[i]
+            if output is not None:
+                one = output(jax.tree.map(lambda a: a[i], slots.cond), one)
+            return one[None]
+
+        self.take = jit(take)
         self.empty = jit(slot_ops.empty, static_argnums=(1,))
 
 
@@ -157,11 +231,12 @@ class SlotRunner:
         """Encodes `request` (batch 1, `refusal` None) and queues it for its bucket's next free slot."""
         p = self.pipeline
         cond = p.encode(request)
-        noise, cond_row = p.slot_inputs(request, cond)
+        x, cond_row = p.slot_inputs(request, cond)
         schedule = slot_ops.pad_schedule(p.slot_schedule(request), self.max_steps)
         keys = noise_keys([request.seeds[0]])[0]
-        row = self._programs.make(noise, schedule, np.int32(request.steps), keys, cond_row)
-        job = Job(request, tag, p.slot_bucket(request), row, p.slot_shared(request), request.steps)
+        row = self._programs.make(x, schedule, np.int32(request.steps), keys, cond_row)
+        bucket = (*p.slot_bucket(request, cond), _signature(row))
+        job = Job(request, tag, bucket, row, p.slot_shared(request, cond), request.steps)
         bucket = self.buckets.get(job.bucket)
         if bucket is None:
             bucket = self.buckets[job.bucket] = _Bucket(self._programs, job, self.size)
@@ -198,7 +273,7 @@ class SlotRunner:
     def preview(self, job: Job) -> jax.Array:
         """A running job's current prediction (`Slots.pred`), decoded [1, ...]: dispatched, not waited for."""
         bucket = self.buckets[job.bucket]
-        latents = self._programs.take(bucket.slots.pred, np.int32(job.slot))
+        latents = self._programs.take(bucket.slots, bucket.slots.pred, np.int32(job.slot))
         stage = self.pipeline.decode_stage(job.request)
         return stage.fn(*stage.args, latents, **stage.kwargs)
 
@@ -235,7 +310,7 @@ class SlotRunner:
                 job.done = min(job.steps, job.done + self.chunk_steps)
                 job.busy = busy
                 if job.done == job.steps:
-                    latents = prog.take(bucket.slots.x, np.int32(s))
+                    latents = prog.take(bucket.slots, bucket.slots.x, np.int32(s))
                     bucket.jobs[s] = None
                     decoded = None
                     if job.request.output_type != "latent":
@@ -249,4 +324,4 @@ class SlotRunner:
         return finished
 
 
-__all__ = ["Job", "SlotRunner", "refusal"]
+__all__ = ["Job", "SlotRunner", "cfg_rows", "flow_schedule", "noise", "per_slot", "refusal"]

@@ -13,20 +13,12 @@ Axis letters: S slots, F latent frames, h/w latent height/width, C latent channe
 
 from __future__ import annotations
 
-from functools import partial
-
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdiff.pipelines import slots
 from jdiff.pipelines.request import Request
-from jdiff.sampling.noise import noise_from_keys, noise_keys
-
-
-@partial(jax.jit, static_argnums=1)
-def _noise(keys, shape: tuple[int, ...]) -> jax.Array:
-    return noise_from_keys(keys, shape)
 
 
 class WanSlots:
@@ -41,25 +33,24 @@ class WanSlots:
                 return f"{why} runs with request-level batching"
         return None
 
-    def slot_bucket(self, request: Request) -> tuple:
-        grid = self._latent_grid(request)
-        return ("wan", *grid, request.max_sequence_length or 512, request.guidance_scale > 1.0)
+    def slot_bucket(self, request: Request, cond) -> tuple:
+        return ("wan", *self._latent_grid(request))
 
     def slot_schedule(self, request: Request):
         return self.sampler.schedule(self.scheduler, request.steps)
 
     def slot_inputs(self, request: Request, cond):
         embeds = cond[0]  # [1 or 2, L, D]: [negative; prompt] with CFG
-        noise = _noise(noise_keys(list(request.seeds)), (*self._latent_grid(request), self.z_dim))
-        return noise[0], (embeds, np.float32(request.guidance_scale))
+        noise = slots.noise(request, (*self._latent_grid(request), self.z_dim))
+        return noise, (embeds, np.float32(request.guidance_scale))
 
-    def slot_shared(self, request: Request):
+    def slot_shared(self, request: Request, cond):
         return self._rope(request)
 
     def slot_params(self):
         return self._params["transformer"]
 
-    def slot_model(self, params, rope, cond, x, t):
+    def slot_model(self, params, rope, cond, x, t, run):
         """The guided velocity for every slot [S, F, h, w, C] at per-slot timesteps t [S] (traced)."""
         embeds, scale = cond  # [S, 1 or 2, L, D], [S]
         model = nnx.merge(self._defs["transformer"], params)

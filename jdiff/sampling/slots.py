@@ -159,7 +159,7 @@ def release(slots: Slots, index: Array) -> Slots:
 def run_chunk(
     sampler: Sampler,
     cfg,
-    model_fn: Callable[[Array, Array, Any], Array],
+    model_fn: Callable[[Array, Array, Any, Array], Array],
     slots: Slots,
     k: int,
     serial: bool = False,
@@ -169,8 +169,9 @@ def run_chunk(
     Args:
         sampler: a table row that `supports` slots.
         cfg: its config (static).
-        model_fn: `model_fn(x, t, cond)`: the model output [S, *X] for inputs x [S, *X] at per-slot model
-            timesteps t [S] with the slots' conditioning.
+        model_fn: `model_fn(x, t, cond, run)`: the model output [S, *X] for inputs x [S, *X] at per-slot model
+            timesteps t [S] with the slots' conditioning; `run` [S] says which slots advance (the others'
+            outputs are discarded: a model may skip work no running slot needs, e.g. an expert).
         slots: the bucket's state.
         k: steps per chunk (static).
         serial: call the model once per slot at batch 1 (`lax.map`), skipping slots that do not run
@@ -196,7 +197,7 @@ def run_chunk(
         if serial:
             out = _serial(model_fn, run, model_in, t, s.cond)
         else:
-            out = model_fn(model_in, t, s.cond)
+            out = model_fn(model_in, t, s.cond, run)
         x, state = jax.vmap(one_step)(s.schedule, s.state, i, s.x, out, s.keys)
         if sampler.prediction(cfg) == "flow":
             sigma = jnp.take_along_axis(s.schedule.sigmas, i[:, None], axis=1)[:, 0]
@@ -225,7 +226,9 @@ def _serial(model_fn, run, x, t, cond):
 
     def one(args):
         go, xs, ts, cs = args
-        call = lambda: model_fn(xs[None], ts[None], jax.tree.map(lambda a: a[None], cs))[0]
+        call = lambda: model_fn(
+            xs[None], ts[None], jax.tree.map(lambda a: a[None], cs), jnp.ones((1,), bool)
+        )[0]
         shape = jax.eval_shape(call)
         return jax.lax.cond(go, call, lambda: jnp.zeros(shape.shape, shape.dtype))
 
