@@ -26,7 +26,7 @@ for n outputs is n requests): text encoding, the slot row and decoding then have
 so a request's bytes never depend on what else runs (`jdiff.sampling.slots` says what else makes that hold).
 The helpers below hold what the families' hooks share: the plain loop's noise (`noise`), the flow schedule of
 FLUX.1, Qwen-Image and Z-Image (`flow_schedule`), and CFG's batch of [negatives; prompts] over the slots
-(`cfg_rows`, `per_slot`).
+(`cfg_rows`, `per_slot`, `guided`).
 
 Who takes part: FLUX.1 (without true CFG), Qwen-Image text-to-image (true CFG on or off), Z-Image, FLUX.2 and
 FLUX.2-klein text-to-image, Wan text-to-video and image-to-video (Wan2.1 I2V, Wan2.2 TI2V-5B with or without
@@ -103,6 +103,13 @@ def cfg_rows(x: jax.Array, t: jax.Array, texts: Any) -> tuple[jax.Array, jax.Arr
 def per_slot(a: jax.Array, like: jax.Array) -> jax.Array:
     """Per-slot values [S] shaped to broadcast against `like` [S, ...] (e.g. each slot's guidance scale)."""
     return a.reshape(-1, *(1,) * (like.ndim - 1))
+
+
+def guided(v: jax.Array, scale: jax.Array) -> jax.Array:
+    """CFG per slot over the model's output for `cfg_rows`' batch of two rows per slot [2S, ...]: neg + s (pos -
+    neg), with each slot's scale s [S] (Wan's and FLUX.2-klein's form, as their plain loops compute it)."""
+    neg, pos = jnp.split(v, 2)
+    return neg + per_slot(scale, neg) * (pos - neg)
 
 
 def _signature(row) -> tuple:
@@ -324,4 +331,4 @@ class SlotRunner:
         return finished
 
 
-__all__ = ["Job", "SlotRunner", "cfg_rows", "flow_schedule", "noise", "per_slot", "refusal"]
+__all__ = ["Job", "SlotRunner", "cfg_rows", "flow_schedule", "guided", "noise", "per_slot", "refusal"]
