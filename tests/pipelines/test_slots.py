@@ -178,6 +178,22 @@ FAMILIES = {
                "d": dict(seed=4, steps=2, prompt="a blue circle", at=1)},
         buckets=2,
     ),
+    "flux2": dict(  # FLUX.2-dev: each slot its own guidance embedding
+        build=_saved(lambda: _zf().tiny_flux2_pipeline()),
+        common=dict(prompt="a red circle", height=32, width=48, max_sequence_length=16),
+        specs={"a": dict(seed=1, steps=5, guidance_scale=4.0, at=0),
+               "b": dict(seed=2, steps=3, guidance_scale=2.0, at=1)},
+        buckets=1,
+    ),
+    "flux2-klein": dict(  # klein base: CFG (guidance_scale > 1, empty negative) per slot, and off
+        build=_saved(lambda: _zf().tiny_flux2_klein_pipeline(is_distilled=False)),
+        common=dict(prompt="a red circle", height=32, width=48, max_sequence_length=16),
+        specs={"a": dict(seed=1, steps=5, guidance_scale=4.0, at=0),
+               "b": dict(seed=2, steps=3, guidance_scale=1.0, at=0),
+               "c": dict(seed=3, steps=4, guidance_scale=2.5, at=1),
+               "d": dict(seed=4, steps=2, prompt="a blue square", guidance_scale=1.0, at=1)},
+        buckets=2,
+    ),
 }  # fmt: skip
 
 
