@@ -117,6 +117,19 @@ def test_what_slots_refuse(runner):
     assert runner.refusal(_request(runner)) is None
 
 
+def test_families_refuse_input_images_with_a_reason():
+    """Edits and reference images keep request-level batching, saying so (no model needed to ask)."""
+    from types import SimpleNamespace
+
+    from jdiff.pipelines.flux2 import Flux2Pipeline
+    from jdiff.pipelines.qwen_image import QwenImageEditPipeline, QwenImagePipeline
+
+    assert "image editing" in QwenImageEditPipeline.slot_refusal(QwenImageEditPipeline, None)
+    assert QwenImagePipeline.slot_refusal(QwenImagePipeline, None) is None
+    assert "reference images" in Flux2Pipeline.slot_refusal(None, SimpleNamespace(images=("an image",)))
+    assert Flux2Pipeline.slot_refusal(None, SimpleNamespace(images=None)) is None
+
+
 def _zf():
     import tests.fixtures_zimage_flux2 as fixtures
 
@@ -144,6 +157,15 @@ def _saved(build):
     return make
 
 
+def _image(h, w, seed):
+    from PIL import Image
+
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+VIDEO = dict(
+    prompt="a cat", height=32, width=48, num_frames=5, max_sequence_length=16, negative_prompt="blue"
+)
 NEGATIVE = "a blue square on the picture of a red circle, blurry, low quality, bad"  # longer: masked
 
 
@@ -154,10 +176,32 @@ NEGATIVE = "a blue square on the picture of a red circle, blurry, low quality, b
 FAMILIES = {
     "wan-t2v": dict(  # UniPC (its own step count read from the padded schedule) and per-slot CFG
         build=lambda: _wan("t2v"),
-        common=dict(prompt="a cat", height=32, width=48, num_frames=5, max_sequence_length=16,
-                    negative_prompt="blue"),
+        common=VIDEO,
         specs={"a": dict(seed=1, steps=5, guidance_scale=4.0, at=0),
                "b": dict(seed=2, steps=3, guidance_scale=2.5, at=1)},
+        buckets=1,
+    ),
+    "wan-i2v": dict(  # Wan2.1 I2V: each slot its image's condition (mask + latents) and CLIP tokens
+        build=lambda: _wan("i2v"),
+        common=VIDEO,
+        specs={"a": dict(seed=1, steps=5, guidance_scale=4.0, image=_image(32, 48, 1), at=0),
+               "b": dict(seed=2, steps=3, guidance_scale=2.5, image=_image(32, 48, 2), at=1)},
+        buckets=1,
+    ),
+    "wan-ti2v": dict(  # Wan2.2 TI2V-5B with an image: its latent in frame 0, per-token timesteps zero there
+        build=lambda: _wan("ti2v-i2v"),
+        common={**VIDEO, "width": 64},
+        specs={"a": dict(seed=1, steps=5, guidance_scale=4.0, image=_image(32, 64, 1), at=0),
+               "b": dict(seed=2, steps=3, guidance_scale=2.5, image=_image(32, 64, 2), at=1)},
+        buckets=1,
+    ),
+    # Two experts, each slot its own by its timestep (boundary 875; a: 999 937 | 857 750 | 600 376, b joining
+    # at the second chunk: 999 900 | 750 500): the slots straddle the boundary for a chunk, then do not.
+    "wan-a14b": dict(
+        build=lambda: _wan("a14b"),
+        common=VIDEO,
+        specs={"a": dict(seed=1, steps=6, guidance_scale=4.0, guidance_scale_2=2.0, at=0),
+               "b": dict(seed=2, steps=4, guidance_scale=3.0, guidance_scale_2=1.5, at=1)},
         buckets=1,
     ),
     "qwen-image": dict(  # true CFG on (two scales sharing a bucket) and off (its own bucket), masked texts
