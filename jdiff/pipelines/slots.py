@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import time
 from functools import partial
 from typing import Any
 
@@ -54,6 +55,7 @@ import numpy as np
 
 from jdiff import compiler_options
 from jdiff.pipelines.request import Request
+from jdiff.pipelines.slot_clock import DeviceClock, Span
 from jdiff.sampling import slots as slot_ops
 from jdiff.sampling.flow_match import calculate_shift, default_sigmas
 from jdiff.sampling.noise import noise_from_keys, noise_keys
@@ -152,6 +154,26 @@ class Job:
     done: int = 0
     cancelled: bool = False
     busy: int = 0  # slots of its bucket in use during its last chunk
+    # The device's timeline (`slot_clock`): its encoding, its first and last chunks, its decoding.
+    encoding: Span | None = None
+    first: Span | None = None
+    last: Span | None = None
+    decoding: Span | None = None
+
+    def timings(self, wait: float = 1.0) -> dict[str, float]:
+        """Seconds per stage on the device's timeline, as far as measured: text_encoding (its slot row too),
+        slot_wait (from then to its first chunk: a free slot, the chunk boundary), denoising (its first chunk's
+        start to its last chunk's end) and decoding. Call once its output is read (its spans end soon after)."""
+        spans = (self.encoding, self.first, self.last, self.decoding)
+        if any(s is None or not s.wait(wait) for s in spans):
+            return {}
+        enc, first, last, dec = spans
+        return {
+            "text_encoding": enc.end - enc.start,
+            "slot_wait": max(0.0, first.start - enc.end),
+            "denoising": last.end - first.start,
+            "decoding": dec.end - dec.start,
+        }
 
 
 class _Programs:
@@ -226,6 +248,7 @@ class SlotRunner:
         self.buckets: dict[tuple, _Bucket] = {}
         self._markers: list = []  # one per bucket that ran in the last chunk
         self.hold = False  # True: no request takes a free slot (the running ones go on)
+        self.clock = DeviceClock()
         self.chunks = 0  # chunks run so far, over all buckets
 
     def refusal(self, request: Request) -> str | None:
@@ -237,6 +260,7 @@ class SlotRunner:
     def add(self, request: Request, tag: Any = None) -> Job:
         """Encodes `request` (batch 1, `refusal` None) and queues it for its bucket's next free slot."""
         p = self.pipeline
+        t0 = time.perf_counter()
         cond = p.encode(request)
         x, cond_row = p.slot_inputs(request, cond)
         schedule = slot_ops.pad_schedule(p.slot_schedule(request), self.max_steps)
@@ -244,6 +268,7 @@ class SlotRunner:
         row = self._programs.make(x, schedule, np.int32(request.steps), keys, cond_row)
         bucket = (*p.slot_bucket(request, cond), _signature(row))
         job = Job(request, tag, bucket, row, p.slot_shared(request, cond), request.steps)
+        job.encoding = self.clock.span(row, t0)
         bucket = self.buckets.get(job.bucket)
         if bucket is None:
             bucket = self.buckets[job.bucket] = _Bucket(self._programs, job, self.size)
@@ -282,7 +307,9 @@ class SlotRunner:
         bucket = self.buckets[job.bucket]
         latents = self._programs.take(bucket.slots, bucket.slots.pred, np.int32(job.slot))
         stage = self.pipeline.decode_stage(job.request)
-        return stage.fn(*stage.args, latents, **stage.kwargs)
+        decoded = stage.fn(*stage.args, latents, **stage.kwargs)
+        self.clock.span(decoded)  # on the timeline, so the next piece's start is right
+        return decoded
 
     def advance(self) -> list[tuple[Job, jax.Array, jax.Array | None]]:
         """One chunk on every bucket with work: frees cancelled slots, fills free slots, runs k steps.
@@ -309,6 +336,7 @@ class SlotRunner:
                 continue
             bucket.slots, marker = prog.chunk(self.pipeline.slot_params(), bucket.shared, bucket.slots)
             markers.append(marker)
+            span = self.clock.span(marker)
             self.chunks += 1
             busy = bucket.busy
             for s, job in enumerate(bucket.jobs):
@@ -316,13 +344,16 @@ class SlotRunner:
                     continue
                 job.done = min(job.steps, job.done + self.chunk_steps)
                 job.busy = busy
+                job.first, job.last = job.first or span, span
                 if job.done == job.steps:
+                    t0 = time.perf_counter()
                     latents = prog.take(bucket.slots, bucket.slots.x, np.int32(s))
                     bucket.jobs[s] = None
                     decoded = None
                     if job.request.output_type != "latent":
                         stage = self.pipeline.decode_stage(job.request)
                         decoded = stage.fn(*stage.args, latents, **stage.kwargs)
+                    job.decoding = self.clock.span((latents, decoded), t0)
                     finished.append((job, latents, decoded))
         # The host's bookkeeping needs nothing from the device, so it could run many chunks ahead; a request
         # joining or leaving would then wait for all of them. One chunk ahead keeps the device busy.

@@ -19,8 +19,11 @@ run. What makes it hold:
   solver is elementwise, and the mask is a select. With fixed shapes, row s's bytes depend only on row s's
   inputs -- provided the backend computes every row of a matmul the same way whatever its position. That is
   checked on CPU by `tests/pipelines/test_slots.py` (a request gives the same bytes in every slot, alone or
-  with others, joining at any chunk; it holds on XLA CPU for the tiny FLUX and Wan); a backend whose GEMM
-  treated edge rows differently would fail it (not yet run on a GPU).
+  with others, joining at any chunk; it holds on XLA CPU for the tiny FLUX.1, Qwen-Image, Z-Image, FLUX.2
+  and Wan models); a backend whose GEMM treated edge rows differently would fail it (not yet run on a GPU).
+- A model may pick per slot between computations (Wan2.2's two experts, `model_fn`'s `run`): each choice
+  is computed for all rows in its own `lax.cond` and each row selects its own, so a row's bytes do not depend
+  on which branches ran for the others.
 - With `serial` (`run_chunk`), every model call has batch 1 whatever the other slots hold, so the row
   question does not arise; idle slots are skipped (`lax.cond`), which removes the idle cost.
 - Every step of a chunk is the same loop body (the scan is a while loop, not unrolled), so a request that

@@ -3,6 +3,7 @@ depend on its slot, its neighbours or when it joined; outputs match plain `gener
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 from pathlib import Path
 
@@ -109,6 +110,22 @@ def test_cancel_frees_the_slot_at_the_next_chunk(runner):
     np.testing.assert_array_equal(got["late"], alone)
 
 
+def test_jobs_stages_follow_the_device_timeline(runner):
+    """`Job.timings` (the server's Server-Timing): each stage from the device's own timeline, in order."""
+    a = runner.add(_request(runner, seed=1, steps=5), "a")  # three chunks of 2 steps
+    b = runner.add(_request(runner, seed=2, steps=2), "b")  # the first of them
+    _drain(runner)
+    assert a.first is b.first is b.last and a.last is not a.first
+    spans = [a.encoding, b.encoding, a.first, b.decoding, a.last, a.decoding]
+    assert all(s.wait() for s in spans)
+    assert all(x.end <= y.start for x, y in itertools.pairwise(spans))  # one after the other
+    ta, tb = a.timings(), b.timings()
+    assert set(ta) == {"text_encoding", "slot_wait", "denoising", "decoding"}
+    assert ta["denoising"] == a.last.end - a.first.start > tb["denoising"] == b.last.end - b.last.start > 0
+    assert tb["slot_wait"] == b.first.start - b.encoding.end
+    assert ta["decoding"] == a.decoding.end - a.decoding.start
+
+
 def test_what_slots_refuse(runner):
     assert runner.refusal(_request(runner, steps=MAX_STEPS + 1)).startswith("9 steps exceed")
     r = _request(runner, negative_prompt="blur", true_cfg_scale=2.0)
@@ -172,7 +189,8 @@ NEGATIVE = "a blue square on the picture of a red circle, blurry, low quality, b
 # Per family: its tiny model directory, what every request asks, and the requests. Each runs alone through the
 # runner, then all together, joining at the chunk given by "at" (in the order given: a slot each while free),
 # and each must give its bytes alone, and (closely) what `generate` gives for it. "buckets": how many shape
-# buckets they fill; each request finishes in a chunk with both slots of its bucket busy.
+# buckets they fill; each request finishes in a chunk with both slots of its bucket busy. "compare": the
+# requests compared with `generate` (default "a"; one per CFG mode where a family has two).
 FAMILIES = {
     "wan-t2v": dict(  # UniPC (its own step count read from the padded schedule) and per-slot CFG
         build=lambda: _wan("t2v"),
@@ -211,7 +229,8 @@ FAMILIES = {
                "b": dict(seed=2, steps=3, at=0),
                "c": dict(seed=3, steps=4, negative_prompt="a blue square on the image", true_cfg_scale=2.0, at=1),
                "d": dict(seed=4, steps=2, prompt="a blue circle", at=1)},
-        buckets=2,  # CFG on, CFG off
+        buckets=2,
+        compare="ab",  # CFG on, CFG off
     ),
     "z-image": dict(  # CFG (guidance_scale > 0) on with a masked caption and off, per-row image rotary tables
         build=_saved(lambda: _zf().tiny_z_image_pipeline()),
@@ -221,6 +240,7 @@ FAMILIES = {
                "c": dict(seed=3, steps=4, negative_prompt=NEGATIVE, guidance_scale=3.5, at=1),
                "d": dict(seed=4, steps=2, prompt="a blue circle", at=1)},
         buckets=2,
+        compare="ab",
     ),
     "flux2": dict(  # FLUX.2-dev: each slot its own guidance embedding
         build=_saved(lambda: _zf().tiny_flux2_pipeline()),
@@ -237,6 +257,7 @@ FAMILIES = {
                "c": dict(seed=3, steps=4, guidance_scale=2.5, at=1),
                "d": dict(seed=4, steps=2, prompt="a blue square", guidance_scale=1.0, at=1)},
         buckets=2,
+        compare="ab",
     ),
 }  # fmt: skip
 
@@ -265,8 +286,8 @@ def test_family_slots_byte_identical_and_close_to_generate(family):
     assert all(job.busy == 2 for job in jobs.values())  # they did share their buckets' slots
     for tag in specs:
         np.testing.assert_array_equal(got[tag][1], alone[tag], err_msg=tag)
-    for tag, spec in list(specs.items())[:2]:  # (a compile each: the plain loop's steps are static)
-        spec = dict(spec)
+    for tag in case.get("compare", "a"):  # (a compile each: the plain loop's steps are static)
+        spec = dict(specs[tag])
         prompt, steps = spec.pop("prompt"), spec.pop("steps")
         plain = gen.generate(prompt, num_inference_steps=steps, output_type="np", **spec)
         out = plain.frames if gen.pipeline.is_video else plain.images
