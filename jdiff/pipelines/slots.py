@@ -5,8 +5,9 @@ size, text length, ...; everything that fixes the shapes) share a fixed set of S
 counts; `add` encodes a request's prompt and prepares its slot row, `advance` writes waiting requests into free
 slots, runs one chunk of k steps on every bucket with work, and hands back the requests that finished with
 their decoded outputs (dispatched, not waited for: the caller reads them while the next chunk runs). A
-cancelled request (`cancel`) leaves its slot at the next chunk boundary. The runner has no thread and no
-clock; the server's scheduler (`jdiff.server.continuous`) drives it.
+cancelled request (`cancel`) leaves its slot at the next chunk boundary. The runner has no scheduling thread
+and no clock of its own; the server's scheduler (`jdiff.server.continuous`) drives it. Its `DeviceClock`
+(`slot_clock`) stamps each request's stages on the device's timeline (`Job.timings`) without waiting.
 
 A family takes part by giving its pipeline these hooks (see `flux.py`, `wan_slots.py`, `qwen_image_slots.py`):
 
@@ -35,7 +36,9 @@ other families, the cases `refusal` lists) keeps request-level batching, with it
 
 Costs: idle slots compute (a bucket of S slots costs S rows per step, busy or not); a request that ends inside
 a chunk waits for the chunk's end (at most k - 1 steps of its slot wasted); decoding runs at batch 1; every
-bucket compiles its own chunk program (warm-up compiles the sizes it is given). With `serial`, the model runs
+bucket compiles its own chunk program (warm-up compiles the sizes it is given; Qwen-Image's buckets follow
+each prompt's token count, so each new count compiles one, as its plain loop does); with two experts (Wan2.2
+A14B), a step where the slots straddle the boundary runs both experts. With `serial`, the model runs
 slot by slot at batch 1 and idle slots are skipped: no idle cost and no batching gain, the better choice
 where one image already keeps the accelerator busy (e.g. FLUX.1 at 1024x1024 on an H200: about 590 TFLOP/s
 at batch 1), since a lone request then runs at its batch-1 speed instead of S times slower.
