@@ -80,7 +80,7 @@ def test_server_timing_has_each_requests_stages(server):
 
 
 def test_image_to_video_runs_in_slots():
-    """A Wan I2V request (its image) is routed to slots; one slots refuse, to request-level batching, with why."""
+    """A Wan I2V request (its image) goes to slots; one slots refuse goes request-level, saying why."""
     from PIL import Image
 
     from tests.fixtures_wan import saved, tiny_wan
