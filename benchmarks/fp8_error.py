@@ -2,7 +2,8 @@
 
 Usage:
     python benchmarks/fp8_error.py [--tiny] [--repeats 10] [--torch | --no-torch] [--torchao-compile]
-                                   [--torchao-all-linears]
+                                   [--torchao-all-linears] [--layers D,S] [--grid HxW] [--text T]
+                                   [--torchao-anywhere]
 
 Weights are normal(0, 0.02), as `jdiff bench` draws them (ANCHORS.md's "PyTorch fp8 anchor" uses the same).
 With torch and diffusers importable (default: used when they are), the weights are drawn once for diffusers'
@@ -17,9 +18,20 @@ Prints one JSON line per measurement, then a summary line:
     match: bf16 noise, ~1e-2), and, when torchao imports, torchao's
     `Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())` on the same linears jdiff quantizes
     (`--torchao-all-linears`: every nn.Linear, torchao's default filter), eager or `--torchao-compile`d, with
-    its rel_err against diffusers bf16. torchao missing: a message, and the rest still runs.
+    its rel_err against diffusers bf16 and jdiff fp8's distance to it. torchao missing: a message, and the
+    rest still runs.
+
+Each engine's error is against its own bf16 output; jdiff fp8's against diffusers bf16 is printed too (a
+common reference: the two bf16 outputs differ by bf16 noise, ~0.02 at 5 blocks, which deep random-weight
+stacks amplify). The recipes are the same (`jdiff.layers.quant`), so jdiff fp8 and torchao fp8 differ by
+about that noise as well.
 
 The fp8 error that counts (ANCHORS.md): jdiff's is no worse than torchao's on the same weights and inputs.
+
+On a CPU (or to save time), `--layers 2,3 --grid 16x16 --text 32` keeps FLUX.1-dev's widths with 2 double and
+3 single blocks and a 16x16 token grid; `--torchao-anywhere` lets torchao's recipe run where its hardware check
+refuses (it asks for CUDA SM 8.9+; `torch._scaled_mm` itself runs on CPU), e.g.
+`python benchmarks/fp8_error.py --layers 2,3 --grid 16x16 --text 32 --torchao-anywhere --repeats 1 --warmup 0`.
 """
 
 from __future__ import annotations
@@ -93,7 +105,12 @@ def time_jdiff(graphdef, params, inputs, warmup: int, repeats: int):
     compiled = step.lower(params, *inputs).compile()
     compile_s = time.perf_counter() - t0
     out, _, times = timed_calls(lambda: jax.block_until_ready(compiled(params, *inputs)), warmup, repeats)
-    return np.asarray(out.astype(jnp.float32)), compile_s, times, gemm_calls(compiled.as_text())
+    return np.asarray(out.astype(jnp.float32)), compile_s, times, gemm_calls(compiled.as_text()), compiled
+
+
+def outputs(compiled, params, draws) -> list[np.ndarray]:
+    """The step's float32 output for each further input draw."""
+    return [np.asarray(compiled(params, *d).astype(jnp.float32)) for d in draws]
 
 
 def gemm_calls(hlo: str) -> dict:
@@ -131,9 +148,26 @@ def main(argv=None) -> int:
         "--torchao-compile", action="store_true", help="torch.compile the torchao model (minutes)"
     )
     ap.add_argument("--torchao-all-linears", action="store_true", help="torchao on every nn.Linear")
+    ap.add_argument(
+        "--draws", type=int, default=1, help="input draws the errors are averaged over (timing: the first)"
+    )
+    ap.add_argument("--layers", help="D,S: double and single blocks instead of FLUX.1-dev's 19,38")
+    ap.add_argument("--grid", help="HxW: latent token grid instead of 64x64 (1024x1024)")
+    ap.add_argument("--text", type=int, help="text tokens instead of 512")
+    ap.add_argument(
+        "--torchao-anywhere", action="store_true", help="skip torchao's CUDA SM 8.9+ check (e.g. on CPU)"
+    )
     args = ap.parse_args(argv)
 
     _, config, sz = _resolve("flux_step", args.tiny)
+    if args.layers:
+        double, single = (int(n) for n in args.layers.split(","))
+        config = {**config, "num_layers": double, "num_single_layers": single}
+    if args.grid:
+        h, w = (int(n) for n in args.grid.lower().split("x"))
+        sz = {**sz, "h": h, "w": w}
+    if args.text:
+        sz = {**sz, "text": args.text}
     cfg = from_dict(SPEC.config_cls, config)
     use_torch = args.torch
     if use_torch is None:
@@ -148,22 +182,33 @@ def main(argv=None) -> int:
 
     rng = np.random.default_rng(1)
     s, t = sz["h"] * sz["w"], sz["text"]
-    x_np = rng.standard_normal((1, s, cfg.in_channels), np.float32)
-    txt_np = rng.standard_normal((1, t, cfg.joint_attention_dim), np.float32)
-    pooled_np = rng.standard_normal((1, cfg.pooled_projection_dim), np.float32)
+    # Each draw: latent tokens, text embeddings, pooled embedding (the timestep and guidance stay 0.5 / 3.5).
+    draws_np = [
+        (
+            rng.standard_normal((1, s, cfg.in_channels), np.float32),
+            rng.standard_normal((1, t, cfg.joint_attention_dim), np.float32),
+            rng.standard_normal((1, cfg.pooled_projection_dim), np.float32),
+        )
+        for _ in range(max(1, args.draws))
+    ]
     bf16 = jnp.bfloat16
     cos, sin = (jnp.asarray(a) for a in _rope_tables(t, sz["h"], sz["w"], tuple(cfg.axes_dims_rope)))
-    inputs = (
-        jnp.asarray(x_np, bf16),
-        jnp.asarray(txt_np, bf16),
-        jnp.asarray(pooled_np, bf16),
-        jnp.full((1,), 0.5, jnp.float32),
-        jnp.full((1,), 3.5, jnp.float32),
-        cos,
-        sin,
-    )
 
-    y_torch = tmodel = tx = None
+    def jdiff_inputs(x_np, txt_np, pooled_np):
+        return (
+            jnp.asarray(x_np, bf16),
+            jnp.asarray(txt_np, bf16),
+            jnp.asarray(pooled_np, bf16),
+            jnp.full((1,), 0.5, jnp.float32),
+            jnp.full((1,), 3.5, jnp.float32),
+            cos,
+            sin,
+        )
+
+    inputs, *more = [jdiff_inputs(*d) for d in draws_np]
+
+    y_torch = tmodel = None
+    ys_torch: list[np.ndarray] = []
     if use_torch:
         import diffusers
         import torch
@@ -174,18 +219,22 @@ def main(argv=None) -> int:
         tmodel = _torch_random(diffusers.FluxTransformer2DModel, config, dev, torch.bfloat16)
         txt_ids, img_ids = position_ids(t, sz["h"], sz["w"], 3)
         f32 = dict(device=dev, dtype=torch.float32)
-        tx = dict(
-            hidden_states=torch.tensor(x_np, device=dev).to(torch.bfloat16),
-            encoder_hidden_states=torch.tensor(txt_np, device=dev).to(torch.bfloat16),
-            pooled_projections=torch.tensor(pooled_np, device=dev).to(torch.bfloat16),
-            timestep=torch.full((1,), 0.5, device=dev, dtype=torch.bfloat16),
-            guidance=torch.full((1,), 3.5, **f32),
-            txt_ids=torch.tensor(txt_ids, **f32),
-            img_ids=torch.tensor(img_ids, **f32),
-            return_dict=False,
-        )
 
-        def torch_call(m):
+        def torch_inputs(x_np, txt_np, pooled_np):
+            return dict(
+                hidden_states=torch.tensor(x_np, device=dev).to(torch.bfloat16),
+                encoder_hidden_states=torch.tensor(txt_np, device=dev).to(torch.bfloat16),
+                pooled_projections=torch.tensor(pooled_np, device=dev).to(torch.bfloat16),
+                timestep=torch.full((1,), 0.5, device=dev, dtype=torch.bfloat16),
+                guidance=torch.full((1,), 3.5, **f32),
+                txt_ids=torch.tensor(txt_ids, **f32),
+                img_ids=torch.tensor(img_ids, **f32),
+                return_dict=False,
+            )
+
+        txs = [torch_inputs(*d) for d in draws_np]
+
+        def torch_call(m, tx=txs[0]):
             def call():
                 with torch.no_grad():
                     out = m(**tx)[0]
@@ -197,12 +246,14 @@ def main(argv=None) -> int:
 
         out, _, times = timed_calls(torch_call(tmodel), args.warmup, args.repeats)
         y_torch = out.float().cpu().numpy()
+        ys_torch = [y_torch] + [torch_call(tmodel, tx)().float().cpu().numpy() for tx in txs[1:]]
         emit(engine="diffusers", mode="bf16 eager", ms=_median_ms(times))
         graphdef, params = jdiff_from_torch(tmodel, cfg)
     else:
         graphdef, params = _jdiff_random(SPEC, cfg, bf16)
 
-    y_bf16, compile_s, times, gemms = time_jdiff(graphdef, params, inputs, args.warmup, args.repeats)
+    y_bf16, compile_s, times, gemms, step = time_jdiff(graphdef, params, inputs, args.warmup, args.repeats)
+    ys_bf16 = [y_bf16, *outputs(step, params, more)]
     row = dict(engine="jdiff", mode="bf16", ms=_median_ms(times), compile_s=round(compile_s, 1), gemms=gemms)
     if y_torch is not None:
         row["rel_err_vs_diffusers_bf16"] = round(rel_err(y_bf16, y_torch), 5)
@@ -213,8 +264,10 @@ def main(argv=None) -> int:
     jax.block_until_ready(params8)
     quantize_s = time.perf_counter() - t0
     del params
-    y_fp8, compile_s, times, gemms = time_jdiff(graphdef8, params8, inputs, args.warmup, args.repeats)
-    jdiff_err = rel_err(y_fp8, y_bf16)
+    y_fp8, compile_s, times, gemms, step = time_jdiff(graphdef8, params8, inputs, args.warmup, args.repeats)
+    ys_fp8 = [y_fp8, *outputs(step, params8, more)]
+    jdiff_errs = [rel_err(a, b) for a, b in zip(ys_fp8, ys_bf16, strict=True)]
+    jdiff_err = float(np.mean(jdiff_errs))
     emit(
         engine="jdiff",
         mode="fp8",
@@ -222,6 +275,10 @@ def main(argv=None) -> int:
         compile_s=round(compile_s, 1),
         quantize_s=round(quantize_s, 1),
         rel_err_vs_bf16=round(jdiff_err, 5),
+        rel_err_vs_bf16_per_draw=[round(e, 5) for e in jdiff_errs],
+        rel_err_vs_diffusers_bf16=None
+        if y_torch is None
+        else round(float(np.mean([rel_err(a, b) for a, b in zip(ys_fp8, ys_torch, strict=True)])), 5),
         finite=bool(np.isfinite(y_fp8).all()),
         gemms=gemms,
     )
@@ -231,6 +288,11 @@ def main(argv=None) -> int:
     if tmodel is not None:
         try:
             from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, quantize_
+
+            if args.torchao_anywhere:
+                import torchao.quantization.quant_api as quant_api
+
+                quant_api._check_hardware_support = lambda *a, **k: None
         except ImportError as e:
             emit(note=f"torchao not importable ({e}); skipped its recipe (pip install torchao)")
         else:
@@ -245,7 +307,10 @@ def main(argv=None) -> int:
                 model = torch.compile(tmodel) if args.torchao_compile else tmodel
                 t0 = time.perf_counter()
                 out, first_s, times = timed_calls(torch_call(model), args.warmup, args.repeats)
-                torchao_err = rel_err(out.float().cpu().numpy(), y_torch)
+                ys_ao = [out.float().cpu().numpy()]
+                ys_ao += [torch_call(model, tx)().float().cpu().numpy() for tx in txs[1:]]
+                torchao_errs = [rel_err(a, b) for a, b in zip(ys_ao, ys_torch, strict=True)]
+                torchao_err = float(np.mean(torchao_errs))
                 emit(
                     engine="torchao",
                     mode="fp8 PerRow " + ("compiled" if args.torchao_compile else "eager"),
@@ -253,12 +318,19 @@ def main(argv=None) -> int:
                     ms=_median_ms(times),
                     first_call_s=round(first_s, 1),
                     rel_err_vs_bf16=round(torchao_err, 5),
+                    rel_err_vs_bf16_per_draw=[round(e, 5) for e in torchao_errs],
+                    jdiff_fp8_vs_torchao_fp8=round(
+                        float(np.mean([rel_err(a, b) for a, b in zip(ys_fp8, ys_ao, strict=True)])), 5
+                    ),
                 )
             except Exception as e:  # torchao's fp8 needs CUDA SM 8.9+; report and go on
                 emit(note=f"torchao's recipe failed here: {type(e).__name__}: {e}")
     emit(
         summary=True,
         tiny=args.tiny,
+        draws=len(draws_np),
+        config={k: config[k] for k in ("num_layers", "num_single_layers")},
+        sizes=sz,
         device=jax.devices()[0].device_kind,
         jdiff_fp8_rel_err=round(jdiff_err, 5),
         torchao_fp8_rel_err=None if torchao_err is None else round(torchao_err, 5),

@@ -17,7 +17,7 @@ from jdiff.models.hunyuan_video15.config import HunyuanVideo15Config, HunyuanVid
 from jdiff.models.qwen2_5_vl.config import Qwen2_5_VLConfig
 from jdiff.models.qwen3.config import Qwen3Config
 from jdiff.models.qwen_image.config import QwenImageConfig
-from jdiff.models.t5.config import T5Config
+from jdiff.models.t5.config import T5Config, UMT5Config
 from jdiff.models.unet.config import UNet2DConditionConfig
 from jdiff.models.wan.config import WanTransformerConfig
 from jdiff.models.wan_vae.config import WAN21_LATENTS_MEAN, WAN21_LATENTS_STD, WanVAEConfig
@@ -29,10 +29,12 @@ from jdiff.weights.config import to_dict
 # constructor keywords).
 FLUX_DEV = to_dict(FluxConfig.dev())
 WAN_13B = to_dict(WanTransformerConfig.t2v_1_3b())
+WAN_14B = to_dict(WanTransformerConfig.t2v_14b())
 FLUX_VAE = to_dict(AutoencoderKLConfig.flux())
 WAN_VAE = to_dict(WanVAEConfig.wan21())
 CLIP_L = to_dict(CLIPTextConfig.large())
 T5_XXL = to_dict(T5Config.xxl())
+UMT5_XXL = to_dict(UMT5Config.xxl())
 Z_IMAGE_TURBO = to_dict(ZImageConfig.turbo())
 FLUX2_KLEIN_4B = to_dict(Flux2Config.klein_4b())
 FLUX2_DEV = to_dict(Flux2Config.dev())
@@ -142,6 +144,11 @@ QWEN_IMAGE_SCHEDULER = dict(
     num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=0.9,
     base_image_seq_len=256, max_image_seq_len=8192, shift_terminal=0.02, time_shift_type="exponential",
 )  # fmt: skip
+# Wan2.1-T2V-1.3B's UniPC (flow sigmas, shift 3.0 for 480p).
+WAN_SCHEDULER = dict(
+    num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
+    solver_order=2, solver_type="bh2", lower_order_final=True, final_sigmas_type="zero",
+)  # fmt: skip
 # Steps and guidance of the distilled models: their presets (configs/*.json), as `jdiff generate` runs them.
 Z_IMAGE_PRESET = load_preset("z-image-turbo")
 KLEIN_PRESET = load_preset("flux2-klein")
@@ -168,6 +175,11 @@ SD_VAE_TINY = to_dict(
         use_quant_conv=True, use_post_quant_conv=True,
     )
 )  # fmt: skip
+# A toy Wan2.1 (4 latent channels both sides, UMT5's real vocabulary for the bench tokenizer's ids).
+WAN_TINY = to_dict(WanTransformerConfig.tiny(text_dim=32))
+UMT5_TINY = dict(d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+                 relative_attention_max_distance=16)  # fmt: skip
+WAN_VAE_TINY = to_dict(WanVAEConfig.tiny())
 QWEN_VL_TINY = qwen_vl(Qwen2_5_VLConfig.tiny(vocab_size=152064))
 # QwenImageVAEConfig.tiny()'s overrides: 4 latent channels, 8x downsampling as the real one.
 QWEN_IMAGE_VAE_TINY = dict(

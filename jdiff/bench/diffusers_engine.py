@@ -179,7 +179,7 @@ def _torch_setup(name: str, config: dict, sz: dict, device):
             model.enable_tiling(**dict(zip(names, sz["tiling"], strict=True)))
         z = rand(1, config["latent_channels"], sz["f"], sz["h"], sz["w"])
         return model, lambda m: m.decode(z, return_dict=False)[0]
-    if name == "wan_forward":
+    if name.startswith("wan_forward"):
         model = _torch_random(diffusers.WanTransformer3DModel, config, device, bf16)
         x = dict(
             hidden_states=rand(1, config["in_channels"], sz["f"], sz["h"], sz["w"]),

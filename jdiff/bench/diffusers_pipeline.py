@@ -99,7 +99,8 @@ def run_diffusers_pipeline(name: str, tiny: bool, compiled: bool) -> dict:
 
     def run():
         with torch.inference_mode():
-            images = pipe(prompt=PROMPT, generator=torch.Generator(device).manual_seed(0), **call).images
+            out = pipe(prompt=PROMPT, generator=torch.Generator(device).manual_seed(0), **call)
+        images = out.frames if hasattr(out, "frames") else out.images  # a video pipeline's frames
         if cuda:
             torch.cuda.synchronize()
         return images

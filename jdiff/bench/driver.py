@@ -6,6 +6,7 @@ float32-kept parameters in float32 as its loader would keep them):
   flux_step        FLUX.1-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
   flux_step_fp8    the same with quantization="fp8" (block linears in float8 e4m3; jdiff only)
   z_image_step     Z-Image-Turbo transformer, one step at 1024x1024 (4096 image + 128 caption tokens, no CFG)
+  z_image_step_fp8 the same with quantization="fp8" (jdiff only)
   flux2_klein_step FLUX.2-klein-4B transformer, one step at 1024x1024 (4096 image + 512 text tokens, no CFG)
   flux2_dev_step   FLUX.2-dev transformer, one step at 1024x1024 (4096 image + 512 text tokens, guidance)
   sdxl_unet_step   SDXL base UNet, one CFG step at 1024x1024 (batch 2 of 128x128 latents, 77 text tokens)
@@ -14,6 +15,8 @@ float32-kept parameters in float32 as its loader would keep them):
   qwen_image_cfg_step
                    Qwen-Image true-CFG step at 1024x1024 as each pipeline runs it: jdiff one batch-2 call,
                    negative (5 text tokens) padded to the prompt's 16 with key lengths; diffusers two calls
+  qwen_image_cfg_step_fp8
+                   the same with quantization="fp8" (jdiff only)
   hunyuan_video15_step
                    HunyuanVideo-1.5 480p T2V transformer, one CFG step at 848x480x121 (31x30x53 latent) as each
                    pipeline runs it: jdiff one batch-2 call (text bucket 128, glyph 64, masked), diffusers two
@@ -25,6 +28,8 @@ float32-kept parameters in float32 as its loader would keep them):
                    256 px, overlap 0.25) on both engines; its peak GiB is what tiling buys
   wan_forward      Wan2.1-T2V-1.3B transformer, one forward at 832x480x81 (21x60x104 latent, 512 text tokens)
   wan_forward_fp8  the same with quantization="fp8" (jdiff only)
+  wan_forward_14b, wan_forward_14b_720p (and their _fp8)
+                   Wan2.1-T2V-14B transformer, one forward at 832x480x81 / 1280x720x81 (32760 / 75600 tokens)
   flux_vae_decode  FLUX.1 AutoencoderKL decode of a 128x128x16 latent to 1024x1024
   wan_vae_decode   Wan2.1 AutoencoderKLWan decode of 21 latent frames to 81 frames at 832x480
   flux_pipeline    FLUX.1-dev text to image end to end (CLIP-L + T5-XXL, 28 steps, guidance 3.5, VAE decode)
@@ -34,11 +39,18 @@ float32-kept parameters in float32 as its loader would keep them):
   flux_pipeline_fp8
                    the same with quantization="fp8" (jdiff only)
   z_image_pipeline Z-Image-Turbo end to end at 1024x1024 (Qwen3-4B, its preset's 9 steps, no CFG, VAE decode)
+  z_image_pipeline_fp8
+                   the same with quantization="fp8" (jdiff only)
   flux2_klein_pipeline
                    FLUX.2-klein-4B end to end at 1024x1024 (Qwen3-4B, its preset's 4 steps, no CFG)
   sdxl_pipeline    SDXL base end to end at 1024x1024 (CLIP-L + bigG, 30 Euler steps, CFG 5, negative prompt)
   qwen_image_pipeline
                    Qwen-Image end to end at 1024x1024 (Qwen2.5-VL-7B, 50 steps, true CFG 4, negative prompt)
+  qwen_image_pipeline_fp8
+                   the same with quantization="fp8" (jdiff only)
+  wan_pipeline     Wan2.1-T2V-1.3B end to end at 832x480x81 (UMT5-XXL, 50 UniPC steps, CFG 5, VAE decode)
+  wan_pipeline_fp8, wan_pipeline_fp8_teacache
+                   the same with quantization="fp8" (and TeaCache at 0.08; jdiff only)
 The *_pipeline workloads are declared in jdiff.bench.pipeline_workloads; their tokenizers are built offline
 (jdiff.bench.tokenizers); their TFLOP counts the denoiser only (steps x calls per step x the step formula).
 

@@ -9,7 +9,7 @@ import functools
 import math
 import time
 
-from jdiff.bench.workloads import GIB, _resolve, position_ids, sdxl_time_ids, timed_calls
+from jdiff.bench.workloads import FP8_STEPS, GIB, _resolve, position_ids, sdxl_time_ids, timed_calls
 
 # Leaves of at most this many elements are drawn on the host (see `_jdiff_random`).
 HOST_RANDOM_MAX = 2**16
@@ -50,10 +50,6 @@ def _jdiff_random(spec, cfg, dtype):
     return graphdef, nnx.from_flat_state(flat)
 
 
-# fp8 workloads: `<base>_fp8` runs workload <base> with the denoiser as `quantization="fp8"` loads it.
-FP8_BASES = {"flux_step": "jdiff.models.flux.plan", "wan_forward": "jdiff.models.wan.plan"}
-
-
 def _jdiff_setup(name: str, config: dict, sz: dict):
     """(graphdef, params, apply(model, *inputs), inputs) for one single-model workload."""
     import importlib
@@ -70,10 +66,10 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
     def rand(shape, dtype=bf16):
         return jax.random.normal(next(keys), shape, dtype)
 
-    if name.removesuffix("_fp8") in FP8_BASES and name.endswith("_fp8"):
+    if name.endswith("_fp8") and name.removesuffix("_fp8") in FP8_STEPS:  # <base>_fp8: <base>, quantized
         base = name.removesuffix("_fp8")
         graphdef, params, apply, inputs = _jdiff_setup(base, config, sz)
-        spec = importlib.import_module(FP8_BASES[base]).SPEC
+        spec = importlib.import_module(FP8_STEPS[base]).SPEC
         return (*quantized_fp8(spec, graphdef, params), apply, inputs)
     if name in ("flux_step", *LORA_WORKLOADS):
         from jdiff.models.flux.plan import SPEC
@@ -222,7 +218,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
         def apply(m, z):
             return m.decode(z, tiling)
 
-    elif name == "wan_forward":
+    elif name.startswith("wan_forward"):
         from jdiff.models.wan.plan import SPEC
         from jdiff.models.wan.rope import wan_rope_tables
 
@@ -327,6 +323,8 @@ def _attention_head_dim(name: str, config: dict) -> int:
     if name in (
         "flux_step",
         "wan_forward",
+        "wan_forward_14b",
+        "wan_forward_14b_720p",
         "flux2_klein_step",
         "flux2_dev_step",
         "qwen_image_step",

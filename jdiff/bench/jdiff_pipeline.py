@@ -258,7 +258,7 @@ def run_jdiff_pipeline(name: str, tiny: bool, warm: bool) -> dict:
                 "warnings": first.warnings,
             }
         )
-    images = first.images
+    images = first.frames if first.frames is not None else first.images  # a video pipeline's frames
     res.update(
         {
             "weights_gib": gib(weights_gib),

@@ -38,6 +38,13 @@ from jdiff.bench.configs import (
     SDXL_UNET,
     SDXL_UNET_TINY,
     SDXL_VAE,
+    UMT5_TINY,
+    UMT5_XXL,
+    WAN_13B,
+    WAN_SCHEDULER,
+    WAN_TINY,
+    WAN_VAE,
+    WAN_VAE_TINY,
     Z_IMAGE_PIPELINE_TEXT,
     Z_IMAGE_PRESET,
     Z_IMAGE_SCHEDULER,
@@ -67,6 +74,7 @@ KLEIN_SIZES = dict(
     text=KLEIN_PRESET["max_sequence_length"],
 )
 SDXL_SIZES = dict(**SIZE_1024, steps=30, guidance=5.0, text=77, batch=2)
+WAN_SIZES = dict(height=480, width=832, frames=81, steps=50, guidance=5.0)
 QWEN_IMAGE_SIZES = dict(**SIZE_1024, steps=50, true_cfg=4.0, text=QWEN_IMAGE_PIPELINE_TEXT)
 
 PIPELINE_WORKLOADS = {
@@ -296,6 +304,41 @@ PIPELINE_WORKLOADS = {
         ),
         tiny_title="tiny Qwen-Image text-to-image (toy config), 64x64, 2 steps, true CFG 4",
     ),
+    # Wan2.1-T2V-1.3B, issue 19's whole-pipeline row: 81 frames at 832x480, 50 UniPC steps, CFG 5 with a
+    # negative prompt: two transformer calls a step (jdiff one batch of 2, diffusers two), 21x30x52 latent
+    # tokens and 512 text tokens each; UMT5-XXL encodes both texts, padded to 512. bf16: 2.8 GB transformer +
+    # 11.4 GB UMT5 + 0.25 GB VAE.
+    "wan_pipeline": Workload(
+        "Wan2.1-T2V-1.3B text-to-video, 832x480x81, 50 steps, CFG 5",
+        dict(transformer=WAN_13B, text_encoder=UMT5_XXL, vae=WAN_VAE, scheduler=WAN_SCHEDULER),
+        WAN_SIZES,
+        WAN_SIZES["steps"] * 2 * 282.7,  # wan_forward's TFLOP a call
+        warmup=0,
+        repeats=1,
+        engines=ENGINES,
+        tiny_config=dict(transformer=WAN_TINY, text_encoder=UMT5_TINY, vae=WAN_VAE_TINY),
+        tiny_sizes=dict(height=32, width=48, frames=5, steps=2, guidance=5.0),
+        pipeline=PipelineSpec(
+            "WanPipeline",
+            dict(
+                scheduler=("diffusers", "UniPCMultistepScheduler"),
+                text_encoder=("transformers", "UMT5EncoderModel"),
+                tokenizer=("transformers", "T5TokenizerFast"),
+                transformer=("diffusers", "WanTransformer3DModel"),
+                vae=("diffusers", "AutoencoderKLWan"),
+            ),
+            ("text_encoder", "transformer", "vae"),
+            dict(tokenizer="umt5"),
+            lambda sz: dict(
+                num_frames=sz["frames"],
+                num_inference_steps=sz["steps"],
+                guidance_scale=sz["guidance"],
+                negative_prompt=NEGATIVE_PROMPT,
+            ),
+            step="wan_forward",
+        ),
+        tiny_title="tiny Wan text-to-video (toy config), 48x32x5, 2 steps, CFG 5",
+    ),
 }
 
 # FLUX.1-dev's pipeline with the first-block step cache at its default threshold, on both engines (diffusers:
@@ -309,12 +352,30 @@ PIPELINE_WORKLOADS["flux_pipeline_fbcache"] = replace(
     tiny_title="tiny FLUX text-to-image (toy config), 64x64, 2 steps, first-block cache",
 )
 
-# FLUX.1-dev's pipeline with `quantization="fp8"` (jdiff only: diffusers' fp8 is torchao, not a dependency).
+
+# The pipelines with `quantization="fp8"` (jdiff only: diffusers' fp8 is torchao, not a dependency).
 # Quantizing the random bf16 weights is part of construct_s, as `from_pretrained` does it.
-PIPELINE_WORKLOADS["flux_pipeline_fp8"] = replace(
-    PIPELINE_WORKLOADS["flux_pipeline"],
-    title="FLUX.1-dev text-to-image, 1024x1024, 28 steps, fp8 linears",
-    engines=("jdiff",),
-    pipeline=replace(PIPELINE_WORKLOADS["flux_pipeline"].pipeline, quantization="fp8"),
-    tiny_title="tiny FLUX text-to-image (toy config), 64x64, 2 steps, fp8 linears",
+def _fp8_pipeline(wl: Workload) -> Workload:
+    return replace(
+        wl,
+        title=f"{wl.title}, fp8 linears",
+        engines=("jdiff",),
+        pipeline=replace(wl.pipeline, quantization="fp8"),
+        tiny_title=f"{wl.tiny_title}, fp8 linears",
+    )
+
+
+PIPELINE_WORKLOADS |= {
+    f"{name}_fp8": _fp8_pipeline(PIPELINE_WORKLOADS[name])
+    for name in ("flux_pipeline", "z_image_pipeline", "qwen_image_pipeline", "wan_pipeline")
+}
+# Issue 19's Wan2.1-1.3B target "fp8 + TeaCache" (jdiff only): TeaCache at Wan2.1-1.3B's default threshold
+# (0.08, `WanPipeline.step_caches`). Steps skipped depend on the weights: random ones skip differently from
+# trained ones; the row records how many it skipped.
+PIPELINE_WORKLOADS["wan_pipeline_fp8_teacache"] = replace(
+    PIPELINE_WORKLOADS["wan_pipeline_fp8"],
+    title=PIPELINE_WORKLOADS["wan_pipeline_fp8"].title + ", TeaCache 0.08",
+    tflop=None,
+    pipeline=replace(PIPELINE_WORKLOADS["wan_pipeline_fp8"].pipeline, step_cache=("teacache", 0.08)),
+    tiny_title=PIPELINE_WORKLOADS["wan_pipeline_fp8"].tiny_title + ", TeaCache",
 )

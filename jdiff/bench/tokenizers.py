@@ -114,6 +114,16 @@ def clip_tokenizers(folder: Path, texts: tuple[str, ...], pad_token: str | None 
     return tok
 
 
+def umt5_tokenizer(folder: Path, texts: tuple[str, ...]):
+    """Wan's tokenizer (a `T5TokenizerFast`, 512 tokens) with the words of `texts` as pieces, saved; its ids fit
+    UMT5's vocabulary (the texts are padded to 512 tokens either way, as Wan's pipelines pad them)."""
+    from jdiff.tiny.tokenizers import t5_tokenizer
+
+    tok = t5_tokenizer(sorted({w for t in texts for w in re.findall(r"[A-Za-z]+", t)}), model_max_length=512)
+    tok.save_pretrained(folder)
+    return tok
+
+
 def _embedded(name: str, folder: Path) -> None:
     from jdiff.api import embedded_model_path
 
@@ -135,4 +145,5 @@ RECIPES = {
     "qwen2_5_vl": lambda folder, texts: qwen2_tokenizer(folder, (*texts, TEMPLATE_TEXT)),
     "clip": lambda folder, texts: clip_tokenizers(folder, texts),
     "clip_bang_pad": lambda folder, texts: clip_tokenizers(folder, texts, pad_token="!"),
+    "umt5": umt5_tokenizer,
 }

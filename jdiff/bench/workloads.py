@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from jdiff.bench.configs import (
@@ -30,6 +31,7 @@ from jdiff.bench.configs import (
     SDXL_UNET,
     SDXL_UNET_TINY,
     WAN_13B,
+    WAN_14B,
     WAN_VAE,
     Z_IMAGE_TEXT,
     Z_IMAGE_TURBO,
@@ -85,6 +87,24 @@ def _lora_workload(what: str, *, batch: int, slots: int) -> Workload:
         tiny_config=FLUX_TINY,
         tiny_sizes=dict(h=4, w=4, text=8, batch=batch, slots=slots, rank=4),
         tiny_title=f"tiny FLUX transformer step (toy config), 64x64, {what.replace('32', '4')}",
+    )
+
+
+def _wan_forward(model: str, config: dict, h: int, w: int, tflop: float, *, warmup: int, repeats: int):
+    """One Wan T2V transformer forward over 81 frames (21 latent frames) at h x w latents (8x pixels), 512 text
+    tokens; its toy variant is the same for every size."""
+    return Workload(
+        f"{model} transformer forward, {8 * w}x{8 * h}x81",
+        config,
+        dict(f=21, h=h, w=w, text=512),
+        tflop,
+        warmup=warmup,
+        repeats=repeats,
+        tiny_config=to_dict(
+            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
+        ),
+        tiny_sizes=dict(f=3, h=4, w=4, text=8),
+        tiny_title="tiny Wan transformer forward (toy config), 32x32x9",
     )
 
 
@@ -188,54 +208,15 @@ WORKLOADS = {
         tiny_sizes=dict(h=4, w=4, text=8, negative_text=3),
         tiny_title="tiny Qwen-Image true-CFG step (toy config), 64x64",
     ),
-    # fp8 (issue 19): flux_step with the block linears quantized as `quantization="fp8"` quantizes them
-    # (jdiff.layers.quant, per-channel weight and per-token activation scales). diffusers' side would be torchao,
-    # which is not a dependency: benchmarks/fp8_error.py runs it next to jdiff where it is installed.
-    "flux_step_fp8": Workload(
-        "FLUX.1-dev transformer step, 1024x1024, fp8 linears",
-        FLUX_DEV,
-        dict(h=64, w=64, text=512),
-        74.4,
-        warmup=2,
-        repeats=10,
-        engines=("jdiff",),
-        tiny_config=FLUX_TINY,
-        tiny_sizes=dict(h=4, w=4, text=8),
-        tiny_title="tiny FLUX transformer step (toy config), 64x64, fp8 linears",
-    ),
     # LoRA (issue 20): one rank-32 adapter on every block linear but the modulation vs flux_step (no
     # adapter); a batch of 4 with 4 adapters loaded, each row its own, vs a batch of 4 with one loaded.
     "flux_lora_step": _lora_workload("one rank-32 LoRA", batch=1, slots=1),
     "flux_lora_batch4_one": _lora_workload("batch 4, one rank-32 LoRA", batch=4, slots=1),
     "flux_lora_batch4_mixed": _lora_workload("batch 4, 4 rank-32 LoRAs (one per row)", batch=4, slots=4),
-    "wan_forward": Workload(
-        "Wan2.1-T2V-1.3B transformer forward, 832x480x81",
-        WAN_13B,
-        dict(f=21, h=60, w=104, text=512),
-        282.7,
-        warmup=2,
-        repeats=5,
-        tiny_config=to_dict(
-            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
-        ),
-        tiny_sizes=dict(f=3, h=4, w=4, text=8),
-        tiny_title="tiny Wan transformer forward (toy config), 32x32x9",
-    ),
-    # wan_forward with the blocks' linears in fp8 (issue 19; jdiff only, as flux_step_fp8).
-    "wan_forward_fp8": Workload(
-        "Wan2.1-T2V-1.3B transformer forward, 832x480x81, fp8 linears",
-        WAN_13B,
-        dict(f=21, h=60, w=104, text=512),
-        282.7,
-        warmup=2,
-        repeats=5,
-        engines=("jdiff",),
-        tiny_config=to_dict(
-            WanTransformerConfig.tiny(text_dim=32, freq_dim=16, in_channels=16, out_channels=16)
-        ),
-        tiny_sizes=dict(f=3, h=4, w=4, text=8),
-        tiny_title="tiny Wan transformer forward (toy config), 32x32x9, fp8 linears",
-    ),
+    "wan_forward": _wan_forward("Wan2.1-T2V-1.3B", WAN_13B, 60, 104, 282.7, warmup=2, repeats=5),
+    # Issue 19's Wan2.1-14B rows (ANCHORS.md's TFLOP): 40 layers of width 5120, 32760 and 75600 tokens.
+    "wan_forward_14b": _wan_forward("Wan2.1-T2V-14B", WAN_14B, 60, 104, 1663.0, warmup=1, repeats=3),
+    "wan_forward_14b_720p": _wan_forward("Wan2.1-T2V-14B", WAN_14B, 90, 160, 6489.0, warmup=1, repeats=2),
     "flux_vae_decode": Workload(
         "FLUX VAE decode, 1024x1024",
         FLUX_VAE,
@@ -301,6 +282,31 @@ WORKLOADS = {
     ),
     **PIPELINE_WORKLOADS,
 }
+
+
+# The step workloads with an fp8 variant `<base>_fp8`, and the plan module of the denoiser it quantizes.
+FP8_STEPS = {
+    "flux_step": "jdiff.models.flux.plan",
+    "wan_forward": "jdiff.models.wan.plan",
+    "wan_forward_14b": "jdiff.models.wan.plan",
+    "wan_forward_14b_720p": "jdiff.models.wan.plan",
+    "z_image_step": "jdiff.models.z_image.plan",
+    "qwen_image_cfg_step": "jdiff.models.qwen_image.plan",
+}
+
+
+def fp8_variant(wl: Workload) -> Workload:
+    """Workload `wl` with the denoiser's linears as `quantization="fp8"` quantizes them, jdiff only
+    (diffusers' fp8 is torchao, not a dependency: benchmarks/fp8_error.py runs it next to jdiff)."""
+    return replace(
+        wl, title=f"{wl.title}, fp8 linears", engines=("jdiff",), tiny_title=f"{wl.tiny_title}, fp8 linears"
+    )
+
+
+# fp8 (issue 19): the block linears quantized as `quantization="fp8"` quantizes them (jdiff.layers.quant,
+# per-channel weight and per-token activation scales), for the steps FP8_STEPS lists;
+# the pipelines' fp8 workloads are in pipeline_workloads.
+WORKLOADS |= {f"{base}_fp8": fp8_variant(WORKLOADS[base]) for base in FP8_STEPS}
 
 
 def _resolve(name: str, tiny: bool) -> tuple[Workload, dict, dict]:

@@ -14,6 +14,14 @@ from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
 from jdiff.layers.linear import Linear
+from jdiff.layers.rounding import rounded
+
+
+def pipeline_sigma(timesteps: jax.Array, dtype) -> jax.Array:
+    """The sigma diffusers' flow pipelines pass their transformer, `t.to(latents.dtype) / 1000`, with the
+    latents in the model's `dtype` (FLUX.1, FLUX.2, Qwen-Image): `timesteps` on the 0..1000 scale, rounded,
+    divided, rounded again (`rounded`), as float32."""
+    return rounded(rounded(timesteps, dtype) / 1000, dtype)
 
 
 def timestep_embedding(

@@ -8,10 +8,16 @@ Stacked weights in host memory (`offload="layers"`: the jitted stage got them as
 streamed: `scan` copies layer i+1 onto the device (`jax.device_put(..., Space.Device)` inside the loop) while
 layer i runs, carrying the fetched layer to the next iteration, so the device holds two layers at a time and
 XLA may overlap the copy with the compute. Nothing changes for device-resident weights.
+
+A stacked weight may also be a `Split`: its first k layers on the device (`head`), the whole stack in host
+memory (`tail`, of which layers k.. are read), as `offload="layers"` passes a denoiser whose leading layers fit
+the device (`jdiff.pipelines.offload`). `scan` and `map_layers` then run layers [0, k) from the device copy and
+stream the rest, so only L - k layers cross to the device per pass.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +27,38 @@ from flax import nnx
 
 from jdiff import sharding as sh
 from jdiff.layers.linear import scanned_weights
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """A stacked weight whose first `head.shape[0]` layers are on the device and whose whole stack `tail` is in
+    host memory: layer i < k reads `head[i]`, layer i >= k `tail[i]` (streamed)."""
+
+    head: jax.Array
+    tail: jax.Array
+
+
+def _is_split(x: Any) -> bool:
+    return isinstance(x, Split)
+
+
+def _resident_prefix(state: Any) -> int | None:
+    """k of the stack's `Split` weights (all of one stack share it), or None when it has none."""
+    heads = {x.head.shape[0] for x in jax.tree.leaves(state, is_leaf=_is_split) if _is_split(x)}
+    if len(heads) > 1:
+        raise ValueError(f"a stack's weights are split at different layers: {sorted(heads)}")
+    return heads.pop() if heads else None
+
+
+def _part(state: Any, side: str) -> Any:
+    """`state` with every `Split` replaced by its `head` or `tail`."""
+    return jax.tree.map(lambda x: getattr(x, side) if _is_split(x) else x, state, is_leaf=_is_split)
+
+
+def _length(state: Any) -> int:
+    x = jax.tree.leaves(state, is_leaf=_is_split)[0]
+    return (x.tail if _is_split(x) else x).shape[0]
 
 
 def stacked(make: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs) -> nnx.Module:
@@ -79,7 +117,7 @@ def scan(
     docstring).
     """
     graphdef, state = nnx.split(blocks)
-    n = jax.tree.leaves(state)[0].shape[0]
+    n = _length(state)
     start, stop = 0, n
     if layers is not None:
         start, stop, step = layers.indices(n)
@@ -87,6 +125,13 @@ def scan(
             raise ValueError(f"layers must be a slice with step 1, got {layers}")
         if stop <= start:
             return carry
+    k = _resident_prefix(state)
+    if k is not None:  # layers [0, k) from the device copy, the rest streamed from host memory
+        for side, lo, hi in (("head", start, min(stop, k)), ("tail", max(start, k), stop)):
+            if lo < hi:
+                part = nnx.merge(graphdef, _part(state, side))
+                carry = scan(part, carry, *args, per_layer=per_layer, unroll=unroll, layers=slice(lo, hi))
+        return carry
     host, device, rebuild = _split_host(state)
     if host:
         return _streamed_scan(graphdef, host, device, rebuild, carry, args, per_layer, unroll, (start, stop))
@@ -146,16 +191,29 @@ def map_layers(blocks: nnx.Module, fn: Callable[..., Any], *args: Any) -> Any:
     """`fn(block, *args)` for every block of a stack, the outputs stacked on a leading layer axis.
 
     Host-memory weights are copied in one layer at a time; copies of weights `fn` does not read are dead code
-    that XLA removes (a modulation-only pass reads the modulation weights alone).
+    that XLA removes (a modulation-only pass reads the modulation weights alone). A `Split` stack's first k
+    layers are read from their device copy.
     """
     graphdef, state = nnx.split(blocks)
+    n, k = _length(state), _resident_prefix(state)
+    if k is None:
+        return _map_range(graphdef, state, fn, args, 0, n)
+    parts = [
+        _map_range(graphdef, _part(state, side), fn, args, lo, hi)
+        for side, lo, hi in (("head", 0, k), ("tail", k, n))
+        if lo < hi
+    ]
+    return parts[0] if len(parts) == 1 else jax.tree.map(lambda *ys: jnp.concatenate(ys), *parts)
+
+
+def _map_range(graphdef, state, fn, args, lo: int, hi: int) -> Any:
+    """`map_layers` over layers [lo, hi) of `state` (device leaves read by index, host leaves fetched)."""
     host, device, rebuild = _split_host(state)
 
-    def body(_, xs):
-        i, layer_device = xs
+    def body(_, i):
         with scanned_weights():
-            return None, fn(nnx.merge(graphdef, rebuild(_fetch(host, i), layer_device)), *args)
+            block = nnx.merge(graphdef, rebuild(_fetch(host, i), [_at(a, i) for a in device]))
+            return None, fn(block, *args)
 
-    n = jax.tree.leaves(state)[0].shape[0]
-    _, ys = jax.lax.scan(body, None, (jnp.arange(n), device))
+    _, ys = jax.lax.scan(body, None, jnp.arange(lo, hi))
     return ys

@@ -21,6 +21,7 @@ from flax import nnx
 from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
+from jdiff.layers.embeddings import pipeline_sigma
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines import lora, slots
@@ -156,7 +157,7 @@ class FluxPipeline(Pipeline):
         n, bm = timesteps.shape[0], embeds.shape[0]
         g = None if guidance is None else jnp.concatenate([guidance, guidance]) if cfg else guidance
         modulation = model.modulation(
-            jnp.repeat(timesteps / 1000, bm),
+            jnp.repeat(pipeline_sigma(timesteps, self.dtype), bm),
             jnp.tile(pooled, (n, 1)),
             None if g is None else jnp.tile(g, n),
         )
@@ -318,7 +319,7 @@ class FluxPipeline(Pipeline):
         del run  # every slot's row is computed (fixed shapes)
         embeds, pooled, g = cond
         model = nnx.merge(self._defs["transformer"], params)
-        modulation = model.modulation(t / 1000, pooled, g)
+        modulation = model.modulation(pipeline_sigma(t, self.dtype), pooled, g)
         return model.predict(x.astype(self.dtype), embeds, modulation, rope).astype(jnp.float32)
 
     def decode_stage(self, request: Request) -> Stage:

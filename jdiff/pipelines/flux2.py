@@ -29,6 +29,7 @@ from flax import nnx
 from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
+from jdiff.layers.embeddings import pipeline_sigma
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines import lora, slots
@@ -210,7 +211,7 @@ class Flux2Pipeline(Pipeline):
             if guidance is None
             else jnp.tile(jnp.concatenate([guidance, guidance]) if cfg else guidance, n)
         )
-        modulation = model.modulation(jnp.repeat(schedule.timesteps / 1000, bm), g)
+        modulation = model.modulation(jnp.repeat(pipeline_sigma(schedule.timesteps, self.dtype), bm), g)
         per_step = jax.tree.map(lambda m: m.reshape(n, -1, m.shape[-1]), modulation)
 
         shape = latents.shape

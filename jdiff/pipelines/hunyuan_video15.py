@@ -29,6 +29,7 @@ from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.io.images import read_images
+from jdiff.layers.rounding import rounded
 from jdiff.models.hunyuan_video15.text import (
     CROP_START,
     GLYPH_MAX_LENGTH,
@@ -205,9 +206,9 @@ class HunyuanVideo15Pipeline(Pipeline):
             if cfg:
                 xin = jnp.concatenate([xin, xin])
             # diffusers casts the timestep to the latents' dtype before the model.
-            tt = jnp.full((xin.shape[0],), t, jnp.float32).astype(self.dtype).astype(jnp.float32)
+            tt = rounded(jnp.full((xin.shape[0],), t, jnp.float32), self.dtype)
             if t_r is not None:  # MeanFlow (I2V): the next step's timestep, 0 after the last
-                t_r = jnp.full_like(tt, t_r).astype(self.dtype).astype(jnp.float32)
+                t_r = rounded(jnp.full_like(tt, t_r), self.dtype)
             v = model(xin, tt, text, text_mask, glyph, glyph_mask, (cos, sin), image_embeds, t_r)
             v = v.astype(jnp.float32)
             if cfg:

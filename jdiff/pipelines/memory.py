@@ -125,10 +125,11 @@ def fixes(offload: str | None) -> str:
     first = {
         None: 'offload="layers" (CLI --offload layers; or "model")',
         "model": 'offload="layers" (CLI --offload layers)',
-        "layers": None,
+        # "layers" keeps leading layers resident where it estimated room at load (jdiff.pipelines.offload)
+        "layers": "fewer resident layers (JDIFF_OFFLOAD_RESIDENT=0 streams them all)",
     }[offload]
     rest = "a mesh with an fsdp axis over several devices (--mesh fsdp=N), or a smaller size or batch"
-    return f"use {first}, {rest}" if first else f"use {rest}"
+    return f"use {first}, {rest}"
 
 
 def refuse(need: int, have: int, device, what: str, offload: str | None) -> None:

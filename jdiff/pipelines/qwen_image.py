@@ -31,6 +31,7 @@ from flax import nnx
 from jdiff import compiler_options
 from jdiff import sharding as sh
 from jdiff.errors import InputError
+from jdiff.layers.embeddings import pipeline_sigma
 from jdiff.models.qwen_image.rope import rope_tables
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines import lora
@@ -114,6 +115,8 @@ class QwenImagePipeline(QwenImageSlots, Pipeline):
         self._defs, self._params = {}, {}
         for name, module in (("transformer", transformer), ("vae", vae)):
             self._defs[name], self._params[name] = nnx.split(module)
+        self._params["text_encoder"] = self.text.params
+        del self.text.params  # one owner: offload swaps the pipeline's `_params`
         self.lora = lora.Adapters(self, model, {"transformer": "transformer"})
         self._denoise = lora.jit(
             self._denoise_fn, static_argnames=("cfg", "noise_shape", "grids", "noise_tokens", "step_cache")
@@ -139,7 +142,7 @@ class QwenImagePipeline(QwenImageSlots, Pipeline):
         timesteps = schedule.timesteps
         n, bm = timesteps.shape[0], embeds.shape[0]
         # Every step's modulation vectors at once, before the loop (see the FLUX pipeline).
-        modulation = model.modulation(jnp.repeat(timesteps / 1000, bm))
+        modulation = model.modulation(jnp.repeat(pipeline_sigma(timesteps, self.dtype), bm))
         per_step = jax.tree.map(lambda m: steps_first(m, n), modulation)
 
         def tokens(x):
@@ -241,7 +244,9 @@ class QwenImagePipeline(QwenImageSlots, Pipeline):
                 1024 + self.text.drop_idx, "Qwen2.5-VL",
             )  # fmt: skip
         vl_images, vae_images = self._images(request)
-        embeds, mask = self.text.encode(texts, vl_images, request.max_sequence_length)
+        embeds, mask = self.text.encode(
+            self._params["text_encoder"], texts, vl_images, request.max_sequence_length
+        )
         grids = ((1, request.height // self.size_multiple, request.width // self.size_multiple),)
         image_latents = None
         if vae_images:

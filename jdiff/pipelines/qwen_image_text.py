@@ -49,7 +49,11 @@ def edit_prompt(prompt: str, n_images: int, plus: bool) -> str:
 
 
 class QwenVLText:
-    """The tokenizer, image processor and Qwen2.5-VL encoder of a Qwen-Image directory."""
+    """The tokenizer, image processor and Qwen2.5-VL encoder of a Qwen-Image directory.
+
+    The encoder's weights (`params`, as loaded) belong in the pipeline's `_params` (under "text_encoder"), so
+    that offload and the memory planner treat them as every other component's; `encode` takes them back.
+    """
 
     def __init__(self, model: ModelDir, *, dtype, placement=None, edits: bool, plus: bool = False):
         from jdiff.models.qwen2_5_vl.image_processor import Qwen2VLImageProcessorConfig
@@ -59,7 +63,7 @@ class QwenVLText:
         self.template = EDIT_TEMPLATE if edits else T2I_TEMPLATE
         self.drop_idx = EDIT_DROP if edits else T2I_DROP
         self.config, encoder = model.load("text_encoder", dtype=dtype, placement=placement)
-        self._def, self._params = nnx.split(encoder)
+        self._def, self.params = nnx.split(encoder)
         has_processor = "processor" in model.components()
         self.tokenizer = model.tokenizer("processor" if edits and has_processor else "tokenizer")
         self.image_processor = None
@@ -77,8 +81,9 @@ class QwenVLText:
         rows = jnp.take_along_axis(hidden, gather[..., None], axis=1)  # [Bm, T, J]
         return jnp.where(keep[..., None], rows, 0).astype(hidden.dtype)
 
-    def encode(self, texts: list[str], images: list, max_sequence_length: int | None):
-        """(embeds [Bm, T, J], key mask [Bm, T] bool or None) for `texts`, each seeing every one of `images`.
+    def encode(self, params, texts: list[str], images: list, max_sequence_length: int | None):
+        """(embeds [Bm, T, J], key mask [Bm, T] bool or None) for `texts`, each seeing every one of `images`,
+        with the encoder's weights `params`.
 
         Raises:
             InputError: a prompt whose template leaves no token, or images a model directory cannot take.
@@ -105,7 +110,7 @@ class QwenVLText:
         gather, keep = _kept_tokens(mask, self.drop_idx, max_sequence_length)
         with context(self.placement):
             embeds = self._encode(
-                self._params,
+                params,
                 put(self.placement, ids),
                 put(self.placement, mask),
                 pixel_values,

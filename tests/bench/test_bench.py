@@ -88,6 +88,7 @@ PIXELS_PER_UNIT = {
     "qwen_image_step": 16,
 }
 PIXELS_PER_UNIT["qwen_image_cfg_step"] = 16
+PIXELS_PER_UNIT |= {f"{n}_fp8": PIXELS_PER_UNIT[n] for n in ("z_image_step", "qwen_image_cfg_step")}
 PIXELS_PER_UNIT |= dict.fromkeys(
     ("hunyuan_video15_step", "hunyuan_video15_vae_decode", "hunyuan_video15_vae_decode_720p_tiled"), 4
 )  # the toy VAE: 4x

@@ -1,5 +1,5 @@
-"""The end-to-end workloads of the newer families (Z-Image-Turbo, FLUX.2-klein, SDXL, Qwen-Image) and of
-FLUX.1 with a step cache: their declarations, FLOP counts, offline tokenizers, memory at real size, and tiny
+"""The end-to-end workloads of the newer families (Z-Image-Turbo, FLUX.2-klein, SDXL, Qwen-Image, Wan2.1) and
+of FLUX.1 with a step cache: their declarations, FLOP counts, offline tokenizers, memory at real size, and tiny
 runs through `jdiff bench`."""
 
 import json
@@ -11,7 +11,7 @@ from jdiff import bench
 from jdiff.bench import configs, flops
 from jdiff.cli import main
 
-NEW = ["z_image_pipeline", "flux2_klein_pipeline", "sdxl_pipeline", "qwen_image_pipeline"]
+NEW = ["z_image_pipeline", "flux2_klein_pipeline", "sdxl_pipeline", "qwen_image_pipeline", "wan_pipeline"]
 PIPELINES = ["flux_pipeline", "flux_pipeline_fbcache", *NEW]
 
 
@@ -54,6 +54,8 @@ def test_tflop_is_steps_times_denoiser_calls_times_the_step_formula():
         "sdxl_pipeline": 30 * flops.unet_tflop(configs.SDXL_UNET, dict(h=128, w=128, text=77, batch=2)),
         # True CFG: the prompt's and the negative prompt's calls.
         "qwen_image_pipeline": 50 * 2 * flops.qwen_image_tflop(configs.QWEN_IMAGE, dict(image, text=19)),
+        # CFG: two calls a step, each wan_forward's.
+        "wan_pipeline": 50 * 2 * w["wan_forward"].tflop,
     }
     for name, tflop in want.items():
         assert w[name].tflop == pytest.approx(tflop), name
@@ -166,8 +168,10 @@ def test_tiny_pipeline_runs_on_both_engines(name, tmp_path, monkeypatch):
         "diffusers": diffusers_pipeline.run_diffusers_pipeline(name, tiny=True, compiled=False),
     }
     repeats = bench.WORKLOADS[name].repeats
+    sizes = bench.WORKLOADS[name].tiny_sizes
+    shape = [1, *([sizes["frames"]] if "frames" in sizes else []), sizes["height"], sizes["width"], 3]
     for engine, r in rows.items():
-        assert r["finite"] and r["out_shape"] == [1, 64, 64, 3], (engine, r)
+        assert r["finite"] and r["out_shape"] == shape, (engine, r)
         assert r["first_s"] > 0 and len(r["times_ms"]) == repeats and min(r["times_ms"]) > 0, (engine, r)
     j = rows["jdiff"]
     assert set(j["trace_counts"].values()) == {1}, j  # one trace per stage: the steady calls reused them

@@ -69,6 +69,27 @@ def test_tokens_scale_per_row_and_survive_zeros():
     np.testing.assert_allclose(np.asarray(s), want_s, rtol=1e-6)
 
 
+def test_bf16_scales_round_as_torchao():
+    """torchao divides a bfloat16 amax by 448 in bfloat16: the scales are bfloat16 values, for tokens and
+    weights alike, and the quantized values follow from them (jitted: XLA must not drop the rounding)."""
+    bf16 = ml_dtypes.bfloat16
+    x = (np.array(jax.random.normal(jax.random.key(3), (6, D_IN))) * 3).astype(bf16)
+    k = (np.array(jax.random.normal(jax.random.key(4), (D_IN, D_OUT))) * 0.02).astype(bf16)
+
+    def want(a, axis):
+        amax = np.abs(a).max(axis=axis, keepdims=True).astype(np.float32)
+        scale = (amax / np.float32(448)).astype(bf16).astype(np.float32)  # torch: bf16 / 448 -> bf16
+        return np.clip(a.astype(np.float32) / scale, -448, 448).astype(E4M3), scale
+
+    x_q, x_s = jax.jit(quant.quantize_tokens)(jnp.asarray(x))
+    w_q, w_s = quant.quantize_weight(jnp.asarray(k))
+    (wx_q, wx_s), (wk_q, wk_s) = want(x, -1), want(k, 0)
+    np.testing.assert_array_equal(np.asarray(x_s), wx_s)
+    np.testing.assert_array_equal(np.asarray(w_s), wk_s[0])
+    np.testing.assert_array_equal(np.asarray(x_q.astype(jnp.float32)), wx_q.astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(w_q.astype(jnp.float32)).T, wk_q.astype(np.float32))
+
+
 @pytest.mark.parametrize("use_bias", [True, False])
 def test_fp8_linear_is_the_recipe_and_close_to_float32(use_bias):
     layer = _linear(use_bias=use_bias)

@@ -222,3 +222,52 @@ def test_mesh(tiny_flux_dir, flux_resident):
     assert {len(x.sharding.device_set) for x in got} == {8}
     out = gen.generate("a red circle", negative_prompt="blue", true_cfg_scale=3.0, **FLUX)
     np.testing.assert_allclose(out.images, flux_resident.images, rtol=0, atol=1e-5)
+
+
+def test_flux_layers_keep_leading_layers_resident(tiny_flux_dir, flux_resident, monkeypatch):
+    """With room on the device, "layers" keeps each stack's first layers there for good (`stack.Split`) and
+    streams the rest: the same images as resident weights, the device copies made once."""
+    from jdiff.pipelines import offload
+
+    streamed = []
+    real = stack._streamed_scan
+    monkeypatch.setattr(stack, "_streamed_scan", lambda *a: streamed.append(a[-1]) or real(*a))
+    monkeypatch.setattr(offload, "resident_fraction", lambda params: 0.5)
+    gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, dtype="float32", offload="layers")
+    params = gen.pipeline._params
+    blocks = params["transformer"]["transformer_blocks"]
+    splits = [x for x in jax.tree.leaves(blocks, is_leaf=lambda x: isinstance(x, stack.Split))]
+    assert splits and all(isinstance(x, stack.Split) for x in splits)
+    assert {x.head.shape[0] for x in splits} == {1} and {x.tail.shape[0] for x in splits} == {2}
+    assert _kinds([x.head for x in splits]) == {"device"} and _kinds([x.tail for x in splits]) == {HOST}
+    again = jax.tree.leaves(
+        params["transformer"]["transformer_blocks"], is_leaf=lambda x: isinstance(x, stack.Split)
+    )
+    assert all(a.head is b.head for a, b in zip(splits, again, strict=True))  # copied once, kept
+
+    out = gen.generate("a red circle", negative_prompt="blue", true_cfg_scale=3.0, **FLUX)
+    same(out.images, flux_resident.images, "layers")
+    assert streamed and {span for span in streamed} == {(1, 2)}  # only layer 1 of each stack streamed
+
+
+def test_resident_fraction_from_the_room(tiny_flux_dir, monkeypatch):
+    from jdiff.pipelines import offload
+
+    gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, dtype="float32", offload="model")
+    host = {name: gen.pipeline._params.host(name) for name in gen.pipeline._params}
+    stacked = sum(
+        x.nbytes
+        for name in ("transformer",)
+        for p, v in nnx.to_flat_state(host[name])
+        if offload._stacked(v)
+        for x in [v.get_value()]
+    )
+    monkeypatch.delenv("JDIFF_DEVICE_MEMORY", raising=False)
+    assert offload.resident_fraction(host) == 0.0  # CPU: no capacity known
+    monkeypatch.setenv("JDIFF_OFFLOAD_RESIDENT", str(stacked // 4))
+    assert offload.resident_fraction(host) == pytest.approx(0.25, abs=1e-3)
+    monkeypatch.setenv("JDIFF_OFFLOAD_RESIDENT", "0")
+    assert offload.resident_fraction(host) == 0.0
+    monkeypatch.delenv("JDIFF_OFFLOAD_RESIDENT")
+    monkeypatch.setenv("JDIFF_DEVICE_MEMORY", "1TB")
+    assert offload.resident_fraction(host) == 1.0

@@ -106,7 +106,8 @@ def _embeds_close(gen, pipe, texts, images, **kw):
     """jdiff's prompt embeddings and key mask equal diffusers' `encode_prompt` (template, drop_idx, padding)."""
     with torch.no_grad():
         want, want_mask = pipe.encode_prompt(prompt=texts, max_sequence_length=512, **kw)
-    got, got_mask = gen.pipeline.text.encode(texts, images, 512)
+    p = gen.pipeline
+    got, got_mask = p.text.encode(p._params["text_encoder"], texts, images, 512)
     assert got.shape == tuple(want.shape)
     assert rel_err(np.asarray(got), want.numpy()) <= 1e-5
     assert (got_mask is None) == (want_mask is None)
@@ -161,3 +162,20 @@ def test_input_rules(t2i, tmp_path_factory):
         gen.generate("a red circle", height=40, width=48)
     with pytest.raises(InputError, match="max_sequence_length"):
         gen.generate("a red circle", max_sequence_length=2048)
+
+
+def test_offload_takes_the_text_encoder_too(t2i):
+    """Under offload the Qwen2.5-VL encoder is in host memory like every other component (it used to be held
+    outside `_params`, resident), and the images equal the resident run's."""
+    import jax
+
+    from jdiff.pipelines.offload import HOST
+
+    _, path, gen = t2i
+    kw = dict(negative_prompt="blue", true_cfg_scale=4.0, height=H, width=W, num_inference_steps=2, seed=1)
+    want = gen.generate("a red circle", output_type="np", **kw)
+    off = jdiff.DiffGenerator.from_pretrained(path, dtype="float32", offload="model")
+    params = off.pipeline._params
+    assert {x.sharding.memory_kind for x in jax.tree.leaves(params.host("text_encoder"))} == {HOST}
+    got = off.generate("a red circle", output_type="np", **kw)
+    np.testing.assert_array_equal(got.images, want.images)

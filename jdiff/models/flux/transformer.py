@@ -29,6 +29,7 @@ from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, timestep_embedding
 from jdiff.layers.merged import project
+from jdiff.layers.rounding import rounded
 from jdiff.layers.stack import map_layers, scan, stacked
 from jdiff.models.flux.config import FluxConfig
 
@@ -341,11 +342,15 @@ class FluxTransformer2DModel(nnx.Module):
         repeated to match) and reads the modulation weights once.
         """
         dtype = self.x_embedder.kernel[...].dtype
+
+        def scaled(t):  # diffusers' `t.to(hidden_states.dtype) * 1000`, rounded as it rounds
+            return rounded(rounded(t, dtype) * 1000, dtype)
+
         if self.time_text_embed.guidance_embedder is not None and guidance is None:
             raise ValueError("this FLUX transformer has a guidance embedding: pass `guidance`")
         temb = self.time_text_embed(
-            timestep.astype(jnp.float32) * 1000,
-            None if guidance is None else guidance.astype(jnp.float32) * 1000,
+            scaled(timestep),
+            None if guidance is None else scaled(guidance),
             pooled_projections.astype(dtype),
         )
         double, double_context = map_layers(self.transformer_blocks, lambda b: b.modulation(temb))

@@ -23,6 +23,7 @@ from jdiff import sharding as sh
 from jdiff.kernels.norm_rope import rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TimestepEmbedding, timestep_embedding
+from jdiff.layers.rounding import rounded
 from jdiff.layers.stack import scan, stacked
 from jdiff.models.flux.transformer import AdaLayerNormContinuous, JointAttention, _gated, _modulate
 from jdiff.models.flux2.config import Flux2Config
@@ -208,10 +209,12 @@ class Flux2Transformer2DModel(nnx.Module):
         """The AdaLN vectors for these timesteps (rows independent: a sampler passes all steps at once)."""
         if self.time_guidance_embed.guidance_embedder is not None and guidance is None:
             raise ValueError("this FLUX.2 transformer has a guidance embedding: pass `guidance`")
-        temb = self.time_guidance_embed(
-            timestep.astype(jnp.float32) * 1000,
-            None if guidance is None else guidance.astype(jnp.float32) * 1000,
-        )
+        dtype = self.time_guidance_embed.timestep_embedder.linear_1.kernel[...].dtype
+
+        def scaled(t):  # diffusers' `t.to(hidden_states.dtype) * 1000`, rounded as it rounds
+            return rounded(rounded(t, dtype) * 1000, dtype)
+
+        temb = self.time_guidance_embed(scaled(timestep), None if guidance is None else scaled(guidance))
         return Flux2Modulation(
             self.double_stream_modulation_img(temb),
             self.double_stream_modulation_txt(temb),

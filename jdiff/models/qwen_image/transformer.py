@@ -35,6 +35,7 @@ from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TimestepEmbedding, timestep_embedding
 from jdiff.layers.merged import project
+from jdiff.layers.rounding import rounded
 from jdiff.layers.stack import map_layers, scan, stacked
 from jdiff.models.flux.transformer import AdaLayerNormContinuous, FeedForward
 from jdiff.models.qwen_image.config import QwenImageConfig
@@ -186,8 +187,11 @@ class _TimeEmbed(nnx.Module):
         self.timestep_embedder = TimestepEmbedding(256, dim, rngs=rngs)
 
     def __call__(self, sigma: Float[Array, " b"], dtype) -> Float[Array, "b d"]:
-        # diffusers' `Timesteps(scale=1000)`: sin/cos of (sigma * freq) * 1000, in float32.
-        return self.timestep_embedder(timestep_embedding(sigma, 256, scale=1000.0).astype(dtype))
+        # diffusers rounds sigma to the model's dtype (`timestep.to(hidden_states.dtype)`), then its
+        # `Timesteps(scale=1000)` takes sin/cos of (sigma * freq) * 1000 in float32.
+        return self.timestep_embedder(
+            timestep_embedding(rounded(sigma, dtype), 256, scale=1000.0).astype(dtype)
+        )
 
 
 class QwenImageTransformer2DModel(nnx.Module):
