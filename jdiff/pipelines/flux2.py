@@ -388,7 +388,9 @@ class Flux2Pipeline(Pipeline):
         s, h2, w2, k = x.shape
         xs, ts, emb = slots.cfg_rows(x.reshape(s, h2 * w2, k), t, embeds)
         r = embeds.shape[1]
-        modulation = model.modulation(ts / 1000, None if g is None else jnp.concatenate([g] * r))
+        modulation = model.modulation(
+            pipeline_sigma(ts, self.dtype), None if g is None else jnp.concatenate([g] * r)
+        )
         v = model.predict(xs.astype(self.dtype), emb, modulation, rope)[:, : h2 * w2].astype(jnp.float32)
         return (slots.guided(v, scale) if r == 2 else v).reshape(x.shape)
 

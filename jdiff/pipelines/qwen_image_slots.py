@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jdiff.layers.embeddings import pipeline_sigma
 from jdiff.models.qwen_image.rope import rope_tables
 from jdiff.pipelines import slots
 from jdiff.pipelines.flux import pack_latents
@@ -65,7 +66,7 @@ class QwenImageSlots:
         model = nnx.merge(self._defs["transformer"], params)
         s0 = x.shape[1]
         xs, ts, (emb, m) = slots.cfg_rows(x.astype(self.dtype), t, (embeds, mask))
-        v = model.predict(xs, emb, model.modulation(ts / 1000), rope, m, s0)
+        v = model.predict(xs, emb, model.modulation(pipeline_sigma(ts, self.dtype)), rope, m, s0)
         v = v[:, :s0].astype(jnp.float32)
         if embeds.shape[1] == 2:
             neg, pos = jnp.split(v, 2)
