@@ -11,7 +11,7 @@ every prompt, seed, guidance scale and resolution-dependent shift. `trace_counts
 from __future__ import annotations
 
 import collections
-from functools import lru_cache, partial
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -24,14 +24,13 @@ from jdiff.errors import InputError
 from jdiff.layers.embeddings import pipeline_sigma
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.parallel.placement import context, put
-from jdiff.pipelines import lora
+from jdiff.pipelines import lora, slots
 from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
-from jdiff.sampling.flow_match import calculate_shift, default_sigmas
 from jdiff.sampling.loop import steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
 from jdiff.sampling.step_cache import CachedModel
@@ -53,11 +52,6 @@ def unpack_latents_nhwc(latents: jax.Array, h: int, w: int) -> jax.Array:
     b, _, c4 = latents.shape
     x = latents.reshape(b, h // 2, w // 2, c4 // 4, 2, 2).transpose(0, 1, 4, 2, 5, 3)
     return x.reshape(b, h, w, c4 // 4)
-
-
-@partial(jax.jit, static_argnums=1)
-def _packed_noise(keys, shape: tuple[int, int, int]) -> jax.Array:
-    return pack_latents(noise_from_keys(keys, shape))
 
 
 @lru_cache(maxsize=16)
@@ -297,25 +291,21 @@ class FluxPipeline(Pipeline):
             return "true CFG (a negative prompt with true_cfg_scale > 1) runs with request-level batching"
         return None
 
-    def slot_bucket(self, request: Request) -> tuple:
-        return ("flux", request.height, request.width, request.max_sequence_length)
+    def slot_bucket(self, request: Request, cond) -> tuple:
+        return ("flux", request.height, request.width)
 
     def slot_schedule(self, request: Request):
         h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
-        sc = self.scheduler
-        mu = calculate_shift(
-            (h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
-        )
-        return self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
+        return slots.flow_schedule(self, request.steps, (h // 2) * (w // 2))
 
     def slot_inputs(self, request: Request, cond):
         embeds, pooled = cond
         h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
-        noise = _packed_noise(noise_keys(list(request.seeds)), (self.latent_channels, h, w))
+        noise = slots.noise(request, (self.latent_channels, h, w), pack_latents)
         g = np.float32(request.guidance_scale) if self.transformer_config.guidance_embeds else None
-        return noise[0], (embeds[0], pooled[0], g)
+        return noise, (embeds[0], pooled[0], g)
 
-    def slot_shared(self, request: Request):
+    def slot_shared(self, request: Request, cond):
         h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
         return _rope_tables(
             request.max_sequence_length, h // 2, w // 2, tuple(self.transformer_config.axes_dims_rope)
@@ -324,8 +314,9 @@ class FluxPipeline(Pipeline):
     def slot_params(self):
         return self._params["transformer"]
 
-    def slot_model(self, params, rope, cond, x, t):
+    def slot_model(self, params, rope, cond, x, t, run):
         """The velocity for every slot [S, S_tok, 4C] at per-slot timesteps t [S] (traced)."""
+        del run  # every slot's row is computed (fixed shapes)
         embeds, pooled, g = cond
         model = nnx.merge(self._defs["transformer"], params)
         modulation = model.modulation(pipeline_sigma(t, self.dtype), pooled, g)

@@ -32,7 +32,7 @@ from jdiff.errors import InputError
 from jdiff.layers.embeddings import pipeline_sigma
 from jdiff.layers.rope import rope_cos_sin
 from jdiff.parallel.placement import context, put
-from jdiff.pipelines import lora
+from jdiff.pipelines import lora, slots
 from jdiff.pipelines.base import warn_truncated
 from jdiff.pipelines.chat_template import read_template, render, special_tokens
 from jdiff.pipelines.family import Family
@@ -82,6 +82,11 @@ def reference_image(image, multiple: int) -> np.ndarray:
     left, top = (image.width - w) // 2, (image.height - h) // 2
     image = image.crop((left, top, left + w, top + h)).convert("RGB")
     return np.asarray(image, np.float32) / 255.0 * 2.0 - 1.0
+
+
+def _channels_last(x):
+    """[B, K, h/2, w/2] -> [B, h/2, w/2, K]: the layout FLUX.2's loop keeps its (packed) latents in."""
+    return x.transpose(0, 2, 3, 1)
 
 
 def image_ids(h: int, w: int, t: float = 0.0) -> np.ndarray:
@@ -198,7 +203,7 @@ class Flux2Pipeline(Pipeline):
         self.trace_counts["denoise"] += 1
         model = nnx.merge(self._defs["transformer"], params)
         # The loop's latents are packed but spatial, [B, h/2, w/2, K]: the decoder and `latents_out` see the size.
-        latents = init if noise_shape is None else noise_from_keys(init, noise_shape).transpose(0, 2, 3, 1)
+        latents = init if noise_shape is None else _channels_last(noise_from_keys(init, noise_shape))
         latents = sh.constrain(latents, (sh.BATCH, None, None, None))
         n, bm = schedule.timesteps.shape[0], embeds.shape[0]
         g = (
@@ -310,16 +315,8 @@ class Flux2Pipeline(Pipeline):
                 put(self.placement, arr.transpose(0, 2, 3, 1), (sh.BATCH, None, None, None)),
                 None,
             )
-        mu = compute_empirical_mu(h2 * w2, request.steps)
-        schedule = self.sampler.schedule(
-            self.scheduler, request.steps, mu=mu, sigmas=default_sigmas(request.steps)
-        )
-        t = embeds.shape[1]
-        txt_ids = np.stack([np.zeros(t), np.zeros(t), np.zeros(t), np.arange(t)], 1)
-        ids = np.concatenate([txt_ids, image_ids(h2, w2)] + ([] if ref_ids is None else [ref_ids]))
-        cos, sin = rope_cos_sin(
-            ids, tuple(self.transformer_config.axes_dims_rope), self.transformer_config.rope_theta
-        )
+        schedule = self.slot_schedule(request)
+        cos, sin = self._rope(embeds.shape[1], h2, w2, ref_ids)
         scale = np.float32(request.guidance_scale or 0.0)
         args = (
             self._params["transformer"],
@@ -339,6 +336,63 @@ class Flux2Pipeline(Pipeline):
 
     def decode_stage(self, request: Request) -> Stage:
         return Stage(self._decode, (self._params["vae"],), {}, key=self.size(request))
+
+    def _rope(self, t: int, h2: int, w2: int, ref_ids=None) -> tuple[np.ndarray, np.ndarray]:
+        """The rotary tables (cos, sin) of [text (t tokens); image (h2 x w2 tokens); reference images]."""
+        txt_ids = np.stack([np.zeros(t), np.zeros(t), np.zeros(t), np.arange(t)], 1)
+        ids = np.concatenate([txt_ids, image_ids(h2, w2)] + ([] if ref_ids is None else [ref_ids]))
+        return rope_cos_sin(
+            ids, tuple(self.transformer_config.axes_dims_rope), self.transformer_config.rope_theta
+        )
+
+    # ---- step-level continuous batching (`jdiff.pipelines.slots`) ------------------------------------------
+    # Text-to-image (dev and klein): a slot holds one image's packed latents [h/2, w/2, K], its text embeddings
+    # [R, T, J] (R = 2 for klein base's CFG: [empty negative; prompt]), its guidance (dev's embedding input)
+    # and its scale (klein base's CFG). Reference images keep request-level batching.
+
+    def slot_refusal(self, request: Request) -> str | None:
+        if request.images is not None:
+            return "reference images run with request-level batching"
+        return None
+
+    def slot_bucket(self, request: Request, cond) -> tuple:
+        return ("flux2", *self.size(request))
+
+    def slot_schedule(self, request: Request):
+        height, width = self.size(request)
+        h2, w2 = height // self.size_multiple, width // self.size_multiple
+        mu = compute_empirical_mu(h2 * w2, request.steps)
+        return self.sampler.schedule(
+            self.scheduler, request.steps, mu=mu, sigmas=default_sigmas(request.steps)
+        )
+
+    def slot_inputs(self, request: Request, cond):
+        embeds, _, _ = cond
+        h2, w2 = (n // self.size_multiple for n in self.size(request))
+        noise = slots.noise(request, (self.transformer_config.in_channels, h2, w2), _channels_last)
+        g = self.guidance(request)
+        return noise, (embeds, None if g is None else g[0], np.float32(request.guidance_scale or 0.0))
+
+    def slot_shared(self, request: Request, cond):
+        h2, w2 = (n // self.size_multiple for n in self.size(request))
+        return self._rope(cond[0].shape[1], h2, w2)
+
+    def slot_params(self):
+        return self._params["transformer"]
+
+    def slot_model(self, params, rope, cond, x, t, run):
+        """The velocity for every slot [S, h/2, w/2, K] at per-slot timesteps t [S] (traced)."""
+        del run  # every slot's rows are computed (fixed shapes)
+        embeds, g, scale = cond  # [S, R, T, J], [S] or None, [S]
+        model = nnx.merge(self._defs["transformer"], params)
+        s, h2, w2, k = x.shape
+        xs, ts, emb = slots.cfg_rows(x.reshape(s, h2 * w2, k), t, embeds)
+        r = embeds.shape[1]
+        modulation = model.modulation(
+            pipeline_sigma(ts, self.dtype), None if g is None else jnp.concatenate([g] * r)
+        )
+        v = model.predict(xs.astype(self.dtype), emb, modulation, rope)[:, : h2 * w2].astype(jnp.float32)
+        return (slots.guided(v, scale) if r == 2 else v).reshape(x.shape)
 
     def latents_out(self, final: np.ndarray) -> np.ndarray:
         """diffusers' Flux2Pipeline `output_type="latent"`: the packed, normalised tokens [B, S, K]."""

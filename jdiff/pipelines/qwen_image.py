@@ -40,10 +40,10 @@ from jdiff.pipelines.family import Family
 from jdiff.pipelines.flux import pack_latents, unpack_latents_nhwc
 from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
+from jdiff.pipelines.qwen_image_slots import QwenImageSlots
 from jdiff.pipelines.qwen_image_text import QwenVLText
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
-from jdiff.sampling.flow_match import calculate_shift, default_sigmas
 from jdiff.sampling.loop import steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
 from jdiff.sampling.step_cache import CachedModel
@@ -69,7 +69,7 @@ def to_vae_input(image, width: int, height: int) -> np.ndarray:
     return (pixels * 2.0 - 1.0)[None, None]
 
 
-class QwenImagePipeline(Pipeline):
+class QwenImagePipeline(QwenImageSlots, Pipeline):
     """Qwen-Image text-to-image; `QwenImagePipeline(model, ...)` on an edit directory gives its edit class."""
 
     family = "Qwen-Image"
@@ -156,14 +156,7 @@ class QwenImagePipeline(Pipeline):
 
         def guide(v):
             v = v[:, :noise_tokens].astype(jnp.float32)
-            if cfg:
-                neg, pos = jnp.split(v, 2)
-                comb = neg + cfg_scale * (pos - neg)
-                v = comb * (
-                    jnp.linalg.norm(pos, axis=-1, keepdims=True)
-                    / jnp.linalg.norm(comb, axis=-1, keepdims=True)
-                )
-            return v
+            return self.true_cfg(*jnp.split(v, 2), cfg_scale) if cfg else v
 
         parts = None
         if step_cache is not None:
@@ -188,6 +181,15 @@ class QwenImagePipeline(Pipeline):
             per_step=per_step,
             progress=progress,
             cache=(step_cache, cache_params, parts),
+        )
+
+    @staticmethod
+    def true_cfg(neg: jax.Array, pos: jax.Array, scale) -> jax.Array:
+        """True CFG's velocity from the [negative] and [prompt] halves: neg + s (pos - neg), rescaled per token
+        to the norm of pos (float32; `scale` a scalar or per-row values that broadcast)."""
+        comb = neg + scale * (pos - neg)
+        return comb * (
+            jnp.linalg.norm(pos, axis=-1, keepdims=True) / jnp.linalg.norm(comb, axis=-1, keepdims=True)
         )
 
     def _decode_fn(self, vae_params, latents, h: int, w: int):
@@ -265,10 +267,8 @@ class QwenImagePipeline(Pipeline):
         h, w = request.height // self.vae_scale_factor, request.width // self.vae_scale_factor
         init, noise_shape = self._initial_latents(request.latents, list(request.seeds), request.batch, h, w)
         init = put(self.placement, init, None if noise_shape else (sh.BATCH, None, None))
-        sc = self.scheduler
         s0 = (h // 2) * (w // 2)
-        mu = calculate_shift(s0, sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift)
-        schedule = self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
+        schedule = self.slot_schedule(request)
         cos, sin = rope_tables(grids, embeds.shape[1], tuple(self.transformer_config.axes_dims_rope))
         true_cfg = np.float32(request.true_cfg_scale or 1.0)
         args = (

@@ -203,26 +203,12 @@ class WanPipeline(WanSlots, Pipeline):
             experts.append(nnx.merge(self._defs["transformer_2"], params_2))
         boundary = None if self.boundary_ratio is None else self.boundary_ratio * self._num_train_timesteps()
         b = latents.shape[0]
-        keep = None
-        if mode == "ti2v":
-            keep = (
-                jnp.ones(latents.shape[1:4], jnp.float32).at[0].set(0.0)[None, :, :, :, None]
-            )  # [1, F, h, w, 1]
 
         def model_input(x):
-            if mode == "i2v":
-                return jnp.concatenate([x, condition], axis=-1)
-            if mode == "ti2v":
-                return (1 - keep) * condition + keep * x
-            return x
+            return self.model_input(x, condition, mode)
 
         def model_timestep(t):
-            if self.expand_timesteps:  # Wan2.2 TI2V: one timestep per token, zero on the kept image frame
-                p = self.transformer_config.patch_size
-                base = keep[0, ..., 0] if keep is not None else jnp.ones(latents.shape[1:4], jnp.float32)
-                per_token = base[:: p[0], :: p[1], :: p[2]]
-                return jnp.broadcast_to((per_token * t).reshape(1, -1), (b, per_token.size))
-            return jnp.full((b,), t, jnp.float32)
+            return self.model_timesteps(jnp.full((b,), t, jnp.float32), latents.shape[1:4], mode)
 
         def inputs(x, t):
             """The model's batch at step input x: (latents, timesteps, image tokens), doubled for CFG."""

@@ -16,6 +16,7 @@ diffusers'.
 from __future__ import annotations
 
 import collections
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ from jdiff import sharding as sh
 from jdiff.errors import InputError
 from jdiff.models.z_image.transformer import padded, patchify, rope_tables, unpatchify
 from jdiff.parallel.placement import context, put
-from jdiff.pipelines import lora
+from jdiff.pipelines import lora, slots
 from jdiff.pipelines.base import warn, warn_truncated
 from jdiff.pipelines.chat_template import read_template, render
 from jdiff.pipelines.family import Family
@@ -35,7 +36,6 @@ from jdiff.pipelines.model_dir import ModelDir
 from jdiff.pipelines.pipeline import Pipeline, Stage
 from jdiff.pipelines.request import Request
 from jdiff.presets import load_preset
-from jdiff.sampling.flow_match import calculate_shift, default_sigmas
 from jdiff.sampling.loop import steps_first
 from jdiff.sampling.noise import noise_from_keys, noise_keys
 from jdiff.sampling.step_cache import CachedModel
@@ -123,11 +123,7 @@ class ZImagePipeline(Pipeline):
             return patchify((jnp.concatenate([x, x]) if cfg else x).astype(self.dtype))
 
         def guide(out):
-            out = out.astype(jnp.float32)
-            if cfg:
-                neg, pos = jnp.split(out, 2)
-                out = pos + scale * (pos - neg)
-            return -unpatchify(out, h, w)
+            return self.guide(out, scale if cfg else None, h, w)
 
         def velocity(x, t, mod):
             return guide(model.predict(tokens(x), caps, cap_lens, mod, rope, masked=masked))
@@ -151,6 +147,17 @@ class ZImagePipeline(Pipeline):
             progress=progress,
             cache=(step_cache, cache_params, parts),
         )
+
+    @staticmethod
+    def guide(out: jax.Array, scale, h: int, w: int) -> jax.Array:
+        """The flow velocity [B, C, h, w] from the transformer's output tokens, guided with diffusers' CFG form
+        pos + g (pos - neg) over the [negatives; prompts] halves where `scale` (g, scalar or broadcasting per
+        row) is given."""
+        out = out.astype(jnp.float32)
+        if scale is not None:
+            neg, pos = jnp.split(out, 2)
+            out = pos + scale * (pos - neg)
+        return -unpatchify(out, h, w)
 
     def _decode_fn(self, vae_params, latents):
         self.trace_counts["decode"] += 1
@@ -195,8 +202,7 @@ class ZImagePipeline(Pipeline):
 
     def denoise_stage(self, request: Request, cond, progress) -> Stage:
         caps, lens = cond
-        h = 2 * (request.height // (2 * self.vae_scale_factor))
-        w = 2 * (request.width // (2 * self.vae_scale_factor))
+        h, w = self._latent_size(request)
         c = self.transformer_config.in_channels
         if request.latents is None:
             init, noise_shape = noise_keys(list(request.seeds)), (c, h, w)
@@ -208,21 +214,85 @@ class ZImagePipeline(Pipeline):
                     f"{(request.batch, c, h, w)} (diffusers' layout)"
                 )
             init = put(self.placement, init, (sh.BATCH, None, None, None))
-        sc = self.scheduler
-        mu = calculate_shift(
-            (h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift
-        )
-        schedule = self.sampler.schedule(sc, request.steps, mu=mu, sigmas=default_sigmas(request.steps))
+        schedule = self.slot_schedule(request)
         rope = rope_tables(self.transformer_config, [int(n) for n in lens], caps.shape[1], h // 2, w // 2)
         scale = np.float32(request.guidance_scale or 0.0)
         mode, cache_params = self.step_cache(request)
         args = (self._params["transformer"], init, caps, lens, rope, schedule, scale, progress, cache_params)
-        masked = any(padded(int(n)) != caps.shape[1] for n in lens)  # no mask when every row fills T
-        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape, masked=masked, step_cache=mode)
+        kwargs = dict(cfg=self._cfg(request), noise_shape=noise_shape, masked=_masked(cond), step_cache=mode)
         return Stage(self._denoise, args, kwargs, key=(np.shape(init), caps.shape, request.steps, h, w))
 
     def decode_stage(self, request: Request) -> Stage:
         return Stage(self._decode, (self._params["vae"],), {}, key=(request.height, request.width))
+
+    def _latent_size(self, request: Request) -> tuple[int, int]:
+        f = 2 * self.vae_scale_factor
+        return 2 * (request.height // f), 2 * (request.width // f)
+
+    # ---- step-level continuous batching (`jdiff.pipelines.slots`) ------------------------------------------
+    # A slot holds one image's latents [C, h, w] and its captions [R, T, J] (R = 2 with CFG: [negative; prompt]),
+    # their token counts, their per-row image rotary tables and its guidance scale; the bucket is (size, and
+    # through the row's shapes T and R, and whether the plain loop masks (`ZImageSlot.masked`).
+
+    def slot_refusal(self, request: Request) -> str | None:
+        return None
+
+    def slot_bucket(self, request: Request, cond) -> tuple:
+        return ("z-image", request.height, request.width)
+
+    def slot_schedule(self, request: Request):
+        h, w = self._latent_size(request)
+        return slots.flow_schedule(self, request.steps, (h // 2) * (w // 2))
+
+    def _slot_rope(self, request: Request, cond):
+        caps, lens = cond
+        h, w = self._latent_size(request)
+        return rope_tables(self.transformer_config, [int(n) for n in lens], caps.shape[1], h // 2, w // 2)
+
+    def slot_inputs(self, request: Request, cond):
+        caps, lens = cond
+        img_cos, img_sin, _, _ = self._slot_rope(request, cond)
+        noise = slots.noise(request, (self.transformer_config.in_channels, *self._latent_size(request)))
+        scale = np.float32(request.guidance_scale or 0.0)
+        return noise, ZImageSlot(caps, lens, img_cos, img_sin, scale, masked=_masked(cond))
+
+    def slot_shared(self, request: Request, cond):
+        return self._slot_rope(request, cond)[2:]  # the caption's rotary tables (cos, sin) [T, H]
+
+    def slot_params(self):
+        return self._params["transformer"]
+
+    def slot_model(self, params, cap_rope, cond: ZImageSlot, x, t, run):
+        """The guided velocity for every slot [S, C, h, w] at per-slot timesteps t [S] (traced)."""
+        del run  # every slot's rows are computed (fixed shapes)
+        model = nnx.merge(self._defs["transformer"], params)
+        rows = (cond.caps, cond.lens, cond.img_cos, cond.img_sin)
+        xs, ts, (caps, lens, img_cos, img_sin) = slots.cfg_rows(x, t, rows)
+        out = model.predict(
+            patchify(xs.astype(self.dtype)), caps, lens, model.modulation((1000 - ts) / 1000),
+            (img_cos, img_sin, *cap_rope), masked=cond.masked,
+        )  # fmt: skip
+        scale = slots.per_slot(cond.scale, out) if cond.caps.shape[1] == 2 else None
+        return self.guide(out, scale, *x.shape[2:])
+
+
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class ZImageSlot:
+    """One slot's conditioning (leaves [R, ...], R text rows); `masked` is static, so it parts buckets."""
+
+    caps: jax.Array  # [R, T, J]
+    lens: jax.Array  # [R] caption tokens per row
+    img_cos: jax.Array  # [R, P, H]: the image tokens' rotary tables follow their row's caption length
+    img_sin: jax.Array
+    scale: jax.Array  # [] guidance_scale
+    masked: bool = field(default=False, metadata=dict(static=True))
+
+
+def _masked(cond) -> bool:
+    """Whether the plain loop masks captions: some row's caption, padded to 32, is shorter than T."""
+    caps, lens = cond
+    return any(padded(int(n)) != caps.shape[1] for n in lens)
 
 
 FAMILY = Family(

@@ -19,8 +19,11 @@ run. What makes it hold:
   solver is elementwise, and the mask is a select. With fixed shapes, row s's bytes depend only on row s's
   inputs -- provided the backend computes every row of a matmul the same way whatever its position. That is
   checked on CPU by `tests/pipelines/test_slots.py` (a request gives the same bytes in every slot, alone or
-  with others, joining at any chunk; it holds on XLA CPU for the tiny FLUX and Wan); a backend whose GEMM
-  treated edge rows differently would fail it (not yet run on a GPU).
+  with others, joining at any chunk; it holds on XLA CPU for the tiny FLUX.1, Qwen-Image, Z-Image, FLUX.2
+  and Wan models); a backend whose GEMM treated edge rows differently would fail it (not yet run on a GPU).
+- A model may pick per slot between computations (Wan2.2's two experts, `model_fn`'s `run`): each choice
+  is computed for all rows in its own `lax.cond` and each row selects its own, so a row's bytes do not depend
+  on which branches ran for the others.
 - With `serial` (`run_chunk`), every model call has batch 1 whatever the other slots hold, so the row
   question does not arise; idle slots are skipped (`lax.cond`), which removes the idle cost.
 - Every step of a chunk is the same loop body (the scan is a while loop, not unrolled), so a request that
@@ -159,7 +162,7 @@ def release(slots: Slots, index: Array) -> Slots:
 def run_chunk(
     sampler: Sampler,
     cfg,
-    model_fn: Callable[[Array, Array, Any], Array],
+    model_fn: Callable[[Array, Array, Any, Array], Array],
     slots: Slots,
     k: int,
     serial: bool = False,
@@ -169,8 +172,9 @@ def run_chunk(
     Args:
         sampler: a table row that `supports` slots.
         cfg: its config (static).
-        model_fn: `model_fn(x, t, cond)`: the model output [S, *X] for inputs x [S, *X] at per-slot model
-            timesteps t [S] with the slots' conditioning.
+        model_fn: `model_fn(x, t, cond, run)`: the model output [S, *X] for inputs x [S, *X] at per-slot model
+            timesteps t [S] with the slots' conditioning; `run` [S] says which slots advance (the others'
+            outputs are discarded: a model may skip work no running slot needs, e.g. an expert).
         slots: the bucket's state.
         k: steps per chunk (static).
         serial: call the model once per slot at batch 1 (`lax.map`), skipping slots that do not run
@@ -196,7 +200,7 @@ def run_chunk(
         if serial:
             out = _serial(model_fn, run, model_in, t, s.cond)
         else:
-            out = model_fn(model_in, t, s.cond)
+            out = model_fn(model_in, t, s.cond, run)
         x, state = jax.vmap(one_step)(s.schedule, s.state, i, s.x, out, s.keys)
         if sampler.prediction(cfg) == "flow":
             sigma = jnp.take_along_axis(s.schedule.sigmas, i[:, None], axis=1)[:, 0]
@@ -225,7 +229,9 @@ def _serial(model_fn, run, x, t, cond):
 
     def one(args):
         go, xs, ts, cs = args
-        call = lambda: model_fn(xs[None], ts[None], jax.tree.map(lambda a: a[None], cs))[0]
+        call = lambda: model_fn(
+            xs[None], ts[None], jax.tree.map(lambda a: a[None], cs), jnp.ones((1,), bool)
+        )[0]
         shape = jax.eval_shape(call)
         return jax.lax.cond(go, call, lambda: jnp.zeros(shape.shape, shape.dtype))
 

@@ -1,19 +1,21 @@
 """`jdiff serve --batching continuous`: step-level continuous batching on the device worker thread.
 
 `ContinuousBatcher` has `Batcher`'s interface (the endpoints cannot tell them apart) and one worker thread that
-owns the device. Requests the model can run in slots (`jdiff.pipelines.slots`: FLUX.1 text-to-image and Wan
-text-to-video with one expert, without step caching, given latents or loaded LoRA adapters, on one device) go
-to a `SlotRunner`: each output of a request is one slot of its shape bucket, requests join at the next chunk
-boundary and leave when done, so a 4-step request does not wait behind a 50-step batch. Everything else
-(other families, edits, the excluded cases above, LoRA loading, warm-up) goes to an inner `Batcher` whose
-queue this thread serves between chunks (`Batcher.run_one`): request-level batching as before, and still one
-thread on the device. A task (which may change the weights) waits for the running slots to finish. Video
+owns the device. Requests the model can run in slots (`jdiff.pipelines.slots`: FLUX.1, Qwen-Image, Z-Image,
+FLUX.2 and FLUX.2-klein text-to-image, Wan text- and image-to-video with one expert or two; without step
+caching, given latents or loaded LoRA adapters, on one device) go to a `SlotRunner`: each output of a request
+is one slot of its shape bucket, requests join at the next chunk boundary and leave when done, so a 4-step
+request does not wait behind a 50-step batch. Everything else (other families, edits, reference images, the
+excluded cases above, LoRA loading, warm-up) goes to an inner `Batcher` whose queue this thread serves between
+chunks (`Batcher.run_one`): request-level batching as before, and still one thread on the device. A task (which may change the weights) waits for the running slots to finish. Video
 jobs go through `VideoJobs` (a pool thread per waiting job; the slots, or a request-level task).
 
 The loop: take new requests (encode their prompts, queue their slot rows), cancel withdrawn ones, dispatch
 one chunk on every bucket with work, read out the outputs that finished in the previous chunk (their decoding
 was dispatched before this chunk, so the device never waits for the host to read them: one chunk in flight
-ahead of the host), then run one queued request-level batch or task if any (the slots wait for it).
+ahead of the host), then run one queued request-level batch or task if any (the slots wait for it). Each
+response's stages (Server-Timing: text_encoding, slot_wait, denoising, decoding) come from the device's own
+timeline (`jdiff.pipelines.slot_clock`), measured without the worker waiting for the device.
 
 A request whose client disconnects or whose `--timeout` fires (`withdraw`) leaves its slots at the next chunk
 boundary, and its slots go to the next requests. Shutdown: new work is refused and queued work fails with 503;
@@ -148,8 +150,8 @@ class ContinuousBatcher:
         Raises:
             InputError: the request's parameters are refused by the pipeline.
         """
-        if request.loras or not request.batchable:
-            return [], "it carries LoRA adapters or images"
+        if request.loras:
+            return [], "it carries LoRA adapters"
         parsed = [
             self.pipeline.parse(request.prompt, seed=request.seed + i, output_type="np", **request.params)
             for i in range(request.n)
@@ -347,11 +349,12 @@ class ContinuousBatcher:
             entry.request.future.set_exception(error)
             return
         r = entry.request
+        stages = _stages([job.timings() for job in entry.jobs])  # (their spans end as their outputs are read)
         seconds = time.perf_counter() - entry.started
         self._seconds = seconds if not self._seconds else 0.8 * self._seconds + 0.2 * seconds
         images = np.stack([entry.images[i] for i in range(r.n)])
         warnings = list(dict.fromkeys(w for p in entry.parsed for w in p.warnings))
-        timings = {"total": seconds}
+        timings = {**stages, "total": seconds}
         busy = max(job.busy for job in entry.jobs)  # outputs in the chunk that finished it
         self.counts["outputs"] += r.n
         self.counts["requests"] += 1
@@ -379,6 +382,20 @@ class ContinuousBatcher:
         if entries:
             self.runner.reset()  # a failed chunk may have left its buckets unusable: start them afresh
             self._publish()
+
+
+def _stages(per_output: list[dict[str, float]]) -> dict[str, float]:
+    """A request's stage seconds from its outputs' (`Job.timings`; none where one was not measured): encodings
+    and decodings add up (one at a time on the device), the longest slot wait and denoising count."""
+    if not per_output or not all(per_output):
+        return {}
+    total = lambda k: sum(t[k] for t in per_output)
+    return {
+        "text_encoding": total("text_encoding"),
+        "slot_wait": max(t["slot_wait"] for t in per_output),
+        "denoising": max(t["denoising"] for t in per_output),
+        "decoding": total("decoding"),
+    }
 
 
 class VideoJobs:

@@ -2,7 +2,9 @@
 
 Both answer `{"created": ..., "data": [{"b64_json": ..., "seed": ...}, ...], "output_format", "size"}`, with
 a `Server-Timing` header (queue, generate, the pipeline's stages text_encoding / denoising / decoding, encode,
-total) and `X-Batch-Outputs` (how many outputs the `generate` call that made them had, padding aside).
+total; with continuous batching also slot_wait, each stage measured on the device for the request:
+`jdiff.pipelines.slot_clock`) and `X-Batch-Outputs` (how many outputs the `generate` call that made them had,
+padding aside).
 
 A request whose client goes away, or whose `--timeout` passes, before its `generate` call starts is taken off
 the queue at once; one already running finishes for its batch and its images are dropped, except with
@@ -147,7 +149,7 @@ async def _run(
     stages = "".join(
         f"{k};dur={v * 1e3:.1f}, "
         for k, v in result.timings.items()
-        if k in ("text_encoding", "denoising", "decoding")
+        if k in ("text_encoding", "slot_wait", "denoising", "decoding")
     )
     timing = (
         f"queue;dur={result.queue_s * 1e3:.1f}, generate;dur={result.generate_s * 1e3:.1f}, {stages}"

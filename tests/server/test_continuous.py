@@ -60,6 +60,41 @@ def test_concurrent_requests_give_their_bytes_alone(server):
     assert post(base, body).status_code == 200
 
 
+def test_server_timing_has_each_requests_stages(server):
+    """Continuous batching's Server-Timing: the request-level stages, measured on the device per request."""
+    base, _ = server
+    bodies = [{"prompt": "a red square", "seed": 1, "num_inference_steps": s} for s in (2, 6)]
+    with ThreadPoolExecutor(2) as pool:
+        responses = list(pool.map(lambda b: post(base, b), bodies))
+    for r in responses:
+        assert r.status_code == 200, r.text
+        timing = {
+            k.strip(): float(v.removeprefix("dur="))
+            for k, v in (part.split(";") for part in r.headers["server-timing"].split(","))
+        }
+        stages = ("text_encoding", "slot_wait", "denoising", "decoding")
+        assert set(timing) == {"queue", "generate", *stages, "encode", "total"}, timing
+        assert all(v >= 0 for v in timing.values()) and timing["denoising"] > 0 and timing["decoding"] > 0
+        # One after the other within the request's work (values rounded to 0.1 ms).
+        assert sum(timing[k] for k in stages) <= timing["generate"] + 0.5 <= timing["total"] + 0.5
+
+
+def test_image_to_video_runs_in_slots():
+    """A Wan I2V request (its image) goes to slots; one slots refuse goes request-level, saying why."""
+    from PIL import Image
+
+    from tests.fixtures_wan import saved, tiny_wan
+
+    gen = jdiff.DiffGenerator.from_pretrained(saved(tiny_wan("i2v")))
+    batcher = ContinuousBatcher(gen.pipeline, gen.generate, slots=1, chunk_steps=2, max_steps=4)
+    image = Image.new("RGB", (48, 32), (200, 30, 60))
+    params = {"height": 32, "width": 48, "num_frames": 5, "num_inference_steps": 2, "image": image}
+    parsed, why = batcher.route(ImageRequest("a cat", 1, 1, params, batchable=False))
+    assert why is None and parsed[0].images is not None
+    parsed, why = batcher.route(ImageRequest("a cat", 1, 1, {**params, "num_inference_steps": 5}))
+    assert parsed == [] and why == "5 steps exceed the slots' max_steps 4"
+
+
 def test_a_withdrawn_request_frees_its_slot_and_tasks_wait_for_slots(server):
     base, app = server
     batcher = app.state.batcher
