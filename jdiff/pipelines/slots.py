@@ -137,6 +137,7 @@ def refusal(pipeline, request: Request) -> str | None:
         ("given latents", request.latents is not None),
         ("loaded LoRA adapters", pipeline.lora is not None and bool(pipeline.lora.names)),
         ("a model sharded over several devices", pipeline.placement is not None),
+        (f"offload={pipeline.offload!r}", pipeline.offload is not None),  # its stages bring the weights in
     ):
         if refused:
             return f"{why} runs with request-level batching"

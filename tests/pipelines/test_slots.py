@@ -133,6 +133,11 @@ def test_what_slots_refuse(runner):
     assert "true CFG" in runner.refusal(r)
     assert "step caching runs with" in runner.refusal(_request(runner, step_cache="first_block"))
     assert runner.refusal(_request(runner)) is None
+    runner.pipeline.offload = "layers"
+    try:
+        assert runner.refusal(_request(runner)) == "offload='layers' runs with request-level batching"
+    finally:
+        runner.pipeline.offload = None
 
 
 def test_families_refuse_input_images_with_a_reason():
