@@ -3,14 +3,15 @@
 
 Text-to-image with true CFG on or off: each slot holds one image's packed noise tokens [S0, 4C], its text
 embeddings [R, T, J] (R = 2 with true CFG, [negative; prompt], run as the plain loop's one batch of two; else
-R = 1), their key mask [R, T] where the plain loop has one (the shorter text of the two padded; None when no row
-is) and its true_cfg_scale. Every step runs the transformer once on [S negatives; S prompts] (or the S
+R = 1), their key mask [R, T] where the plain loop has one (None when no row is padded) and its
+true_cfg_scale. Every step runs the transformer once on [S negatives; S prompts] (or the S
 prompts) with per-slot timesteps, then guides each slot with its own scale (`QwenImagePipeline.true_cfg`).
 
-T is the request's own text length (its longer text's tokens, as the plain loop pads), so two requests share a
-bucket only where their size, T, mask and CFG agree (the runner adds the slot row's shapes to the bucket key):
-each text length compiles its own chunk program, as it compiles its own plain loop, and fills its own slots.
-Padding every request to one length would let them share slots but change its bytes from the plain loop's.
+T is the request's text length as the plain loop pads it (its longer text's tokens rounded up to
+`qwen_image_text.TEXT_BUCKET`), so two requests share a bucket where their size, T, mask and CFG agree (the
+runner adds the slot row's shapes to the bucket key): each text bucket compiles its own chunk program, as it
+compiles its own plain loop, and fills its own slots. Padding every request to one length would let them all
+share slots but change their bytes from the plain loop's.
 Edits (input images) keep request-level batching.
 
 Axis letters: S slots, R text rows (1 or 2), T text tokens, J text width, S0 noise tokens, C latent channels.

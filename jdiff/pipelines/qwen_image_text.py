@@ -38,6 +38,11 @@ T2I_DROP, EDIT_DROP = 34, 64  # template tokens before the prompt's, as diffuser
 IMAGE_PAD = "<|image_pad|>"
 VISION = "<|vision_start|>" + IMAGE_PAD + "<|vision_end|>"
 T2I_MAX_TOKENS = 1024  # diffusers' tokenizer_max_length (text-to-image truncates there, after the template)
+# Text lengths are rounded up to a multiple of this (the encoder's tokens for text-to-image, the kept tokens for
+# every pipeline), the rest masked: one compiled program per bucket rather than per prompt length. The padding
+# trails the real tokens, which the encoder's causal attention never sees and the transformer's attention takes
+# as key lengths (cuDNN's padding mask); at 1024^2 it is at most 31 text tokens next to 4096 image tokens.
+TEXT_BUCKET = 32
 
 
 def edit_prompt(prompt: str, n_images: int, plus: bool) -> str:
@@ -101,7 +106,8 @@ class QwenVLText:
             formatted = [self.template.format(t) for t in texts]
         lengths = self.tokenizer.lengths(formatted)
         limit = None if self.edits else T2I_MAX_TOKENS + self.drop_idx
-        length = max(lengths) if limit is None else min(max(lengths), limit)
+        # Edits keep their exact length: the image tokens' layout follows the ids.
+        length = max(lengths) if limit is None else min(_round_up(max(lengths), TEXT_BUCKET), limit)
         ids, mask = self.tokenizer(formatted, length)
         if self.edits:
             grid_all = np.tile(grid, (len(texts), 1))
@@ -121,15 +127,20 @@ class QwenVLText:
         return embeds, (None if keep.all() else keep)
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
 def _kept_tokens(mask: np.ndarray, drop_idx: int, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(gather [Bm, T] int32 token positions, keep [Bm, T] bool): each row's real tokens after its first
-    `drop_idx`, left-aligned, T the longest row (cut to `max_len`)."""
+    `drop_idx`, left-aligned, T the longest row's count rounded up to `TEXT_BUCKET` (cut to `max_len`)."""
     rows = [np.flatnonzero(m)[drop_idx:] for m in np.asarray(mask)]
     t = max(len(r) for r in rows)
-    if max_len is not None:
-        t = min(t, max_len)
     if t == 0:
         raise InputError("the prompt template left no prompt tokens; is this a Qwen-Image tokenizer?")
+    t = _round_up(t, TEXT_BUCKET)
+    if max_len is not None:
+        t = min(t, max_len)
     gather = np.zeros((len(rows), t), np.int32)
     keep = np.zeros((len(rows), t), bool)
     for b, r in enumerate(rows):
