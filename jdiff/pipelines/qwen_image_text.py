@@ -38,10 +38,10 @@ T2I_DROP, EDIT_DROP = 34, 64  # template tokens before the prompt's, as diffuser
 IMAGE_PAD = "<|image_pad|>"
 VISION = "<|vision_start|>" + IMAGE_PAD + "<|vision_end|>"
 T2I_MAX_TOKENS = 1024  # diffusers' tokenizer_max_length (text-to-image truncates there, after the template)
-# Text lengths are rounded up to a multiple of this (the encoder's tokens for text-to-image, the kept tokens for
-# every pipeline), the rest masked: one compiled program per bucket rather than per prompt length. The padding
-# trails the real tokens, which the encoder's causal attention never sees and the transformer's attention takes
-# as key lengths (cuDNN's padding mask); at 1024^2 it is at most 31 text tokens next to 4096 image tokens.
+# Text lengths are rounded up to a multiple of this (the encoder's tokens and the kept ones), the rest masked:
+# one compiled program per bucket rather than per prompt length. The encoder masks the padding (its rotary
+# positions count real tokens only); the kept tokens' padding trails them, which the transformer's attention
+# takes as key lengths (cuDNN's padding mask). At 1024^2 it is at most 31 text tokens next to 4096 image tokens.
 TEXT_BUCKET = 32
 
 
@@ -106,8 +106,8 @@ class QwenVLText:
             formatted = [self.template.format(t) for t in texts]
         lengths = self.tokenizer.lengths(formatted)
         limit = None if self.edits else T2I_MAX_TOKENS + self.drop_idx
-        # Edits keep their exact length: the image tokens' layout follows the ids.
-        length = max(lengths) if limit is None else min(_round_up(max(lengths), TEXT_BUCKET), limit)
+        length = _round_up(max(lengths), TEXT_BUCKET)
+        length = length if limit is None else min(length, limit)
         ids, mask = self.tokenizer(formatted, length)
         if self.edits:
             grid_all = np.tile(grid, (len(texts), 1))
