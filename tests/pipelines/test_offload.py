@@ -268,6 +268,9 @@ def test_resident_fraction_from_the_room(tiny_flux_dir, monkeypatch):
     assert offload.resident_fraction(host) == pytest.approx(0.25, abs=1e-3)
     monkeypatch.setenv("JDIFF_OFFLOAD_RESIDENT", "0")
     assert offload.resident_fraction(host) == 0.0
+    monkeypatch.setenv("JDIFF_OFFLOAD_RESIDENT", "half")
+    with pytest.raises(InputError, match="JDIFF_OFFLOAD_RESIDENT must be a size in bytes like 24GB"):
+        offload.resident_fraction(host)
     monkeypatch.delenv("JDIFF_OFFLOAD_RESIDENT")
     monkeypatch.setenv("JDIFF_DEVICE_MEMORY", "1TB")
     assert offload.resident_fraction(host) == 1.0
