@@ -194,8 +194,11 @@ def joint_rms_norm_rope(
 
 def _default_implementation(x: jax.Array) -> str:
     device = jax.devices()[0]
-    if device.platform != "gpu" or "nvidia" not in device.device_kind.lower() or x.shape[-1] % 2:
+    if device.platform != "gpu" or "nvidia" not in device.device_kind.lower():
         return "xla"  # the kernel is written and tested for NVIDIA GPUs (Triton); ROCm keeps XLA
+    h = x.shape[-1]
+    if h < 2 or h & (h - 1):  # Triton blocks need power-of-two sizes: the head dim is a block's width
+        return "xla"
     placement = sharding.ambient()
     if placement is not None and placement.mesh.size > 1:
         return "xla"

@@ -1,5 +1,8 @@
 """The fused QK RMS-norm + RoPE kernel (Pallas, interpret mode on CPU) against the unfused XLA composition."""
 
+from types import SimpleNamespace
+from unittest import mock
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -100,6 +103,11 @@ def test_choice_and_errors():
     x, scale = _inputs(jax.random.key(3), (1, 4, 2, 8), False)
     cos, sin = _tables(4)
     assert nr._default_implementation(x) == "xla"  # the tests run on CPU
+    gpu = SimpleNamespace(platform="gpu", device_kind="NVIDIA H200")
+    with mock.patch.object(jax, "devices", lambda: [gpu]):
+        assert nr._default_implementation(x) == "pallas"
+        # Triton's blocks need power-of-two sizes: a head dim of 12 failed to lower on an H200 (a tiny Wan).
+        assert nr._default_implementation(jax.numpy.zeros((1, 4, 2, 12))) == "xla"
     with pytest.raises(ValueError, match="implementation"):
         nr.rms_norm_rope(x, scale, cos, sin, eps=1e-6, implementation="triton")
     with pytest.raises(ValueError, match="joint length 4"):
