@@ -111,6 +111,12 @@ def warn_truncated(
 _preparer = None
 
 
+def text_bucket(n: int, multiple: int) -> int:
+    """`n` tokens rounded up to a multiple of `multiple`: the text length a family pads to, so that prompts of
+    nearby lengths share one compiled program (Qwen-Image, HunyuanVideo-1.5)."""
+    return -(-n // multiple) * multiple
+
+
 def _background():
     """One worker thread for stage preparation (created on first use)."""
     global _preparer

@@ -44,7 +44,7 @@ from jdiff.models.hunyuan_video15.transformer import rope_tables as _rope_tables
 from jdiff.models.siglip.vision import preprocess_images
 from jdiff.parallel.placement import context, put
 from jdiff.pipelines import memory
-from jdiff.pipelines.base import video_latents, warn, warn_truncated
+from jdiff.pipelines.base import text_bucket, video_latents, warn, warn_truncated
 from jdiff.pipelines.chat_template import read_template, render
 from jdiff.pipelines.family import Family
 from jdiff.pipelines.hunyuan_video15_image import bucket_size, resize_and_crop, vae_pixels
@@ -61,10 +61,6 @@ _rope_tables = lru_cache(maxsize=16)(_rope_tables_uncached)
 
 
 TEXT_BUCKET, GLYPH_BUCKET = 128, 64  # token counts the text and glyph lengths round up to
-
-
-def _bucket(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
 
 
 def _kept_tokens(mask: np.ndarray, drop: int, keep_max: int, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,7 +244,7 @@ class HunyuanVideo15Pipeline(Pipeline):
             raise InputError(
                 "the prompt template left no prompt tokens; is this HunyuanVideo-1.5's tokenizer?"
             )
-        t = min(_bucket(longest, TEXT_BUCKET), MAX_LENGTH)
+        t = min(text_bucket(longest, TEXT_BUCKET), MAX_LENGTH)
         ids, mask = self.tokenizer(formatted, CROP_START + t, add_special_tokens=False)
         gather, keep = _kept_tokens(mask, CROP_START, t, t)
         with context(self.placement):
@@ -261,7 +257,7 @@ class HunyuanVideo15Pipeline(Pipeline):
             glyph = jnp.zeros((len(texts), GLYPH_BUCKET, self.glyph_config.d_model), self.dtype)
             return text, jnp.asarray(keep), glyph, jnp.zeros((len(texts), GLYPH_BUCKET), bool)
         warn_truncated(warnings, self.glyph_tokenizer, present, GLYPH_MAX_LENGTH, "byT5", "")
-        length = min(_bucket(max(self.glyph_tokenizer.lengths(present)), GLYPH_BUCKET), GLYPH_MAX_LENGTH)
+        length = min(text_bucket(max(self.glyph_tokenizer.lengths(present)), GLYPH_BUCKET), GLYPH_MAX_LENGTH)
         ids, mask = self.glyph_tokenizer([g or "" for g in glyphs], length)
         mask = mask * np.array([g is not None for g in glyphs], np.int32)[:, None]
         with context(self.placement):

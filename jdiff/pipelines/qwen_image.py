@@ -10,9 +10,9 @@ noise tokens, Sc conditioning-image tokens, H/W image height/width.
 Text: each prompt goes through diffusers' chat template; Qwen2.5-VL's last hidden states are kept for the
 real tokens only, minus the template's first `drop_idx` tokens (34 for text-to-image, 64 for edits), padded
 to the longest prompt's count rounded up to a multiple of `qwen_image_text.TEXT_BUCKET` (one compiled program
-per bucket, not per prompt length) with a key mask (`jdiff.models.qwen_image.transformer`). diffusers encodes negatives and
-prompts in two calls and runs the transformer twice; here both run as one batch, padded together: the mask
-makes each prompt see exactly what it sees alone.
+per bucket, not per prompt length) with a key mask (`jdiff.models.qwen_image.transformer`). diffusers
+encodes negatives and prompts in two calls and runs the transformer twice; here both run as one batch, padded
+together: the mask makes each prompt see exactly what it sees alone.
 
 True CFG (negative prompt given and true_cfg_scale > 1, as in diffusers): v = neg + s (pos - neg), then
 rescaled per token to the norm of pos.

@@ -21,6 +21,7 @@ from flax import nnx
 from jdiff import compiler_options
 from jdiff.errors import InputError
 from jdiff.parallel.placement import context, put
+from jdiff.pipelines.base import text_bucket
 from jdiff.pipelines.model_dir import ModelDir
 
 T2I_TEMPLATE = (
@@ -106,7 +107,7 @@ class QwenVLText:
             formatted = [self.template.format(t) for t in texts]
         lengths = self.tokenizer.lengths(formatted)
         limit = None if self.edits else T2I_MAX_TOKENS + self.drop_idx
-        length = _round_up(max(lengths), TEXT_BUCKET)
+        length = text_bucket(max(lengths), TEXT_BUCKET)
         length = length if limit is None else min(length, limit)
         ids, mask = self.tokenizer(formatted, length)
         if self.edits:
@@ -127,10 +128,6 @@ class QwenVLText:
         return embeds, (None if keep.all() else keep)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def _kept_tokens(mask: np.ndarray, drop_idx: int, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(gather [Bm, T] int32 token positions, keep [Bm, T] bool): each row's real tokens after its first
     `drop_idx`, left-aligned, T the longest row's count rounded up to `TEXT_BUCKET` (cut to `max_len`)."""
@@ -138,7 +135,7 @@ def _kept_tokens(mask: np.ndarray, drop_idx: int, max_len: int | None) -> tuple[
     t = max(len(r) for r in rows)
     if t == 0:
         raise InputError("the prompt template left no prompt tokens; is this a Qwen-Image tokenizer?")
-    t = _round_up(t, TEXT_BUCKET)
+    t = text_bucket(t, TEXT_BUCKET)
     if max_len is not None:
         t = min(t, max_len)
     gather = np.zeros((len(rows), t), np.int32)
