@@ -78,11 +78,12 @@ def test_compilation_cache_dir(tmp_path, monkeypatch):
     from jdiff import compilation_cache
 
     monkeypatch.setattr(compilation_cache, "_enabled", False)
-    monkeypatch.setenv("JDIFF_CACHE_DIR", "")
-    assert compilation_cache.enable() is None
-    monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "xla"))
-    previous = jax.config.jax_compilation_cache_dir
+    previous = jax.config.jax_compilation_cache_dir  # the test run's own cache, where a test enabled it
+    jax.config.update("jax_compilation_cache_dir", None)
     try:
+        monkeypatch.setenv("JDIFF_CACHE_DIR", "")
+        assert compilation_cache.enable() is None
+        monkeypatch.setenv("JDIFF_CACHE_DIR", str(tmp_path / "xla"))
         assert compilation_cache.enable() == str(tmp_path / "xla")
         assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
     finally:
