@@ -195,6 +195,7 @@ def test_default_device_context_is_kept(tmp_path, monkeypatch):
     assert all(v.sharding.device_set == {device} for v in _flat(model).values())
 
 
+@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (the CPU suite fakes them)")
 @pytest.mark.parametrize("mesh", ["fsdp=8", "tensor=2,fsdp=4"])
 def test_sharded_identical(tiny_flux_dir, monkeypatch, mesh):
     """Over 8 devices: each gets its own source slices, transformed in place; same values and layouts."""
