@@ -21,8 +21,8 @@ jax.config.update("jax_default_matmul_precision", "highest")
 torch.set_num_threads(1)
 
 # One compilation cache for the whole run, empty at its start and removed at its end: the many tests that build
-# the same tiny models load each other's programs instead of compiling them again (about 15% of the suite's
-# time). Set here, on import, so that xdist's workers, started after the controller imports this file, share
+# the same tiny models load each other's programs instead of compiling them again (about 12% of the suite's
+# time, one run each). Set here, on import, so that xdist's workers, started after the controller imports this file, share
 # it. Tests of the cache itself set their own directories.
 _RUN_CACHE = None
 if "JDIFF_CACHE_DIR" not in os.environ:

@@ -6,7 +6,9 @@ import json
 import struct
 from pathlib import Path
 
+import jax
 import numpy as np
+import pytest
 
 _TORCH_DTYPES = {
     "torch.float32": "F32",
@@ -14,6 +16,12 @@ _TORCH_DTYPES = {
     "torch.float16": "F16",
     "torch.int64": "I64",
 }
+
+
+# Tests over a mesh of 8 devices: the CPU suite fakes them (tests/conftest.py); a GPU machine may have fewer.
+needs_8_devices = pytest.mark.skipif(
+    len(jax.devices()) < 8, reason="needs 8 devices (the CPU suite fakes them)"
+)
 
 
 def rel_err(actual, expected) -> float:

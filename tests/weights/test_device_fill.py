@@ -19,6 +19,7 @@ from jdiff.weights.loading import load_component, param_shapes, source_shapes
 from jdiff.weights.plan import materialize, resolve
 from jdiff.weights.safetensors import open_weights
 from tests.fixtures_wan import saved, tiny_wan
+from tests.utils import needs_8_devices
 from tests.weights.test_plan import PLAN, TorchToy, _spec
 
 
@@ -195,7 +196,7 @@ def test_default_device_context_is_kept(tmp_path, monkeypatch):
     assert all(v.sharding.device_set == {device} for v in _flat(model).values())
 
 
-@pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 devices (the CPU suite fakes them)")
+@needs_8_devices
 @pytest.mark.parametrize("mesh", ["fsdp=8", "tensor=2,fsdp=4"])
 def test_sharded_identical(tiny_flux_dir, monkeypatch, mesh):
     """Over 8 devices: each gets its own source slices, transformed in place; same values and layouts."""

@@ -2,8 +2,6 @@
 tower): parameters laid out by the rules (heads over `tensor`, width over `fsdp`), loaded by slices, and the
 same hidden states as on one device."""
 
-import jax
-import pytest
 import transformers
 from jax.sharding import PartitionSpec as P
 
@@ -16,8 +14,9 @@ from jdiff.parallel.placement import Placement
 from jdiff.weights.loading import load_component
 from tests import parity
 from tests.models.qwen2_5_vl.test_text_encoder import PROCESSOR, _images, _prompt, _ref_config
+from tests.utils import needs_8_devices
 
-pytestmark = pytest.mark.skipif(len(jax.devices()) < 8, reason="needs 8 (fake) devices")
+pytestmark = needs_8_devices
 
 
 def _sharded(spec, cfg, folder, placement):
