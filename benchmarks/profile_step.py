@@ -143,11 +143,6 @@ def main() -> None:
         choices=["all", "none"],
         help="experiment: fuse every bias into its matmul, or keep every scanned layer's bias apart",
     )
-    ap.add_argument(
-        "--single-mlp",
-        choices=["merged", "apart"],
-        help="experiment: FLUX.1's single blocks' MLP input merged with q/k/v at load (jdiff's default) or apart",
-    )
     ap.add_argument("--compiler-options", help="experiment: JSON that replaces jdiff's GPU compiler options")
     ap.add_argument("--save-output", help="write the output (float32 .npy) here, to compare variants")
     ap.add_argument("--dump-hlo", help="write the compiled (optimized) HLO text here")
@@ -168,10 +163,6 @@ def main() -> None:
         from jdiff.layers import linear
 
         linear.BIAS_EPILOGUE = args.bias_epilogue
-    if args.single_mlp:
-        import jdiff.models.flux.transformer as flux_module
-
-        flux_module.MERGE_SINGLE_MLP = args.single_mlp == "merged"
     if args.compiler_options is not None:
         compiler_options.GPU_OPTIONS = json.loads(args.compiler_options)
     if args.norm_rope:

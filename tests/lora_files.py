@@ -65,29 +65,22 @@ def assert_same_deltas(torch_model: torch.nn.Module, gen, component: str, loras:
         node = params
         for part in t.path.split("."):
             node = node[int(part) if part.isdigit() else part]
-        got = _delta(node, t, scales)
+        a, b = np.asarray(node["lora_a"][...]), np.asarray(node["lora_b"][...])
+        if t.layer is not None:
+            a, b = a[t.layer], b[t.layer]
+        got = a @ (scales[:, None] * b)
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
-        seen.add((t.path, t.layer, t.part))
-    # Nothing else adapted: every other (layer of a) jdiff layer with factors contributes zero (and every other
-    # part of a layer merged from several torch layers, e.g. q/k/v).
+        seen.add((t.path, t.layer))
+    # Nothing else adapted: every other (layer of a) jdiff layer with factors contributes zero.
     for t in {t for t in table.values()}:
-        if (t.path, t.layer, t.part) in seen:
+        if (t.path, t.layer) in seen:
             continue
         node = params
         for part in t.path.split("."):
             node = node[int(part) if part.isdigit() else part]
         if "lora_a" in node:
-            assert not np.any(_delta(node, t, scales)), (t.path, t.layer, t.part)
+            a, b = np.asarray(node["lora_a"][...]), np.asarray(node["lora_b"][...])
+            if t.layer is not None:
+                a, b = a[t.layer], b[t.layer]
+            assert not np.any(a @ (scales[:, None] * b)), (t.path, t.layer)
     return len(seen)
-
-
-def _delta(node, t, scales):
-    """The weight delta [in, out] that a jdiff layer's factors give torch module `t` at these slot scales: the
-    columns of its part when the layer merges several torch layers (the scales repeat over their blocks)."""
-    import numpy as np
-
-    a, b = np.asarray(node["lora_a"][...]), np.asarray(node["lora_b"][...])
-    if t.layer is not None:
-        a, b = a[t.layer], b[t.layer]
-    full = a @ (np.tile(scales, a.shape[-1] // len(scales))[:, None] * b)
-    return full if t.columns is None else full[:, t.columns]

@@ -95,7 +95,7 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
 
         if name in LORA_WORKLOADS:
             graphdef, params = _jdiff_random(SPEC, cfg, bf16)
-            return _with_lora(graphdef, params, apply, inputs, sz, SPEC.plan)
+            return _with_lora(graphdef, params, apply, inputs, sz)
 
     elif name == "z_image_step":
         from jdiff.models.z_image.plan import SPEC
@@ -263,12 +263,9 @@ def _jdiff_setup(name: str, config: dict, sz: dict):
 LORA_WORKLOADS = ("flux_lora_step", "flux_lora_batch4_one", "flux_lora_batch4_mixed")
 
 
-def _with_lora(graphdef, params, apply, inputs, sz: dict, plan):
+def _with_lora(graphdef, params, apply, inputs, sz: dict):
     """The model with random adapters in every block linear but the AdaLN modulation (what FLUX LoRAs
-    train), as `jdiff.pipelines.lora` loads them, and per-row scales as an input: row i uses slot i mod S.
-
-    A linear merged at load from P torch linears (q/k/v, and the single blocks' MLP input: `plan`'s grouped
-    rules) holds P blocks of factors, as adapters trained on every one of those torch linears fill it."""
+    train), as `jdiff.pipelines.lora` loads them, and per-row scales as an input: row i uses slot i mod S."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -276,11 +273,8 @@ def _with_lora(graphdef, params, apply, inputs, sz: dict, plan):
 
     from jdiff.layers import lora
     from jdiff.layers.linear import Linear
-    from jdiff.weights.loading import param_shapes
-    from jdiff.weights.plan import merged_parts
 
     slots, rank, b = sz["slots"], sz["rank"], sz.get("batch", 1)
-    shapes = param_shapes(params)
     model = nnx.merge(graphdef, params)
     key = jax.random.key(2)
     for path, node in nnx.iter_graph(model):
@@ -288,10 +282,9 @@ def _with_lora(graphdef, params, apply, inputs, sz: dict, plan):
         if not isinstance(node, Linear) or "transformer_blocks" not in names[0] or "norm" in ".".join(names):
             continue
         *lead, d_in, d_out = node.kernel.shape
-        k = slots * rank * len(merged_parts(plan, ".".join(names) + ".kernel", shapes) or [None])
         key, ka, kb = jax.random.split(key, 3)
-        node.lora_a = lora.LoraParam(jax.random.normal(ka, (*lead, d_in, k), jnp.bfloat16) * 0.02)
-        node.lora_b = lora.LoraParam(jax.random.normal(kb, (*lead, k, d_out), jnp.bfloat16) * 0.02)
+        node.lora_a = lora.LoraParam(jax.random.normal(ka, (*lead, d_in, slots * rank), jnp.bfloat16) * 0.02)
+        node.lora_b = lora.LoraParam(jax.random.normal(kb, (*lead, slots * rank, d_out), jnp.bfloat16) * 0.02)
     graphdef, params = nnx.split(model)
     scales = np.zeros((b, slots * rank), np.float32)
     for i in range(b):

@@ -27,7 +27,6 @@ import contextlib
 import contextvars
 import functools
 from collections.abc import Iterator, Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,43 +54,8 @@ def forced(implementation: str | None) -> Iterator[None]:
 BLOCK_ROWS = 32
 NUM_WARPS = 8
 
-
-class Heads(NamedTuple):
-    """Heads `start`, `start + step`, ... (`count` of them) of `x` [B, L, M, H]: q or k inside the output of a
-    merged q/k/v projection, read in place by the kernel (the XLA path slices them out)."""
-
-    x: jax.Array
-    start: int
-    step: int
-    count: int
-
-    @property
-    def shape(self) -> tuple[int, int, int, int]:
-        b, length, _, h = self.x.shape
-        return (b, length, self.count, h)
-
-    @property
-    def dtype(self):
-        return self.x.dtype
-
-    def array(self) -> jax.Array:
-        """The heads as their own array [B, L, count, H]: a reshape and a slice of the last axis but one
-        (never a strided slice of the heads axis, which a mesh splits)."""
-        b, length, m, h = self.x.shape
-        if m == self.count * self.step and self.start < self.step:
-            return self.x.reshape(b, length, self.count, self.step, h)[:, :, :, self.start]
-        return self.x[:, :, self.start : self.start + self.step * (self.count - 1) + 1 : self.step]
-
-
-def _heads(x: jax.Array | Heads) -> Heads:
-    return x if isinstance(x, Heads) else Heads(x, 0, 1, x.shape[2])
-
-
-# (x [B, L_i, N, H] or its `Heads` in a wider array, norm weight or None, eps[, bias [N * H] or None]).
-Part = (
-    tuple[jax.Array | Heads, jax.Array | None, float]
-    | tuple[jax.Array | Heads, jax.Array | None, float, jax.Array | None]
-)
+# (x [B, L_i, N, H], norm weight or None, eps[, bias [N * H] or None]).
+Part = tuple[jax.Array, jax.Array | None, float] | tuple[jax.Array, jax.Array | None, float, jax.Array | None]
 
 
 def rms_norm_rope(
@@ -149,9 +113,7 @@ def joint_rms_norm_rope(
         starts.append(starts[-1] + p[0].shape[1])
     if impl == "xla":
         outs = [
-            _reference(
-                _heads(x).array(), scale, cos[a:b], sin[a:b], eps=eps, across_heads=across_heads, bias=bias
-            )
+            _reference(x, scale, cos[a:b], sin[a:b], eps=eps, across_heads=across_heads, bias=bias)
             for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False)
         ]
         return outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
@@ -159,17 +121,7 @@ def joint_rms_norm_rope(
     if any(start % rows for start in starts[1:-1]):  # a part boundary inside a block: no shared buffer
         outs = [
             _pallas(
-                *_heads(x),
-                scale,
-                bias,
-                cos[a:b],
-                sin[a:b],
-                None,
-                0,
-                b - a,
-                _rows(b - a),
-                eps=eps,
-                across=across_heads,
+                x, scale, bias, cos[a:b], sin[a:b], None, 0, b - a, _rows(b - a), eps=eps, across=across_heads
             )
             for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False)
         ]
@@ -177,17 +129,7 @@ def joint_rms_norm_rope(
     out = None
     for (x, scale, eps, bias), a, b in zip(parts, starts, starts[1:], strict=False):
         out = _pallas(
-            *_heads(x),
-            scale,
-            bias,
-            cos[a:b],
-            sin[a:b],
-            out,
-            a // rows,
-            length,
-            rows,
-            eps=eps,
-            across=across_heads,
+            x, scale, bias, cos[a:b], sin[a:b], out, a // rows, length, rows, eps=eps, across=across_heads
         )
     return out
 
@@ -226,18 +168,13 @@ def _reference(x, scale, cos, sin, *, eps, across_heads, bias=None):
 # A nested jit: the q and k calls of a block have the same signature, so they share one traced jaxpr, and jax
 # lowers that Pallas kernel once per program instead of once per call (a FLUX warm start's tracing: 1.17 ->
 # 0.96 s on the H100 machine).
-@functools.partial(jax.jit, static_argnums=(1, 2, 3, 9, 10, 11), static_argnames=("eps", "across"))
-def _pallas(
-    x, start, step, n, scale, bias, cos, sin, joint, block_offset, joint_length, rows, *, eps, across
-):
-    """One part, heads `start + step * i` (i < n) of `x`: writes rows [block_offset * rows, ...) of the joint
-    output (`joint`, aliased, when given)."""
+@functools.partial(jax.jit, static_argnums=(6, 7, 8), static_argnames=("eps", "across"))
+def _pallas(x, scale, bias, cos, sin, joint, block_offset, joint_length, rows, *, eps, across):
+    """One part: writes rows [block_offset * rows, ...) of the joint output (`joint`, aliased, when given)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as plgpu
 
-    b, length, _, h = x.shape
-    if across and (start, step, n) != (0, 1, x.shape[2]):
-        raise ValueError("rms_norm_rope: a norm across heads reads every head of its input")
+    b, length, n, h = x.shape
     if scale is None:
         scale = jnp.ones((n * h,) if across else (h,), jnp.float32)
     w = scale.astype(jnp.float32).reshape(n if across else 1, h)
@@ -252,7 +189,7 @@ def _pallas(
         b_map = lambda i, j: (0, 0)
     else:
         grid = (b, pl.cdiv(length, rows), n)
-        x_map = lambda i, j, k: (i, j, start + step * k, 0)
+        x_map = lambda i, j, k: (i, j, k, 0)
         o_map = lambda i, j, k: (i, j + block_offset, k, 0)
         b_map = lambda i, j, k: (k, 0)
     w_map = lambda *idx: (0, 0)

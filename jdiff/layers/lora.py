@@ -10,10 +10,6 @@ layer adds `((x @ lora_a) * scales) @ lora_b`, where `scales` [B, K] (each outpu
 repeated over the slot's Q columns) is what the jitted stage was given: `rows(scales)` sets it while tracing.
 So a new adapter (of a seen rank bucket) or a new scale changes values, not shapes, and rows of one batch can
 use different adapters. A layer without `lora_a` is exactly the plain linear layer.
-
-A linear merged at load from P torch layers (FLUX's q/k/v: `jdiff.weights.plan`'s grouped transforms) holds
-P such blocks side by side, `lora_a` [I, P x K] and a block-sparse `lora_b` [P x K, O] (block p's rows only
-reach part p's columns): one `x @ lora_a` for all P projections. The scales repeat over the P blocks.
 """
 
 from __future__ import annotations
@@ -60,10 +56,7 @@ def delta(x: jax.Array, lora_a: jax.Array, lora_b: jax.Array) -> jax.Array | Non
         raise ValueError(
             f"a LoRA layer got input of shape {x.shape}, whose first axis is not a multiple of the batch {b}"
         )
-    parts, rest = divmod(lora_a.shape[-1], scales.shape[-1])
-    if rest:
-        raise ValueError(f"a LoRA layer's {lora_a.shape[-1]} columns are not parts of {scales.shape[-1]}")
-    s = jnp.tile(scales, (x.shape[0] // b, parts)).reshape(x.shape[0], *(1,) * (x.ndim - 2), -1)
+    s = jnp.tile(scales, (x.shape[0] // b, 1)).reshape(x.shape[0], *(1,) * (x.ndim - 2), -1)
     h = jnp.einsum("...i,ik->...k", x, lora_a.astype(x.dtype))  # [R, .., K]
     return jnp.einsum("...k,ko->...o", h * s.astype(h.dtype), lora_b.astype(x.dtype))
 

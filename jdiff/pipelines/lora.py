@@ -19,7 +19,7 @@ import functools
 import math
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,7 @@ from jdiff.layers import lora as lora_layers
 from jdiff.layers.linear import Linear
 from jdiff.parallel.placement import put
 from jdiff.weights import lora as lora_files
-from jdiff.weights.plan import LAYER, Plan, match, merged_parts
+from jdiff.weights.plan import LAYER, Plan, match
 
 RANK_BUCKETS = (16, 32, 64, 128, 256)
 
@@ -83,13 +83,6 @@ class _Target:
     layer: int | None  # its layer in a stack, or None
     shape: tuple[int, ...]  # the kernel's shape ([L,] in, out)
     dtype: Any
-    part: int = 0  # which of the torch layers merged into the Linear this one is (0: not merged)
-    # Where that part's outputs are among the Linear's (None: all of them, not merged).
-    columns: np.ndarray | None = field(default=None, compare=False)
-
-    @property
-    def out_features(self) -> int:
-        return self.shape[-1] if self.columns is None else len(self.columns)
 
 
 @dataclass(frozen=True)
@@ -97,8 +90,8 @@ class _Adapter:
     name: str
     path: Path
     rank: int
-    # (key, linear path) -> [(layer or None, part, factors)]
-    modules: dict[tuple[str, str], list[tuple[int | None, int, lora_files.ModuleLora]]]
+    # (key, linear path) -> [(layer or None, factors)]
+    modules: dict[tuple[str, str], list[tuple[int | None, lora_files.ModuleLora]]]
 
 
 def _module_at(root: nnx.Module, path: str) -> Any:
@@ -108,33 +101,21 @@ def _module_at(root: nnx.Module, path: str) -> Any:
     return node
 
 
-def _torch_modules(
-    plan: Plan, path: str, shapes: dict[str, tuple[int, ...]]
-) -> list[tuple[str, int | None, int, np.ndarray | None]]:
-    """The torch modules a jdiff Linear kernel comes from: (name, layer, part, columns) per module and layer,
-    where a kernel merged from several torch Linears has one part per source and `columns` says where that
-    source's outputs are (None: a plain transpose of one module); [] for any other kernel."""
+def _torch_modules(plan: Plan, path: str, shape: tuple[int, ...]) -> list[tuple[str, int | None]]:
+    """The torch module names (and layers) a jdiff Linear kernel comes from; [] if not a plain transpose."""
     matched = match(plan, path)
     if matched is None:
         return []
-    rule, sources, stacked, _ = matched
-    merged = merged_parts(plan, path, shapes) if rule.transform == "torch_kernel_heads" else None
-    if merged is None and (rule.transform != "torch_kernel" or len(sources) != 1):
+    rule, sources, stacked = matched
+    if rule.transform != "torch_kernel" or len(sources) != 1 or not sources[0].endswith(".weight"):
         return []
-    parts = merged or [(sources[0], None)]
-    out = []
-    for part, (source, columns) in enumerate(parts):
-        if not source.endswith(".weight"):
-            return []
-        name = source.removesuffix(".weight")
-        names = [name]
-        if plan.optional_prefix and name.startswith(plan.optional_prefix):
-            names.append(name.removeprefix(plan.optional_prefix))
-        layers = range(shapes[path][0]) if stacked else [None]
-        out += [
-            (n if i is None else n.replace(LAYER, str(i)), i, part, columns) for i in layers for n in names
-        ]
-    return out
+    name = sources[0].removesuffix(".weight")
+    names = [name]
+    if plan.optional_prefix and name.startswith(plan.optional_prefix):
+        names.append(name.removeprefix(plan.optional_prefix))
+    if not stacked:
+        return [(n, None) for n in names]
+    return [(n.replace(LAYER, str(i)), i) for i in range(shape[0]) for n in names]
 
 
 def _alias(plan: Plan, module: str, kohya: bool) -> str | None:
@@ -197,24 +178,15 @@ class Adapters:
             graphdef, state = self._base[key]
             module = nnx.merge(graphdef, state)
             table: dict[str, _Target] = {}
-            flat = [(".".join(str(x) for x in p), v) for p, v in nnx.to_flat_state(state)]
-            shapes = {}
-            for path, v in flat:
-                shape = tuple(v.shape)
-                if path.endswith(".kernel_fp8"):  # stored [.., O, I] (jdiff.layers.quant)
-                    path, shape = path.removesuffix("_fp8"), (*shape[:-2], shape[-1], shape[-2])
-                shapes[path] = shape
-            for path, v in flat:
-                fp8 = path.endswith(".kernel_fp8")
-                path = path.removesuffix("_fp8")
-                base = path.removesuffix(".kernel")
-                if not path.endswith(".kernel") or not isinstance(_module_at(module, base), Linear):
+            for p, v in nnx.to_flat_state(state):
+                path = ".".join(str(x) for x in p[:-1])
+                if p[-1] not in ("kernel", "kernel_fp8") or not isinstance(_module_at(module, path), Linear):
                     continue
-                dtype = (
-                    self.pipeline.dtype if fp8 else v.dtype
-                )  # adapters on fp8 layers: the pipeline's dtype
-                for name, layer, part, columns in _torch_modules(self._plans[comp], path, shapes):
-                    t = _Target(key, base, layer, shapes[path], dtype, part, columns)
+                shape, dtype = tuple(v.shape), v.dtype
+                if p[-1] == "kernel_fp8":  # stored [.., O, I] (jdiff.layers.quant); adapters in bf16
+                    shape, dtype = (*shape[:-2], shape[-1], shape[-2]), self.pipeline.dtype
+                for name, layer in _torch_modules(self._plans[comp], path + ".kernel", shape):
+                    t = _Target(key, path, layer, shape, dtype)
                     table[name] = t
                     table.setdefault("_" + name.replace(".", "_"), t)
             index[comp] = table
@@ -236,14 +208,14 @@ class Adapters:
             if found is None:
                 unmatched.append(f"{comp}: {module}")
                 continue
-            want = (found.shape[-2], found.out_features)
+            want = (found.shape[-2], found.shape[-1])
             if (factors.down.shape[1], factors.up.shape[0]) != want:
                 raise InputError(
                     f"LoRA {parsed.path}: module {module!r} has in/out sizes {factors.down.shape[1]}/"
                     f"{factors.up.shape[0]}, but the model's layer has {want[0]}/{want[1]}: the adapter was "
                     "trained for another model"
                 )
-            modules.setdefault((found.key, found.path), []).append((found.layer, found.part, factors))
+            modules.setdefault((found.key, found.path), []).append((found.layer, factors))
         if unmatched:
             examples = [n for t in targets.values() for n in t if not n.startswith("_")][:3]
             raise InputError(
@@ -330,30 +302,23 @@ class Adapters:
         self._adapters, self.fused, self.slots, self.rank = adapters, dict(fused), slots, rank
 
     def _factors(self, adapters: list[_Adapter], rank: int, slots: int, scales=None) -> dict:
-        """(key, linear path) -> (lora_a [.., in, P S Q], lora_b [.., P S Q, out]) in float32 for a Linear
-        merged from P torch layers (P = 1 when not merged): part p's adapter i in columns p S Q + i Q of
-        lora_a and, in lora_b, those rows over part p's columns only (zeros where an adapter leaves a part
-        alone); its alpha / rank (and `scales[i]`, when given) folded into lora_b."""
+        """(key, linear path) -> (lora_a [.., in, S Q], lora_b [.., S Q, out]) in float32, adapter i in slot
+        i, its alpha / rank (and `scales[i]`, when given) folded into lora_b."""
         k = slots * rank
-        parts: dict[tuple[str, str], dict[int, _Target]] = {}
-        for table in self._targets().values():
-            for t in table.values():
-                parts.setdefault((t.key, t.path), {})[t.part] = t
+        targets = {(t.key, t.path): t for table in self._targets().values() for t in table.values()}
         factors = {}
         for kp in sorted({kp for a in adapters for kp in a.modules}):
-            layout = parts[kp]
-            t = layout[0]
+            t = targets[kp]
             lead, (d_in, d_out) = t.shape[:-2], t.shape[-2:]
-            a = np.zeros((*lead, d_in, len(layout) * k), np.float32)
-            b = np.zeros((*lead, len(layout) * k, d_out), np.float32)
+            a = np.zeros((*lead, d_in, k), np.float32)
+            b = np.zeros((*lead, k, d_out), np.float32)
             for s, adapter in enumerate(adapters):
                 scale = 1.0 if scales is None else scales[s]
-                for layer, part, m in adapter.modules.get(kp, ()):
+                for layer, m in adapter.modules.get(kp, ()):
                     at = () if layer is None else (layer,)
-                    cols = slice(part * k + s * rank, part * k + s * rank + m.rank)
-                    out = layout[part].columns
-                    a[at][:, cols] = m.down.T
-                    b[at][cols, slice(None) if out is None else out] = m.up.T * (m.scale * scale)
+                    cols = slice(s * rank, s * rank + m.rank)
+                    a[(*at, slice(None), cols)] = m.down.T
+                    b[(*at, cols, slice(None))] = m.up.T * (m.scale * scale)
             factors[kp] = (a, b)
         return factors
 

@@ -9,11 +9,11 @@ what numpy did (transpose, stack over layers, cast), on the device. Several para
 memory the transfers take beyond the finished parameters; the host holds nothing but the page cache.
 
 The result is bit-identical to `loading.fill` (the same transposes, the same round-to-nearest-even casts);
-tests/weights/test_device_fill.py checks it (merged q/k/v kernels included). Transforms without a device
-version here (none today) are built on the host as before, per parameter. For a module on one device (no sharding; or a sharding on one
-device, e.g. its host memory for offload: built on the device, then moved) and for one sharded over this
-process's devices (each device gets its source slices, transformed there); multi-process (multi-host) and
-sharded host-memory loads keep `loading.fill`'s per-device callbacks.
+tests/weights/test_device_fill.py checks it. Transforms without a device version here (none today) are built
+on the host as before, per parameter. For a module on one device (no sharding; or a sharding on one device,
+e.g. its host memory for offload: built on the device, then moved) and for one sharded over this process's
+devices (each device gets its source slices, transformed there); multi-process (multi-host) and sharded
+host-memory loads keep `loading.fill`'s per-device callbacks.
 
 Settings: JDIFF_FAST_LOAD (1 / 0: on / off; default on except on CPU), JDIFF_LOAD_THREADS (parameters in
 flight, default 8), JDIFF_LOAD_INFLIGHT_GB (the byte budget, default an eighth of the device's memory).
@@ -35,22 +35,12 @@ import numpy as np
 from flax import nnx
 
 from jdiff.sharding import path_str
-from jdiff.weights.plan import TRANSFORMS, Assignment, materialize, torch_kernel_perm
+from jdiff.weights.plan import Assignment, materialize, torch_kernel_perm
 
-
-def _interleave(xs, groups: int) -> jax.Array:
-    """`plan._interleave` on the device: merged along axis 0, head-major."""
-    parts = [x.reshape(groups, x.shape[0] // groups, *x.shape[1:]) for x in xs]
-    merged = jnp.concatenate(parts, axis=1)
-    return merged.reshape(-1, *merged.shape[2:])
-
-
-# Device versions of `plan.TRANSFORMS` (same semantics, jnp instead of numpy); the grouped ones take groups=.
-DEVICE_TRANSFORMS: dict[str, Callable[..., jax.Array]] = {
+# Device versions of `plan.TRANSFORMS` (same semantics, jnp instead of numpy).
+DEVICE_TRANSFORMS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
     "torch_kernel": lambda x: jnp.transpose(x, torch_kernel_perm(x.ndim)),
-    "torch_kernel_heads": lambda *xs, groups: _interleave(xs, groups).T,
-    "heads": lambda *xs, groups: _interleave(xs, groups),
 }
 THREADS = 8  # parameters in flight at once (JDIFF_LOAD_THREADS)
 HOST_KINDS = ("pinned_host", "unpinned_host")
@@ -75,16 +65,15 @@ def enabled() -> bool:
     return env != "0" if env else jax.default_backend() != "cpu"
 
 
-def _assemble_fn(parts, *, transform: str, stacked: bool, dtype, groups: int = 1):
+def _assemble_fn(parts, *, transform: str, stacked: bool, dtype):
     """parts[layer][source] (device arrays in the source layout and dtype) -> the parameter."""
     tf = DEVICE_TRANSFORMS[transform]
-    kw = {"groups": groups} if TRANSFORMS[transform].grouped else {}
-    out = [tf(*p, **kw) for p in parts]
+    out = [tf(*p) for p in parts]
     x = jnp.stack(out) if stacked else out[0]
     return x.astype(dtype)
 
 
-_assemble = jax.jit(_assemble_fn, static_argnames=("transform", "stacked", "dtype", "groups"))
+_assemble = jax.jit(_assemble_fn, static_argnames=("transform", "stacked", "dtype"))
 
 
 def _cache_every_program():
@@ -137,12 +126,10 @@ def _source_sharding(target: jax.sharding.NamedSharding, a: Assignment) -> jax.s
 
 
 @functools.lru_cache(maxsize=256)
-def _assemble_to(
-    target: jax.sharding.Sharding, transform: str, stacked: bool, dtype, groups: int
-) -> Callable:
+def _assemble_to(target: jax.sharding.Sharding, transform: str, stacked: bool, dtype) -> Callable:
     """`_assemble` compiled once for all devices, its output laid out as `target`: each device transforms
     its own source slices (no communication when the sources carry `_source_sharding`)."""
-    fn = functools.partial(_assemble_fn, transform=transform, stacked=stacked, dtype=dtype, groups=groups)
+    fn = functools.partial(_assemble_fn, transform=transform, stacked=stacked, dtype=dtype)
     return jax.jit(fn, out_shardings=target)
 
 
@@ -225,7 +212,7 @@ def fill_on_device(
                 out = jnp.zeros(a.shape, dtype)
             elif sharded(target) and (src := _source_sharding(target, a)) is not None:
                 parts = tuple(tuple(_put_sharded(read(k), src) for k in keys) for keys in a.sources)
-                out = _assemble_to(target, a.transform, a.stacked, dtype, a.groups)(parts)
+                out = _assemble_to(target, a.transform, a.stacked, dtype)(parts)
             elif a.transform not in DEVICE_TRANSFORMS or on_host:
                 out = np.asarray(materialize(a, read)).astype(dtype, copy=False)
                 out = jax.device_put(out, target) if target is not None else jnp.asarray(out)
@@ -233,7 +220,7 @@ def fill_on_device(
                 out = jax.device_put(read(a.sources[0][0]), may_alias=False)  # a copy: never the file
             else:
                 parts = tuple(tuple(jax.device_put(read(k)) for k in keys) for keys in a.sources)
-                out = _assemble(parts, transform=a.transform, stacked=a.stacked, dtype=dtype, groups=a.groups)
+                out = _assemble(parts, transform=a.transform, stacked=a.stacked, dtype=dtype)
             if target is not None and out.sharding != target:
                 out = jax.device_put(out, target)
             out.block_until_ready()  # the budget counts bytes until the device holds them

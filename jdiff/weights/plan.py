@@ -14,9 +14,8 @@ PyTorch state-dict names, e.g. `transformer_blocks.0.attn.to_q.weight`.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import numpy as np
 
@@ -28,15 +27,10 @@ LAYER = "{layer}"
 
 @dataclass(frozen=True)
 class Transform:
-    """A named array transform with its shape function, so a dry run can check shapes from headers alone.
-
-    A `grouped` transform merges several sources along their output axis and takes `groups=` (the head
-    count, from the rule's `heads`; see `Rule`) in both functions.
-    """
+    """A named array transform with its shape function, so a dry run can check shapes from headers alone."""
 
     apply: Callable[..., np.ndarray]
     shape: Callable[..., Shape]
-    grouped: bool = False
 
 
 def torch_kernel_perm(ndim: int) -> tuple[int, ...]:
@@ -46,53 +40,12 @@ def torch_kernel_perm(ndim: int) -> tuple[int, ...]:
     return (*range(2, ndim), 1, 0)
 
 
-def _interleave(arrays: Sequence[np.ndarray], groups: int) -> np.ndarray:
-    """The arrays merged along axis 0, head-major: group g of the result is group g of every array in turn."""
-    parts = [np.asarray(a).reshape(groups, a.shape[0] // groups, *a.shape[1:]) for a in arrays]
-    merged = np.concatenate(parts, axis=1)
-    return merged.reshape(-1, *merged.shape[2:])
-
-
-def _merged_shape(shapes: Sequence[Shape], groups: int) -> Shape:
-    """Axis 0 summed over the sources; () (which no target has) when the sources do not merge."""
-    if len({s[1:] for s in shapes}) > 1 or any(s[0] % groups for s in shapes):
-        return ()
-    return (sum(s[0] for s in shapes), *shapes[0][1:])
-
-
-def part_columns(sizes: Sequence[int], groups: int) -> list[np.ndarray]:
-    """Where each source's outputs land along a merged target's output axis (the `*_heads` transforms): for
-    source i of `sizes[i]` outputs, the index array of its columns."""
-    width = sum(sizes) // groups
-    out, offset = [], 0
-    for n in sizes:
-        per = n // groups
-        out.append((np.arange(groups)[:, None] * width + offset + np.arange(per)[None, :]).reshape(-1))
-        offset += per
-    return out
-
-
 TRANSFORMS: dict[str, Transform] = {
     "identity": Transform(lambda x: x, lambda s: s),
     # torch.nn.Linear / ConvNd weight -> flax kernel.
     "torch_kernel": Transform(
         lambda x: np.transpose(x, torch_kernel_perm(x.ndim)),
         lambda s: tuple(s[i] for i in torch_kernel_perm(len(s))),
-    ),
-    # Several torch.nn.Linear weights [O_i, I] -> one flax kernel [I, sum O_i] whose columns are laid out
-    # head-major: for each of the `groups` heads, its rows of every source in turn (q, k, v[, MLP share]). A
-    # split of the output axis into contiguous shards (tensor parallelism by heads) then gives each shard
-    # its own heads' q, k and v.
-    "torch_kernel_heads": Transform(
-        lambda *xs, groups: _interleave(xs, groups).T,
-        lambda *ss, groups: _merged_shape(ss, groups)[::-1],
-        grouped=True,
-    ),
-    # Their biases [O_i] -> [sum O_i], in the same column order.
-    "heads": Transform(
-        lambda *xs, groups: _interleave(xs, groups),
-        lambda *ss, groups: _merged_shape(ss, groups),
-        grouped=True,
     ),
 }
 
@@ -104,41 +57,15 @@ class Rule:
     target: str
     source: str | tuple[str, ...]
     transform: str = "identity"
-    # For a grouped transform: a target path template (the match's groups expanded, like `source`) whose
-    # last axis is the head dim H; the head count is then the first source's output size / H.
-    heads: str | None = None
-    # For a grouped transform: the sources' output sizes relative to each other (FLUX's single blocks: q, k,
-    # v, MLP = 1, 1, 1, 4), checked against the sources and used to split the target back (`export`, LoRA
-    # loading); None: all equal.
-    widths: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.transform not in TRANSFORMS:
             raise ValueError(f"unknown transform {self.transform!r}; known: {sorted(TRANSFORMS)}")
-        if TRANSFORMS[self.transform].grouped != (self.heads is not None):
-            raise ValueError(
-                f"rule {self.target!r}: `heads` goes with a grouped transform, and only with one"
-            )
         re.compile(self.target)
 
 
-def _merged(name: str, sources: tuple[str, str, str], norm: str) -> tuple[Rule, Rule]:
-    """Rules for a merged q/k/v projection `name` at any depth, from three torch Linears beside it, with the
-    head dim read from the per-head RMS norm `norm` beside it."""
-    src = lambda suffix: tuple(rf"\1{s}.{suffix}" for s in sources)
-    at = r"((?:.+\.)?)" + re.escape(name)
-    return (
-        Rule(at + r"\.kernel", src("weight"), "torch_kernel_heads", heads=rf"\1{norm}.scale"),
-        Rule(at + r"\.bias", src("bias"), "heads", heads=rf"\1{norm}.scale"),
-    )
-
-
 # The default rules: flax parameter names -> torch parameter names. Family plans put their own rules first.
-# `merged_qkv` / `merged_added_qkv`: the q/k/v projections of an attention (its image and text streams; the
-# diffusers names) merged at load into one linear (jdiff.layers.merged).
 DEFAULT_RULES: tuple[Rule, ...] = (
-    *_merged("merged_qkv", ("to_q", "to_k", "to_v"), "norm_q"),
-    *_merged("merged_added_qkv", ("add_q_proj", "add_k_proj", "add_v_proj"), "norm_added_q"),
     Rule(r"(.+)\.kernel", r"\1.weight", "torch_kernel"),
     Rule(r"(.+)\.scale", r"\1.weight"),
     Rule(r"(.+)\.embedding", r"\1.weight"),
@@ -201,17 +128,6 @@ class Assignment:
     transform: str
     stacked: bool
     shape: Shape
-    groups: int = 1  # a grouped transform's head count
-
-
-class Match(NamedTuple):
-    """How a target path resolves: its rule, the source key templates (`{layer}` for stacked layers), whether
-    it is stacked, and for a grouped rule the target path whose last axis is the head dim."""
-
-    rule: Rule
-    sources: tuple[str, ...]
-    stacked: bool
-    heads: str | None
 
 
 def _template_path(plan: Plan, path: str) -> tuple[str, bool]:
@@ -221,57 +137,21 @@ def _template_path(plan: Plan, path: str) -> tuple[str, bool]:
     return path, False
 
 
-def _match(plan: Plan, path: str) -> Match | None:
+def _match(plan: Plan, path: str) -> tuple[Rule, tuple[str, ...], bool] | None:
+    """The first rule matching `path`, its expanded source templates (with `{layer}`), and whether stacked."""
     templ, stacked = _template_path(plan, path)
     for rule in plan._all_rules:
         m = re.fullmatch(rule.target, templ)
         if m:
             srcs = rule.source if isinstance(rule.source, tuple) else (rule.source,)
-            heads = None if rule.heads is None else m.expand(rule.heads).replace(f".{LAYER}", "")
-            return Match(rule, tuple(m.expand(s) for s in srcs), stacked, heads)
+            return rule, tuple(m.expand(s) for s in srcs), stacked
     return None
 
 
-def match(plan: Plan, path: str) -> Match | None:
-    """The rule a target path resolves by (see `Match`); None when no rule matches. LoRA loading reads which
-    torch module(s) a kernel is."""
+def match(plan: Plan, path: str) -> tuple[Rule, tuple[str, ...], bool] | None:
+    """The rule a target path resolves by, its source key templates (`{layer}` for stacked layers), and
+    whether it is stacked; None when no rule matches. LoRA loading reads which torch module a kernel is."""
     return _match(plan, path)
-
-
-def merged_parts(plan: Plan, path: str, shapes: Mapping[str, Shape]) -> list[tuple[str, np.ndarray]] | None:
-    """For a target merged from several sources by a grouped rule: each source key template with the indices
-    of its entries along the target's merged axis (the kernel's last), given the targets' `shapes` (for the
-    head dim and the target's size). None for any other target.
-
-    Raises:
-        ValueError: the head-dim target is missing or does not divide the sizes (a jdiff bug).
-    """
-    m = _match(plan, path)
-    if m is None or not TRANSFORMS[m.rule.transform].grouped:
-        return None
-    widths = m.rule.widths or (1,) * len(m.sources)
-    total = shapes[path][-1]
-    if m.heads not in shapes or total % sum(widths):
-        raise ValueError(f"{path!r}: cannot split {total} outputs by {widths} with heads from {m.heads!r}")
-    sizes = [total // sum(widths) * w for w in widths]
-    groups = sizes[0] // shapes[m.heads][-1]
-    return list(zip(m.sources, part_columns(sizes, groups), strict=True))
-
-
-def _groups(rule: Rule, heads: str, targets: Mapping[str, Shape], keys: Sequence[str], sources) -> int | str:
-    """A grouped rule's head count for these source keys (one layer's), or what is wrong."""
-    shapes = [tuple(sources[k]) for k in keys]
-    if heads not in targets:
-        return f"its head dim comes from target {heads!r}, which the model lacks"
-    h, sizes = targets[heads][-1], [s[0] for s in shapes]
-    widths = rule.widths or (1,) * len(sizes)
-    if len(widths) != len(sizes) or any(
-        n * widths[0] != sizes[0] * w for n, w in zip(sizes, widths, strict=True)
-    ):
-        return f"sources {list(keys)} have output sizes {sizes}, not in the ratio {list(widths)}"
-    if sizes[0] % h:
-        return f"output size {sizes[0]} of {keys[0]!r} is not a multiple of the head dim {h}"
-    return sizes[0] // h
 
 
 def resolve(
@@ -321,7 +201,7 @@ def resolve(
         if matched is None:
             problems.append(f"no rule maps target {path!r}")
             continue
-        rule, expanded, stacked, heads = matched
+        rule, expanded, stacked = matched
         layers = range(shape[0]) if stacked else [None]
         per_layer = tuple(tuple(s.replace(LAYER, str(i)) for s in expanded) for i in layers)
         missing = [k for keys in per_layer for k in keys if k not in actual]
@@ -335,15 +215,7 @@ def resolve(
         if not per_layer:  # an empty stack (e.g. a config with zero single blocks): nothing to read
             out.append(Assignment(path, (), rule.transform, stacked, tuple(shape)))
             continue
-        kw = {}
-        if tf.grouped:
-            found = {_groups(rule, heads, targets, keys, sources) for keys in per_layer}
-            wrong = sorted(g for g in found if isinstance(g, str))
-            if wrong or len(found) > 1:
-                problems.append(f"target {path!r}: {wrong[0] if wrong else f'head counts {sorted(found)}'}")
-                continue
-            kw["groups"] = found.pop()
-        layer_shapes = {tf.shape(*(tuple(sources[k]) for k in keys), **kw) for keys in per_layer}
+        layer_shapes = {tf.shape(*(tuple(sources[k]) for k in keys)) for keys in per_layer}
         got = next(iter(layer_shapes))
         if stacked:
             got = (len(per_layer), *got)
@@ -354,7 +226,7 @@ def resolve(
                 + (f" stacked over {len(per_layer)} layers" if stacked else "")
             )
             continue
-        out.append(Assignment(path, per_layer, rule.transform, stacked, tuple(shape), **kw))
+        out.append(Assignment(path, per_layer, rule.transform, stacked, tuple(shape)))
     unexpected = sorted(k for k in sources if k not in used and not plan.is_ignored(k))
     problems.extend(f"unexpected source key {k!r} (no target uses it)" for k in unexpected)
     if problems:
@@ -375,58 +247,22 @@ def _source_index(transform: str, index: tuple, ndim: int) -> tuple | None:
     return None
 
 
-def _grouped_source_index(
-    assignment: Assignment, read: Callable[[str], np.ndarray], inner: tuple
-) -> tuple[list[tuple], int] | None:
-    """For a grouped transform: the slice of each source (of the first layer's shapes) and the head count that
-    yield target slice `inner`, when that slice spans whole heads along the merged axis; None otherwise."""
-    keys = assignment.sources[0]
-    sizes = [read(k).shape[0] for k in keys]
-    total, groups = sum(sizes), assignment.groups
-    start, stop, step = inner[-1].indices(total)
-    width = total // groups
-    if step != 1 or start % width or stop % width or stop <= start:
-        return None
-    g0, g1 = start // width, stop // width
-    rest = inner[:-1]  # the kernel's input axis: the torch weight's second
-    index = [(slice(g0 * n // groups, g1 * n // groups), *rest) for n in sizes]
-    return index, g1 - g0
-
-
 def materialize_slice(
     assignment: Assignment, read: Callable[[str], np.ndarray], index: tuple[slice, ...]
 ) -> np.ndarray:
     """The target slice `index` of an assignment, reading only the matching slices of the sources.
 
     `read(key)` should return a lazily-read (memory-mapped) array: only the indexed bytes are then touched.
-    Merged projections (grouped transforms) read slices when the target slice spans whole heads (a split by
-    heads over the tensor axis, any split of the input axis); other slices of them, and transforms without an
-    index map, fall back to materialising the whole target.
+    Transforms without an index map (fusions) fall back to materialising the whole target.
     """
     index = tuple(index) + (slice(None),) * (len(assignment.shape) - len(index))
     ndim = len(assignment.shape) - (1 if assignment.stacked else 0)
     inner = index[1:] if assignment.stacked else index
-    if assignment.stacked and not assignment.sources:
+    src = _source_index(assignment.transform, inner, ndim)
+    if src is None or (assignment.stacked and not assignment.sources):
         return materialize(assignment, read)[index]
     tf = TRANSFORMS[assignment.transform]
     layers = range(len(assignment.sources))[index[0]] if assignment.stacked else [0]
-    if tf.grouped:
-        found = _grouped_source_index(assignment, read, inner)
-        if found is None:
-            return materialize(assignment, read)[index]
-        srcs, groups = found
-        parts = [
-            np.ascontiguousarray(
-                tf.apply(
-                    *(read(k)[i] for k, i in zip(assignment.sources[j], srcs, strict=True)), groups=groups
-                )
-            )
-            for j in layers
-        ]
-        return np.stack(parts) if assignment.stacked else parts[0]
-    src = _source_index(assignment.transform, inner, ndim)
-    if src is None:
-        return materialize(assignment, read)[index]
     parts = [np.ascontiguousarray(tf.apply(read(assignment.sources[i][0])[src])) for i in layers]
     return np.stack(parts) if assignment.stacked else parts[0]
 
@@ -436,18 +272,14 @@ def materialize(assignment: Assignment, read: Callable[[str], np.ndarray]) -> np
     tf = TRANSFORMS[assignment.transform]
     if assignment.stacked and not assignment.sources:
         return np.zeros(assignment.shape, np.float32)
-    kw = {"groups": assignment.groups} if tf.grouped else {}
-    arrays = [tf.apply(*(read(k) for k in keys), **kw) for keys in assignment.sources]
+    arrays = [tf.apply(*(read(k) for k in keys)) for keys in assignment.sources]
     return np.stack(arrays) if assignment.stacked else arrays[0]
 
 
-# Inverses of the transforms that have one, for writing jdiff parameters back in the reference layout; a
-# grouped transform's sources are first taken apart (`merged_parts`), then each goes through its inverse.
+# Inverses of the transforms that have one, for writing jdiff parameters back in the reference layout.
 _INVERSE: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "identity": lambda x: x,
     "torch_kernel": lambda x: np.transpose(x, np.argsort(torch_kernel_perm(x.ndim))),
-    "torch_kernel_heads": lambda x: x.T,
-    "heads": lambda x: x,
 }
 
 
@@ -455,24 +287,22 @@ def export(plan: Plan, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray
     """The reference state dict (key -> array) for jdiff parameters (path -> array): the plan run backwards.
 
     Raises:
-        ValueError: a parameter no rule maps, or one whose transform has no inverse.
+        ValueError: a parameter no rule maps, or one whose transform has no inverse (e.g. fused projections).
     """
     out: dict[str, np.ndarray] = {}
-    shapes = {p: tuple(np.shape(v)) for p, v in params.items()}
     for path, value in params.items():
         matched = _match(plan, path)
         if matched is None:
             raise ValueError(f"no rule maps {path!r}")
-        rule, keys, stacked, _ = matched
-        merged = merged_parts(plan, path, shapes)
-        if (len(keys) > 1 and merged is None) or rule.transform not in _INVERSE:
-            raise ValueError(f"{path!r} uses {rule.transform!r} over {len(keys)} source(s): not invertible")
+        rule, (key, *rest), stacked = matched
+        if rest or rule.transform not in _INVERSE:
+            raise ValueError(
+                f"{path!r} uses {rule.transform!r} over {1 + len(rest)} source(s): not invertible"
+            )
         inverse = _INVERSE[rule.transform]
         value = np.asarray(value)
-        for key, columns in merged or [(keys[0], None)]:
-            part = value if columns is None else np.take(value, columns, axis=-1)
-            if stacked:
-                out.update({key.replace(LAYER, str(i)): inverse(part[i]) for i in range(part.shape[0])})
-            else:
-                out[key] = inverse(part)
+        if stacked:
+            out.update({key.replace(LAYER, str(i)): inverse(value[i]) for i in range(value.shape[0])})
+        else:
+            out[key] = inverse(value)
     return out

@@ -18,7 +18,7 @@ def test_flux_step_fp8_runs_quantized(tmp_path, capsys):
     _, config, sizes = bench._resolve("flux_step_fp8", tiny=True)
     _, params, _, _ = _jdiff_setup("flux_step_fp8", config, sizes)
     leaves = {".".join(map(str, p)): v for p, v in nnx.to_flat_state(params)}
-    assert leaves["transformer_blocks.attn.merged_qkv.kernel_fp8"].dtype == jnp.float8_e4m3fn
+    assert leaves["transformer_blocks.attn.to_q.kernel_fp8"].dtype == jnp.float8_e4m3fn
     assert "transformer_blocks.norm1.linear.kernel" in leaves  # the modulation stays bf16
     argv = ["bench", "--tiny", "--only", "flux_step_fp8", "--engines", "jdiff", "--out", str(tmp_path)]
     assert main(argv) == 0

@@ -35,7 +35,7 @@ def test_bfloat16_checkpoint(tiny_flux_dir, tmp_path):
     dst = convert(tiny_flux_dir, tmp_path / "ckpt")
     assert json.loads((dst / "jdiff_checkpoint.json").read_text())["dtype"] == "bfloat16"
     gen = jdiff.DiffGenerator.from_pretrained(dst, dtype="bfloat16")
-    kernel = gen.pipeline._params["transformer"]["transformer_blocks"]["attn"]["merged_qkv"]["kernel"]
+    kernel = gen.pipeline._params["transformer"]["transformer_blocks"]["attn"]["to_q"]["kernel"]
     assert kernel[...].dtype == jnp.bfloat16
     ref = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir).generate("a red circle", **KW)
     out = gen.generate("a red circle", **KW)

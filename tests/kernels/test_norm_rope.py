@@ -112,26 +112,3 @@ def test_choice_and_errors():
         nr.rms_norm_rope(x, scale, cos, sin, eps=1e-6, implementation="triton")
     with pytest.raises(ValueError, match="joint length 4"):
         nr.rms_norm_rope(x, scale, cos[:3], sin[:3], eps=1e-6)
-
-
-@pytest.mark.parametrize("text", [32, 5])
-def test_heads_read_in_place_from_a_merged_projection(text):
-    """q or k as every `step`-th head of a merged q/k/v output ([B, L, N x 3, H], head-major): both
-    implementations read the same heads as the sliced-out array, biases included."""
-    n, h = 3, 8
-    merged = [3 * jax.random.normal(jax.random.key(i), (2, m, n * 3, h)) for i, m in ((5, text), (6, 40))]
-    scales = [1 + 0.3 * jax.random.normal(jax.random.key(i), (h,)) for i in (7, 8)]
-    biases = [jax.random.normal(jax.random.key(i), (n * h,)) for i in (9, 10)]
-    cos, sin = _tables(text + 40)
-    for i in (1, 2):  # k and v of a head-major [q, k, v] (start 0 is the plain case, tested above)
-        want = nr.joint_rms_norm_rope(
-            [(y[:, :, i::3], s, 1e-6, b) for y, s, b in zip(merged, scales, biases, strict=True)],
-            cos, sin, implementation="xla",
-        )  # fmt: skip
-        for impl in ("xla", "pallas"):
-            parts = [
-                (nr.Heads(y, i, 3, n), s, 1e-6, b) for y, s, b in zip(merged, scales, biases, strict=True)
-            ]
-            got = nr.joint_rms_norm_rope(parts, cos, sin, implementation=impl)
-            assert got.shape == (2, text + 40, n, h)
-            assert rel_err(got, want) < 1e-6, (i, impl)

@@ -29,14 +29,13 @@ MODULATION = {  # AdaLN linears inside or beside the blocks
                         "context_embedder.token_refiner.refiner_blocks.norm_out.linear"],
 }  # fmt: skip
 FP8 = {  # a sample of what must be fp8
-    "flux": ["transformer_blocks.attn.merged_qkv", "transformer_blocks.attn.merged_added_qkv",
-             "transformer_blocks.ff_context.net.2", "single_transformer_blocks.attn.merged_qkv_mlp",
-             "single_transformer_blocks.proj_out"],
-    "flux2": ["transformer_blocks.attn.merged_added_qkv", "transformer_blocks.ff.linear_in",
+    "flux": ["transformer_blocks.attn.to_q", "transformer_blocks.ff_context.net.2",
+             "single_transformer_blocks.proj_mlp", "single_transformer_blocks.proj_out"],
+    "flux2": ["transformer_blocks.attn.add_k_proj", "transformer_blocks.ff.linear_in",
               "single_transformer_blocks.attn.to_qkv_mlp_proj", "single_transformer_blocks.attn.to_out"],
     "wan": ["blocks.attn1.to_q", "blocks.attn2.to_k", "blocks.attn2.to_out.0", "blocks.ffn.net.0.proj",
             "blocks.ffn.net.2"],
-    "qwen_image": ["transformer_blocks.attn.merged_qkv", "transformer_blocks.attn.to_add_out",
+    "qwen_image": ["transformer_blocks.attn.to_q", "transformer_blocks.attn.to_add_out",
                    "transformer_blocks.img_mlp.net.0.proj", "transformer_blocks.txt_mlp.net.2"],
     "z_image": ["layers.attention.to_q", "layers.feed_forward.w2", "noise_refiner.attention.to_out.0",
                 "context_refiner.feed_forward.w3"],

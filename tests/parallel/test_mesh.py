@@ -169,16 +169,13 @@ def test_param_shardings_flux():
     abstract = nnx.state(nnx.eval_shape(lambda: FluxTransformer2DModel(cfg, rngs=nnx.Rngs(0))))
     specs = _specs(param_shardings(abstract, make_mesh("fsdp=2,tensor=4")))
     expected = {
-        "transformer_blocks.attn.merged_qkv.kernel": P(None, "fsdp", "tensor"),
-        "transformer_blocks.attn.merged_qkv.bias": P(None, "tensor"),
+        "transformer_blocks.attn.to_q.kernel": P(None, "fsdp", "tensor"),
+        "transformer_blocks.attn.to_q.bias": P(None, "tensor"),
         "transformer_blocks.attn.to_out.0.kernel": P(None, "tensor", "fsdp"),
         "transformer_blocks.attn.norm_q.scale": P(None, None),
         "transformer_blocks.ff.net.0.proj.kernel": P(None, "fsdp", "tensor"),
         "transformer_blocks.ff.net.2.kernel": P(None, "tensor", "fsdp"),
         "transformer_blocks.norm1.linear.kernel": P(None, "fsdp", "tensor"),  # modulation: split too
-        # q/k/v and the MLP input merged head-major: split by heads over tensor, as the separate ones were.
-        "transformer_blocks.attn.merged_added_qkv.kernel": P(None, "fsdp", "tensor"),
-        "single_transformer_blocks.attn.merged_qkv_mlp.kernel": P(None, "fsdp", "tensor"),
         "single_transformer_blocks.proj_out.kernel": P(None, "tensor", "fsdp"),
         "x_embedder.kernel": P(None, "fsdp"),
         "context_embedder.bias": P("fsdp"),
@@ -194,7 +191,7 @@ def test_param_shardings_flux():
     cfg = _tiny_flux(3, 12, (4, 4, 4))
     abstract = nnx.state(nnx.eval_shape(lambda: FluxTransformer2DModel(cfg, rngs=nnx.Rngs(0))))
     specs = _specs(param_shardings(abstract, make_mesh("fsdp=8")))
-    assert specs["transformer_blocks.attn.merged_qkv.kernel"] == P(None, None, None)
+    assert specs["transformer_blocks.attn.to_q.kernel"] == P(None, None, None)
     assert specs["x_embedder.kernel"] == P(None, None)
 
 
@@ -218,7 +215,7 @@ def test_param_shardings_values():
 
     mesh = make_mesh("data=2,fsdp=2,tensor=2")
     sharded = jax.device_put(state, param_shardings(state, mesh))
-    kernel = sharded["transformer_blocks"]["attn"]["merged_qkv"]["kernel"]
+    kernel = sharded["transformer_blocks"]["attn"]["to_q"]["kernel"]
     assert kernel.get_value().sharding.spec == P(None, "fsdp", "tensor")
     with activate(mesh):
         got = jax.jit(run, static_argnums=0)(graphdef, sharded, x, ctx, pooled, ts, rope)

@@ -39,9 +39,7 @@ def test_flux_sharded_matches_one_device(tiny_flux_dir, flux_base, mesh, mode):
 def test_param_and_activation_layouts(tiny_flux_dir):
     gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, mesh="tensor=2,fsdp=4")
     tr = gen.pipeline._params["transformer"]
-    assert tr["transformer_blocks"]["attn"]["merged_qkv"]["kernel"][...].sharding.spec == P(
-        None, "fsdp", "tensor"
-    )
+    assert tr["transformer_blocks"]["attn"]["to_q"]["kernel"][...].sharding.spec == P(None, "fsdp", "tensor")
     assert tr["single_transformer_blocks"]["proj_out"]["kernel"][...].sharding.spec == P(
         None, "tensor", "fsdp"
     )
@@ -67,7 +65,7 @@ def test_sharded_loading_reads_slices(tiny_flux_dir, monkeypatch):
 
     monkeypatch.setattr(loading, "materialize_slice", counting)
     jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, mesh="fsdp=8")
-    q = [(n, full) for t, n, full in reads if t == "transformer_blocks.attn.merged_qkv.kernel"]
+    q = [(n, full) for t, n, full in reads if t == "transformer_blocks.attn.to_q.kernel"]
     assert len(q) == 8 and all(n == full // 8 for n, full in q)  # each device read an eighth, never it all
 
 

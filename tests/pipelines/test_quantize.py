@@ -19,13 +19,14 @@ from tests.utils import rel_err
 H, W = 32, 48
 KW = dict(height=H, width=W, num_inference_steps=3, max_sequence_length=24, guidance_scale=4.0)
 BLOCK_LINEARS = [  # FLUX.1's attention and MLP linears of both block kinds: fp8
-    "transformer_blocks.attn.merged_qkv",
-    "transformer_blocks.attn.merged_added_qkv",
+    "transformer_blocks.attn.to_q",
+    "transformer_blocks.attn.add_v_proj",
     "transformer_blocks.attn.to_out.0",
     "transformer_blocks.attn.to_add_out",
     "transformer_blocks.ff.net.0.proj",
     "transformer_blocks.ff_context.net.2",
-    "single_transformer_blocks.attn.merged_qkv_mlp",
+    "single_transformer_blocks.attn.to_k",
+    "single_transformer_blocks.proj_mlp",
     "single_transformer_blocks.proj_out",
 ]
 KEPT = [  # what the reference keeps in high precision: modulation, embedders, final layer
@@ -70,10 +71,9 @@ def test_block_linears_quantized_the_rest_kept(flux):
     assert set(BLOCK_LINEARS) <= quantized
     assert not set(KEPT) & quantized and set(KEPT) <= _paths(params["transformer"], "kernel")
     assert quantized == _paths(params["transformer"], "kernel_scale")
-    # Every block linear but the modulation: 8 per double-stream block (two merged q/k/v, two outputs, two
-    # MLPs of two), 2 per single-stream one (merged q/k/v + MLP in, the output); the rest of the
-    # transformer is what stays.
-    assert len(quantized) == 8 + 2, sorted(quantized)
+    # Every block linear but the modulation: 12 per double-stream block, 5 per single-stream one; the rest
+    # of the transformer is what stays.
+    assert len(quantized) == 12 + 5, sorted(quantized)
     stays = _paths(ref.pipeline._params["transformer"], "kernel") - quantized
     assert all(
         not p.startswith(("transformer_blocks", "single_transformer_blocks")) or ".norm" in p for p in stays
@@ -106,7 +106,7 @@ def test_lora_on_fp8(flux):
         # The adapter acts (its delta is not dropped) and lands near the unquantized model's result.
         assert rel_err(got.latents, base.latents) > 0.05
         assert rel_err(got.latents, want.latents) < 0.1
-        q = fp8.pipeline._params["transformer"]["transformer_blocks"]["attn"]["merged_qkv"]
+        q = fp8.pipeline._params["transformer"]["transformer_blocks"]["attn"]["to_q"]
         assert q["lora_a"][...].dtype == np.float32  # the factors in the activation dtype, not fp8
         with pytest.raises(InputError, match="fuse_lora cannot fold adapters into quantization='fp8'"):
             fp8.fuse_lora({"a": 1.0})
@@ -157,7 +157,7 @@ def test_fp8_sharded_matches_one_device(tiny_flux_dir, fp8_one_device):
 
     gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, quantization="fp8", mesh="tensor=2,fsdp=4")
     tr = gen.pipeline._params["transformer"]
-    q = tr["transformer_blocks"]["attn"]["merged_qkv"]
+    q = tr["transformer_blocks"]["attn"]["to_q"]
     # The bf16 kernel's layout [L, in: fsdp, out: tensor], transposed with the kernel; scales by output.
     assert q["kernel_fp8"][...].sharding.spec == P(None, "tensor", "fsdp")
     assert q["kernel_scale"][...].sharding.spec == P(None, "tensor")
@@ -167,7 +167,7 @@ def test_fp8_sharded_matches_one_device(tiny_flux_dir, fp8_one_device):
 
 def test_fp8_with_layer_offload_matches_on_device(tiny_flux_dir, fp8_one_device):
     gen = jdiff.DiffGenerator.from_pretrained(tiny_flux_dir, quantization="fp8", offload="layers")
-    host = gen.pipeline._params.host("transformer")["transformer_blocks"]["attn"]["merged_qkv"]
+    host = gen.pipeline._params.host("transformer")["transformer_blocks"]["attn"]["to_q"]
     assert all(host[k][...].sharding.memory_kind == "pinned_host" for k in ("kernel_fp8", "kernel_scale"))
     got = gen.generate("a red circle", **SMALL)
     np.testing.assert_array_equal(got.images, fp8_one_device.images)

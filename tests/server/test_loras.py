@@ -22,10 +22,15 @@ BODY = {"prompt": "a red square", "size": "64x64", "seed": 5, "num_inference_ste
 
 
 def _write(gen, path, seed: int):
-    """A LoRA for the embedded model's transformer (module shapes from the layers jdiff maps them to; q/k/v
-    and the single blocks' MLP input are parts of merged layers)."""
-    table = gen.pipeline.lora._targets()["transformer"]
-    mods = {n: torch.nn.Linear(table[n].shape[-2], table[n].out_features) for n in MODULES}
+    """A LoRA for the embedded model's transformer (module shapes from jdiff's own parameters)."""
+    params = gen.pipeline._params["transformer"]
+    mods = {}
+    for name in MODULES:
+        node = params
+        for part in name.split("."):
+            node = node[part] if not part.isdigit() else node
+        kernel = node["kernel"][...]
+        mods[name] = torch.nn.Linear(kernel.shape[-2], kernel.shape[-1])
     return lora_files.write(path, mods, MODULES, seed=seed, std=1.0)
 
 

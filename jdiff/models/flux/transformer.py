@@ -3,9 +3,8 @@
 Axis letters: B batch, S image tokens, T text tokens, L = T + S joint tokens, C latent channels per token,
 J text-encoder width, P pooled-text width, D model width, N heads, H head dim, F MLP width.
 
-Attribute paths mirror diffusers' state dict (`transformer_blocks.norm1.linear` <- `transformer_blocks.{i}.
-norm1.linear`), with both block lists stacked for a scan over layers, except the q/k/v projections (and the
-single blocks' MLP input), merged at load into one linear per stream (`JointAttention`). Text tokens come first in the joint sequence,
+Attribute paths mirror diffusers' state dict (`transformer_blocks.attn.to_q` <- `transformer_blocks.{i}.attn.
+to_q`), with both block lists stacked for a scan over layers. Text tokens come first in the joint sequence,
 as in diffusers; the rotary tables (`rope`) are computed by the caller for the ids [text ids; image ids].
 
 An evaluation is `predict(latents, text, modulation(timestep, pooled, guidance), rope)`: every block's AdaLN
@@ -24,11 +23,9 @@ from flax import nnx
 from jaxtyping import Array, Float
 
 from jdiff import sharding as sh
-from jdiff.errors import InputError
 from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TextProjection, TimestepEmbedding, timestep_embedding
-from jdiff.layers.merged import project
 from jdiff.layers.rounding import rounded
 from jdiff.layers.stack import map_layers, scan, stacked
 from jdiff.models.flux.config import FluxConfig
@@ -45,6 +42,10 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 def _gated(gate: jax.Array, x: jax.Array) -> jax.Array:
     return gate[:, None].astype(x.dtype) * x
+
+
+def _bias(linear: Linear) -> jax.Array | None:
+    return None if linear.bias is None else linear.bias[...]
 
 
 class FluxModulation(NamedTuple):
@@ -118,83 +119,73 @@ class _GeluProj(nnx.Module):
 class JointAttention(nnx.Module):
     """FLUX attention: q/k/v with per-head RMS QK-norm; the double-stream variant adds the text projections.
 
-    Each stream's q, k and v projections (diffusers' `to_q` / `to_k` / `to_v`, and the text stream's
-    `add_q_proj` / ...) are one linear here, merged at load (`jdiff.weights.plan`'s `torch_kernel_heads`):
-    `merged_qkv` and `merged_added_qkv`, one GEMM per stream. With `mlp` > 0 (the single blocks) the
-    image-stream projection also carries the block's MLP input (`proj_mlp`, `mlp` wide): `merged_qkv_mlp`.
-    Columns are head-major (every head's q, k, v and MLP share in turn; `jdiff.layers.merged`), so a split by
-    heads over the tensor axis keeps each head's q, k and v on one device; LoRA adapters of the separate
-    projections land in their columns (`jdiff.pipelines.lora`).
-
     `cfg` needs `inner_dim` and `attention_head_dim` (FLUX.2's config has them too); FLUX.2's double blocks use
     it with `bias=False`.
     """
 
-    def __init__(
-        self,
-        cfg: FluxConfig,
-        *,
-        joint: bool,
-        bias: bool = True,
-        eps: float = 1e-6,
-        mlp: int = 0,
-        rngs: nnx.Rngs,
-    ):
+    def __init__(self, cfg: FluxConfig, *, joint: bool, bias: bool = True, eps: float = 1e-6, rngs: nnx.Rngs):
         d, h = cfg.inner_dim, cfg.attention_head_dim
-        self.head_dim, self.heads, self.mlp = h, d // h, mlp
-        if mlp % self.heads:
-            raise InputError(f"FLUX attention: MLP width {mlp} does not split over {self.heads} heads")
+        self.head_dim = h
 
-        def linear(out, axes=(sh.EMBED, sh.HEADS)):
-            return Linear(d, out, axes=axes, use_bias=bias, rngs=rngs)
+        def linear(axes):
+            return Linear(d, d, axes=axes, use_bias=bias, rngs=rngs)
 
-        if mlp:
-            self.merged_qkv_mlp = linear(3 * d + mlp)
-        else:
-            self.merged_qkv = linear(3 * d)
+        self.to_q = linear((sh.EMBED, sh.HEADS))
+        self.to_k = linear((sh.EMBED, sh.HEADS))
+        self.to_v = linear((sh.EMBED, sh.HEADS))
         self.norm_q = RMSNorm(h, eps=eps)
         self.norm_k = RMSNorm(h, eps=eps)
         if joint:
-            self.merged_added_qkv = linear(3 * d)
+            self.add_q_proj = linear((sh.EMBED, sh.HEADS))
+            self.add_k_proj = linear((sh.EMBED, sh.HEADS))
+            self.add_v_proj = linear((sh.EMBED, sh.HEADS))
             self.norm_added_q = RMSNorm(h, eps=eps)
             self.norm_added_k = RMSNorm(h, eps=eps)
-            self.to_out = nnx.List([linear(d, (sh.HEADS, sh.EMBED))])
-            self.to_add_out = linear(d, (sh.HEADS, sh.EMBED))
+            self.to_out = nnx.List([linear((sh.HEADS, sh.EMBED))])
+            self.to_add_out = linear((sh.HEADS, sh.EMBED))
 
-    def __call__(self, x: Float[Array, "b l d"], rope: Rope, context: jax.Array | None = None):
+    def _heads(self, x: jax.Array) -> jax.Array:
+        return x.reshape(*x.shape[:-1], -1, self.head_dim)  # [B, L, N, H]
+
+    def __call__(self, x: Float[Array, "b l d"], rope: Rope, context: jax.Array | None = None) -> jax.Array:
         """Self-attention over `x`, or over [context; x] when `context` (text, [B, T, D]) is given.
 
         Returns:
-            [B, L, D] before any output projection for the single-stream variant, with `mlp` the pair of it
-            and the MLP input [B, L, mlp] (bias added, before the activation); for the double-stream one, the
-            projected (image [B, S, D], text [B, T, D]) pair.
+            [B, L, D] before any output projection for the single-stream variant; for the double-stream one,
+            the projected (image [B, S, D], text [B, T, D]) pair.
         """
-        streams = [(x, self.merged_qkv_mlp if self.mlp else self.merged_qkv, self.norm_q, self.norm_k)]
+        inputs = [x]
+        q_mods, k_mods, v_mods = [(self.to_q, self.norm_q)], [(self.to_k, self.norm_k)], [self.to_v]
         if context is not None:  # text first, as the rope tables are laid out
-            streams.insert(0, (context, self.merged_added_qkv, self.norm_added_q, self.norm_added_k))
-        ys = [project(proj, h, self.heads, self.head_dim) for h, proj, _, _ in streams]
+            inputs.insert(0, context)
+            q_mods.insert(0, (self.add_q_proj, self.norm_added_q))
+            k_mods.insert(0, (self.add_k_proj, self.norm_added_k))
+            v_mods.insert(0, self.add_v_proj)
 
-        # The merged matmuls run without their biases, so that on GPU they read a scanned layer's weights in
+        # The q/k/v matmuls run without their biases, so that on GPU they read a scanned layer's weights in
         # place (jdiff.layers.linear), and no pass of their own adds them. q and k get theirs inside the fused
-        # norm + rope pass (one per stream, written straight into the joint sequence), which reads them out of
-        # the merged output in place. With one stream, v's is added to the attention output instead: each
-        # softmax row sums to one, so attention(q, k, v + b) = attention(q, k, v) + b, and that add joins the
-        # pass after attention. With two streams the bias depends on the key's stream, so it is added before,
-        # inside the concatenation of the two streams' v.
-        q, k = (
-            joint_rms_norm_rope(
-                [y.norm_rope_part(i, s[2 + i]) for y, s in zip(ys, streams, strict=True)], *rope
-            )
-            for i in (0, 1)
-        )  # [B, L, N, H]
-        joint = context is not None
-        v = jnp.concatenate([y.v(with_bias=joint) for y in ys], 1)
+        # norm + rope pass. With one stream, v's is added to the attention output instead: each softmax row
+        # sums to one, so attention(q, k, v + b) = attention(q, k, v) + b, and that add joins the pass after
+        # attention. With two streams the bias depends on the key's stream, so it is added before, inside the
+        # concatenation of the two streams' v.
+        def norm_rope(mods) -> jax.Array:
+            """Each stream's bias, RMS norm (its own weights) and the joint rope, one fused pass per stream,
+            written straight into the joint sequence."""
+            parts = [
+                (self._heads(proj.matmul(h)), norm.scale[...], norm.eps, _bias(proj))
+                for h, (proj, norm) in zip(inputs, mods, strict=True)
+            ]
+            return joint_rms_norm_rope(parts, *rope)  # [B, L, N, H]
+
+        q, k = norm_rope(q_mods), norm_rope(k_mods)
+        if context is None:
+            v = self._heads(self.to_v.matmul(x))
+        else:
+            v = jnp.concatenate([self._heads(proj(h)) for h, proj in zip(inputs, v_mods, strict=True)], 1)
         out = dot_product_attention(q, k, v, context_parallel=True)
         out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
-        if not joint:
-            if ys[0].bias is not None:
-                out = out + ys[0].part_bias(2).astype(out.dtype)
-            return (out, ys[0].rest()) if self.mlp else out
+        if context is None:
+            return out if self.to_v.bias is None else out + self.to_v.bias[...].astype(out.dtype)
         t = context.shape[1]
         return self.to_out[0](out[:, t:]), self.to_add_out(out[:, :t])
 
@@ -238,32 +229,22 @@ class DoubleStreamBlock(nnx.Module):
         return self.norm1(temb), self.norm1_context(temb)
 
 
-# Experiment (benchmarks/profile_step.py --single-mlp apart): False keeps the single blocks' MLP input
-# (`proj_mlp`) a linear of its own, q/k/v still merged; read when a model is built. With a LoRA that leaves
-# `proj_mlp` alone, the merged [D, 7D] projection's adapter delta spans the MLP columns too.
-MERGE_SINGLE_MLP = True
-
-
 class SingleStreamBlock(nnx.Module):
     """diffusers `FluxSingleTransformerBlock`: one stream over [text; image], attention and MLP in parallel."""
 
     def __init__(self, cfg: FluxConfig, *, rngs: nnx.Rngs):
         d = cfg.inner_dim
         self.norm = AdaLayerNormZero(d, 3, rngs=rngs)
-        # diffusers' `proj_mlp` is merged into the attention's q/k/v projection: one GEMM over `h`.
-        if MERGE_SINGLE_MLP:
-            self.attn = JointAttention(cfg, joint=False, mlp=4 * d, rngs=rngs)
-        else:
-            self.proj_mlp = Linear(d, 4 * d, axes=(sh.EMBED, sh.MLP), rngs=rngs)
-            self.attn = JointAttention(cfg, joint=False, rngs=rngs)
+        self.proj_mlp = Linear(d, 4 * d, axes=(sh.EMBED, sh.MLP), rngs=rngs)
+        self.attn = JointAttention(cfg, joint=False, rngs=rngs)
         self.proj_out = Linear(5 * d, d, axes=(sh.MLP, sh.EMBED), rngs=rngs)
 
     def __call__(self, x: Float[Array, "b l d"], modulation: jax.Array, rope: Rope) -> Float[Array, "b l d"]:
         """`modulation`: this block's vectors, from `modulation(temb)`."""
         shift, scale, gate = jnp.split(modulation, 3, axis=-1)
         h = _modulate(self.norm.norm(x), shift, scale)
-        attn, mlp = self.attn(h, rope) if self.attn.mlp else (self.attn(h, rope), self.proj_mlp(h))
-        out = self.proj_out(jnp.concatenate([attn, jax.nn.gelu(mlp, approximate=True)], axis=-1))
+        mlp = jax.nn.gelu(self.proj_mlp(h), approximate=True)
+        out = self.proj_out(jnp.concatenate([self.attn(h, rope), mlp], axis=-1))
         return sh.constrain(x + _gated(gate, out), _TOKENS)
 
     def modulation(self, temb: jax.Array) -> jax.Array:

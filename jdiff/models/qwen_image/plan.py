@@ -1,8 +1,7 @@
 """Conversion plan: diffusers `QwenImageTransformer2DModel` -> jdiff `QwenImageTransformer2DModel`.
 
 The module mirrors diffusers' names (`img_mod.1` is an `nnx.List` entry), so the default rules do all the
-work (including each stream's q/k/v merged at load: `attn.merged_qkv` / `attn.merged_added_qkv`); the block
-list is stacked.
+work; the block list is stacked.
 """
 
 from jdiff.models.qwen_image.config import QwenImageConfig

@@ -4,8 +4,7 @@ Axis letters: B batch, S image tokens (the noise latents' S0, then any condition
 L = T + S joint tokens, C latent channels per token, J text-encoder width, D model width, N heads, H head dim.
 
 Attribute paths mirror diffusers' state dict, with the block list stacked for a scan over layers
-(`transformer_blocks.attn.to_out.0` <- `transformer_blocks.{i}.attn.to_out.0`), except each stream's q/k/v,
-merged at load into one linear (`merged_qkv` <- `attn.to_q` / `to_k` / `to_v`; `JointAttention`). Each block has an image and a text
+(`transformer_blocks.attn.to_q` <- `transformer_blocks.{i}.attn.to_q`). Each block has an image and a text
 stream with their own weights (AdaLN modulation, q/k/v, MLP) attending jointly over [image; text]: image
 first, where diffusers puts the text first (attention does not depend on the order of its tokens, and the
 rotary tables `jdiff.models.qwen_image.rope` follow the same order), so text padding is trailing.
@@ -34,7 +33,6 @@ from jdiff import sharding as sh
 from jdiff.kernels.norm_rope import joint_rms_norm_rope
 from jdiff.layers import LayerNorm, Linear, RMSNorm, dot_product_attention
 from jdiff.layers.embeddings import TimestepEmbedding, timestep_embedding
-from jdiff.layers.merged import project
 from jdiff.layers.rounding import rounded
 from jdiff.layers.stack import map_layers, scan, stacked
 from jdiff.models.flux.transformer import AdaLayerNormContinuous, FeedForward
@@ -85,24 +83,24 @@ def _run_mod(mod: nnx.List, temb: Float[Array, "b d"]) -> Float[Array, "b k"]:
 
 class JointAttention(nnx.Module):
     """diffusers `Attention` + `QwenDoubleStreamAttnProcessor2_0`: per-stream q/k/v with per-head RMS QK-norm,
-    the joint rope, one attention over [text; image], per-stream output projections.
-
-    Each stream's q/k/v projections (`to_q` / `to_k` / `to_v`, `add_q_proj` / ...) are merged at load into one
-    head-major linear, `merged_qkv` / `merged_added_qkv` (`jdiff.layers.merged`): one GEMM per stream.
-    """
+    the joint rope, one attention over [text; image], per-stream output projections."""
 
     def __init__(self, cfg: QwenImageConfig, *, rngs: nnx.Rngs):
         d, h = cfg.inner_dim, cfg.attention_head_dim
-        self.head_dim, self.heads = h, d // h
+        self.head_dim = h
 
-        def proj(out: int, axes=(sh.EMBED, sh.HEADS)):
-            return Linear(d, out, axes=axes, rngs=rngs)
+        def proj(axes=(sh.EMBED, sh.HEADS)):
+            return Linear(d, d, axes=axes, rngs=rngs)
 
-        self.merged_qkv, self.merged_added_qkv = proj(3 * d), proj(3 * d)
+        self.to_q, self.to_k, self.to_v = proj(), proj(), proj()
+        self.add_q_proj, self.add_k_proj, self.add_v_proj = proj(), proj(), proj()
         self.norm_q, self.norm_k = RMSNorm(h, eps=1e-6), RMSNorm(h, eps=1e-6)
         self.norm_added_q, self.norm_added_k = RMSNorm(h, eps=1e-6), RMSNorm(h, eps=1e-6)
-        self.to_out = nnx.List([proj(d, (sh.HEADS, sh.EMBED))])
-        self.to_add_out = proj(d, (sh.HEADS, sh.EMBED))
+        self.to_out = nnx.List([proj((sh.HEADS, sh.EMBED))])
+        self.to_add_out = proj((sh.HEADS, sh.EMBED))
+
+    def _heads(self, x: jax.Array) -> jax.Array:
+        return x.reshape(*x.shape[:-1], -1, self.head_dim)  # [B, L, N, H]
 
     def __call__(
         self,
@@ -113,18 +111,18 @@ class JointAttention(nnx.Module):
     ) -> tuple[jax.Array, jax.Array]:
         """Returns the projected (image [B, S, D], text [B, T, D]) attention outputs; `key_lengths`: the
         joint keys each row attends to (S + real text tokens), None: no padding."""
-        ys = [
-            project(p, x, self.heads, self.head_dim)
-            for x, p in ((img, self.merged_qkv), (txt, self.merged_added_qkv))
-        ]
-        # q/k read in place from the merged outputs, their biases in the fused norm + rope pass (see
-        # jdiff.models.flux.transformer.JointAttention).
-        norms = ((self.norm_q, self.norm_added_q), (self.norm_k, self.norm_added_k))
-        q, k = (
-            joint_rms_norm_rope([y.norm_rope_part(i, n) for y, n in zip(ys, norms[i], strict=True)], *rope)
-            for i in (0, 1)
-        )  # [B, L, N, H]
-        v = jnp.concatenate([y.v() for y in ys], axis=1)
+
+        # q/k biases join the fused norm + rope pass (see jdiff.models.flux.transformer.JointAttention).
+        def norm_rope(pairs) -> jax.Array:
+            parts = [
+                (self._heads(proj.matmul(x)), norm.scale[...], norm.eps, proj.bias[...])
+                for x, proj, norm in pairs
+            ]
+            return joint_rms_norm_rope(parts, *rope)  # [B, L, N, H]
+
+        q = norm_rope([(img, self.to_q, self.norm_q), (txt, self.add_q_proj, self.norm_added_q)])
+        k = norm_rope([(img, self.to_k, self.norm_k), (txt, self.add_k_proj, self.norm_added_k)])
+        v = jnp.concatenate([self._heads(self.to_v(img)), self._heads(self.add_v_proj(txt))], axis=1)
         out = dot_product_attention(q, k, v, key_lengths=key_lengths, context_parallel=True)
         out = out.reshape(*out.shape[:2], -1)  # [B, L, D]
         s = img.shape[1]

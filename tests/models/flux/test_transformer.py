@@ -106,10 +106,7 @@ def test_real_size_shapes_and_keys(tmp_path):
         missing="single_transformer_blocks.37.attn.norm_k.weight",
         unexpected=("transformer_blocks.0.attn.to_q.lora_A.weight", (16, 3072)),
     )
-    # q/k/v merged at load (and the single blocks' MLP input with them): one linear per stream.
-    assert shapes["transformer_blocks.attn.merged_qkv.kernel"] == (19, 3072, 3 * 3072)
-    assert shapes["transformer_blocks.attn.merged_added_qkv.bias"] == (19, 3 * 3072)
-    assert shapes["single_transformer_blocks.attn.merged_qkv_mlp.kernel"] == (38, 3072, 7 * 3072)
+    assert shapes["transformer_blocks.attn.to_q.kernel"] == (19, 3072, 3072)
     assert shapes["single_transformer_blocks.proj_out.kernel"] == (38, 15360, 3072)
     assert shapes["proj_out.kernel"] == (3072, 64)
     assert 11.8e9 < parity.n_params(shapes) < 12.0e9  # FLUX.1-dev has 11.9B parameters

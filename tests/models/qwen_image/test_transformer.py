@@ -121,7 +121,7 @@ def test_real_size_shapes_and_keys(tmp_path):
         missing="transformer_blocks.59.attn.norm_added_k.weight",
         unexpected=("transformer_blocks.0.img_mod.1.lora_A.weight", (16, 3072)),
     )
-    assert shapes["transformer_blocks.attn.merged_qkv.kernel"] == (60, 3072, 3 * 3072)  # q/k/v merged at load
+    assert shapes["transformer_blocks.attn.to_q.kernel"] == (60, 3072, 3072)
     assert shapes["transformer_blocks.img_mod.1.kernel"] == (60, 3072, 18432)
     assert shapes["txt_in.kernel"] == (3584, 3072)
     assert shapes["proj_out.kernel"] == (3072, 64)
