@@ -207,13 +207,22 @@ def map_layers(blocks: nnx.Module, fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def _map_range(graphdef, state, fn, args, lo: int, hi: int) -> Any:
-    """`map_layers` over layers [lo, hi) of `state` (device leaves read by index, host leaves fetched)."""
-    host, device, rebuild = _split_host(state)
+    """`map_layers` over layers [lo, hi) of `state` (host leaves fetched by index).
 
-    def body(_, i):
+    The device leaves go in as the scan's `xs`, sliced by the loop's own counter: XLA then lets each matmul
+    read its layer's weight in place. Indexed by a traced layer number instead (`_at(a, i)`), every layer's
+    weights were copied out first: 4.2 ms of a FLUX.1-dev step on an H100 for the modulation weights alone.
+    """
+    host, device, rebuild = _split_host(state)
+    n = _length(state)
+    if (lo, hi) != (0, n):
+        device = [a[lo:hi] for a in device]
+
+    def body(_, xs):
+        i, layer_device = xs
         with scanned_weights():
-            block = nnx.merge(graphdef, rebuild(_fetch(host, i), [_at(a, i) for a in device]))
+            block = nnx.merge(graphdef, rebuild(_fetch(host, i), layer_device))
             return None, fn(block, *args)
 
-    _, ys = jax.lax.scan(body, None, jnp.arange(lo, hi))
+    _, ys = jax.lax.scan(body, None, (jnp.arange(lo, hi), device))
     return ys
