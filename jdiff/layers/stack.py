@@ -112,9 +112,10 @@ def scan(
     With `per_layer` (a pytree whose leaves have a leading layer axis), block i runs as
     `block(carry, per_layer[i], *args)`. With `layers` (a slice with step 1, e.g. `slice(1, None)`), only those
     blocks run (`per_layer` still covers every layer): step caching runs a model's first block apart from the
-    rest. The range's weights are read from the whole stack by a traced layer index, as the scan reads its own
-    inputs, never sliced out of it (a slice would copy them). Host-memory weights are streamed (module
-    docstring).
+    rest. The range's weights are read from the whole stack by a traced layer index, never sliced out of it (a
+    slice would copy them). That index is not the loop's own counter, and `map_layers` indexed that way had
+    XLA copy each layer's weights out on a GPU (devlog, 2026-12-05): the ranged path probably copies too; not
+    measured yet. Host-memory weights are streamed (module docstring).
     """
     graphdef, state = nnx.split(blocks)
     n = _length(state)
