@@ -3,7 +3,7 @@
 Usage:
     python benchmarks/server_load.py [--model PATH | --workload flux_pipeline [--tiny]] [--dtype bfloat16]
         [--size 1024x1024] [--steps 4,8,20,28] [--loads 0.5,0.8,1.0,1.2] [--requests 64] [--slots 4]
-        [--chunk-steps 4] [--seed 0] [--serial]
+        [--chunk-steps 4] [--seed 0] [--serial] [--modes request,continuous,serial] [--capacity IPS]
 
 One model is loaded in this process (a model directory, the embedded default, or a benchmark workload's
 directory with random weights at real size, `jdiff.bench.jdiff_pipeline.random_model_dir`). For each batching
@@ -17,7 +17,8 @@ Prints one markdown row per mode and load: arrival rate, p50 / p99 latency (arri
 
 The issue's target (issue 21): at 80% load continuous batching's p99 at least 1.5x lower, throughput at
 saturation (120%) not lower. `--serial` adds continuous batching with batch-1 model calls that skip idle
-slots (`jdiff serve --serial-slots`). A CPU smoke run: `--requests 6 --steps 2,3 --loads 0.8 --slots 2`.
+slots (`jdiff serve --serial-slots`); `--modes serial --capacity 1.5` runs one mode alone, its loads taken as
+fractions of an earlier run's capacity. A CPU smoke run: `--requests 6 --steps 2,3 --loads 0.8 --slots 2`.
 """
 
 from __future__ import annotations
@@ -141,6 +142,18 @@ def main() -> None:
     p.add_argument(
         "--serial", action="store_true", help="also measure continuous batching with --serial-slots"
     )
+    p.add_argument(
+        "--modes",
+        default=None,
+        help="which to run, of request,continuous,serial (default: request,continuous, + serial with --serial)",
+    )
+    p.add_argument(
+        "--capacity",
+        type=float,
+        default=None,
+        help="images/s that the loads are fractions of (default: measured, request-level burst), so that one "
+        "mode can be run alone against an earlier run's capacity",
+    )
     args = p.parse_args()
     args.steps = [int(s) for s in args.steps.split(",")]
     loads = [float(x) for x in args.loads.split(",")]
@@ -158,8 +171,16 @@ def main() -> None:
         "continuous": dict(batching="continuous", slots=args.slots, chunk_steps=args.chunk_steps,
                            max_steps=max(args.steps)),
     }  # fmt: skip
-    if args.serial:
-        modes["continuous, serial"] = {**modes["continuous"], "serial_slots": True}
+    modes["continuous, serial"] = {**modes["continuous"], "serial_slots": True}
+    names = {"request": "request", "continuous": "continuous", "serial": "continuous, serial"}
+    chosen = (
+        args.modes.split(",")
+        if args.modes
+        else ["request", "continuous", *(["serial"] if args.serial else [])]
+    )
+    if unknown := sorted(set(chosen) - set(names)):
+        p.error(f"unknown mode(s) {unknown}; choose from {sorted(names)}")
+    modes = {names[m]: modes[names[m]] for m in chosen}
     rng = np.random.default_rng(args.seed)
     burst = workload(args, 4 * args.slots, rng)
     plans = []
@@ -167,14 +188,14 @@ def main() -> None:
         bodies = workload(args, args.requests, rng)
         plans.append((load, bodies, np.cumsum(rng.exponential(1.0, args.requests)).tolist()))
 
-    rows, capacity = [], None
+    rows, capacity = [], args.capacity
     for mode, options in modes.items():
         with Server(create_app(gen, **common, **options)) as server:
             warm(server.url, args)
             sat = summary(asyncio.run(run(server.url, burst, [0.0] * len(burst))))
-            if capacity is None:  # request-level batching's saturated throughput sets the arrival rates
+            if capacity is None:  # the first mode's (request-level batching's) saturated throughput
                 capacity = sat["ips"]
-                print(f"capacity (request-level, burst of {len(burst)}): {capacity:.3f} images/s", flush=True)
+                print(f"capacity ({mode}, burst of {len(burst)}): {capacity:.3f} images/s", flush=True)
             rows.append((mode, "burst", float("inf"), sat))
             for load, bodies, unit in plans:
                 rate = load * capacity
