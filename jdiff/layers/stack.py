@@ -112,10 +112,10 @@ def scan(
     With `per_layer` (a pytree whose leaves have a leading layer axis), block i runs as
     `block(carry, per_layer[i], *args)`. With `layers` (a slice with step 1, e.g. `slice(1, None)`), only those
     blocks run (`per_layer` still covers every layer): step caching runs a model's first block apart from the
-    rest. The range's weights are read from the whole stack by a traced layer index, never sliced out of it (a
-    slice would copy them). That index is not the loop's own counter, and `map_layers` indexed that way had
-    XLA copy each layer's weights out on a GPU (devlog, 2026-12-05): the ranged path probably copies too; not
-    measured yet. Host-memory weights are streamed (module docstring).
+    rest. The range's weights are read from the whole stack, never sliced out of it (a slice would copy them),
+    at the index of a `while_loop`'s own counter, as `lax.scan` reads its `xs`: on a GPU XLA reads such a slice
+    in place, where an index computed otherwise (a scan over `jnp.arange`) had it copy every layer's weights
+    out first (`map_layers`, devlog 2026-12-05). Host-memory weights are streamed (module docstring).
     """
     graphdef, state = nnx.split(blocks)
     n = _length(state)
@@ -137,7 +137,8 @@ def scan(
     if host:
         return _streamed_scan(graphdef, host, device, rebuild, carry, args, per_layer, unroll, (start, stop))
 
-    if layers is None:
+    whole = (start, stop) == (0, n) and all(x.shape[0] == n for x in jax.tree.leaves((state, per_layer)))
+    if whole:  # every layer of every leaf: the stack is the scan's xs
 
         def body(c, xs):
             layer_state, layer_in = xs
@@ -148,21 +149,27 @@ def scan(
         carry, _ = jax.lax.scan(body, carry, (state, per_layer), unroll=unroll)
         return carry
 
-    def ranged(c, i):
+    def layer(i, c):
         with scanned_weights():
             block = nnx.merge(graphdef, jax.tree.map(lambda a: _at(a, i), state))
-            return (
-                block(c, *args)
-                if per_layer is None
-                else block(c, jax.tree.map(lambda a: _at(a, i), per_layer), *args)
-            ), None
+            if per_layer is None:
+                return block(c, *args)
+            return block(c, jax.tree.map(lambda a: _at(a, i), per_layer), *args)
 
-    carry, _ = jax.lax.scan(ranged, carry, jnp.arange(start, stop), unroll=unroll)
+    if unroll != 1:  # an experiment's unrolled range (lax.scan unrolls; its index is then not the counter)
+        carry, _ = jax.lax.scan(
+            lambda c, i: (layer(i, c), None), carry, jnp.arange(start, stop), unroll=unroll
+        )
+        return carry
+    _, carry = jax.lax.while_loop(
+        lambda v: v[0] < stop, lambda v: (v[0] + 1, layer(v[0], v[1])), (jnp.int32(start), carry)
+    )
     return carry
 
 
 def _at(a, i):
-    return jax.lax.dynamic_index_in_dim(a, i, keepdims=False)
+    """Layer `i` of a stacked array, indexed as `lax.scan` indexes its `xs` (no negative-index select)."""
+    return jax.lax.dynamic_index_in_dim(a, i, keepdims=False, allow_negative_indices=False)
 
 
 def _streamed_scan(graphdef, host, device, rebuild, carry, args, per_layer, unroll, span):
