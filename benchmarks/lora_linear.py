@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jdiff.bench.workloads import timed_calls
 
 SHAPES = {  # name: (input width, output width, token share of the joint sequence)
     "single_qkv_mlp": (3072, 21504, 1.0),
@@ -62,13 +63,8 @@ def variants():
 
 
 def time_call(fn, args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
+    """Median seconds of `repeats` calls after two warm-up ones."""
+    _, _, times = timed_calls(lambda: jax.block_until_ready(fn(*args)), 1, repeats)
     return float(np.median(times))
 
 

@@ -18,34 +18,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from offload_scan import Block  # benchmarks/offload_scan.py: the same MLP layer
 
+from jdiff.bench.workloads import timed_calls
 from jdiff.layers.stack import scan, stacked
 
 
-class Block(nnx.Module):
-    def __init__(self, width: int, *, rngs: nnx.Rngs):
-        init = nnx.initializers.normal(0.02)
-        self.up = nnx.Param(init(rngs.params(), (width, 4 * width), jnp.bfloat16))
-        self.down = nnx.Param(init(rngs.params(), (4 * width, width), jnp.bfloat16))
-
-    def __call__(self, x):
-        return x + jax.nn.gelu(x @ self.up[...]) @ self.down[...]
-
-
 def timed(fn, args, repeats: int) -> float:
-    for _ in range(2):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - t0)
+    """Median seconds of `repeats` calls after two warm-up ones."""
+    _, _, times = timed_calls(lambda: jax.block_until_ready(fn(*args)), 1, repeats)
     return float(np.median(times))
 
 
